@@ -1,0 +1,62 @@
+# The one entry point for people and CI. `make test` is what CI runs (.ci/run).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV    := .venv
+PY      := $(VENV)/bin/python
+PIP     := $(VENV)/bin/pip
+HODLAI  := $(VENV)/bin/hodlai
+PYTHON  ?= python3
+STAMP   := $(VENV)/.installed
+NPMSTAMP := node_modules/.installed
+
+.PHONY: help setup test lint typecheck unit demo bench chaos compile check-artifacts clean
+
+help:
+	@echo "make demo   - run the whole node end to end on a local chain with the local model"
+	@echo "make test   - lint + type check + the test suite (what CI runs)"
+	@echo "make bench  - the benchmarks (see docs/BENCHMARKS.md)"
+	@echo "make chaos  - the slow chaos/soak suite"
+	@echo "make setup  - create .venv and install Python and Node dependencies"
+
+setup: $(STAMP) $(NPMSTAMP)
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -e '.[dev]'
+	touch $@
+
+$(NPMSTAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
+
+lint: setup
+	$(VENV)/bin/ruff check shared workers scripts tests
+	$(VENV)/bin/ruff format --check shared workers scripts tests
+	$(VENV)/bin/mypy --strict shared workers
+
+test: setup lint
+	$(VENV)/bin/pytest -q
+
+chaos: setup
+	$(VENV)/bin/pytest -q -m slow -p no:cacheprovider --override-ini addopts=
+
+compile: setup
+	node scripts/compile_contracts.js
+
+check-artifacts: setup
+	node scripts/compile_contracts.js --check
+
+demo: setup
+	$(PY) scripts/demo.py
+
+bench: setup
+	$(PY) scripts/bench_claims.py
+	$(PY) scripts/bench_indexer.py
+	$(PY) scripts/bench_inference.py
+	$(PY) scripts/bench_fulfiller.py
+	$(PY) scripts/bench_e2e.py
+
+clean:
+	rm -rf $(VENV) node_modules .devnet .pytest_cache

@@ -1,0 +1,126 @@
+"""The one exception hierarchy of the node.
+
+Errors of the libraries below (sqlite3, httpx, web3, pydantic) are translated into these at
+the boundary that meets them (``raise ChainError(...) from exc``), so that callers and
+tenacity can decide by *type* whether something is worth retrying::
+
+    HodlaiError
+    ├── RetryableError              the same call may succeed later: back off and retry
+    │   ├── StoreBusyError          SQLite stayed locked past the busy timeout
+    │   ├── RpcTransportError       connection refused / reset, timeout, malformed response
+    │   │   ├── RpcRateLimitedError 429, with the server's Retry-After when it gave one
+    │   │   └── RpcServerError      5xx or a JSON-RPC internal error
+    │   ├── RpcRangeTooLargeError   the node refused the getLogs range or result size
+    │   ├── StaleNodeError          the node is behind what we already know
+    │   └── LlmTransportError       LLM timeout, 429, 5xx, connection refused
+    └── PermanentError              retrying the same input gives the same failure
+        ├── ConfigError             a bad or missing setting; names the setting
+        ├── DatabaseMismatchError   the database belongs to another chain or provider
+        ├── TransitionConflict      the row was not in the expected state (someone moved it)
+        ├── LeaseLostError          a worker completed work it no longer holds (fenced off)
+        ├── InvalidRequestError     a request that can never be answered (empty actions, ...)
+        ├── BadAnswerError          the model answered outside the permitted set
+        ├── RpcResponseError        a JSON-RPC error object that is not transient
+        │   └── ExecutionRevertedError  eth_call / estimateGas reverted; carries the reason
+        └── KeyFileError            missing, unreadable or too-open key file
+"""
+
+from __future__ import annotations
+
+
+class HodlaiError(Exception):
+    """Base of every error the node raises on purpose."""
+
+
+class RetryableError(HodlaiError):
+    """The operation may succeed if tried again later."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        #: seconds the other side asked us to wait (HTTP Retry-After), when it said so
+        self.retry_after = retry_after
+
+
+class PermanentError(HodlaiError):
+    """Trying again with the same input fails the same way."""
+
+
+# --- retryable -------------------------------------------------------------------------
+
+
+class StoreBusyError(RetryableError):
+    """SQLite reported 'database is locked' after the busy timeout ran out."""
+
+
+class RpcTransportError(RetryableError):
+    """The RPC endpoint could not be reached or answered with something unparseable."""
+
+
+class RpcRateLimitedError(RpcTransportError):
+    """HTTP 429 or a JSON-RPC rate-limit error."""
+
+
+class RpcServerError(RpcTransportError):
+    """HTTP 5xx or a JSON-RPC internal error (-32603 and friends)."""
+
+
+class RpcRangeTooLargeError(RetryableError):
+    """The node refused an eth_getLogs range: too many blocks, results or bytes."""
+
+
+class StaleNodeError(RetryableError):
+    """The node answered from a view of the chain older than one we have already seen."""
+
+
+class LlmTransportError(RetryableError):
+    """The LLM endpoint timed out, rate-limited us, failed with 5xx or refused the connection."""
+
+
+# --- permanent -------------------------------------------------------------------------
+
+
+class ConfigError(PermanentError):
+    """A setting is missing or malformed. The message names the setting."""
+
+
+class DatabaseMismatchError(PermanentError):
+    """The database was created for another chain id or provider address."""
+
+
+class TransitionConflict(PermanentError):
+    """A state transition found the row in another state than expected."""
+
+
+class LeaseLostError(TransitionConflict):
+    """A worker tried to complete work whose lease it no longer holds."""
+
+
+class InvalidRequestError(PermanentError):
+    """The request can never be answered as it stands."""
+
+
+class BadAnswerError(PermanentError):
+    """The model's answer is not exactly one of the permitted actions."""
+
+
+class RpcResponseError(PermanentError):
+    """A JSON-RPC error object that is not transient."""
+
+    def __init__(self, message: str, *, code: int | None = None, data: object = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.data = data
+
+
+class ExecutionRevertedError(RpcResponseError):
+    """eth_call or eth_estimateGas reverted; ``reason`` is the decoded revert reason."""
+
+    def __init__(
+        self, message: str, *, code: int | None = None, data: object = None, reason: str = ""
+    ) -> None:
+        super().__init__(message, code=code, data=data)
+        self.reason = reason
+
+
+class KeyFileError(PermanentError):
+    """The key file is missing, unreadable, malformed or readable by others."""
