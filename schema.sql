@@ -54,7 +54,13 @@ CREATE TABLE IF NOT EXISTS requests (
     updated_at     REAL NOT NULL
 ) STRICT;
 
--- Claims walk one status in chain order; the same index answers the per-status counts.
+-- Invariant: lease_owner IS NULL exactly when lease_until IS NULL.
+-- Claims take unleased rows of one status in chain order from idx_requests_claim without
+-- stepping over the rows already leased (which would make a large backlog quadratic), and
+-- expired leases (a crashed worker's rows) from the small idx_requests_lease.
+CREATE INDEX IF NOT EXISTS idx_requests_claim ON requests (status, lease_owner, block_number, log_index);
+CREATE INDEX IF NOT EXISTS idx_requests_lease ON requests (status, lease_until) WHERE lease_until IS NOT NULL;
+-- Listing one status newest first (hodlai requests --status S).
 CREATE INDEX IF NOT EXISTS idx_requests_status_order ON requests (status, block_number, log_index);
 CREATE INDEX IF NOT EXISTS idx_requests_block ON requests (block_number);
 

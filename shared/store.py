@@ -276,15 +276,33 @@ def claim(
         raise ValueError(f"shard {shard} is not in 0..{worker_count - 1}")
     at = time.time() if now is None else now
     with atomic(conn):
+        # Expired leases first: a crashed worker's rows must not wait behind a backlog.
+        ids = [
+            row[0]
+            for row in conn.execute(
+                "SELECT request_id FROM requests WHERE status = ? AND lease_until < ?"
+                " AND shard_key % ? = ? ORDER BY lease_until LIMIT ?",
+                (status.value, at, worker_count, shard, limit),
+            )
+        ]
+        if len(ids) < limit:
+            ids += [
+                row[0]
+                for row in conn.execute(
+                    "SELECT request_id FROM requests WHERE status = ? AND lease_owner IS NULL"
+                    " AND shard_key % ? = ? ORDER BY block_number, log_index LIMIT ?",
+                    (status.value, worker_count, shard, limit - len(ids)),
+                )
+            ]
+        if not ids:
+            return []
+        marks = ",".join("?" * len(ids))
         rows = conn.execute(
-            "UPDATE requests SET lease_owner = ?, lease_until = ? WHERE request_id IN ("
-            " SELECT request_id FROM requests WHERE status = ?"
-            " AND (lease_until IS NULL OR lease_until < ?) AND shard_key % ? = ?"
-            " ORDER BY block_number, log_index LIMIT ?) "
+            f"UPDATE requests SET lease_owner = ?, lease_until = ? WHERE request_id IN ({marks}) "
             "RETURNING request_id, generation, requester, model, system_prompt, state_string,"
             " action_set, content_hash, attempts, answer_action, answer_cid, block_number,"
             " log_index",
-            (owner, at + lease_seconds, status.value, at, worker_count, shard, limit),
+            (owner, at + lease_seconds, *ids),
         ).fetchall()
     rows.sort(key=lambda r: (r["block_number"], r["log_index"]))
     return [
