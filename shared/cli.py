@@ -109,9 +109,12 @@ def collect_status(conn: sqlite3.Connection, head: int | None, now: float) -> di
     """Everything ``hodlai status`` shows, as a plain dict (also used by metrics)."""
     cursor_row = conn.execute("SELECT block_number FROM cursors WHERE name = 'indexer'").fetchone()
     cursor = int(cursor_row[0]) if cursor_row else None
-    oldest = conn.execute(
-        "SELECT MIN(created_at) FROM requests WHERE status = 'PENDING'"
-    ).fetchone()[0]
+    # The first PENDING row in chain order, through the status index: O(log n).
+    oldest_row = conn.execute(
+        "SELECT created_at FROM requests WHERE status = 'PENDING' "
+        "ORDER BY block_number, log_index LIMIT 1"
+    ).fetchone()
+    oldest = oldest_row[0] if oldest_row else None
     deep = conn.execute(
         "SELECT COUNT(*), MAX(detected_at) FROM reorgs WHERE deeper_than_confirmations = 1"
     ).fetchone()

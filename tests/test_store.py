@@ -184,3 +184,17 @@ def test_views_answer_counts_and_stuck_reasons(conn: sqlite3.Connection) -> None
     why = dict(conn.execute("SELECT request_id, why FROM v_stuck").fetchall())
     assert why["1"].startswith("waiting for an inference worker")
     assert "model not served" in why["2"] and "hodlai retry 2" in why["2"]
+
+
+def test_status_counts_follow_inserts_transitions_and_removals(conn: sqlite3.Connection) -> None:
+    for i in range(1, 5):
+        store.insert_request(conn, make_request(i), actor="indexer")
+    store.transition(conn, 1, Status.PENDING, Status.ANSWERED, actor="w")
+    store.transition(conn, 2, Status.PENDING, Status.FAILED, actor="w")
+    store.transition(conn, 3, Status.PENDING, Status.PENDING, actor="indexer",
+                     set_columns={"generation": 2})  # fmt: skip
+    store.remove_request(conn, 4, actor="indexer", note="reorg")
+    expected = {"PENDING": 1, "ANSWERED": 1, "PROCESSED": 0, "FULFILLED": 0, "FAILED": 1}
+    assert store.status_counts(conn) == expected
+    actual = dict(conn.execute("SELECT status, COUNT(*) FROM requests GROUP BY status").fetchall())
+    assert {k: v for k, v in expected.items() if v} == actual
