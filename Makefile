@@ -49,14 +49,14 @@ check-artifacts: setup
 	node scripts/compile_contracts.js --check
 
 demo: setup
-	$(PY) scripts/demo.py
+	$(PY) -m scripts.demo
 
 bench: setup
-	$(PY) scripts/bench_claims.py
-	$(PY) scripts/bench_indexer.py
-	$(PY) scripts/bench_inference.py
-	$(PY) scripts/bench_fulfiller.py
-	$(PY) scripts/bench_e2e.py
+	$(PY) -m scripts.bench_claims
+	$(PY) -m scripts.bench_indexer
+	$(PY) -m scripts.bench_inference
+	$(PY) -m scripts.bench_fulfiller
+	$(PY) -m scripts.bench_e2e
 
 clean:
 	rm -rf $(VENV) node_modules .devnet .pytest_cache
