@@ -158,29 +158,35 @@ class LocalNode:
 
     def submit(self, asks: Sequence[Ask], *, sender_index: int = 2) -> list[int]:
         """Send each ask through the example vault and return the request ids, in order."""
+        return [request_id for request_id, _ in self.submit_timed(asks, sender_index=sender_index)]
+
+    def submit_timed(
+        self, asks: Sequence[Ask], *, sender_index: int = 2
+    ) -> list[tuple[int, float]]:
+        """Like submit; each id comes with the perf_counter time its send returned."""
         w3 = self.web3()
-        sender = w3.eth.accounts[sender_index]
-        provider = w3.eth.contract(address=self.ready["deployment"]["provider_address"],
+        sender = list(w3.eth.accounts)[sender_index]
+        deployment = self.ready["deployment"]
+        provider = w3.eth.contract(address=deployment["provider_address"],
                                    abi=artifact("HoldAIProvider").abi)  # fmt: skip
-        vault = w3.eth.contract(address=self.ready["deployment"]["vault_address"],
+        vault = w3.eth.contract(address=deployment["vault_address"],
                                 abi=artifact("ExampleDecisionVault").abi)  # fmt: skip
-        hashes = []
+        fees = {model: provider.functions.getModelFee(model).call()
+                for model in {ask.model for ask in asks}}  # fmt: skip
+        sent = []
         for ask in asks:
-            fee = provider.functions.getModelFee(ask.model).call()
-            hashes.append(
-                vault.functions.ask(ask.model, ask.prompt, ask.state, list(ask.actions)).transact(
-                    {"from": sender, "value": fee, "gas": 1_500_000}
-                )
-            )
-        ids = []
-        for tx_hash in hashes:
-            receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=60, poll_latency=0.05)
+            tx_hash = vault.functions.ask(ask.model, ask.prompt, ask.state, list(ask.actions))
+            sent.append((tx_hash.transact({"from": sender, "value": fees[ask.model],
+                                           "gas": 1_500_000}), time.perf_counter()))  # fmt: skip
+        out = []
+        topic = REASONING_REQUESTED_TOPIC0.removeprefix("0x")
+        for tx_hash, at in sent:
+            receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=120, poll_latency=0.05)
             if receipt["status"] != 1:
                 raise RuntimeError(f"ask transaction {tx_hash.hex()} reverted")
-            ids += [int.from_bytes(log["topics"][1], "big") for log in receipt["logs"]
-                    if log["topics"][0].hex().removeprefix("0x")
-                    == REASONING_REQUESTED_TOPIC0.removeprefix("0x")]  # fmt: skip
-        return ids
+            out += [(int.from_bytes(log["topics"][1], "big"), at) for log in receipt["logs"]
+                    if log["topics"][0].hex().removeprefix("0x") == topic]  # fmt: skip
+        return out
 
     def decisions(self, request_ids: Iterable[int]) -> dict[int, tuple[str, str, int]]:
         """What the vault recorded: id -> (action, cid, times delivered)."""
