@@ -35,8 +35,8 @@ from shared.contracts import REASONING_FULFILLED_TOPIC0, artifact
 # Idle poll intervals for the benchmark: short, as an operator chasing latency would set them.
 FAST_POLLS = {
     "HODLAI_INDEXER_POLL_INTERVAL_S": "0.05",
-    "HODLAI_INFERENCE_POLL_INTERVAL_S": "0.02",
-    "HODLAI_FULFILLER_POLL_INTERVAL_S": "0.02",
+    "HODLAI_INFERENCE_POLL_S": "0.02",
+    "HODLAI_FULFILLER_POLL_S": "0.02",
     "LOG_LEVEL": "WARNING",
 }
 
