@@ -78,6 +78,11 @@ class CoreSettings(BaseSettings):
             raise ValueError(f"not a 20-byte hex address: {value!r}")
         return to_checksum_address(value)
 
+    @field_validator("chain_id", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_level(cls, value: object) -> object:

@@ -1,0 +1,254 @@
+"""An OpenAI-compatible ``/v1/chat/completions`` backend over httpx.
+
+Speaks to anything with that protocol: the HodlAI API router, OpenRouter, OpenAI, vLLM,
+Ollama, llama.cpp's server. Temperature 0, bounded tokens, one total timeout per call.
+
+Constrained decoding, chosen per node (``HODLAI_LLM_CONSTRAINED``):
+- ``json_schema``: ``response_format`` with a JSON schema ``{"action": enum[actions]}``
+  (OpenAI structured outputs; also vLLM, llama.cpp, Ollama, many OpenRouter models);
+- ``guided_choice``: vLLM's ``guided_choice`` list of the actions;
+- ``none``: plain text.
+The answer is validated either way (:mod:`shared.llm.answer`). When a server answers 400/422
+to a constrained call, the same call is sent once more without the constraint; if that one
+is accepted, the backend model is remembered as unconstrained for the life of the process
+(logged once), so we do not pay the refusal on every call. If it is refused too, the 400
+was about the request, not the constraint, and nothing is remembered.
+
+Errors are translated here, at the boundary:
+- timeout, connection refused/reset, 408, 429, 5xx, a malformed body -> LlmTransportError,
+  with the server's Retry-After when it sent one;
+- 401, 403, 404 -> LlmAccessError (the node's key, plan or model id is wrong: pause);
+- any other 4xx -> LlmRejectedError (this request is refused).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import math
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+import structlog
+
+from shared.errors import (
+    InvalidRequestError,
+    LlmAccessError,
+    LlmRejectedError,
+    LlmTransportError,
+)
+from shared.llm.types import Completion, CompletionCall, Constraint
+
+log = structlog.get_logger(__name__)
+
+# Seconds for one whole completion call. Answers are a few tokens; 60 s leaves room for a
+# queued, large hosted model without letting a hung server hold a lease for long.
+DEFAULT_TIMEOUT_S = 60.0
+# Tokens the model may produce. An action is at most 64 bytes (~16-64 tokens) plus a JSON
+# wrapper; 128 bounds cost and latency while leaving room for that.
+DEFAULT_MAX_TOKENS = 128
+# Characters of an error body kept in logs and error messages.
+BODY_SNIPPET = 300
+# Statuses on which a constrained call is re-sent without the constraint.
+_CONSTRAINT_REFUSED = frozenset({400, 422})
+_ACCESS_DENIED = frozenset({401, 403, 404})
+_TRANSIENT = frozenset({408, 409, 425, 429})
+# Connections per httpx pool; see OpenAIBackend.__init__ for why there are several pools.
+CONNECTIONS_PER_POOL = 8
+# Name of the JSON schema in response_format (OpenAI requires one).
+SCHEMA_NAME = "holdai_action"
+
+
+def chat_completions_url(base_url: str) -> str:
+    """The endpoint for ``base_url``: ``.../v1`` as OpenAI clients expect, or a bare host."""
+    base = base_url.rstrip("/")
+    if base.endswith("/chat/completions"):
+        return base
+    if httpx.URL(base).path in ("", "/"):
+        base += "/v1"
+    return base + "/chat/completions"
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    text = value.strip()
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    at = time.time() if now is None else now
+    return max(0.0, when.timestamp() - at)
+
+
+class OpenAIBackend:
+    """One OpenAI-compatible endpoint; see the module docstring."""
+
+    name = "openai"
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        model_map: Mapping[str, str],
+        api_key: str | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
+        constraint: Constraint = "json_schema",
+        max_connections: int = 16,
+        extra_headers: Mapping[str, str] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._url = chat_completions_url(base_url)
+        self._models = dict(model_map)
+        self._timeout_s = timeout_s
+        self._max_tokens = max_tokens
+        self._constraint: Constraint = constraint
+        self._unconstrained: set[str] = set()  # backend models that refused the constraint
+        headers = {"Content-Type": "application/json", **dict(extra_headers or {})}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        # httpcore matches each queued request against every pooled connection, so one pool's
+        # CPU cost per request grows with its size (measured: ~3.6 ms per answer at 32
+        # connections on this box, most of a worker's CPU). Several small pools, each call
+        # going to the least busy one, keep that cost flat as concurrency grows.
+        pools = max(1, math.ceil(max_connections / CONNECTIONS_PER_POOL))
+        per_pool = math.ceil(max_connections / pools)
+        self._clients = [
+            httpx.AsyncClient(
+                headers=headers,
+                timeout=httpx.Timeout(timeout_s),
+                limits=httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool),
+                transport=transport,
+            )
+            for _ in range(pools)
+        ]
+        self._busy = [0] * pools
+
+    def serves(self, model: str) -> bool:
+        return model in self._models
+
+    def constraint_for(self, backend_model: str) -> Constraint:
+        """The constraint the next call for ``backend_model`` will carry."""
+        return "none" if backend_model in self._unconstrained else self._constraint
+
+    async def complete(self, call: CompletionCall) -> Completion:
+        backend_model = self._models.get(call.model)
+        if backend_model is None:
+            raise InvalidRequestError(f"model {call.model!r} is not served by this node")
+        constraint = self.constraint_for(backend_model)
+        response = await self._post(self._body(backend_model, call, constraint))
+        if response.status_code in _CONSTRAINT_REFUSED and constraint != "none":
+            refused_with, refusal = response.status_code, _snippet(response)
+            response = await self._post(self._body(backend_model, call, "none"))
+            if response.is_success:
+                self._unconstrained.add(backend_model)
+                log.warning(
+                    "llm_constraint_refused", constraint=constraint, model=backend_model,
+                    status=refused_with, body=refusal, fallback="none",
+                )  # fmt: skip
+                constraint = "none"
+        _raise_for_status(response)
+        return Completion(
+            text=_content(response),
+            backend_model=backend_model,
+            params={
+                "temperature": 0,
+                "max_tokens": self._max_tokens,
+                "constraint": constraint,
+                "endpoint": self._url,
+            },
+        )
+
+    def _body(
+        self, backend_model: str, call: CompletionCall, constraint: Constraint
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": backend_model,
+            "messages": [message.as_json() for message in call.messages],
+            "temperature": 0,
+            "max_tokens": self._max_tokens,
+            "stream": False,
+        }
+        if constraint == "json_schema":
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": SCHEMA_NAME,
+                    "strict": True,
+                    "schema": {
+                        "type": "object",
+                        "properties": {"action": {"type": "string", "enum": list(call.action_set)}},
+                        "required": ["action"],
+                        "additionalProperties": False,
+                    },
+                },
+            }
+        elif constraint == "guided_choice":
+            body["guided_choice"] = list(call.action_set)
+        return body
+
+    async def _post(self, body: dict[str, Any]) -> httpx.Response:
+        try:
+            # httpx's timeout bounds each read; this bounds the whole exchange, so a server
+            # that trickles bytes cannot hold a request (and its lease) for ever.
+            async with asyncio.timeout(self._timeout_s):
+                return await self._client_post(body)
+        except (TimeoutError, httpx.TimeoutException) as exc:
+            raise LlmTransportError(f"LLM call timed out after {self._timeout_s} s") from exc
+        except httpx.HTTPError as exc:
+            raise LlmTransportError(
+                f"LLM endpoint unreachable: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    async def _client_post(self, body: dict[str, Any]) -> httpx.Response:
+        index = min(range(len(self._clients)), key=self._busy.__getitem__)
+        self._busy[index] += 1
+        try:
+            return await self._clients[index].post(self._url, json=body)
+        finally:
+            self._busy[index] -= 1
+
+    async def aclose(self) -> None:
+        for client in self._clients:
+            await client.aclose()
+
+
+def _raise_for_status(response: httpx.Response) -> None:
+    status = response.status_code
+    if response.is_success:
+        return
+    detail = f"LLM endpoint answered {status}: {_snippet(response)}"
+    if status in _TRANSIENT or status >= 500:
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        raise LlmTransportError(detail, retry_after=retry_after)
+    if status in _ACCESS_DENIED:
+        raise LlmAccessError(detail)
+    raise LlmRejectedError(detail, status=status)
+
+
+def _content(response: httpx.Response) -> str:
+    """The assistant's text (a refusal counts as text: it is judged like any answer)."""
+    try:
+        message = response.json()["choices"][0]["message"]
+        content = message.get("content")
+        if not content and message.get("refusal"):
+            content = message["refusal"]
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+        raise LlmTransportError(f"malformed LLM response: {_snippet(response)}") from exc
+    if content is None:
+        return ""
+    if isinstance(content, list):  # some servers return content parts
+        return "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+    return str(content)
+
+
+def _snippet(response: httpx.Response) -> str:
+    return response.text[:BODY_SNIPPET].replace("\n", " ")

@@ -1,0 +1,1 @@
+"""``hodlai inference``: the sharded, leased, concurrent LLM answering workers."""

@@ -1,0 +1,129 @@
+"""Composition root of ``hodlai inference``: settings in, a running worker out.
+
+Nothing here connects at import time. Order: settings (validated by the caller), database,
+the chain identity (the provider address is required; the chain id comes from
+``HODLAI_CHAIN_ID`` or from the database, where the indexer records it; with neither, the
+worker waits and says so), the backend, metrics, signal handlers, the loop, and on the way
+out the drain that finishes or releases in-flight work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+
+import structlog
+
+from shared.db import AsyncDatabase, check_identity, connect, stored_identity
+from shared.llm import LlmBackend
+from shared.llm.backends import LocalBackend, OpenAIBackend
+from shared.metrics import Health, serve
+from shared.runtime import install_stop_handlers, run_loop, sleep_or_stop
+from workers.inference.settings import InferenceSettings
+from workers.inference.worker import PROCESS, InferenceWorker, WorkerConfig
+
+log = structlog.get_logger(__name__)
+
+# Seconds between checks for the chain identity while no indexer has recorded it yet.
+IDENTITY_POLL_S = 1.0
+# Seconds between the log lines that say we are still waiting for it.
+IDENTITY_NAG_S = 15.0
+
+
+def build_backend(settings: InferenceSettings) -> LlmBackend:
+    models = settings.served_models()
+    if settings.llm_backend == "local":
+        return LocalBackend(models)
+    assert settings.llm_base_url is not None  # check_backend() ran in the CLI
+    key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
+    return OpenAIBackend(
+        base_url=settings.llm_base_url,
+        model_map=models,
+        api_key=key,
+        timeout_s=settings.llm_timeout_s,
+        max_tokens=settings.llm_max_tokens,
+        constraint=settings.llm_constrained,
+        max_connections=settings.llm_max_concurrency,
+    )
+
+
+def lease_owner(worker_id: int, worker_count: int) -> str:
+    """Unique per process start, readable in the audit trail: shard, pid, random."""
+    return f"inference-{worker_id}/{worker_count}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+async def resolve_chain_id(
+    adb: AsyncDatabase, settings: InferenceSettings, stop: asyncio.Event
+) -> int | None:
+    """The chain id to work for, checked against the database; None if stopped first."""
+    assert settings.provider_address is not None  # required by the CLI
+    waited = 0.0
+    while True:
+        stored = await adb.run(stored_identity)
+        chain_id = settings.chain_id if settings.chain_id is not None else (
+            stored[0] if stored else None
+        )  # fmt: skip
+        if chain_id is not None:
+            # Records the identity on first use; raises DatabaseMismatchError on another one.
+            await adb.run(
+                check_identity, chain_id=chain_id, provider_address=settings.provider_address
+            )
+            return chain_id
+        if waited % IDENTITY_NAG_S == 0:
+            log.warning(
+                "waiting_for_chain_identity", db_path=str(settings.db_path),
+                hint="set HODLAI_CHAIN_ID, or start the indexer, which records it",
+            )  # fmt: skip
+        if await sleep_or_stop(stop, IDENTITY_POLL_S):
+            return None
+        waited += IDENTITY_POLL_S
+
+
+async def serve_inference(settings: InferenceSettings) -> int:
+    stop = asyncio.Event()
+    install_stop_handlers(stop)
+    adb = AsyncDatabase(connect(settings.db_path))
+    metrics = None
+    try:
+        chain_id = await resolve_chain_id(adb, settings, stop)
+        if chain_id is None:
+            return 0
+        assert settings.provider_address is not None
+        health = Health(stale_after_s=max(30.0, settings.inference_lease_s))
+        if settings.metrics_port:
+            # Shards share one HODLAI_METRICS_PORT (one env file, one systemd template): each
+            # serves on that port plus its worker id.
+            metrics = serve(settings.metrics_port + settings.worker_id, health)
+        backend = build_backend(settings)
+        config = WorkerConfig(
+            owner=lease_owner(settings.worker_id, settings.worker_count),
+            shard=settings.worker_id,
+            worker_count=settings.worker_count,
+            chain_id=chain_id,
+            provider=settings.provider_address,
+            max_concurrency=settings.llm_max_concurrency,
+            attempts=settings.llm_attempts,
+            lease_s=settings.inference_lease_s,
+            claim_batch=settings.inference_claim_batch,
+            poll_s=settings.inference_poll_s,
+            ipfs_api_url=settings.ipfs_api_url,
+        )
+        worker = InferenceWorker(config, adb=adb, backend=backend, stop=stop, health=health)
+        log.info(
+            "inference_started", owner=config.owner, shard=config.shard,
+            worker_count=config.worker_count, backend=backend.name, chain_id=chain_id,
+            models=sorted(settings.served_models()), max_concurrency=config.max_concurrency,
+            constrained=settings.llm_constrained, ipfs=bool(settings.ipfs_api_url),
+        )  # fmt: skip
+        try:
+            await run_loop(PROCESS, worker.step, stop=stop)
+        finally:
+            await worker.drain(settings.inference_shutdown_grace_s)
+            await backend.aclose()
+        log.info("inference_stopped", owner=config.owner)
+        return 0
+    finally:
+        if metrics is not None:
+            metrics.shutdown()
+        adb.close()

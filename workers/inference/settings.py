@@ -1,0 +1,98 @@
+"""Settings of the inference workers (``HODLAI_LLM_*``, ``HODLAI_INFERENCE_*``, IPFS).
+
+Validated at start; a bad value stops the process with a message naming the variable.
+``HODLAI_LLM_API_KEY`` is a SecretStr: never logged, never echoed in an error.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import NoDecode
+
+from shared.config import CoreSettings
+from shared.errors import ConfigError
+from shared.llm.backends.local import DEFAULT_LOCAL_MODELS
+from shared.llm.types import Constraint
+
+
+class InferenceSettings(CoreSettings):
+    # "local" answers deterministically without network (demo, tests); "openai" is any
+    # OpenAI-compatible /v1/chat/completions endpoint.
+    llm_backend: Literal["local", "openai"] = "local"
+    # e.g. https://api.hodlai.fun/v1, https://openrouter.ai/api/v1, http://127.0.0.1:8000/v1
+    llm_base_url: str | None = None
+    llm_api_key: SecretStr | None = None
+    # JSON object: on-chain model name -> backend model id. Its keys are the models this node
+    # serves; a request for any other model fails validation. Empty = the local default.
+    llm_model_map: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    # Seconds for one completion call; see shared/llm/backends/openai.py DEFAULT_TIMEOUT_S.
+    llm_timeout_s: float = Field(default=60.0, gt=0, le=600)
+    # Tokens per answer; an action is <= 64 bytes, so 128 leaves room for a JSON wrapper.
+    llm_max_tokens: int = Field(default=128, ge=1, le=32_768)
+    # Requests in flight per worker process. LLM calls are I/O-bound (seconds each); 16 keeps
+    # a hosted endpoint busy without tripping typical per-key rate limits.
+    llm_max_concurrency: int = Field(default=16, ge=1, le=1024)
+    # Bad answers (or refusals) a request may get before it is FAILED.
+    llm_attempts: int = Field(default=3, ge=1, le=20)
+    # Constrained decoding sent to the openai backend; falls back to none if refused (400).
+    llm_constrained: Constraint = "json_schema"
+    # kubo HTTP API (e.g. http://127.0.0.1:5001) to pin traces to; unset = no pinning.
+    ipfs_api_url: str | None = None
+    # Seconds a claim holds a row; renewed every third of it while the call runs, so it only
+    # matters after a crash: that is how long the row waits before another worker retakes it.
+    inference_lease_s: float = Field(default=30.0, ge=1, le=3600)
+    # Rows claimed per claim; small, so a worker never sits on a backlog its peers could take.
+    inference_claim_batch: int = Field(default=8, ge=1, le=500)
+    # Seconds between claims when idle: the added latency of a new request.
+    inference_poll_s: float = Field(default=0.1, gt=0, le=60)
+    # Seconds a stopping worker lets in-flight calls finish before releasing their rows.
+    inference_shutdown_grace_s: float = Field(default=10.0, ge=0, le=600)
+
+    @field_validator("llm_model_map", mode="before")
+    @classmethod
+    def _parse_map(cls, value: object) -> object:
+        if isinstance(value, str):
+            if not value.strip():
+                return {}
+            try:
+                parsed = json.loads(value)
+            except ValueError as exc:
+                raise ValueError(f"not JSON: {exc}") from None
+            return parsed
+        return value
+
+    @field_validator("llm_model_map")
+    @classmethod
+    def _check_map(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, backend_id in value.items():
+            if not name or not backend_id:
+                raise ValueError("model names and backend ids must be non-empty strings")
+        return value
+
+    @field_validator("llm_base_url", "ipfs_api_url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"not an http(s) URL: {value!r}")
+        return value
+
+    def check_backend(self) -> None:
+        """Raise ConfigError when the chosen backend lacks what it needs."""
+        if self.llm_backend == "openai":
+            self.require("llm_base_url")
+            if not self.llm_model_map:
+                raise ConfigError(
+                    "HODLAI_LLM_MODEL_MAP is required with HODLAI_LLM_BACKEND=openai "
+                    '(a JSON object, e.g. {"gpt-4o-mini": "openai/gpt-4o-mini"})'
+                )
+
+    def served_models(self) -> dict[str, str]:
+        """On-chain model name -> backend model id, defaults applied."""
+        if self.llm_model_map:
+            return dict(self.llm_model_map)
+        return dict(DEFAULT_LOCAL_MODELS)

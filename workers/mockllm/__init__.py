@@ -1,0 +1,2 @@
+"""``hodlai mock-llm``: a deterministic OpenAI-compatible chat server that misbehaves on
+request, for tests, the demo and benchmarks."""
