@@ -12,7 +12,10 @@ tenacity can decide by *type* whether something is worth retrying::
     │   │   └── RpcServerError      5xx or a JSON-RPC internal error
     │   ├── RpcRangeTooLargeError   the node refused the getLogs range or result size
     │   ├── StaleNodeError          the node is behind what we already know
-    │   └── LlmTransportError       LLM timeout, 429, 5xx, connection refused
+    │   ├── LlmTransportError       LLM timeout, 429, 5xx, connection refused
+    │   │   └── LlmAccessError      the LLM endpoint refuses this node (401/403/404)
+    │   ├── FeeCapExceededError     the market fee is above the configured cap: wait
+    │   └── InsufficientFundsError  the sender cannot pay for gas: fund it, then it resumes
     └── PermanentError              retrying the same input gives the same failure
         ├── ConfigError             a bad or missing setting; names the setting
         ├── DatabaseMismatchError   the database belongs to another chain or provider
@@ -22,7 +25,9 @@ tenacity can decide by *type* whether something is worth retrying::
         ├── BadAnswerError          the model answered outside the permitted set
         ├── RpcResponseError        a JSON-RPC error object that is not transient
         │   └── ExecutionRevertedError  eth_call / estimateGas reverted; carries the reason
-        └── KeyFileError            missing, unreadable or too-open key file
+        ├── KeyFileError            missing, unreadable or too-open key file
+        ├── LlmRejectedError        the LLM endpoint refused this one request (400, 413, 422)
+        └── AttemptsExhaustedError  (a BadAnswerError) the bad-answer budget is spent
 """
 
 from __future__ import annotations
@@ -124,3 +129,35 @@ class ExecutionRevertedError(RpcResponseError):
 
 class KeyFileError(PermanentError):
     """The key file is missing, unreadable, malformed or readable by others."""
+
+
+class LlmAccessError(LlmTransportError):
+    """The LLM endpoint refuses this node (401/403/404: key, plan or model id).
+
+    Retryable on purpose: it is the node's configuration, not the request, that is wrong, so
+    workers pause instead of failing every request until an operator fixes it."""
+
+
+class LlmRejectedError(PermanentError):
+    """The LLM endpoint refused this one request (400, 413, 422, ...): sending it again as it
+    stands fails the same way."""
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class AttemptsExhaustedError(BadAnswerError):
+    """Every attempt of the budget ended in a bad answer; ``trace_json`` records them all."""
+
+    def __init__(self, message: str, *, trace_json: str) -> None:
+        super().__init__(message)
+        self.trace_json = trace_json
+
+
+class FeeCapExceededError(RetryableError):
+    """The chain's current fee is above the operator's cap; sending waits for it to fall."""
+
+
+class InsufficientFundsError(RetryableError):
+    """The sending account cannot pay for gas; sending pauses until it is funded."""
