@@ -115,6 +115,8 @@ CREATE TABLE IF NOT EXISTS fulfillments (
     seen_at       REAL NOT NULL
 ) STRICT;
 CREATE INDEX IF NOT EXISTS idx_fulfillments_block ON fulfillments (block_number);
+-- Fulfilments seen before their request (prior_status NULL): usually none, looked up per poll.
+CREATE INDEX IF NOT EXISTS idx_fulfillments_unapplied ON fulfillments (request_id) WHERE prior_status IS NULL;
 
 -- How far each scanner has accepted the chain (the last block fully ingested).
 CREATE TABLE IF NOT EXISTS cursors (
@@ -124,11 +126,13 @@ CREATE TABLE IF NOT EXISTS cursors (
 ) STRICT;
 
 -- Hashes of accepted blocks, to detect a reorg by comparison (anvil and many nodes never
--- deliver logs with removed=true). Pruned to a window far deeper than any expected reorg.
+-- deliver logs with removed=true): the header at the end of every accepted range, and every
+-- block an accepted log came from. Pruned to HODLAI_INDEXER_BLOCK_HISTORY blocks below the
+-- cursor, far deeper than any expected reorg.
 CREATE TABLE IF NOT EXISTS blocks (
     number      INTEGER PRIMARY KEY,
     hash        TEXT NOT NULL,
-    parent_hash TEXT NOT NULL,
+    parent_hash TEXT,                         -- NULL when the block is known only from its logs
     seen_at     REAL NOT NULL
 ) STRICT;
 
@@ -142,26 +146,37 @@ CREATE TABLE IF NOT EXISTS reorgs (
     note          TEXT
 ) STRICT;
 
--- Every transaction the fulfiller signed, recorded BEFORE it is broadcast.
+-- Every transaction the node signed, recorded BEFORE it is broadcast (shared/tx/ledger.py).
+-- A nonce is "open" while one of its rows is SIGNED or BROADCAST; all rows of one nonce are
+-- alternatives (replacements, a cancel), of which at most one is ever mined.
 CREATE TABLE IF NOT EXISTS txs (
     id              INTEGER PRIMARY KEY AUTOINCREMENT,
-    request_id      TEXT,                     -- NULL for a nonce-filling cancel transaction
+    purpose         TEXT NOT NULL,            -- 'fulfil'; 'cancel' = 0-value self-transfer filling a nonce
+    request_id      TEXT,                     -- the request a 'fulfil' answers; NULL for a 'cancel'
     generation      INTEGER,                  -- requests.generation the answer was made for
     content_hash    TEXT,                     -- requests.content_hash the answer was made for
     sender          TEXT NOT NULL,
     nonce           INTEGER NOT NULL,
     tx_hash         TEXT NOT NULL UNIQUE,
     raw_tx          TEXT NOT NULL,            -- 0x-hex signed transaction, re-broadcastable
+    to_address      TEXT NOT NULL,            -- the call, kept to re-sign it with bumped fees
+    value_wei       TEXT NOT NULL,            -- decimal
+    calldata        TEXT NOT NULL,            -- 0x-hex
     gas_limit       INTEGER NOT NULL,
     max_fee_per_gas TEXT,                     -- wei, decimal; NULL for legacy
     max_priority_fee_per_gas TEXT,
     gas_price       TEXT,                     -- wei, decimal; legacy only
+    -- SIGNED: recorded, no node accepted it yet; BROADCAST: a node accepted it;
+    -- MINED / REVERTED: its receipt (status 1 / 0); REPLACED: another tx of the same nonce
+    -- superseded it; CANCELLED: superseded by a 'cancel' because its purpose became invalid;
+    -- DROPPED: the nonce was consumed by a transaction this node did not sign.
     status          TEXT NOT NULL CHECK (status IN ('SIGNED','BROADCAST','MINED','REVERTED','REPLACED','DROPPED','CANCELLED')),
     replaces_tx_id  INTEGER REFERENCES txs(id),
     error           TEXT,
     created_at      REAL NOT NULL,
     broadcast_at    REAL,
     mined_block     INTEGER,
+    gas_used        INTEGER,
     updated_at      REAL NOT NULL
 ) STRICT;
 CREATE INDEX IF NOT EXISTS idx_txs_open ON txs (status, nonce);
@@ -204,5 +219,5 @@ FROM transitions ORDER BY id DESC LIMIT 100;
 
 DROP VIEW IF EXISTS v_open_txs;
 CREATE VIEW v_open_txs AS
-SELECT id, request_id, nonce, tx_hash, status, ROUND(((julianday('now') - 2440587.5) * 86400.0) - created_at, 1) AS age_s, error
+SELECT id, purpose, request_id, nonce, tx_hash, status, ROUND(((julianday('now') - 2440587.5) * 86400.0) - created_at, 1) AS age_s, error
 FROM txs WHERE status IN ('SIGNED', 'BROADCAST') ORDER BY nonce;

@@ -29,6 +29,9 @@ from shared.contracts import REASONING_FULFILLED_TOPIC0, REASONING_REQUESTED_TOP
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+# Fees for ask transactions: far above anvil's base fee even while the fulfiller fills blocks
+# (web3's defaults fall below it under load and anvil drops such transactions).
+ASK_FEES = {"maxFeePerGas": 50 * 10**9, "maxPriorityFeePerGas": 10**9}
 # Seconds to wait for `hodlai devnet` to deploy; anvil starts in ~50 ms, deploying ~1-2 s.
 DEVNET_READY_TIMEOUT_S = 60.0
 # Seconds a stopped process gets to finish or release its work before SIGKILL.
@@ -175,9 +178,9 @@ class LocalNode:
                 for model in {ask.model for ask in asks}}  # fmt: skip
         sent = []
         for ask in asks:
-            tx_hash = vault.functions.ask(ask.model, ask.prompt, ask.state, list(ask.actions))
-            sent.append((tx_hash.transact({"from": sender, "value": fees[ask.model],
-                                           "gas": 1_500_000}), time.perf_counter()))  # fmt: skip
+            call = vault.functions.ask(ask.model, ask.prompt, ask.state, list(ask.actions))
+            params = {"from": sender, "value": fees[ask.model], "gas": 1_500_000, **ASK_FEES}
+            sent.append((call.transact(params), time.perf_counter()))  # type: ignore[arg-type]
         out = []
         topic = REASONING_REQUESTED_TOPIC0.removeprefix("0x")
         for tx_hash, at in sent:

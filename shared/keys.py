@@ -1,4 +1,12 @@
-"""Key files: a JSON file ``{"address": "0x…", "private_key": "0x…"}`` readable by its owner only.
+"""Key files: the oracle's private key, as a plain JSON key file or an encrypted keystore.
+
+Two formats are accepted in ``HODLAI_KEY_FILE``:
+
+- a plain JSON key file ``{"address": "0x…", "private_key": "0x…"}`` (what ``hodlai devnet``
+  writes), and
+- a Web3 Secret Storage keystore (version 3, scrypt or pbkdf2, as geth, clef, MetaMask
+  exports and ``eth-keyfile`` write), decrypted with a passphrase that comes from
+  ``HODLAI_KEY_PASSPHRASE`` or from the file named by ``HODLAI_KEY_PASSPHRASE_FILE``.
 
 Guarantees:
 
@@ -6,9 +14,10 @@ Guarantees:
   permissions than 0600: it is created under a temporary name with ``O_CREAT | O_EXCL`` and
   mode 0600, fsynced, and then moved into place. An existing key file is never replaced
   unless the caller says ``overwrite=True`` (checked atomically, not by a racy exists()).
-- A key file that the group or others can read is refused with a message saying why and how
-  to fix it; so is one whose address does not match its key.
-- The private key never appears in a log event or an exception message.
+- A key file, keystore or passphrase file that the group or others can read is refused with
+  a message saying why and how to fix it; so is one whose address does not match its key.
+- The private key and the passphrase never appear in a log event or an exception message:
+  parser errors that could quote the file are replaced by our own messages.
 """
 
 from __future__ import annotations
@@ -18,25 +27,181 @@ import os
 import secrets
 import stat
 from pathlib import Path
+from typing import Any, Final, Literal
 
 import structlog
 from eth_account import Account
+from eth_keyfile.keyfile import create_keyfile_json, decode_keyfile_json
 from eth_utils.address import is_hex_address, to_checksum_address
 
-from shared.errors import KeyFileError
+from shared.errors import ConfigError, KeyFileError
 
 log = structlog.get_logger(__name__)
 
-KEY_FILE_MODE = 0o600
+KEY_FILE_MODE: Final = 0o600
+PASSPHRASE_ENV: Final = "HODLAI_KEY_PASSPHRASE"
+PASSPHRASE_FILE_ENV: Final = "HODLAI_KEY_PASSPHRASE_FILE"
 
 
 def generate_key_file(path: Path | str, *, overwrite: bool = False) -> str:
-    """Create a new random key in ``path`` (mode 0600) and return its checksummed address."""
-    target = Path(path)
+    """Create a new random key in ``path`` (plain JSON, mode 0600); return its address."""
     account = Account.create()
     payload = json.dumps(
         {"address": account.address, "private_key": "0x" + bytes(account.key).hex()}, indent=2
     )
+    _write_secret_file(Path(path), payload, overwrite=overwrite)
+    log.info("key_file_created", path=str(path), address=account.address)
+    return str(account.address)
+
+
+def generate_keystore_file(
+    path: Path | str,
+    passphrase: str,
+    *,
+    private_key: bytes | None = None,
+    kdf: Literal["scrypt", "pbkdf2"] = "scrypt",
+    iterations: int | None = None,
+    overwrite: bool = False,
+) -> str:
+    """Write an encrypted keystore (mode 0600) for ``private_key`` (a new random key when
+    None); return its address. ``iterations`` lowers the KDF work factor (tests only)."""
+    if not passphrase:
+        raise KeyFileError("a keystore needs a non-empty passphrase")
+    key = bytes(Account.create().key) if private_key is None else private_key
+    keystore = create_keyfile_json(key, passphrase.encode("utf-8"), kdf=kdf, iterations=iterations)
+    _write_secret_file(Path(path), json.dumps(keystore, indent=2), overwrite=overwrite)
+    address = str(Account.from_key(key).address)
+    log.info("keystore_created", path=str(path), address=address, kdf=kdf)
+    return address
+
+
+def load_private_key(path: Path | str, passphrase: str | None = None) -> bytes:
+    """The 32-byte private key stored in ``path``, after checking who may read the file.
+
+    ``passphrase`` decrypts a keystore; it is ignored for a plain key file."""
+    source = Path(path)
+    raw = _read_private_json(source, what="key file")
+    if isinstance(raw, dict) and _is_keystore(raw):
+        return _decrypt_keystore(raw, source, passphrase)
+    return _parse_key(raw, source)
+
+
+def key_file_address(path: Path | str, passphrase: str | None = None) -> str:
+    """The checksummed address of the key in ``path`` (with the same checks as loading it)."""
+    return str(Account.from_key(load_private_key(path, passphrase)).address)
+
+
+def read_passphrase(*, passphrase: str | None, passphrase_file: Path | str | None) -> str | None:
+    """The keystore passphrase from the environment (``HODLAI_KEY_PASSPHRASE``) or from a file
+    readable by its owner only (``HODLAI_KEY_PASSPHRASE_FILE``; one trailing newline is
+    dropped). None when neither is set. Setting both is refused: which one wins would be a
+    guess."""
+    if passphrase and passphrase_file:
+        raise ConfigError(f"set only one of {PASSPHRASE_ENV} and {PASSPHRASE_FILE_ENV}")
+    if passphrase:
+        return passphrase
+    if not passphrase_file:
+        return None
+    source = Path(passphrase_file)
+    _check_private(source, what="passphrase file")
+    try:
+        text = source.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise KeyFileError(f"cannot read passphrase file {source}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise KeyFileError(f"passphrase file {source} is not UTF-8 text") from None
+    value = text.removesuffix("\n").removesuffix("\r")
+    if not value:
+        raise KeyFileError(f"passphrase file {source} is empty")
+    return value
+
+
+# --- internals ------------------------------------------------------------------------------
+
+
+def _check_private(source: Path, *, what: str) -> None:
+    try:
+        info = source.stat()
+    except FileNotFoundError:
+        raise KeyFileError(f"{what} {source} does not exist") from None
+    except OSError as exc:
+        raise KeyFileError(f"cannot stat {what} {source}: {exc.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise KeyFileError(f"{what} {source} is not a regular file")
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o077:
+        raise KeyFileError(
+            f"{what} {source} has mode {mode:04o}: group/others may read or write it, so "
+            f"the secret must be assumed leaked to them; refusing to use it. "
+            f"Restrict it with `chmod 600 {source}` (and rotate the key if others did read it)."
+        )
+
+
+def _read_private_json(source: Path, *, what: str) -> Any:
+    _check_private(source, what=what)
+    try:
+        return json.loads(source.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise KeyFileError(f"cannot read {what} {source}: {exc.strerror}") from None
+    except ValueError:
+        # The decoder's message would quote the file's content, which may hold the key.
+        raise KeyFileError(f"{what} {source} is not valid JSON") from None
+
+
+def _is_keystore(raw: dict[str, Any]) -> bool:
+    return "crypto" in raw or "Crypto" in raw
+
+
+def _decrypt_keystore(raw: dict[str, Any], source: Path, passphrase: str | None) -> bytes:
+    if raw.get("version") != 3:
+        raise KeyFileError(f"keystore {source}: only version 3 keystores are supported")
+    if not passphrase:
+        raise KeyFileError(
+            f"keystore {source} is encrypted: set {PASSPHRASE_ENV} or {PASSPHRASE_FILE_ENV}"
+        )
+    try:
+        key = bytes(decode_keyfile_json(raw, passphrase.encode("utf-8")))
+    except ValueError as exc:  # eth-keyfile's errors derive from ValueError
+        if "MAC mismatch" in str(exc):
+            raise KeyFileError(f"keystore {source}: wrong passphrase") from None
+        raise KeyFileError(f"keystore {source} is malformed or uses an unknown cipher") from None
+    except (KeyError, TypeError):
+        raise KeyFileError(f"keystore {source} is malformed") from None
+    address = str(Account.from_key(key).address)
+    stored = raw.get("address")
+    if isinstance(stored, str) and stored:
+        claimed = stored if stored.startswith("0x") else "0x" + stored
+        if not is_hex_address(claimed) or to_checksum_address(claimed) != address:
+            raise KeyFileError(f"keystore {source}: address {stored} does not match its key")
+    return key
+
+
+def _parse_key(raw: object, source: Path) -> bytes:
+    if not isinstance(raw, dict) or not isinstance(raw.get("private_key"), str):
+        raise KeyFileError(f'key file {source} has no string field "private_key"')
+    text = raw["private_key"].removeprefix("0x")
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        raise KeyFileError(f"key file {source}: private_key is not hex") from None
+    if len(key) != 32:
+        raise KeyFileError(f"key file {source}: private_key must be 32 bytes, got {len(key)}")
+    try:
+        address = Account.from_key(key).address
+    except ValueError:
+        raise KeyFileError(f"key file {source}: private_key is not a valid secp256k1 key") from None
+    stored = raw.get("address")
+    if stored is not None:
+        if not isinstance(stored, str) or not is_hex_address(stored):
+            raise KeyFileError(f"key file {source}: address is not a 20-byte hex address")
+        if to_checksum_address(stored) != address:
+            raise KeyFileError(
+                f"key file {source}: address {stored} does not belong to its private key"
+            )
+    return key
+
+
+def _write_secret_file(target: Path, payload: str, *, overwrite: bool) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, KEY_FILE_MODE)
@@ -63,66 +228,6 @@ def generate_key_file(path: Path | str, *, overwrite: bool = False) -> str:
     finally:
         tmp.unlink(missing_ok=True)
     _fsync_dir(target.parent)
-    log.info("key_file_created", path=str(target), address=account.address)
-    return str(account.address)
-
-
-def load_private_key(path: Path | str) -> bytes:
-    """The 32-byte private key stored in ``path``, after checking who may read the file."""
-    source = Path(path)
-    try:
-        info = source.stat()
-    except FileNotFoundError:
-        raise KeyFileError(f"key file {source} does not exist") from None
-    except OSError as exc:
-        raise KeyFileError(f"cannot stat key file {source}: {exc.strerror}") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise KeyFileError(f"key file {source} is not a regular file")
-    loose = stat.S_IMODE(info.st_mode) & 0o077
-    if loose:
-        raise KeyFileError(
-            f"key file {source} has mode {stat.S_IMODE(info.st_mode):04o}: group/others may "
-            f"read or write it, so the key must be assumed leaked to them; refusing to use it. "
-            f"Restrict it with `chmod 600 {source}`."
-        )
-    try:
-        raw = json.loads(source.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise KeyFileError(f"cannot read key file {source}: {exc.strerror}") from None
-    except ValueError:
-        # The decoder's message would quote the file's content, which may hold the key.
-        raise KeyFileError(f"key file {source} is not valid JSON") from None
-    return _parse_key(raw, source)
-
-
-def key_file_address(path: Path | str) -> str:
-    """The checksummed address of the key in ``path`` (with the same checks as loading it)."""
-    return str(Account.from_key(load_private_key(path)).address)
-
-
-def _parse_key(raw: object, source: Path) -> bytes:
-    if not isinstance(raw, dict) or not isinstance(raw.get("private_key"), str):
-        raise KeyFileError(f'key file {source} has no string field "private_key"')
-    text = raw["private_key"].removeprefix("0x")
-    try:
-        key = bytes.fromhex(text)
-    except ValueError:
-        raise KeyFileError(f"key file {source}: private_key is not hex") from None
-    if len(key) != 32:
-        raise KeyFileError(f"key file {source}: private_key must be 32 bytes, got {len(key)}")
-    try:
-        address = Account.from_key(key).address
-    except ValueError:
-        raise KeyFileError(f"key file {source}: private_key is not a valid secp256k1 key") from None
-    stored = raw.get("address")
-    if stored is not None:
-        if not isinstance(stored, str) or not is_hex_address(stored):
-            raise KeyFileError(f"key file {source}: address is not a 20-byte hex address")
-        if to_checksum_address(stored) != address:
-            raise KeyFileError(
-                f"key file {source}: address {stored} does not belong to its private key"
-            )
-    return key
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -1,0 +1,260 @@
+"""Benchmark: fulfilments per second with one oracle key, pipelined vs sequential.
+
+Anvil mines a block every second (``--block-time 1``, shaped like a real chain; auto-mine is
+unreliable under floods, FACTS.md) with BSC's 140M block gas limit. Each repetition asks for
+fresh requests through the example vault, stores them as ANSWERED rows in a fresh database,
+and runs the real fulfiller (simulate, sign, record durably, broadcast, poll receipts) in
+process until every transaction it sent is mined:
+
+- sequential: window 1, i.e. send one fulfilment and wait for its receipt before the next;
+- pipelined: the default window of 64 unconfirmed nonces.
+
+Fulfilments/s = requests / (time from the first step until the last receipt is recorded).
+The median over the repetitions is reported, and each fulfilled request is checked to have
+exactly one fulfilment event on chain.
+
+    .venv/bin/python scripts/bench_fulfiller.py [--requests 640] [--sequential 8] [--reps 3]
+
+Last line: {"pipelined_tps": ..., "sequential_tps": ..., "ratio": ...}
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from eth_abi.abi import encode as abi_encode
+from eth_account import Account
+from eth_utils.crypto import keccak
+
+from shared import store
+from shared.anvil import Anvil
+from shared.contracts import REASONING_FULFILLED_TOPIC0
+from shared.db import AsyncDatabase, atomic, connect
+from shared.deploy import Deployment, deploy_stack
+from shared.keys import generate_key_file, load_private_key
+from shared.logs import configure_logging
+from shared.rpc import RpcClient
+from shared.store import NewRequest, Status
+from shared.tx.fees import FeePolicy
+from shared.tx.manager import TxManager, TxPolicy
+from shared.tx.signer import LocalSigner
+from workers.fulfiller.purpose import FULFIL_PURPOSE, FulfilmentPurpose
+from workers.fulfiller.simulation import GasRule
+from workers.fulfiller.worker import FulfillerConfig, FulfillerWorker
+
+GWEI = 10**9
+BLOCK_TIME_S = 1
+# BSC's block gas limit (2025); anvil's default 30M would cap the chain, not the fulfiller.
+BLOCK_GAS_LIMIT = 140_000_000
+# Requests per askBatch transaction (~160k gas each; 100 fit a block many times over).
+ASK_BATCH = 100
+ACTIONS = ("BUY", "SELL", "HOLD")
+# Seconds one run may take before the benchmark gives up.
+RUN_TIMEOUT_S = 600.0
+ASK_BATCH_SELECTOR = keccak(text="askBatch(uint256,string,string,string,string[])")[:4]
+
+
+@dataclass
+class Stack:
+    node: Anvil
+    deployment: Deployment
+    key_file: Path
+    admin_key: str
+
+
+def rpc(url: str, method: str, params: list[Any]) -> Any:
+    answer = httpx.post(
+        url, json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params}, timeout=60
+    ).json()
+    if "error" in answer:
+        raise RuntimeError(f"{method}: {answer['error']}")
+    return answer["result"]
+
+
+def ask(stack: Stack, count: int) -> list[int]:
+    """``count`` new requests from the example vault; their ids (mined before returning)."""
+    url = stack.node.rpc_url
+    admin = Account.from_key(stack.admin_key)
+    fee = stack.deployment.models["hodlai-local"]
+    next_id_call = {
+        "to": stack.deployment.provider_address,
+        "data": "0x" + keccak(text="nextRequestId()")[:4].hex(),
+    }
+    first = int(rpc(url, "eth_call", [next_id_call, "latest"]), 16)
+    nonce = int(rpc(url, "eth_getTransactionCount", [admin.address, "pending"]), 16)
+    hashes = []
+    for start in range(0, count, ASK_BATCH):
+        n = min(ASK_BATCH, count - start)
+        data = ASK_BATCH_SELECTOR + abi_encode(
+            ["uint256", "string", "string", "string", "string[]"],
+            [n, "hodlai-local", "Choose.", f"bench state {start}", list(ACTIONS)],
+        )
+        signed = admin.sign_transaction(
+            {"type": 2, "chainId": stack.deployment.chain_id, "nonce": nonce,
+             "to": stack.deployment.vault_address, "value": fee * n, "data": data,
+             "gas": 200_000 * n + 100_000,
+             "maxFeePerGas": 50 * GWEI, "maxPriorityFeePerGas": 2 * GWEI}
+        )  # fmt: skip
+        hashes.append(
+            rpc(url, "eth_sendRawTransaction", ["0x" + bytes(signed.raw_transaction).hex()])
+        )
+        nonce += 1
+    for tx_hash in hashes:
+        while (receipt := rpc(url, "eth_getTransactionReceipt", [tx_hash])) is None:
+            time.sleep(0.1)
+        assert receipt["status"] == "0x1", receipt
+    return list(range(first, first + count))
+
+
+def store_answered(db: Path, ids: list[int], requester: str) -> None:
+    conn = connect(db)
+    now = time.time()
+    with atomic(conn):
+        for i, request_id in enumerate(ids):
+            store.insert_request(
+                conn,
+                NewRequest(
+                    request_id=request_id, requester=requester, model="hodlai-local",
+                    system_prompt="Choose.", state_string="bench", action_set=ACTIONS,
+                    content_hash="0x" + keccak(text=f"bench{request_id}").hex(),
+                    block_number=i // ASK_BATCH + 1, block_hash="0x" + "00" * 32,
+                    tx_hash="0x" + "00" * 32, log_index=i % ASK_BATCH,
+                ),
+                actor="bench",
+            )  # fmt: skip
+            store.transition(
+                conn, request_id, Status.PENDING, Status.ANSWERED, actor="bench", now=now,
+                set_columns={"answer_action": ACTIONS[request_id % 3],
+                             "answer_cid": "bafkreibenchmarkcid", "answered_at": now},
+            )  # fmt: skip
+    conn.close()
+
+
+async def fulfil(stack: Stack, db: Path, ids: list[int], window: int) -> float:
+    """Run the fulfiller until every request's transaction is mined; seconds taken."""
+    fees = FeePolicy(max_fee_per_gas=100 * GWEI, max_priority_fee_per_gas=5 * GWEI)
+    signer = LocalSigner(load_private_key(stack.key_file), chain_id=stack.deployment.chain_id)
+    adb = AsyncDatabase(connect(db, durable=True))
+    client = RpcClient([stack.node.rpc_url])
+    manager = TxManager(
+        db=adb,
+        rpc=client,
+        signer=signer,
+        policy=TxPolicy(fees=fees, window=window),
+        handlers={FULFIL_PURPOSE: FulfilmentPurpose()},
+    )
+    worker = FulfillerWorker(
+        db=adb,
+        rpc=client,
+        manager=manager,
+        config=FulfillerConfig(
+            provider=stack.deployment.provider_address, batch=32,
+            gas=GasRule(margin_percent=25, cap=3_000_000), fees=fees, min_balance_wei=10**16,
+            poll_s=0.05, checks_s=30.0, lease_s=60.0, recheck_s=30.0,
+        ),
+    )  # fmt: skip
+    keys = [str(i) for i in ids]
+    marks = ",".join("?" * len(keys))
+
+    def mined(conn: Any) -> int:
+        return int(
+            conn.execute(
+                f"SELECT COUNT(DISTINCT request_id) FROM txs WHERE status = 'MINED' "
+                f"AND request_id IN ({marks})",
+                keys,
+            ).fetchone()[0]
+        )
+
+    started = time.perf_counter()
+    try:
+        while await adb.run(mined) < len(ids):
+            if time.perf_counter() - started > RUN_TIMEOUT_S:
+                raise RuntimeError(f"window {window}: not all fulfilled in {RUN_TIMEOUT_S} s")
+            delay = await worker.step()
+            if delay:
+                await asyncio.sleep(delay)
+        return time.perf_counter() - started
+    finally:
+        await client.aclose()
+        adb.close()
+
+
+def check_exactly_once(stack: Stack, ids: list[int]) -> None:
+    logs = rpc(
+        stack.node.rpc_url,
+        "eth_getLogs",
+        [{"address": stack.deployment.provider_address, "fromBlock": "0x0", "toBlock": "latest",
+          "topics": [REASONING_FULFILLED_TOPIC0]}],
+    )  # fmt: skip
+    counts = Counter(int(entry["topics"][1], 16) for entry in logs)
+    wrong = [i for i in ids if counts[i] != 1]
+    if wrong:
+        raise RuntimeError(f"{len(wrong)} requests not fulfilled exactly once: {wrong[:5]}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=640, help="per pipelined run")
+    parser.add_argument("--sequential", type=int, default=8, help="per sequential run")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--window", type=int, default=64)
+    args = parser.parse_args()
+    configure_logging("WARNING", json=True)
+
+    seq_rates: list[float] = []
+    pipe_rates: list[float] = []
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-fulfiller-") as tmp,
+        Anvil(block_time=BLOCK_TIME_S, gas_limit=BLOCK_GAS_LIMIT) as node,
+    ):
+        key_file = Path(tmp) / "oracle.json"
+        oracle = generate_key_file(key_file)
+        admin_key = node.accounts[0].private_key
+        deployment = deploy_stack(
+            node.rpc_url, admin_key, oracle_address=oracle, fund_wei=1_000 * 10**18
+        )
+        stack = Stack(node, deployment, key_file, admin_key)
+        for rep in range(args.reps):
+            for label, count, window, rates in (
+                ("sequential", args.sequential, 1, seq_rates),
+                ("pipelined", args.requests, args.window, pipe_rates),
+            ):
+                ids = ask(stack, count)
+                db = Path(tmp) / f"{label}-{rep}.db"
+                store_answered(db, ids, deployment.vault_address)
+                seconds = asyncio.run(fulfil(stack, db, ids, window))
+                check_exactly_once(stack, ids)
+                rates.append(count / seconds)
+                print(
+                    f"rep {rep + 1}: {label:<10} window {window:>3}: {count:>4} fulfilments "
+                    f"in {seconds:6.2f} s = {count / seconds:7.2f} /s"
+                )
+    sequential = statistics.median(seq_rates)
+    pipelined = statistics.median(pipe_rates)
+    print(
+        json.dumps(
+            {
+                "pipelined_tps": round(pipelined, 2),
+                "sequential_tps": round(sequential, 2),
+                "ratio": round(pipelined / sequential, 1),
+                "block_time_s": BLOCK_TIME_S,
+                "window": args.window,
+                "requests": args.requests,
+                "reps": args.reps,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,271 @@
+"""Benchmark: how fast the indexer moves request events from anvil into SQLite.
+
+One anvil, N request events generated with the example vault's ``askBatch`` (one batch per
+block, ~1.2 KB of strings per request), then, in the same run, several repetitions of:
+
+  (a) raw: eth_getLogs over httpx + ``eth_abi.decode``, no database: the limit as the issue
+      defines it;
+  (a') raw_fast: the same with the indexer's own decoder (eth-abi's results, ~1.5x faster),
+      the stricter limit: everything the indexer does except storing;
+  (b) the indexer end to end (the production Indexer: batched polls, judging, decoding,
+      pipelined commits into a fresh SQLite file) from the first block to caught up;
+  (c) a naive web3.py loop: block_number, then get_logs + process_log per range.
+
+The raw and naive variants read ranges of as many blocks as make ~indexer_target_logs logs
+(the indexer itself settles a little below that). Each repetition runs all variants back to
+back, so each ratio is taken within a repetition and the median over repetitions is
+reported (this box's throughput drifts by +-20 % between minutes); target (b) >= 0.6 x (a)
+and (b) >= 4 x (c); (b) / (a') is printed too.
+
+    .venv/bin/python scripts/bench_indexer.py [--events 20000] [--per-block 100] [--reps 5]
+
+Last line: {"raw_eps": ..., "indexer_eps": ..., "naive_eps": ..., "ratio_vs_raw": ...,
+"ratio_vs_naive": ..., "raw_fast_eps": ..., "ratio_vs_raw_fast": ..., ...}
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import structlog
+from eth_abi.abi import decode as abi_decode
+from eth_abi.abi import encode as abi_encode
+from eth_account import Account
+from eth_utils.crypto import keccak
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from shared.anvil import Anvil  # noqa: E402 -- after the path fix, so the script runs as a file
+from shared.contracts import (  # noqa: E402
+    PROVIDER_CONTRACT,
+    REASONING_FULFILLED_TOPIC0,
+    REASONING_REQUESTED_TOPIC0,
+    artifact,
+)
+from shared.deploy import Deployment, deploy_stack  # noqa: E402
+from shared.logs import configure_logging  # noqa: E402
+from shared.rpc import RpcClient  # noqa: E402
+from shared.runtime import run_loop  # noqa: E402
+from workers.indexer.logs_decode import decode_logs  # noqa: E402
+from workers.indexer.main import Indexer, open_database  # noqa: E402
+from workers.indexer.settings import IndexerSettings  # noqa: E402
+
+ASK_BATCH = keccak(text="askBatch(uint256,string,string,string,string[])")[:4]
+PROMPT = ("You manage a token vault. Weigh momentum against drawdown risk and answer with "
+          "exactly one action. ") * 3  # fmt: skip
+STATE = ("price=1.2345;ma20=1.2011;ma50=1.1570;rsi=61.2;vol24h=18342211;holders=4211;"
+         "treasury_bnb=118.22;drawdown=0.071;") * 6  # fmt: skip
+ACTIONS = ["BUY", "SELL", "HOLD", "BUYBACK_AND_BURN"]
+# Gas per request in askBatch with these strings (~82k measured) plus headroom.
+GAS_PER_REQUEST = 100_000
+TARGET_LOGS = IndexerSettings.model_fields["indexer_target_logs"].default
+
+
+def generate(anvil: Anvil, deployment: Deployment, events: int, per_block: int) -> int:
+    """Send askBatch transactions (one block each); returns the head after them."""
+    sender = Account.from_key(anvil.accounts[2].private_key)
+    http = httpx.Client(timeout=120, headers={"content-type": "application/json"})
+
+    def rpc(method: str, params: list[Any]) -> Any:
+        answer = http.post(anvil.rpc_url, json={"jsonrpc": "2.0", "id": 1, "method": method,
+                                                "params": params}).json()  # fmt: skip
+        if "error" in answer:
+            raise RuntimeError(f"{method}: {answer['error']}")
+        return answer["result"]
+
+    fee = deployment.models["hodlai-local"]
+    nonce = int(rpc("eth_getTransactionCount", [sender.address, "pending"]), 16)
+    base = int(rpc("eth_getBlockByNumber", ["latest", False])["baseFeePerGas"], 16)
+    data = ASK_BATCH + abi_encode(
+        ["uint256", "string", "string", "string", "string[]"],
+        [per_block, "hodlai-local", PROMPT, STATE, ACTIONS],
+    )
+    last = ""
+    for i in range((events + per_block - 1) // per_block):
+        signed = sender.sign_transaction({
+            "to": deployment.vault_address, "data": "0x" + data.hex(), "value": fee * per_block,
+            "gas": GAS_PER_REQUEST * per_block + 200_000, "gasPrice": 4 * base + 10**9,
+            "nonce": nonce + i, "chainId": deployment.chain_id,
+        })  # fmt: skip
+        last = rpc("eth_sendRawTransaction", ["0x" + bytes(signed.raw_transaction).hex()])
+    while (receipt := rpc("eth_getTransactionReceipt", [last])) is None:
+        time.sleep(0.05)
+    assert int(receipt["status"], 16) == 1, "the last askBatch reverted"
+    head = int(rpc("eth_blockNumber", []), 16)
+    http.close()
+    return head
+
+
+def _ranges(first: int, last: int, chunk: int) -> list[tuple[int, int]]:
+    return [(start, min(last, start + chunk - 1)) for start in range(first, last + 1, chunk)]
+
+
+def raw_fetch(
+    url: str, provider: str, ranges: list[tuple[int, int]], decode: Callable[[list[Any]], int]
+) -> tuple[int, float]:
+    http = httpx.Client(timeout=120, headers={"content-type": "application/json"})
+    topics = [[REASONING_REQUESTED_TOPIC0, REASONING_FULFILLED_TOPIC0]]
+    count = 0
+    started = time.perf_counter()
+    for first, last in ranges:
+        body = {"jsonrpc": "2.0", "id": 1, "method": "eth_getLogs", "params": [
+            {"address": provider, "fromBlock": hex(first), "toBlock": hex(last),
+             "topics": topics}]}  # fmt: skip
+        count += decode(http.post(url, json=body).json()["result"])
+    elapsed = time.perf_counter() - started
+    http.close()
+    return count, elapsed
+
+
+def decode_production(logs: list[Any]) -> int:
+    return decode_logs(logs).count
+
+
+def decode_eth_abi(logs: list[Any]) -> int:
+    for entry in logs:
+        abi_decode(("string", "string", "string", "string[]"), bytes.fromhex(entry["data"][2:]))
+    return len(logs)
+
+
+async def indexer_run(
+    url: str, deployment: Deployment, head: int, db_path: Path
+) -> tuple[int, float]:
+    settings = IndexerSettings(
+        _env_file=None,  # type: ignore[call-arg]
+        db_path=db_path, rpc_urls=[url], provider_address=deployment.provider_address,
+        start_block=deployment.deploy_block, confirmations=0,
+    )  # fmt: skip
+    db = open_database(db_path)
+    rpc = RpcClient([url], timeout=120)
+    indexer = Indexer(settings, rpc=rpc, db=db)
+    stop = asyncio.Event()
+
+    async def step() -> float:
+        delay = await indexer.step()
+        if indexer.caught_up and indexer.anchor.number >= head:
+            stop.set()
+        return delay
+
+    started = time.perf_counter()
+    await indexer.start()
+    await run_loop("indexer", step, stop=stop)
+    elapsed = time.perf_counter() - started
+    await indexer.close()
+    await rpc.aclose()
+    count = int(db.conn.execute("SELECT COUNT(*) FROM requests").fetchone()[0])
+    db.close()
+    return count, elapsed
+
+
+def naive_web3(url: str, deployment: Deployment, chunk: int) -> tuple[int, float]:
+    from web3 import Web3
+
+    w3 = Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": 120}))
+    contract = w3.eth.contract(address=deployment.provider_address,
+                               abi=artifact(PROVIDER_CONTRACT).abi)  # fmt: skip
+    events = {
+        bytes.fromhex(REASONING_REQUESTED_TOPIC0[2:]): contract.events.HoldAI_ReasoningRequested(),
+        bytes.fromhex(REASONING_FULFILLED_TOPIC0[2:]): contract.events.HoldAI_ReasoningFulfilled(),
+    }
+    topics = [[REASONING_REQUESTED_TOPIC0, REASONING_FULFILLED_TOPIC0]]
+    cursor, count = deployment.deploy_block - 1, 0
+    started = time.perf_counter()
+    head = w3.eth.block_number
+    for first, last in _ranges(cursor + 1, head, chunk):
+        logs = w3.eth.get_logs({"address": deployment.provider_address, "fromBlock": first,
+                                "toBlock": last, "topics": topics})  # fmt: skip
+        for entry in logs:
+            events[bytes(entry["topics"][0])].process_log(entry)
+            count += 1
+    return count, time.perf_counter() - started
+
+
+def _paired(numerator: list[float], denominator: list[float]) -> float:
+    """Median of the per-repetition ratios."""
+    return statistics.median(n / d for n, d in zip(numerator, denominator, strict=True))
+
+
+def _spread(numerator: list[float], denominator: list[float]) -> list[float]:
+    ratios = [n / d for n, d in zip(numerator, denominator, strict=True)]
+    return [round(min(ratios), 2), round(max(ratios), 2)]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--per-block", type=int, default=100)
+    parser.add_argument("--reps", type=int, default=5)
+    args = parser.parse_args()
+    configure_logging("WARNING")
+    structlog.get_logger(__name__)
+
+    with Anvil(gas_limit=GAS_PER_REQUEST * args.per_block * 2 + 1_000_000) as anvil, \
+            tempfile.TemporaryDirectory(prefix="bench-indexer-") as tmp:  # fmt: skip
+        deployment = deploy_stack(anvil.rpc_url, anvil.accounts[0].private_key,
+                                  oracle_address=anvil.accounts[3].address)  # fmt: skip
+        started = time.perf_counter()
+        head = generate(anvil, deployment, args.events, args.per_block)
+        events = (args.events + args.per_block - 1) // args.per_block * args.per_block
+        print(f"generated {events} request events in {head - deployment.deploy_block} blocks "
+              f"in {time.perf_counter() - started:.1f} s")  # fmt: skip
+        chunk = max(1, TARGET_LOGS // args.per_block)
+        ranges = _ranges(deployment.deploy_block, head, chunk)
+        results: dict[str, list[float]] = {"raw": [], "raw_fast": [], "indexer": [], "naive": []}
+        for rep in range(args.reps):
+            count, seconds = raw_fetch(anvil.rpc_url, deployment.provider_address, ranges,
+                                       decode_eth_abi)  # fmt: skip
+            assert count == events, (count, events)
+            results["raw"].append(count / seconds)
+            count, seconds = raw_fetch(anvil.rpc_url, deployment.provider_address, ranges,
+                                       decode_production)  # fmt: skip
+            assert count == events, (count, events)
+            results["raw_fast"].append(count / seconds)
+            db_path = Path(tmp) / f"rep{rep}.db"
+            count, seconds = asyncio.run(indexer_run(anvil.rpc_url, deployment, head, db_path))
+            assert count == events, (count, events)
+            results["indexer"].append(count / seconds)
+            count, seconds = naive_web3(anvil.rpc_url, deployment, chunk)
+            assert count == events, (count, events)
+            results["naive"].append(count / seconds)
+            print(
+                f"rep {rep + 1}: " + "  ".join(f"{k}={v[-1]:,.0f} ev/s" for k, v in results.items())
+            )
+
+    median = {name: statistics.median(values) for name, values in results.items()}
+    summary = {
+        "events": events,
+        "blocks_per_poll": chunk,
+        "reps": args.reps,
+        "raw_eps": round(median["raw"]),
+        "indexer_eps": round(median["indexer"]),
+        "naive_eps": round(median["naive"]),
+        "ratio_vs_raw": round(_paired(results["indexer"], results["raw"]), 2),
+        "ratio_vs_naive": round(_paired(results["indexer"], results["naive"]), 2),
+        "raw_fast_eps": round(median["raw_fast"]),
+        "ratio_vs_raw_fast": round(_paired(results["indexer"], results["raw_fast"]), 2),
+        "ratio_vs_raw_range": _spread(results["indexer"], results["raw"]),
+        "ratio_vs_raw_fast_range": _spread(results["indexer"], results["raw_fast"]),
+        "ratio_vs_naive_range": _spread(results["indexer"], results["naive"]),
+    }
+    print(f"indexer / raw   = {summary['ratio_vs_raw']:.2f}  (target >= 0.6)")
+    print(f"indexer / raw_fast = {summary['ratio_vs_raw_fast']:.2f}  (the stricter limit)")
+    print(f"indexer / naive = {summary['ratio_vs_naive']:.2f}  (target >= 4)")
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

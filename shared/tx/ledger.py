@@ -1,0 +1,257 @@
+"""The ``txs`` table: every signed transaction, recorded before any node sees it.
+
+Guarantees:
+
+- :func:`insert` runs inside the caller's transaction, so a purpose's own state change (e.g.
+  a request ANSWERED -> PROCESSED) commits together with the signed bytes, or neither does.
+  A process killed after that commit still holds everything needed to broadcast again.
+- A nonce is *open* while one of its rows is SIGNED or BROADCAST; that row is its *current*
+  transaction. Recording a replacement supersedes the current row (REPLACED, or CANCELLED
+  when the replacement is a cancel) in the same transaction, so a nonce never has two
+  current rows.
+- Rows are never deleted: the table is the audit trail of everything the key signed.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Final
+
+from eth_utils.address import to_checksum_address
+
+from shared.errors import TransitionConflict
+from shared.tx.fees import Fees
+from shared.tx.signer import Call, SignedTx
+
+
+class TxStatus(StrEnum):
+    SIGNED = "SIGNED"
+    BROADCAST = "BROADCAST"
+    MINED = "MINED"
+    REVERTED = "REVERTED"
+    REPLACED = "REPLACED"
+    DROPPED = "DROPPED"
+    CANCELLED = "CANCELLED"
+
+
+OPEN_STATUSES: Final = (TxStatus.SIGNED, TxStatus.BROADCAST)
+CANCEL_PURPOSE: Final = "cancel"
+
+
+@dataclass(frozen=True)
+class Purpose:
+    """Why a transaction exists. ``kind`` selects the handler that judges it; the other
+    fields name what it serves (for a fulfilment: the request and the content answered)."""
+
+    kind: str
+    request_id: str | None = None
+    generation: int | None = None
+    content_hash: str | None = None
+
+
+CANCEL: Final = Purpose(CANCEL_PURPOSE)
+
+
+@dataclass(frozen=True)
+class TxRecord:
+    """One row of ``txs``."""
+
+    id: int
+    purpose: Purpose
+    sender: str
+    nonce: int
+    tx_hash: str
+    raw: str
+    call: Call
+    fees: Fees
+    status: TxStatus
+    replaces_tx_id: int | None
+    error: str | None
+    created_at: float
+    broadcast_at: float | None
+    mined_block: int | None
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in OPEN_STATUSES
+
+
+_COLUMNS: Final = (
+    "id, purpose, request_id, generation, content_hash, sender, nonce, tx_hash, raw_tx, "
+    "to_address, value_wei, calldata, gas_limit, max_fee_per_gas, max_priority_fee_per_gas, "
+    "gas_price, status, replaces_tx_id, error, created_at, broadcast_at, mined_block"
+)
+
+
+def _fees(row: sqlite3.Row) -> Fees:
+    if row["gas_price"] is not None:
+        return Fees(gas_price=int(row["gas_price"]))
+    return Fees(
+        max_fee_per_gas=int(row["max_fee_per_gas"]),
+        max_priority_fee_per_gas=int(row["max_priority_fee_per_gas"]),
+    )
+
+
+def _record(row: sqlite3.Row) -> TxRecord:
+    return TxRecord(
+        id=row["id"],
+        purpose=Purpose(
+            kind=row["purpose"],
+            request_id=row["request_id"],
+            generation=row["generation"],
+            content_hash=row["content_hash"],
+        ),
+        sender=row["sender"],
+        nonce=row["nonce"],
+        tx_hash=row["tx_hash"],
+        raw=row["raw_tx"],
+        call=Call(
+            to=to_checksum_address(row["to_address"]),
+            data=bytes.fromhex(row["calldata"].removeprefix("0x")),
+            value=int(row["value_wei"]),
+            gas_limit=row["gas_limit"],
+        ),
+        fees=_fees(row),
+        status=TxStatus(row["status"]),
+        replaces_tx_id=row["replaces_tx_id"],
+        error=row["error"],
+        created_at=row["created_at"],
+        broadcast_at=row["broadcast_at"],
+        mined_block=row["mined_block"],
+    )
+
+
+def insert(
+    conn: sqlite3.Connection,
+    signed: SignedTx,
+    purpose: Purpose,
+    *,
+    sender: str,
+    now: float,
+    replaces: TxRecord | None = None,
+    replaced_reason: str | None = None,
+) -> int:
+    """Record ``signed`` as SIGNED (call inside ``atomic``). With ``replaces``, that row must
+    still be the open current transaction of the same nonce; it becomes REPLACED (CANCELLED
+    when ``signed`` is a cancel) with ``replaced_reason``."""
+    if replaces is not None:
+        if replaces.nonce != signed.nonce:
+            raise ValueError("a replacement must use the nonce of the transaction it replaces")
+        superseded = TxStatus.CANCELLED if purpose.kind == CANCEL_PURPOSE else TxStatus.REPLACED
+        cursor = conn.execute(
+            "UPDATE txs SET status = ?, error = COALESCE(?, error), updated_at = ? "
+            "WHERE id = ? AND status IN ('SIGNED', 'BROADCAST')",
+            (superseded.value, replaced_reason, now, replaces.id),
+        )
+        if cursor.rowcount != 1:
+            raise TransitionConflict(f"tx {replaces.tx_hash} is no longer open; not replacing it")
+    fees = signed.fees
+    cursor = conn.execute(
+        "INSERT INTO txs (purpose, request_id, generation, content_hash, sender, nonce, tx_hash,"
+        " raw_tx, to_address, value_wei, calldata, gas_limit, max_fee_per_gas,"
+        " max_priority_fee_per_gas, gas_price, status, replaces_tx_id, created_at, updated_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'SIGNED', ?, ?, ?)",
+        (
+            purpose.kind, purpose.request_id, purpose.generation, purpose.content_hash,
+            sender, signed.nonce, signed.tx_hash, signed.raw, signed.call.to,
+            str(signed.call.value), "0x" + signed.call.data.hex(), signed.call.gas_limit,
+            _wei(fees.max_fee_per_gas), _wei(fees.max_priority_fee_per_gas),
+            _wei(fees.gas_price), replaces.id if replaces else None, now, now,
+        ),
+    )  # fmt: skip
+    assert cursor.lastrowid is not None
+    return cursor.lastrowid
+
+
+def _wei(value: int | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def open_txs(conn: sqlite3.Connection, sender: str) -> list[TxRecord]:
+    """The current transaction of every open nonce, lowest nonce first."""
+    rows = conn.execute(
+        f"SELECT {_COLUMNS} FROM txs WHERE status IN ('SIGNED', 'BROADCAST') AND sender = ? "
+        "ORDER BY nonce, id",
+        (sender,),
+    ).fetchall()
+    return [_record(r) for r in rows]
+
+
+def at_nonces(conn: sqlite3.Connection, sender: str, nonces: Iterable[int]) -> list[TxRecord]:
+    """Every row (current and superseded) at the given nonces."""
+    wanted = sorted(set(nonces))
+    out: list[TxRecord] = []
+    # Chunked: SQLite limits the number of bound parameters per statement.
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        out += [
+            _record(r)
+            for r in conn.execute(
+                f"SELECT {_COLUMNS} FROM txs WHERE sender = ? AND nonce IN ({marks}) "
+                "ORDER BY nonce, id",
+                (sender, *chunk),
+            )
+        ]
+    return out
+
+
+def mined_from(conn: sqlite3.Connection, sender: str, nonce: int) -> list[TxRecord]:
+    """MINED rows at ``nonce`` or above: after a reorg rolled the chain's nonce back below
+    them, these transactions are no longer on chain."""
+    rows = conn.execute(
+        f"SELECT {_COLUMNS} FROM txs WHERE sender = ? AND nonce >= ? AND status = 'MINED' "
+        "ORDER BY nonce",
+        (sender, nonce),
+    ).fetchall()
+    return [_record(r) for r in rows]
+
+
+def next_unused_nonce(conn: sqlite3.Connection, sender: str) -> int:
+    """One above the highest nonce ever recorded for ``sender`` (0 when none)."""
+    row = conn.execute("SELECT MAX(nonce) FROM txs WHERE sender = ?", (sender,)).fetchone()
+    return 0 if row[0] is None else int(row[0]) + 1
+
+
+def set_status(
+    conn: sqlite3.Connection,
+    tx_id: int,
+    status: TxStatus,
+    *,
+    now: float,
+    error: str | None = None,
+    mined_block: int | None = None,
+    gas_used: int | None = None,
+) -> None:
+    """Move one row to ``status`` (call inside ``atomic`` when it must go with other writes)."""
+    conn.execute(
+        "UPDATE txs SET status = ?, error = COALESCE(?, error), mined_block = ?, gas_used = ?,"
+        " updated_at = ? WHERE id = ?",
+        (status.value, error, mined_block, gas_used, now, tx_id),
+    )
+
+
+def mark_accepted(conn: sqlite3.Connection, tx_ids: Sequence[int], *, now: float) -> None:
+    """A node holds these transactions: SIGNED -> BROADCAST (first acceptance time kept)."""
+    conn.executemany(
+        "UPDATE txs SET status = CASE WHEN status = 'SIGNED' THEN 'BROADCAST' ELSE status END,"
+        " broadcast_at = COALESCE(broadcast_at, ?), updated_at = ? WHERE id = ?",
+        [(now, now, tx_id) for tx_id in tx_ids],
+    )
+
+
+def note_error(conn: sqlite3.Connection, tx_id: int, error: str, *, now: float) -> None:
+    """Remember why the last broadcast of this row failed (status unchanged)."""
+    conn.execute("UPDATE txs SET error = ?, updated_at = ? WHERE id = ?", (error, now, tx_id))
+
+
+def reopen(conn: sqlite3.Connection, tx_id: int, *, now: float, reason: str) -> None:
+    """A MINED transaction vanished from the chain (reorg): it is current and open again."""
+    conn.execute(
+        "UPDATE txs SET status = 'BROADCAST', mined_block = NULL, gas_used = NULL, error = ?,"
+        " updated_at = ? WHERE id = ? AND status = 'MINED'",
+        (reason, now, tx_id),
+    )

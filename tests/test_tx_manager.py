@@ -1,0 +1,224 @@
+"""The generic transaction manager on a real anvil, with a test purpose instead of the
+fulfiller: gaps are filled, a restart re-sends what a node may or may not have, a transaction
+no node accepts is cancelled and its purpose told, the fee cap bounds replacements, and the
+window bounds what is in flight."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from shared.anvil import Anvil
+from shared.db import AsyncDatabase, atomic, connect
+from shared.rpc import RpcClient
+from shared.tx import ledger
+from shared.tx.fees import GWEI, FeePolicy, Fees
+from shared.tx.ledger import Purpose, TxRecord
+from shared.tx.manager import Submission, TxManager, TxPolicy
+from shared.tx.settlement import Settlement
+from shared.tx.signer import Call, LocalSigner, SignedTx
+from tests.test_fulfiller_support import ManualClock
+
+POLICY = TxPolicy(
+    fees=FeePolicy(max_fee_per_gas=100 * GWEI, max_priority_fee_per_gas=5 * GWEI),
+    window=4,
+    stuck_after_s=30.0,
+    rebroadcast_after_s=5.0,
+)
+FAIR = Fees(max_fee_per_gas=3 * GWEI, max_priority_fee_per_gas=GWEI)
+NOTE = "note"
+
+
+@dataclass
+class NotePurpose:
+    """A purpose that remembers what it was told and declares chosen transactions invalid."""
+
+    invalid_ids: set[int] = field(default_factory=set)
+    told: list[tuple[str, Settlement]] = field(default_factory=list)
+
+    def invalid(self, conn: sqlite3.Connection, txs: Sequence[TxRecord]) -> dict[int, str]:
+        return {tx.id: "test says so" for tx in txs if tx.id in self.invalid_ids}
+
+    def settled(
+        self,
+        conn: sqlite3.Connection,
+        tx: TxRecord,
+        outcome: Settlement,
+        *,
+        detail: str,
+        now: float,
+    ) -> None:
+        assert conn.in_transaction  # told inside the transaction that records the outcome
+        self.told.append((tx.tx_hash, outcome))
+
+
+@dataclass
+class Setup:
+    node: Anvil
+    manager: TxManager
+    signer: LocalSigner
+    conn: sqlite3.Connection
+    purpose: NotePurpose
+    clock: ManualClock
+
+    def rpc(self, method: str, params: list[object]) -> object:
+        import httpx
+
+        body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
+        return httpx.post(self.node.rpc_url, json=body).json().get("result")
+
+    def rows(self) -> list[sqlite3.Row]:
+        return self.conn.execute("SELECT * FROM txs ORDER BY id").fetchall()
+
+    def record_directly(self, call: Call, nonce: int, fees: Fees = FAIR) -> SignedTx:
+        signed = self.signer.sign(call, nonce=nonce, fees=fees)
+        with atomic(self.conn):
+            ledger.insert(
+                self.conn, signed, Purpose(NOTE), sender=self.signer.address, now=self.clock()
+            )
+        return signed
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Iterator[Setup]:
+    with Anvil(no_mining=True) as node:
+        signer = LocalSigner(bytes.fromhex(node.accounts[4].private_key[2:]), chain_id=31337)
+        purpose = NotePurpose()
+        clock = ManualClock()
+        db = AsyncDatabase(connect(tmp_path / "tx.db", durable=True))
+        manager = TxManager(
+            db=db,
+            rpc=RpcClient([node.rpc_url]),
+            signer=signer,
+            policy=POLICY,
+            handlers={NOTE: purpose},
+            clock=clock,
+        )
+        yield Setup(node, manager, signer, connect(tmp_path / "tx.db"), purpose, clock)
+        db.close()
+
+
+def transfer(setup: Setup, gas: int = 21_000) -> Call:
+    return Call(to=setup.node.accounts[5].address, data=b"", value=1, gas_limit=gas)
+
+
+async def test_a_gap_below_an_open_nonce_is_filled_with_a_cancel_so_later_nonces_mine(
+    setup: Setup,
+) -> None:
+    setup.record_directly(transfer(setup), nonce=1)  # nonce 0 was never recorded
+    report = await setup.manager.start()
+    assert report.counts["gap_filled"] == 1
+    setup.rpc("evm_mine", [])
+    await setup.manager.poll()
+    rows = setup.rows()
+    assert [(r["nonce"], r["purpose"], r["status"]) for r in rows] == [
+        (1, NOTE, "MINED"),
+        (0, "cancel", "MINED"),
+    ]
+    assert setup.manager.in_flight == 0
+
+
+async def test_a_restart_resends_a_recorded_transaction_whatever_the_node_already_holds(
+    setup: Setup,
+) -> None:
+    known = setup.record_directly(transfer(setup), nonce=0)
+    unknown = setup.record_directly(transfer(setup), nonce=1)
+    # Killed after the node took the first but before the ledger said so.
+    assert setup.rpc("eth_sendRawTransaction", [known.raw]) == known.tx_hash
+    await setup.manager.start()
+    assert [r["status"] for r in setup.rows()] == ["BROADCAST", "BROADCAST"]
+    assert setup.rpc("eth_getTransactionByHash", [unknown.tx_hash]) is not None
+    setup.rpc("evm_mine", [])
+    await setup.manager.poll()
+    assert [r["status"] for r in setup.rows()] == ["MINED", "MINED"]
+    assert setup.purpose.told == [
+        (known.tx_hash, Settlement.MINED),
+        (unknown.tx_hash, Settlement.MINED),
+    ]
+
+
+async def test_a_transaction_no_node_accepts_is_cancelled_and_its_purpose_told(
+    setup: Setup,
+) -> None:
+    await setup.manager.start()
+    too_big = Submission(transfer(setup, gas=40_000_000), Purpose(NOTE), lambda conn, tx: None)
+    recorded = await setup.manager.record([too_big], FAIR)
+    (result,) = await setup.manager.broadcast(recorded)
+    assert result.outcome.value == "rejected"
+    report = await setup.manager.poll()
+    assert report.counts["cancelled"] == 1
+    assert setup.purpose.told == [(recorded[0].signed.tx_hash, Settlement.REJECTED)]  # type: ignore[union-attr]
+    setup.rpc("evm_mine", [])
+    await setup.manager.poll()
+    assert [(r["purpose"], r["status"]) for r in setup.rows()] == [
+        (NOTE, "CANCELLED"),
+        ("cancel", "MINED"),
+    ]
+
+
+async def test_an_invalid_purpose_is_cancelled_and_superseded_when_the_cancel_mines(
+    setup: Setup,
+) -> None:
+    await setup.manager.start()
+    sub = Submission(transfer(setup), Purpose(NOTE), lambda conn, tx: None)
+    recorded = await setup.manager.record([sub], FAIR)
+    await setup.manager.broadcast(recorded)
+    assert recorded[0].tx_id is not None
+    setup.purpose.invalid_ids.add(recorded[0].tx_id)
+    await setup.manager.poll()
+    setup.rpc("evm_mine", [])
+    await setup.manager.poll()
+    assert setup.purpose.told == [(recorded[0].signed.tx_hash, Settlement.SUPERSEDED)]  # type: ignore[union-attr]
+    assert setup.rpc("eth_getTransactionCount", [setup.signer.address, "latest"]) == "0x1"
+
+
+async def test_a_stuck_transaction_at_the_fee_cap_is_left_alone_with_a_warning(
+    setup: Setup,
+) -> None:
+    await setup.manager.start()
+    near_cap = Fees(max_fee_per_gas=95 * GWEI, max_priority_fee_per_gas=GWEI)
+    recorded = await setup.manager.record(
+        [Submission(transfer(setup), Purpose(NOTE), lambda conn, tx: None)], near_cap
+    )
+    await setup.manager.broadcast(recorded)
+    setup.clock.advance(POLICY.stuck_after_s + 1)
+    with capture_logs() as logs:
+        report = await setup.manager.poll()
+    assert report.counts.get("replaced", 0) == 0
+    assert any(e["event"] == "tx_fee_cap_reached" for e in logs)
+    assert len(setup.rows()) == 1
+
+
+async def test_the_window_bounds_the_transactions_in_flight(setup: Setup) -> None:
+    await setup.manager.start()
+    subs = [Submission(transfer(setup), Purpose(NOTE), lambda conn, tx: None) for _ in range(4)]
+    recorded = await setup.manager.record(subs, FAIR)
+    assert [r.signed.nonce for r in recorded if r.signed] == [0, 1, 2, 3]
+    assert setup.manager.room == 0
+    with pytest.raises(ValueError, match="window"):
+        await setup.manager.record(subs[:1], FAIR)
+    await setup.manager.broadcast(recorded)
+    setup.rpc("evm_mine", [])
+    await setup.manager.poll()
+    assert setup.manager.room == POLICY.window
+
+
+async def test_a_refused_bind_leaves_no_row_and_no_nonce_gap(setup: Setup) -> None:
+    await setup.manager.start()
+
+    def refuse(conn: sqlite3.Connection, tx: SignedTx) -> None:
+        from shared.errors import TransitionConflict
+
+        raise TransitionConflict("the purpose moved on")
+
+    ok = Submission(transfer(setup), Purpose(NOTE), lambda conn, tx: None)
+    recorded = await setup.manager.record(
+        [ok, Submission(transfer(setup), Purpose(NOTE), refuse), ok], FAIR
+    )
+    assert [r.signed.nonce if r.signed else None for r in recorded] == [0, None, 1]
+    assert [r["nonce"] for r in setup.rows()] == [0, 1]

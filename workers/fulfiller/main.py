@@ -1,0 +1,167 @@
+"""Composition root of ``hodlai fulfiller``.
+
+Order of start-up, each step refusing to go on with a clear message when it fails:
+
+1. settings (``HODLAI_RPC_URLS``, ``HODLAI_PROVIDER_ADDRESS``, ``HODLAI_KEY_FILE`` required);
+2. the key (file permissions, keystore passphrase), held only by the signer from here on;
+3. a lock next to the database, so a second fulfiller on the same database (and so the same
+   key) cannot start: two processes allocating one key's nonces would replace each other's
+   transactions;
+4. the database, opened durable (fsync on every commit: a recorded transaction survives a
+   power cut), and its identity checked against ``eth_chainId`` and the provider;
+5. ORACLE_ROLE: without it the process exits (code 2) saying how to grant it;
+6. the loop, which first reconciles nonces and re-broadcasts what is in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import structlog
+
+from shared import keys
+from shared.db import AsyncDatabase, check_identity, connect
+from shared.errors import ConfigError
+from shared.logs import configure_logging
+from shared.metrics import Health, serve
+from shared.rpc import RpcClient, hex_int
+from shared.runtime import install_stop_handlers, run_loop
+from shared.tx.fees import FeePolicy
+from shared.tx.manager import TxManager, TxPolicy
+from shared.tx.signer import LocalSigner
+from workers.fulfiller.purpose import FULFIL_PURPOSE, FulfilmentPurpose
+from workers.fulfiller.readiness import read_readiness
+from workers.fulfiller.settings import FulfillerSettings
+from workers.fulfiller.simulation import GasRule
+from workers.fulfiller.worker import FulfillerConfig, FulfillerWorker
+
+log = structlog.get_logger(__name__)
+
+# Health turns 503 when no loop iteration succeeded for this many poll intervals (at least
+# HEALTH_MIN_S seconds): long enough to ride out an RPC back-off, short enough to alert.
+HEALTH_POLLS = 120
+HEALTH_MIN_S = 60.0
+
+
+def run(settings: FulfillerSettings) -> int:
+    """Run until SIGTERM/SIGINT; returns the exit code."""
+    configure_logging(settings.log_level)
+    settings.require("rpc_urls", "provider_address", "key_file")
+    assert settings.key_file is not None and settings.provider_address is not None
+    passphrase = keys.read_passphrase(
+        passphrase=(
+            settings.key_passphrase.get_secret_value() if settings.key_passphrase else None
+        ),
+        passphrase_file=settings.key_passphrase_file,
+    )
+    private_key = keys.load_private_key(settings.key_file, passphrase)
+    with single_instance(settings.db_path):
+        return asyncio.run(_serve(settings, private_key))
+
+
+@contextmanager
+def single_instance(db_path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``<db>.fulfiller.lock`` (released by the OS on any exit)."""
+    lock_path = db_path.with_name(db_path.name + ".fulfiller.lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(
+                f"another fulfiller holds {lock_path}: only one process may sign with the "
+                "oracle key for this database"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+async def _serve(settings: FulfillerSettings, private_key: bytes) -> int:
+    assert settings.provider_address is not None
+    rpc = RpcClient(settings.rpc_urls)
+    db = AsyncDatabase(connect(settings.db_path, durable=True))
+    try:
+        chain_id = hex_int(await rpc.call("eth_chainId"))
+        if settings.chain_id is not None and settings.chain_id != chain_id:
+            raise ConfigError(
+                f"HODLAI_CHAIN_ID is {settings.chain_id} but the RPC serves chain {chain_id}"
+            )
+        await db.run(check_identity, chain_id=chain_id, provider_address=settings.provider_address)
+        signer = LocalSigner(private_key, chain_id=chain_id)
+        readiness = await read_readiness(
+            rpc,
+            provider=settings.provider_address,
+            oracle=signer.address,
+            min_balance_wei=settings.min_balance_wei,
+        )
+        if not readiness.has_role:
+            raise ConfigError(
+                f"the oracle address {signer.address} (from HODLAI_KEY_FILE) does not hold "
+                f"ORACLE_ROLE on provider {settings.provider_address}; an admin must call "
+                f"grantRole(ORACLE_ROLE, {signer.address}) first"
+            )
+        fees = FeePolicy(
+            max_fee_per_gas=settings.max_fee_wei,
+            max_priority_fee_per_gas=settings.max_priority_fee_wei,
+        )
+        manager = TxManager(
+            db=db,
+            rpc=rpc,
+            signer=signer,
+            policy=TxPolicy(
+                fees=fees,
+                window=settings.fulfiller_window,
+                stuck_after_s=settings.fulfiller_stuck_after_s,
+                rebroadcast_after_s=settings.fulfiller_rebroadcast_after_s,
+            ),
+            handlers={FULFIL_PURPOSE: FulfilmentPurpose()},
+        )
+        worker = FulfillerWorker(
+            db=db,
+            rpc=rpc,
+            manager=manager,
+            config=FulfillerConfig(
+                provider=settings.provider_address,
+                batch=settings.fulfiller_batch,
+                gas=GasRule(
+                    margin_percent=settings.fulfiller_gas_margin_percent,
+                    cap=settings.fulfiller_gas_cap,
+                ),
+                fees=fees,
+                min_balance_wei=settings.min_balance_wei,
+                poll_s=settings.fulfiller_poll_s,
+                checks_s=settings.fulfiller_checks_s,
+                lease_s=settings.fulfiller_lease_s,
+                recheck_s=settings.fulfiller_recheck_s,
+                fault_point=settings.fault_point,
+            ),
+        )
+        if settings.fault_point:
+            log.warning("fault_point_armed", point=settings.fault_point, test_only=True)
+        health = Health(stale_after_s=max(HEALTH_MIN_S, HEALTH_POLLS * settings.fulfiller_poll_s))
+        if settings.metrics_port:
+            serve(settings.metrics_port, health)
+        stop = asyncio.Event()
+        install_stop_handlers(stop)
+        log.info(
+            "fulfiller_starting",
+            oracle=signer.address,
+            chain_id=chain_id,
+            provider=settings.provider_address,
+            window=settings.fulfiller_window,
+            balance_wei=readiness.balance_wei,
+        )
+        try:
+            await run_loop("fulfiller", worker.step, stop=stop, health=health)
+        finally:
+            await worker.stop()
+        return 0
+    finally:
+        await rpc.aclose()
+        db.close()

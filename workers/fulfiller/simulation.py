@@ -1,0 +1,145 @@
+"""Simulation before signing: what would ``fulfillNodeReasoning`` do for each claimed row?
+
+For a batch of claimed ANSWERED rows, one JSON-RPC batch (one HTTP round trip) carries, per
+row, ``getRequestInfo``, an ``eth_call`` of the fulfilment from the oracle address and an
+``eth_estimateGas`` of it. Each row gets one :class:`Verdict`:
+
+- ``SEND`` with a gas limit (estimate plus margin, at most the cap);
+- ``FAIL`` with a human-readable reason: the answer is not sendable, the call reverts (the
+  revert data decoded: ``Error(string)``, custom errors, the provider's ``CallbackReverted``
+  with the vault's own reason inside, ``CallbackOutOfGas``), or it needs more gas than the cap;
+- ``FULFILLED``: the chain already holds an answer (by us earlier, or another oracle): send
+  nothing;
+- ``DEFER``: the node could not tell (transport trouble on that one call): try again later.
+
+A revert is judged from the request's own call, so one broken vault never fails another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from shared.errors import ExecutionRevertedError, HodlaiError
+from shared.rpc import RpcCall, RpcClient, hex_int
+from shared.store import Claimed
+from workers.fulfiller.provider import (
+    decode_request_info,
+    estimate_gas,
+    eth_call,
+    fulfil_calldata,
+    request_info_call,
+    revert_reason,
+)
+
+
+class VerdictKind(StrEnum):
+    SEND = "send"
+    FAIL = "fail"
+    FULFILLED = "fulfilled"
+    DEFER = "defer"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    kind: VerdictKind
+    calldata: bytes = b""
+    gas_limit: int = 0
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class GasRule:
+    margin_percent: int
+    cap: int
+
+    def limit_for(self, estimate: int) -> int | None:
+        """The gas limit to sign with, or None when even the estimate is above the cap."""
+        if estimate > self.cap:
+            return None
+        return min(estimate * (100 + self.margin_percent) // 100, self.cap)
+
+
+def answer_problem(row: Claimed) -> str | None:
+    """Why this row's stored answer cannot be sent, or None when it can."""
+    if row.answer_action is None:
+        return "the row is ANSWERED but holds no action"
+    if row.answer_action not in row.action_set:
+        return f"the stored action {row.answer_action!r} is not in the request's action set"
+    if row.answer_cid is None:
+        return "the row is ANSWERED but holds no reasoning CID"
+    return None
+
+
+async def simulate(
+    rpc: RpcClient,
+    rows: Sequence[Claimed],
+    *,
+    provider: str,
+    oracle: str,
+    gas: GasRule,
+) -> list[Verdict]:
+    """One verdict per row, in order."""
+    verdicts: list[Verdict | None] = []
+    calls: list[RpcCall] = []
+    datas: list[bytes] = []
+    for row in rows:
+        problem = answer_problem(row)
+        if problem is not None:
+            verdicts.append(Verdict(VerdictKind.FAIL, reason=problem))
+            continue
+        assert row.answer_action is not None and row.answer_cid is not None
+        data = fulfil_calldata(row.request_id, row.answer_action, row.answer_cid)
+        verdicts.append(None)
+        datas.append(data)
+        calls += [
+            request_info_call(provider, row.request_id),
+            eth_call(provider, data, sender=oracle),
+            estimate_gas(provider, data, sender=oracle),
+        ]
+    answers = await rpc.batch_settled(calls) if calls else []
+    out: list[Verdict] = []
+    slot = 0
+    for verdict in verdicts:
+        if verdict is not None:
+            out.append(verdict)
+            continue
+        info, call, estimate = answers[3 * slot : 3 * slot + 3]
+        out.append(_judge(info, call, estimate, datas[slot], gas))
+        slot += 1
+    return out
+
+
+def _judge(info: Any, call: Any, estimate: Any, data: bytes, gas: GasRule) -> Verdict:
+    problem = _simulation_problem(info, call, estimate)
+    if problem is not None:
+        return problem
+    needed = hex_int(estimate)
+    limit = gas.limit_for(needed)
+    if limit is None:
+        return Verdict(
+            VerdictKind.FAIL,
+            reason=f"needs {needed} gas, above the cap HODLAI_FULFILLER_GAS_CAP={gas.cap}",
+        )
+    return Verdict(VerdictKind.SEND, calldata=data, gas_limit=limit)
+
+
+def _simulation_problem(info: Any, call: Any, estimate: Any) -> Verdict | None:
+    """A verdict other than SEND, when the three answers call for one."""
+    if isinstance(info, HodlaiError):
+        return Verdict(VerdictKind.DEFER, reason=f"getRequestInfo failed: {info}")
+    try:
+        request = decode_request_info(info)
+    except HodlaiError as exc:
+        return Verdict(VerdictKind.DEFER, reason=str(exc))
+    if request.exists and request.fulfilled:
+        return Verdict(VerdictKind.FULFILLED, reason="the chain already holds an answer")
+    for answer in (call, estimate):
+        if isinstance(answer, ExecutionRevertedError):
+            return Verdict(VerdictKind.FAIL, reason=f"simulation reverted: {revert_reason(answer)}")
+    for answer in (call, estimate):
+        if isinstance(answer, HodlaiError):
+            return Verdict(VerdictKind.DEFER, reason=f"simulation failed: {answer}")
+    return None
