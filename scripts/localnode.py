@@ -180,7 +180,7 @@ class LocalNode:
         for ask in asks:
             call = vault.functions.ask(ask.model, ask.prompt, ask.state, list(ask.actions))
             params = {"from": sender, "value": fees[ask.model], "gas": 1_500_000, **ASK_FEES}
-            sent.append((call.transact(params), time.perf_counter()))  # type: ignore[arg-type]
+            sent.append((call.transact(params), time.perf_counter()))
         out = []
         topic = REASONING_REQUESTED_TOPIC0.removeprefix("0x")
         for tx_hash, at in sent:
