@@ -1,0 +1,72 @@
+"""hodlai status / requests / show / retry against a real database, as an operator runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from shared import store
+from shared.db import check_identity, connect
+from shared.store import Status
+from tests.conftest import make_request
+
+PROVIDER = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
+
+
+def _hodlai(db: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "shared.cli", *args],
+        env={"HODLAI_DB_PATH": str(db), "PATH": "/usr/bin:/bin"},
+        cwd=db.parent, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+
+
+def _database(tmp_path: Path) -> Path:
+    db = tmp_path / "node.db"
+    conn = connect(db)
+    check_identity(conn, chain_id=31337, provider_address=PROVIDER)
+    store.insert_request(conn, make_request(1), actor="indexer")
+    store.insert_request(conn, make_request(2**70, action_set=("UP", "DOWN")), actor="indexer")
+    store.transition(conn, 2**70, Status.PENDING, Status.FAILED, actor="inference-0/1",
+                     set_columns={"fail_reason": "model 'x' is not served"})  # fmt: skip
+    conn.close()
+    return db
+
+
+def test_status_json_reports_counts_identity_and_oldest_pending(tmp_path: Path) -> None:
+    proc = _hodlai(_database(tmp_path), "status", "--json")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["counts"]["PENDING"] == 1 and info["counts"]["FAILED"] == 1
+    assert info["chain_id"] == 31337 and info["provider"] == PROVIDER
+    assert info["oldest_pending_age_s"] is not None
+
+
+def test_requests_filters_by_status(tmp_path: Path) -> None:
+    proc = _hodlai(_database(tmp_path), "requests", "--status", "failed", "--json")
+    rows = json.loads(proc.stdout)
+    assert [r["request_id"] for r in rows] == [str(2**70)]
+    assert rows[0]["fail_reason"] == "model 'x' is not served"
+
+
+def test_show_prints_history_and_retry_reopens_failed_request(tmp_path: Path) -> None:
+    db = _database(tmp_path)
+    shown = json.loads(_hodlai(db, "show", str(2**70), "--json").stdout)
+    assert [h["to_status"] for h in shown["history"]] == ["PENDING", "FAILED"]
+    assert shown["action_set"] == ["UP", "DOWN"]
+    retried = _hodlai(db, "retry", str(2**70))
+    assert retried.returncode == 0 and "FAILED -> PENDING" in retried.stdout
+    again = _hodlai(db, "retry", str(2**70))
+    assert again.returncode == 1 and "is PENDING, not FAILED" in again.stderr
+    text = _hodlai(db, "show", str(2**70)).stdout
+    assert "operator" in text and "FAILED" in text
+
+
+def test_show_of_unknown_request_fails_cleanly(tmp_path: Path) -> None:
+    db = _database(tmp_path)
+    proc = _hodlai(db, "show", "99")
+    assert proc.returncode == 1 and "no request 99" in proc.stderr
+    bad = _hodlai(db, "show", "0xzz")
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
