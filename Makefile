@@ -40,7 +40,7 @@ test: setup lint
 	$(VENV)/bin/pytest -q
 
 chaos: setup
-	$(VENV)/bin/pytest -q -m slow -p no:cacheprovider --override-ini addopts=
+	$(VENV)/bin/pytest -q -s -m slow -p no:cacheprovider --override-ini addopts=
 
 compile: setup
 	node scripts/compile_contracts.js
