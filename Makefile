@@ -57,6 +57,7 @@ bench: setup
 	$(PY) -m scripts.bench_inference
 	$(PY) -m scripts.bench_fulfiller
 	$(PY) -m scripts.bench_e2e
+	$(PY) -m scripts.bench_scale
 
 clean:
 	rm -rf $(VENV) node_modules .devnet .pytest_cache
