@@ -27,8 +27,12 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet -e '.[dev]'
 	touch $@
 
+# Not `npm ci`: @foundry-rs/anvil lists every platform's binary as an optional dependency,
+# the registry reachable here serves only linux-amd64's, so the lock cannot list the others
+# and `npm ci` refuses it as out of sync. `npm install --no-save` installs exactly the
+# locked versions and leaves package-lock.json untouched.
 $(NPMSTAMP): package.json package-lock.json
-	npm ci --no-audit --no-fund
+	npm install --no-save --no-audit --no-fund
 	touch $@
 
 lint: setup
