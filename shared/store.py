@@ -187,31 +187,69 @@ def _key(request_id: int | str) -> str:
     return rid.encode(value)
 
 
+_INSERT_REQUEST = (
+    "INSERT INTO requests (request_id, shard_key, status, generation, requester, model, "
+    "system_prompt, state_string, action_set, content_hash, block_number, block_hash, "
+    "tx_hash, log_index, created_at, updated_at) "
+    "VALUES (?, ?, 'PENDING', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_CREATION_AUDIT = (
+    "INSERT INTO transitions (request_id, from_status, to_status, actor, at, note) "
+    "VALUES (?, NULL, 'PENDING', ?, ?, ?)"
+)
+
+# One encoder for every action set: json.dumps with a non-default option builds a new
+# encoder per call, a measurable share of a bulk insert.
+encode_action_set = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": ")).encode
+
+
+def insert_requests(
+    conn: sqlite3.Connection,
+    requests: Sequence[tuple[NewRequest, int]],
+    *,
+    actor: str,
+    now: float | None = None,
+) -> None:
+    """Create PENDING rows (request, generation) that do not exist yet, with their audit
+    rows, in one statement each (the indexer's bulk path). An existing id is an
+    IntegrityError: callers look up existing rows first."""
+    at = time.time() if now is None else now
+    with atomic(conn):
+        conn.executemany(
+            _INSERT_REQUEST,
+            [
+                (
+                    rid.encode(r.request_id), rid.shard_key(r.request_id), generation,
+                    r.requester, r.model, r.system_prompt, r.state_string,
+                    encode_action_set(list(r.action_set)), r.content_hash,
+                    r.block_number, r.block_hash, r.tx_hash, r.log_index, at, at,
+                )
+                for r, generation in requests
+            ],
+        )  # fmt: skip
+        conn.executemany(
+            _INSERT_CREATION_AUDIT,
+            [
+                (rid.encode(r.request_id), actor, at, _creation_note(r.block_number, generation))
+                for r, generation in requests
+            ],
+        )
+
+
+def _creation_note(block_number: int, generation: int) -> str:
+    note = f"block {block_number}"
+    return note if generation == 1 else f"{note}; generation {generation} after a reorg"
+
+
 def insert_request(
     conn: sqlite3.Connection, request: NewRequest, *, actor: str, now: float | None = None
 ) -> bool:
     """Create a PENDING row with its audit row. Returns False (and changes nothing) when the
     id already exists: callers decide about existing rows (see the indexer's ingest)."""
-    at = time.time() if now is None else now
-    key = rid.encode(request.request_id)
     with atomic(conn):
-        cursor = conn.execute(
-            "INSERT INTO requests (request_id, shard_key, status, requester, model, "
-            "system_prompt, state_string, action_set, content_hash, block_number, block_hash, "
-            "tx_hash, log_index, created_at, updated_at) "
-            "VALUES (?, ?, 'PENDING', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (request_id) DO NOTHING",
-            (
-                key, rid.shard_key(request.request_id), request.requester, request.model,
-                request.system_prompt, request.state_string,
-                json.dumps(list(request.action_set), ensure_ascii=False),
-                request.content_hash, request.block_number, request.block_hash,
-                request.tx_hash, request.log_index, at, at,
-            ),
-        )  # fmt: skip
-        if cursor.rowcount != 1:
+        if get_request(conn, request.request_id) is not None:
             return False
-        _audit(conn, key, None, Status.PENDING.value, actor, f"block {request.block_number}", at)
+        insert_requests(conn, [(request, 1)], actor=actor, now=now)
     return True
 
 

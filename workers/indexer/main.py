@@ -363,18 +363,7 @@ class Indexer:
         if self.head is not None:
             INDEXER_LAG.set(max(0, self.head - rng.last))
         if stats.changed:
-            log.info(
-                "range_ingested",
-                first_block=rng.first,
-                last_block=rng.last,
-                inserted=stats.inserted,
-                replaced=stats.replaced,
-                moved=stats.moved,
-                failed=stats.failed,
-                fulfilments=stats.fulfilments_new,
-                fulfilled=stats.fulfilments_applied,
-                waiting=stats.fulfilments_waiting,
-            )
+            log.info("range_ingested", first_block=rng.first, last_block=rng.last, **stats.fields())
         else:
             log.debug("range_ingested", first_block=rng.first, last_block=rng.last, logs=logs)
         now = self.clock()
@@ -504,14 +493,7 @@ class Indexer:
         self.totals.add(stats)
         if stats.changed:
             log.warning(
-                "backup_rescan_found",
-                first_block=rng.first,
-                last_block=rng.last,
-                inserted=stats.inserted,
-                replaced=stats.replaced,
-                moved=stats.moved,
-                failed=stats.failed,
-                fulfilments=stats.fulfilments_new,
+                "backup_rescan_found", first_block=rng.first, last_block=rng.last, **stats.fields()
             )
         else:
             log.debug("backup_rescan_clean", first_block=rng.first, last_block=rng.last)
@@ -618,7 +600,7 @@ async def run(settings: IndexerSettings, *, once: bool = False) -> int:
         db.close()
         if server is not None:
             server.shutdown()
-    log.info("indexer_stopped", cursor=indexer.anchor.number, **_totals(indexer.totals))
+    log.info("indexer_stopped", cursor=indexer.anchor.number, **indexer.totals.fields())
     return 0
 
 
@@ -644,10 +626,6 @@ async def start_when_reachable(indexer: Indexer, stop: asyncio.Event) -> bool:
             continue
         return True
     return False
-
-
-def _totals(stats: IngestStats) -> dict[str, int]:
-    return {name: getattr(stats, name) for name in stats.__slots__}
 
 
 def main(*, once: bool = False) -> int:
