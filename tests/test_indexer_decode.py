@@ -190,3 +190,13 @@ def test_a_log_object_the_node_got_wrong_is_a_transport_error(broken: dict[str, 
     entry = _log(REASONING_REQUESTED_TOPIC0, 1, _encode("m", "p", "s", ["A"])) | broken
     with pytest.raises(RpcTransportError):
         decode_logs([entry])
+
+
+def test_pointer_into_the_head_is_refused_as_eth_abi_refuses_it() -> None:
+    # Found by hypothesis: the model's offset word set to 0 points into the head itself.
+    raw = bytearray(_encode("", "", "", []))
+    raw[31] = 0
+    assert _ours(bytes(raw)) == _reference(bytes(raw))
+    raw = bytearray(_encode("m", "p", "s", ["A", "B"]))
+    raw[128 + 32 + 31] = 0  # the first action's offset points into the array's own head
+    assert _ours(bytes(raw)) == _reference(bytes(raw))

@@ -135,33 +135,48 @@ def _tail(data: bytes, start: int, size: int) -> bytes:
     return data[begin:end]
 
 
+def _pointer(data: bytes, at: int, origin: int, head_end: int, size: int) -> int:
+    """The offset word at ``at``, relative to ``origin``, as an absolute position. eth-abi
+    refuses a pointer into the head it belongs to or past the end of the data
+    (InvalidPointer); such data goes to eth-abi, so that it says so."""
+    target = origin + int.from_bytes(data[at : at + _WORD], "big")
+    if target < head_end or target >= size:
+        raise _NotCanonical
+    return target
+
+
 def _fast_requested(data: bytes) -> tuple[bytes, bytes, bytes, list[bytes]]:
     size = len(data)
-    if size < 4 * _WORD:
+    head_end = 4 * _WORD
+    if size < head_end:
         raise _NotCanonical
-    model = _tail(data, int.from_bytes(data[0:32], "big"), size)
-    prompt = _tail(data, int.from_bytes(data[32:64], "big"), size)
-    state = _tail(data, int.from_bytes(data[64:96], "big"), size)
-    array_start = int.from_bytes(data[96:128], "big")
+    model, prompt, state, array_start = (
+        _pointer(data, at, 0, head_end, size) for at in range(0, head_end, _WORD)
+    )
+    model_bytes = _tail(data, model, size)
+    prompt_bytes = _tail(data, prompt, size)
+    state_bytes = _tail(data, state, size)
     if array_start + _WORD > size:
         raise _NotCanonical
     count = int.from_bytes(data[array_start : array_start + _WORD], "big")
     base = array_start + _WORD
-    if count > _FAST_MAX_ITEMS or base + count * _WORD > size:
+    items_end = base + count * _WORD
+    if count > _FAST_MAX_ITEMS or items_end > size:
         raise _NotCanonical
     actions = [
-        _tail(data, base + int.from_bytes(data[head : head + _WORD], "big"), size)
-        for head in range(base, base + count * _WORD, _WORD)
+        _tail(data, _pointer(data, head, base, items_end, size), size)
+        for head in range(base, items_end, _WORD)
     ]
-    return model, prompt, state, actions
+    return model_bytes, prompt_bytes, state_bytes, actions
 
 
 def _fast_fulfilled(data: bytes) -> tuple[bytes, bytes]:
     size = len(data)
-    if size < 2 * _WORD:
+    head_end = 2 * _WORD
+    if size < head_end:
         raise _NotCanonical
-    action = _tail(data, int.from_bytes(data[0:32], "big"), size)
-    return action, _tail(data, int.from_bytes(data[32:64], "big"), size)
+    action = _tail(data, _pointer(data, 0, 0, head_end, size), size)
+    return action, _tail(data, _pointer(data, _WORD, 0, head_end, size), size)
 
 
 def decode_requested_data(data: bytes) -> tuple[bytes, bytes, bytes, list[bytes]]:
