@@ -1,7 +1,7 @@
--- hodlai state store: the whole schema. Idempotent: safe to run on an existing database.
--- Applied by shared/db.py as migration 1 inside one transaction that also records it in
--- schema_migrations. Later changes are new numbered migrations in shared/migrations.py
--- AND an edit here, so that this file always shows the current schema.
+-- hodlai state store: the whole current schema, readable with sqlite3. Not executed by the
+-- node: databases are built by the migration sets in shared/migrations/<set>/NNNN_*.sql,
+-- and tests/test_migrations.py checks that migrating an empty database gives exactly this.
+-- A schema change is a new migration file AND an edit here.
 --
 -- Times are Unix seconds (REAL). uint256 values (request ids, wei amounts) are decimal TEXT:
 -- they do not fit SQLite's 64-bit INTEGER (see shared/request_id.py).
@@ -11,10 +11,13 @@ CREATE TABLE IF NOT EXISTS meta (
     value TEXT NOT NULL
 ) STRICT;
 
+-- Applied migrations, per set (the core, each executor); see shared/migrations.
 CREATE TABLE IF NOT EXISTS schema_migrations (
-    version    INTEGER PRIMARY KEY,
+    set_name   TEXT NOT NULL,
+    version    INTEGER NOT NULL,
     name       TEXT NOT NULL,
-    applied_at REAL NOT NULL
+    applied_at REAL NOT NULL,
+    PRIMARY KEY (set_name, version)
 ) STRICT;
 
 -- One row per reasoning request (HoldAI_ReasoningRequested), whatever its state.

@@ -27,8 +27,8 @@ from typing import ParamSpec, TypeVar
 
 import structlog
 
+from shared import migrations
 from shared.errors import DatabaseMismatchError, StoreBusyError
-from shared.migrations import MIGRATIONS
 
 log = structlog.get_logger(__name__)
 
@@ -76,8 +76,9 @@ def atomic(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         try:
             yield conn
         except BaseException:
-            conn.execute(f"ROLLBACK TO {name}")
-            conn.execute(f"RELEASE {name}")
+            if _in_transaction(conn):
+                conn.execute(f"ROLLBACK TO {name}")
+                conn.execute(f"RELEASE {name}")
             raise
         conn.execute(f"RELEASE {name}")
         return
@@ -88,13 +89,23 @@ def atomic(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     try:
         yield conn
     except BaseException:
-        conn.execute("ROLLBACK")
+        # A failed statement may already have ended the transaction (SQLITE_FULL does):
+        # a second ROLLBACK would raise "no transaction is active" and hide the real error.
+        if _in_transaction(conn):
+            conn.execute("ROLLBACK")
         raise
     try:
         conn.execute("COMMIT")
     except sqlite3.OperationalError as exc:
-        conn.execute("ROLLBACK")
+        if _in_transaction(conn):
+            conn.execute("ROLLBACK")
         raise _translate(exc) from exc
+
+
+def _in_transaction(conn: sqlite3.Connection) -> bool:
+    # A function, not the attribute inline: the attribute changes under a statement, and
+    # mypy would narrow it from the test at the top of atomic().
+    return conn.in_transaction
 
 
 def _translate(exc: sqlite3.OperationalError) -> Exception:
@@ -103,32 +114,60 @@ def _translate(exc: sqlite3.OperationalError) -> Exception:
     return exc
 
 
-def migrate(conn: sqlite3.Connection) -> int:
-    """Apply every migration not yet recorded; each one commits with its record. Returns the
-    schema version."""
-    conn.execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations "
-        "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL) STRICT"
-    )
-    applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
-    for migration in MIGRATIONS:
-        if migration.version in applied:
-            continue
-        with atomic(conn):
-            # Another process may have applied it while we waited for the write lock.
-            done = conn.execute(
-                "SELECT 1 FROM schema_migrations WHERE version = ?", (migration.version,)
-            ).fetchone()
-            if done:
+def migrate(conn: sqlite3.Connection, *, where: str = "the database") -> dict[str, int]:
+    """Apply every migration of every known set not yet recorded (shared/migrations); each
+    one commits with its record. Refuses a database written by a newer hodlai. Returns the
+    schema version per set."""
+    _ensure_migrations_table(conn)
+    sets = migrations.all_sets()
+    migrations.check_versions(migrations.applied(conn), sets, where=where)
+    done_sql = "SELECT 1 FROM schema_migrations WHERE set_name = ? AND version = ?"
+    for migration_set in sets:
+        for migration in migration_set.migrations:
+            key = (migration.set_name, migration.version)
+            if conn.execute(done_sql, key).fetchone():
                 continue
-            for statement in migration.statements():
-                conn.execute(statement)
-            conn.execute(
-                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
-                (migration.version, migration.name, time.time()),
+            with atomic(conn):
+                # Another process may have applied it while we waited for the write lock.
+                if conn.execute(done_sql, key).fetchone():
+                    continue
+                for statement in migration.statements():
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO schema_migrations (set_name, version, name, applied_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    (*key, migration.name, time.time()),
+                )
+            log.info(
+                "schema_migrated",
+                set=migration.set_name,
+                version=migration.version,
+                name=migration.name,
             )
-        log.info("schema_migrated", version=migration.version, name=migration.name)
-    return max((m.version for m in MIGRATIONS), default=0)
+    return {s.name: s.latest for s in sets}
+
+
+def _ensure_migrations_table(conn: sqlite3.Connection) -> None:
+    """Create ``schema_migrations``, or bring hodlai 0.1.0's single-set table (one
+    ``version`` column) to the per-set form, in one transaction."""
+    columns = [row[1] for row in conn.execute("PRAGMA table_info(schema_migrations)")]
+    if not columns:
+        conn.execute(migrations.SCHEMA_MIGRATIONS_DDL)
+        return
+    if "set_name" in columns:
+        return
+    with atomic(conn):
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(schema_migrations)")]
+        if "set_name" in columns:  # another process converted it while we waited
+            return
+        conn.execute("ALTER TABLE schema_migrations RENAME TO schema_migrations_v0")
+        conn.execute(migrations.SCHEMA_MIGRATIONS_DDL)
+        conn.execute(
+            "INSERT INTO schema_migrations (set_name, version, name, applied_at) "
+            "SELECT 'core', version, name, applied_at FROM schema_migrations_v0"
+        )
+        conn.execute("DROP TABLE schema_migrations_v0")
+    log.info("schema_migrations_converted", to="per-set")
 
 
 def check_identity(conn: sqlite3.Connection, *, chain_id: int, provider_address: str) -> None:

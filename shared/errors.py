@@ -19,6 +19,7 @@ tenacity can decide by *type* whether something is worth retrying::
     └── PermanentError              retrying the same input gives the same failure
         ├── ConfigError             a bad or missing setting; names the setting
         ├── DatabaseMismatchError   the database belongs to another chain or provider
+        │   └── SchemaVersionError  the database's schema is newer (or older) than this code
         ├── TransitionConflict      the row was not in the expected state (someone moved it)
         ├── LeaseLostError          a worker completed work it no longer holds (fenced off)
         ├── InvalidRequestError     a request that can never be answered (empty actions, ...)
@@ -90,6 +91,11 @@ class ConfigError(PermanentError):
 
 class DatabaseMismatchError(PermanentError):
     """The database was created for another chain id or provider address."""
+
+
+class SchemaVersionError(DatabaseMismatchError):
+    """The database was written by a newer hodlai (or needs migrating first); names the
+    versions."""
 
 
 class TransitionConflict(PermanentError):

@@ -9,7 +9,7 @@ import pytest
 
 from shared.db import atomic, check_identity, connect, stored_identity
 from shared.errors import DatabaseMismatchError, StoreBusyError
-from shared.migrations import MIGRATIONS
+from shared.migrations import all_sets
 
 PROVIDER = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
 
@@ -26,8 +26,9 @@ def test_connection_uses_wal_foreign_keys_and_busy_timeout(db_path: Path) -> Non
 def test_migrations_are_recorded_once(db_path: Path) -> None:
     connect(db_path).close()
     conn = connect(db_path)  # second open applies nothing again
-    rows = conn.execute("SELECT version FROM schema_migrations").fetchall()
-    assert [r[0] for r in rows] == [m.version for m in MIGRATIONS]
+    rows = conn.execute("SELECT set_name, version FROM schema_migrations ORDER BY 1, 2").fetchall()
+    expected = sorted((s.name, m.version) for s in all_sets() for m in s.migrations)
+    assert [tuple(r) for r in rows] == expected
 
 
 def test_identity_is_recorded_then_enforced(db_path: Path) -> None:

@@ -1,0 +1,149 @@
+"""Migration sets: each owner of tables (the core, each executor) has an ordered set of
+numbered SQL files, recorded per set in ``schema_migrations (set_name, version)``.
+
+Guarantees:
+
+- A migration is applied in one transaction together with its row in ``schema_migrations``,
+  so a crash never leaves a half-applied schema, and two processes starting at once apply
+  it once (the second finds the row after waiting for the write lock).
+- A migration file, once released, is never edited: databases recorded it as applied.
+  A change to the schema is a new file *and* an edit of ``schema.sql`` at the top of the
+  repository, which stays the readable picture of the whole current schema
+  (tests/test_migrations.py checks that migrating an empty database produces exactly it).
+- A database that has applied a version this code does not know (written by a newer hodlai)
+  is refused with the version numbers, never silently used: :func:`check_versions`.
+
+The SQL files are package data (``shared/migrations/<set>/NNNN_name.sql``), so a wheel
+install carries them.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Final
+
+from shared.errors import SchemaVersionError
+
+_FILE_NAME: Final = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+SCHEMA_MIGRATIONS_DDL: Final = (
+    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+    " set_name TEXT NOT NULL, version INTEGER NOT NULL, name TEXT NOT NULL,"
+    " applied_at REAL NOT NULL, PRIMARY KEY (set_name, version)) STRICT"
+)
+
+
+@dataclass(frozen=True)
+class Migration:
+    set_name: str
+    version: int
+    name: str
+    sql: str
+
+    def statements(self) -> list[str]:
+        return split_statements(self.sql)
+
+
+@dataclass(frozen=True)
+class MigrationSet:
+    """The ordered migrations of one owner of tables."""
+
+    name: str
+    migrations: tuple[Migration, ...]
+
+    @property
+    def latest(self) -> int:
+        return max((m.version for m in self.migrations), default=0)
+
+
+def split_statements(script: str) -> list[str]:
+    """Split a script into complete statements (sqlite3.complete_statement decides where a
+    statement ends, so semicolons inside strings or trigger bodies are handled)."""
+    statements: list[str] = []
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        if not buffer and (not line.strip() or line.lstrip().startswith("--")):
+            continue
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            statements.append(buffer.strip())
+            buffer = ""
+    if buffer.strip():
+        statements.append(buffer.strip())
+    return statements
+
+
+def load_set(name: str, package: str) -> MigrationSet:
+    """The set ``name`` from the ``NNNN_name.sql`` files of ``package`` (a folder that is a
+    package, or a namespace package, of SQL files). Numbers must run 1, 2, 3... without gaps."""
+    found: list[Migration] = []
+    for entry in resources.files(package).iterdir():
+        match = _FILE_NAME.match(entry.name)
+        if match is None:
+            continue
+        found.append(
+            Migration(name, int(match.group(1)), match.group(2), entry.read_text(encoding="utf-8"))
+        )
+    found.sort(key=lambda m: m.version)
+    expected = list(range(1, len(found) + 1))
+    if [m.version for m in found] != expected:
+        raise ValueError(
+            f"migration set {name!r} in {package} is not numbered 1..{len(found)}: "
+            f"{[m.version for m in found]}"
+        )
+    return MigrationSet(name, tuple(found))
+
+
+@cache
+def core_set() -> MigrationSet:
+    return load_set("core", "shared.migrations.core")
+
+
+def all_sets() -> tuple[MigrationSet, ...]:
+    """Every set this installation knows, core first."""
+    return (core_set(),)
+
+
+def applied(conn: sqlite3.Connection) -> dict[str, set[int]]:
+    """Versions recorded per set (empty when the table does not exist yet)."""
+    exists = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'"
+    ).fetchone()
+    if exists is None:
+        return {}
+    columns = [row[1] for row in conn.execute("PRAGMA table_info(schema_migrations)")]
+    if "set_name" not in columns:
+        return {"core": {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}}
+    out: dict[str, set[int]] = {}
+    for set_name, version in conn.execute("SELECT set_name, version FROM schema_migrations"):
+        out.setdefault(set_name, set()).add(version)
+    return out
+
+
+def check_versions(
+    recorded: dict[str, set[int]], sets: Sequence[MigrationSet], *, where: str
+) -> list[str]:
+    """Refuse a database written by a newer hodlai (a version or a set this code does not
+    know); return the names of the sets with migrations still to apply."""
+    known = {s.name: s for s in sets}
+    for set_name, versions in sorted(recorded.items()):
+        known_set = known.get(set_name)
+        if known_set is None:
+            raise SchemaVersionError(
+                f"{where} has migration set {set_name!r} (versions up to {max(versions)}), "
+                "which this hodlai does not know: it was written by a newer or another "
+                "installation; upgrade hodlai or use another database"
+            )
+        if max(versions) > known_set.latest:
+            raise SchemaVersionError(
+                f"{where} is at schema version {max(versions)} of set {set_name!r}, newer than "
+                f"this hodlai's {known_set.latest}; upgrade hodlai before using this database"
+            )
+    return [
+        s.name for s in sets if recorded.get(s.name, set()) != {m.version for m in s.migrations}
+    ]

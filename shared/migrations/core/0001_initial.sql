@@ -1,0 +1,216 @@
+-- Core migration 1, frozen: the schema as it stood when migrations became numbered files
+-- (hodlai 0.1.0). Never edit this file: databases created before it was frozen recorded it as
+-- applied. A change is a new file in this folder AND an edit of schema.sql at the top of the
+-- repository, which shows the current schema as a whole.
+-- (The schema_migrations table is created by shared/migrations before any migration runs.)
+
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,   -- 'chain_id', 'provider_address', 'created_at', ...
+    value TEXT NOT NULL
+) STRICT;
+
+
+-- One row per reasoning request (HoldAI_ReasoningRequested), whatever its state.
+CREATE TABLE IF NOT EXISTS requests (
+    request_id     TEXT PRIMARY KEY CHECK (request_id GLOB '[0-9]*' AND request_id NOT GLOB '*[^0-9]*'),
+    shard_key      INTEGER NOT NULL,          -- request_id mod lcm(1..42); see request_id.py
+    status         TEXT NOT NULL CHECK (status IN ('PENDING','ANSWERED','PROCESSED','FULFILLED','FAILED')),
+    generation     INTEGER NOT NULL DEFAULT 1, -- +1 whenever a reorg replaces the content
+    -- the request as emitted on chain
+    requester      TEXT NOT NULL,
+    model          TEXT NOT NULL,
+    system_prompt  TEXT NOT NULL,
+    state_string   TEXT NOT NULL,
+    action_set     TEXT NOT NULL,             -- JSON array of strings
+    content_hash   TEXT NOT NULL,             -- keccak of requester + ABI data; detects replaced content
+    block_number   INTEGER NOT NULL,
+    block_hash     TEXT NOT NULL,
+    tx_hash        TEXT NOT NULL,
+    log_index      INTEGER NOT NULL,
+    -- work in flight: a lease, not a status (DESIGN.md section 3)
+    lease_owner    TEXT,
+    lease_until    REAL,
+    -- the answer (inference)
+    attempts       INTEGER NOT NULL DEFAULT 0, -- LLM attempts spent on the current generation
+    answer_action  TEXT,
+    answer_cid     TEXT,
+    reasoning      TEXT,                      -- the JSON reasoning trace whose CID is answer_cid
+    answered_at    REAL,
+    -- the fulfilment seen on chain (indexer)
+    fulfilled_block    INTEGER,
+    fulfilled_tx_hash  TEXT,
+    fulfilled_action   TEXT,
+    fulfilled_cid      TEXT,
+    -- terminal failure
+    fail_reason    TEXT,
+    created_at     REAL NOT NULL,
+    updated_at     REAL NOT NULL
+) STRICT;
+
+-- Invariant: lease_owner IS NULL exactly when lease_until IS NULL.
+-- Claims take unleased rows of one status in chain order from idx_requests_claim without
+-- stepping over the rows already leased (which would make a large backlog quadratic), and
+-- expired leases (a crashed worker's rows) from the small idx_requests_lease.
+CREATE INDEX IF NOT EXISTS idx_requests_claim ON requests (status, lease_owner, block_number, log_index);
+CREATE INDEX IF NOT EXISTS idx_requests_lease ON requests (status, lease_until) WHERE lease_until IS NOT NULL;
+-- Listing one status newest first (hodlai requests --status S).
+CREATE INDEX IF NOT EXISTS idx_requests_status_order ON requests (status, block_number, log_index);
+CREATE INDEX IF NOT EXISTS idx_requests_block ON requests (block_number);
+
+-- Row counts per status, kept exact by the triggers below in the same transaction as the
+-- change, so that 'hodlai status' and v_status_counts answer in O(1) at millions of rows.
+CREATE TABLE IF NOT EXISTS request_counts (
+    status TEXT PRIMARY KEY,
+    n      INTEGER NOT NULL
+) STRICT;
+INSERT OR IGNORE INTO request_counts (status, n) VALUES
+    ('PENDING', 0), ('ANSWERED', 0), ('PROCESSED', 0), ('FULFILLED', 0), ('FAILED', 0);
+CREATE TRIGGER IF NOT EXISTS trg_requests_count_insert AFTER INSERT ON requests
+BEGIN
+    UPDATE request_counts SET n = n + 1 WHERE status = NEW.status;
+END;
+CREATE TRIGGER IF NOT EXISTS trg_requests_count_delete AFTER DELETE ON requests
+BEGIN
+    UPDATE request_counts SET n = n - 1 WHERE status = OLD.status;
+END;
+CREATE TRIGGER IF NOT EXISTS trg_requests_count_update AFTER UPDATE OF status ON requests
+WHEN OLD.status <> NEW.status
+BEGIN
+    UPDATE request_counts SET n = n - 1 WHERE status = OLD.status;
+    UPDATE request_counts SET n = n + 1 WHERE status = NEW.status;
+END;
+
+-- The audit trail: one row per state change, written in the same transaction as the change.
+-- No foreign key: the trail outlives a request that a reorg takes back (to_status 'REMOVED').
+CREATE TABLE IF NOT EXISTS transitions (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    request_id  TEXT NOT NULL,
+    from_status TEXT,                         -- NULL when the row is created
+    to_status   TEXT NOT NULL,
+    actor       TEXT NOT NULL,                -- 'indexer', 'inference-0/2:pid', 'fulfiller', 'operator'
+    at          REAL NOT NULL,
+    note        TEXT
+) STRICT;
+CREATE INDEX IF NOT EXISTS idx_transitions_request ON transitions (request_id, id);
+
+-- HoldAI_ReasoningFulfilled events as seen on chain. Kept apart from requests so that an
+-- event seen before its request (or orphaned by a reorg) is neither lost nor half-applied.
+CREATE TABLE IF NOT EXISTS fulfillments (
+    request_id    TEXT PRIMARY KEY,
+    requester     TEXT NOT NULL,
+    result_action TEXT NOT NULL,
+    reasoning_cid TEXT NOT NULL,
+    block_number  INTEGER NOT NULL,
+    block_hash    TEXT NOT NULL,
+    tx_hash       TEXT NOT NULL,
+    log_index     INTEGER NOT NULL,
+    prior_status  TEXT,                       -- status of the request row before FULFILLED
+    seen_at       REAL NOT NULL
+) STRICT;
+CREATE INDEX IF NOT EXISTS idx_fulfillments_block ON fulfillments (block_number);
+-- Fulfilments seen before their request (prior_status NULL): usually none, looked up per poll.
+CREATE INDEX IF NOT EXISTS idx_fulfillments_unapplied ON fulfillments (request_id) WHERE prior_status IS NULL;
+
+-- How far each scanner has accepted the chain (the last block fully ingested).
+CREATE TABLE IF NOT EXISTS cursors (
+    name         TEXT PRIMARY KEY,            -- 'indexer'
+    block_number INTEGER NOT NULL,
+    updated_at   REAL NOT NULL
+) STRICT;
+
+-- Hashes of accepted blocks, to detect a reorg by comparison (anvil and many nodes never
+-- deliver logs with removed=true): the header at the end of every accepted range, and every
+-- block an accepted log came from. Pruned to HODLAI_INDEXER_BLOCK_HISTORY blocks below the
+-- cursor, far deeper than any expected reorg.
+CREATE TABLE IF NOT EXISTS blocks (
+    number      INTEGER PRIMARY KEY,
+    hash        TEXT NOT NULL,
+    parent_hash TEXT,                         -- NULL when the block is known only from its logs
+    seen_at     REAL NOT NULL
+) STRICT;
+
+-- Reorgs the indexer rolled back, for 'hodlai status' and the runbook.
+CREATE TABLE IF NOT EXISTS reorgs (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    detected_at   REAL NOT NULL,
+    at_block      INTEGER NOT NULL,           -- the first orphaned block
+    depth         INTEGER NOT NULL,
+    deeper_than_confirmations INTEGER NOT NULL CHECK (deeper_than_confirmations IN (0, 1)),
+    note          TEXT
+) STRICT;
+
+-- Every transaction the node signed, recorded BEFORE it is broadcast (shared/tx/ledger.py).
+-- A nonce is "open" while one of its rows is SIGNED or BROADCAST; all rows of one nonce are
+-- alternatives (replacements, a cancel), of which at most one is ever mined.
+CREATE TABLE IF NOT EXISTS txs (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    purpose         TEXT NOT NULL,            -- 'fulfil'; 'cancel' = 0-value self-transfer filling a nonce
+    request_id      TEXT,                     -- the request a 'fulfil' answers; NULL for a 'cancel'
+    generation      INTEGER,                  -- requests.generation the answer was made for
+    content_hash    TEXT,                     -- requests.content_hash the answer was made for
+    sender          TEXT NOT NULL,
+    nonce           INTEGER NOT NULL,
+    tx_hash         TEXT NOT NULL UNIQUE,
+    raw_tx          TEXT NOT NULL,            -- 0x-hex signed transaction, re-broadcastable
+    to_address      TEXT NOT NULL,            -- the call, kept to re-sign it with bumped fees
+    value_wei       TEXT NOT NULL,            -- decimal
+    calldata        TEXT NOT NULL,            -- 0x-hex
+    gas_limit       INTEGER NOT NULL,
+    max_fee_per_gas TEXT,                     -- wei, decimal; NULL for legacy
+    max_priority_fee_per_gas TEXT,
+    gas_price       TEXT,                     -- wei, decimal; legacy only
+    -- SIGNED: recorded, no node accepted it yet; BROADCAST: a node accepted it;
+    -- MINED / REVERTED: its receipt (status 1 / 0); REPLACED: another tx of the same nonce
+    -- superseded it; CANCELLED: superseded by a 'cancel' because its purpose became invalid;
+    -- DROPPED: the nonce was consumed by a transaction this node did not sign.
+    status          TEXT NOT NULL CHECK (status IN ('SIGNED','BROADCAST','MINED','REVERTED','REPLACED','DROPPED','CANCELLED')),
+    replaces_tx_id  INTEGER REFERENCES txs(id),
+    error           TEXT,
+    created_at      REAL NOT NULL,
+    broadcast_at    REAL,
+    mined_block     INTEGER,
+    gas_used        INTEGER,
+    updated_at      REAL NOT NULL
+) STRICT;
+CREATE INDEX IF NOT EXISTS idx_txs_open ON txs (status, nonce);
+CREATE INDEX IF NOT EXISTS idx_txs_request ON txs (request_id);
+CREATE INDEX IF NOT EXISTS idx_txs_sender_nonce ON txs (sender, nonce);
+
+-- ---- views for the sqlite3 CLI (recreated on every migration) ----
+
+DROP VIEW IF EXISTS v_status_counts;
+CREATE VIEW v_status_counts AS
+SELECT status, n AS requests FROM request_counts
+ORDER BY CASE status WHEN 'PENDING' THEN 1 WHEN 'ANSWERED' THEN 2 WHEN 'PROCESSED' THEN 3
+                     WHEN 'FULFILLED' THEN 4 ELSE 5 END;
+
+-- Everything not finished, oldest first, with a plain-words reason it is where it is.
+DROP VIEW IF EXISTS v_stuck;
+CREATE VIEW v_stuck AS
+SELECT request_id, status,
+       ROUND(((julianday('now') - 2440587.5) * 86400.0) - updated_at, 1) AS idle_s,
+       lease_owner,
+       CASE
+         WHEN status = 'FAILED' THEN 'failed: ' || COALESCE(fail_reason, '?') || ' (hodlai retry ' || request_id || ')'
+         WHEN lease_owner IS NOT NULL AND lease_until < ((julianday('now') - 2440587.5) * 86400.0)
+           THEN 'lease of ' || lease_owner || ' expired; will be taken again'
+         WHEN lease_owner IS NOT NULL THEN 'being worked on by ' || lease_owner
+         WHEN status = 'PENDING' THEN 'waiting for an inference worker (shard key ' || shard_key || ')'
+         WHEN status = 'ANSWERED' THEN 'answered; waiting for the fulfiller'
+         WHEN status = 'PROCESSED' THEN 'tx sent (' || COALESCE((SELECT t.tx_hash FROM txs t WHERE t.request_id = requests.request_id ORDER BY t.id DESC LIMIT 1), '?') || '); waiting for the fulfilled event'
+       END AS why,
+       attempts, block_number
+FROM requests
+WHERE status IN ('PENDING', 'ANSWERED', 'PROCESSED', 'FAILED')
+ORDER BY updated_at;
+
+DROP VIEW IF EXISTS v_recent_transitions;
+CREATE VIEW v_recent_transitions AS
+SELECT id, request_id, COALESCE(from_status, '-') || ' -> ' || to_status AS change, actor,
+       strftime('%Y-%m-%d %H:%M:%f', at, 'unixepoch') AS at_utc, note
+FROM transitions ORDER BY id DESC LIMIT 100;
+
+DROP VIEW IF EXISTS v_open_txs;
+CREATE VIEW v_open_txs AS
+SELECT id, purpose, request_id, nonce, tx_hash, status, ROUND(((julianday('now') - 2440587.5) * 86400.0) - created_at, 1) AS age_s, error
+FROM txs WHERE status IN ('SIGNED', 'BROADCAST') ORDER BY nonce;
