@@ -180,11 +180,15 @@ CREATE TABLE IF NOT EXISTS txs (
     broadcast_at    REAL,
     mined_block     INTEGER,
     gas_used        INTEGER,
-    updated_at      REAL NOT NULL
+    updated_at      REAL NOT NULL,
+    mined_block_hash TEXT,                    -- the receipt's block hash (reorg check)
+    held_at_head    INTEGER,                  -- reorged out: the head then; not re-sent until confirmed
+    simulated_block INTEGER                   -- the block the call was simulated at
 ) STRICT;
 CREATE INDEX IF NOT EXISTS idx_txs_open ON txs (status, nonce);
 CREATE INDEX IF NOT EXISTS idx_txs_request ON txs (request_id);
 CREATE INDEX IF NOT EXISTS idx_txs_sender_nonce ON txs (sender, nonce);
+CREATE INDEX IF NOT EXISTS idx_txs_mined ON txs (sender, mined_block) WHERE status = 'MINED';
 
 -- ---- views for the sqlite3 CLI (recreated on every migration) ----
 

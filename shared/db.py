@@ -102,6 +102,21 @@ def atomic(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         raise _translate(exc) from exc
 
 
+@contextmanager
+def read_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """Several reads that see one snapshot of the database (a deferred ``BEGIN`` that never
+    writes, so it never needs the write lock; inside a write transaction it just reads)."""
+    if conn.in_transaction:
+        yield conn
+        return
+    conn.execute("BEGIN")
+    try:
+        yield conn
+    finally:
+        if _in_transaction(conn):
+            conn.execute("COMMIT")
+
+
 def _in_transaction(conn: sqlite3.Connection) -> bool:
     # A function, not the attribute inline: the attribute changes under a statement, and
     # mypy would narrow it from the test at the top of atomic().

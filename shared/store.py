@@ -291,6 +291,7 @@ class Claimed:
     answer_cid: str | None
     lease_owner: str
     lease_until: float
+    block_number: int = 0
 
 
 def claim(
@@ -350,7 +351,7 @@ def claim(
             state_string=r["state_string"], action_set=tuple(json.loads(r["action_set"])),
             content_hash=r["content_hash"], attempts=r["attempts"],
             answer_action=r["answer_action"], answer_cid=r["answer_cid"],
-            lease_owner=owner, lease_until=at + lease_seconds,
+            lease_owner=owner, lease_until=at + lease_seconds, block_number=r["block_number"],
         )
         for r in rows
     ]  # fmt: skip

@@ -241,22 +241,29 @@ async def test_a_nonce_used_by_another_signer_of_the_key_is_reconciled_and_the_r
     assert chain.fulfilled_counts() == {request_id: 1}
 
 
-async def test_a_mined_fulfilment_reorged_out_of_the_chain_is_sent_again(
+async def test_a_mined_fulfilment_reorged_out_is_held_until_its_request_is_confirmed_then_sent(
     deployed: DeployedStack, db_path: Path
 ) -> None:
     chain = Chain(deployed)
     (request_id,) = chain.ask(1)
     conn = connect(db_path)
-    answer(conn, [request_id], requester=chain.vault.address)
+    answer(conn, [request_id], requester=chain.vault.address, chain=chain)
     fulfiller = make_fulfiller(deployed, db_path)
     try:
         await fulfiller.run_until(lambda: [r["status"] for r in tx_rows(conn)] == ["MINED"])
+        (mined,) = tx_rows(conn)
         nonce = chain.nonce(fulfiller.oracle)
         chain.rpc("anvil_reorg", [1, []])  # the block with our transaction is replaced
         assert chain.fulfilled_counts() == {}
         assert chain.nonce(fulfiller.oracle) == nonce - 1
-        report = await fulfiller.manager.poll()
-        assert report.counts["reopened"] == 1
+        # Judged out of the chain only on evidence seen twice, then held, not re-sent: the
+        # request's block is 1 deep, below the 3 confirmations it must have first.
+        await fulfiller.run_until(lambda: tx_rows(conn)[0]["held_at_head"] is not None)
+        for _ in range(5):
+            await fulfiller.step()
+        assert chain.rpc("eth_getTransactionByHash", [mined["tx_hash"]]) is None
+        assert chain.fulfilled_counts() == {}
+        chain.mine(3)
         await fulfiller.run_until(lambda: chain.fulfilled_counts().get(request_id) == 1)
         await fulfiller.run_until(lambda: [r["status"] for r in tx_rows(conn)] == ["MINED"])
     finally:

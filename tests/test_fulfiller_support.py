@@ -135,6 +135,24 @@ class Chain:
         )
         return [int(entry["topics"][1], 16) for entry in logs]
 
+    def request_blocks(self) -> dict[int, tuple[int, str]]:
+        """request id -> (block number, block hash) of its HoldAI_ReasoningRequested log."""
+        logs = self.rpc(
+            "eth_getLogs",
+            [
+                {
+                    "address": self.deployment.provider_address,
+                    "fromBlock": "0x0",
+                    "toBlock": "latest",
+                    "topics": [REASONING_REQUESTED_TOPIC0],
+                }
+            ],
+        )
+        return {
+            int(e["topics"][1], 16): (int(e["blockNumber"], 16), str(e["blockHash"]).lower())
+            for e in logs
+        }
+
     def deliveries(self, request_id: int, vault: Contract | None = None) -> int:
         return int((vault or self.vault).functions.deliveriesOf(request_id).call())
 
@@ -169,10 +187,20 @@ def answer(
     requester: str,
     action: str = "BUY",
     actions: Sequence[str] = ACTIONS,
+    chain: Chain | None = None,
 ) -> None:
-    """Store the given on-chain requests as ANSWERED rows (as indexer + inference would)."""
+    """Store the given on-chain requests as ANSWERED rows (as indexer + inference would).
+    With ``chain``, each row carries the block number and hash of its request's log, as the
+    indexer stores them (the fulfiller simulates at or above that block, and a transaction a
+    reorg took out is only re-sent while that block is still on the chain)."""
+    placed = chain.request_blocks() if chain is not None else {}
     for request_id in request_ids:
         request = make_request(request_id, requester=requester, action_set=tuple(actions))
+        if request_id in placed:
+            number, block_hash = placed[request_id]
+            request = replace(request, block_number=number, block_hash=block_hash)
+        else:
+            request = replace(request, block_number=0)
         assert store.insert_request(conn, request, actor="test")
         store.transition(
             conn, request_id, Status.PENDING, Status.ANSWERED, actor="test",
@@ -213,7 +241,12 @@ TEST_CONFIG = FulfillerConfig(
     recheck_s=30.0,
 )
 TEST_POLICY = TxPolicy(
-    fees=TEST_CONFIG.fees, window=64, stuck_after_s=30.0, rebroadcast_after_s=5.0
+    fees=TEST_CONFIG.fees,
+    window=64,
+    stuck_after_s=30.0,
+    rebroadcast_after_s=5.0,
+    confirmations=3,
+    absent_after_s=0.3,  # seconds: the tests' chains mine on demand, no backend lags
 )
 
 

@@ -20,7 +20,7 @@ from shared.tx import ledger
 from shared.tx.fees import GWEI, FeePolicy, Fees
 from shared.tx.ledger import Purpose, TxRecord
 from shared.tx.manager import Submission, TxManager, TxPolicy
-from shared.tx.settlement import Settlement
+from shared.tx.settlement import Settlement, SubjectAnchor
 from shared.tx.signer import Call, LocalSigner, SignedTx
 from tests.test_fulfiller_support import ManualClock
 
@@ -43,6 +43,11 @@ class NotePurpose:
 
     def invalid(self, conn: sqlite3.Connection, txs: Sequence[TxRecord]) -> dict[int, str]:
         return {tx.id: "test says so" for tx in txs if tx.id in self.invalid_ids}
+
+    def anchors(
+        self, conn: sqlite3.Connection, txs: Sequence[TxRecord]
+    ) -> dict[int, SubjectAnchor | None]:
+        return {}  # an off-chain subject: the invalid() check is the whole confirmation
 
     def settled(
         self,

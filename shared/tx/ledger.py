@@ -9,6 +9,11 @@ Guarantees:
   transaction. Recording a replacement supersedes the current row (REPLACED, or CANCELLED
   when the replacement is a cancel) in the same transaction, so a nonce never has two
   current rows.
+- Recording a signed transaction that is already recorded (the same bytes, so the same hash)
+  changes nothing and returns the existing row: signing the same call with the same nonce and
+  fees twice is one transaction, never an error that wedges the caller.
+- A transaction a reorg took out is *held* (``held_at_head``): open, since a node may still
+  mine it, but not broadcast again until its purpose is confirmed (shared/tx/manager.py).
 - Rows are never deleted: the table is the audit trail of everything the key signed.
 """
 
@@ -73,16 +78,25 @@ class TxRecord:
     created_at: float
     broadcast_at: float | None
     mined_block: int | None
+    mined_block_hash: str | None = None
+    #: set while a reorg-out transaction waits for its purpose to be confirmed
+    held_at_head: int | None = None
+    simulated_block: int | None = None
 
     @property
     def is_open(self) -> bool:
         return self.status in OPEN_STATUSES
 
+    @property
+    def held(self) -> bool:
+        return self.held_at_head is not None and self.is_open
+
 
 _COLUMNS: Final = (
     "id, purpose, request_id, generation, content_hash, sender, nonce, tx_hash, raw_tx, "
     "to_address, value_wei, calldata, gas_limit, max_fee_per_gas, max_priority_fee_per_gas, "
-    "gas_price, status, replaces_tx_id, error, created_at, broadcast_at, mined_block"
+    "gas_price, status, replaces_tx_id, error, created_at, broadcast_at, mined_block, "
+    "mined_block_hash, held_at_head, simulated_block"
 )
 
 
@@ -121,6 +135,9 @@ def _record(row: sqlite3.Row) -> TxRecord:
         created_at=row["created_at"],
         broadcast_at=row["broadcast_at"],
         mined_block=row["mined_block"],
+        mined_block_hash=row["mined_block_hash"],
+        held_at_head=row["held_at_head"],
+        simulated_block=row["simulated_block"],
     )
 
 
@@ -133,10 +150,16 @@ def insert(
     now: float,
     replaces: TxRecord | None = None,
     replaced_reason: str | None = None,
+    simulated_block: int | None = None,
 ) -> int:
     """Record ``signed`` as SIGNED (call inside ``atomic``). With ``replaces``, that row must
     still be the open current transaction of the same nonce; it becomes REPLACED (CANCELLED
-    when ``signed`` is a cancel) with ``replaced_reason``."""
+    when ``signed`` is a cancel) with ``replaced_reason``.
+
+    Already recorded (same hash): nothing changes, and the existing row's id is returned."""
+    existing = conn.execute("SELECT id FROM txs WHERE tx_hash = ?", (signed.tx_hash,)).fetchone()
+    if existing is not None:
+        return int(existing[0])
     if replaces is not None:
         if replaces.nonce != signed.nonce:
             raise ValueError("a replacement must use the nonce of the transaction it replaces")
@@ -152,14 +175,16 @@ def insert(
     cursor = conn.execute(
         "INSERT INTO txs (purpose, request_id, generation, content_hash, sender, nonce, tx_hash,"
         " raw_tx, to_address, value_wei, calldata, gas_limit, max_fee_per_gas,"
-        " max_priority_fee_per_gas, gas_price, status, replaces_tx_id, created_at, updated_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'SIGNED', ?, ?, ?)",
+        " max_priority_fee_per_gas, gas_price, status, replaces_tx_id, created_at, updated_at,"
+        " simulated_block)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'SIGNED', ?, ?, ?, ?)",
         (
             purpose.kind, purpose.request_id, purpose.generation, purpose.content_hash,
             sender, signed.nonce, signed.tx_hash, signed.raw, signed.call.to,
             str(signed.call.value), "0x" + signed.call.data.hex(), signed.call.gas_limit,
             _wei(fees.max_fee_per_gas), _wei(fees.max_priority_fee_per_gas),
             _wei(fees.gas_price), replaces.id if replaces else None, now, now,
+            simulated_block,
         ),
     )  # fmt: skip
     assert cursor.lastrowid is not None
@@ -199,15 +224,43 @@ def at_nonces(conn: sqlite3.Connection, sender: str, nonces: Iterable[int]) -> l
     return out
 
 
-def mined_from(conn: sqlite3.Connection, sender: str, nonce: int) -> list[TxRecord]:
-    """MINED rows at ``nonce`` or above: after a reorg rolled the chain's nonce back below
-    them, these transactions are no longer on chain."""
+def recent_mined(conn: sqlite3.Connection, sender: str, from_block: int) -> list[TxRecord]:
+    """MINED rows in blocks ``from_block`` and above, highest block first: the ones a reorg
+    could still take out."""
     rows = conn.execute(
-        f"SELECT {_COLUMNS} FROM txs WHERE sender = ? AND nonce >= ? AND status = 'MINED' "
-        "ORDER BY nonce",
-        (sender, nonce),
+        f"SELECT {_COLUMNS} FROM txs WHERE sender = ? AND status = 'MINED' AND mined_block >= ? "
+        "ORDER BY mined_block DESC, nonce",
+        (sender, from_block),
     ).fetchall()
     return [_record(r) for r in rows]
+
+
+def settled_floor(conn: sqlite3.Connection, sender: str) -> int:
+    """One above the highest nonce at which a transaction of ours is MINED or REVERTED: the
+    chain has consumed every nonce below it, whatever a lagging node says (0 when none)."""
+    row = conn.execute(
+        "SELECT MAX(nonce) FROM txs WHERE sender = ? AND status IN ('MINED', 'REVERTED')",
+        (sender,),
+    ).fetchone()
+    return 0 if row[0] is None else int(row[0]) + 1
+
+
+def settled_nonces(conn: sqlite3.Connection, sender: str, nonces: Iterable[int]) -> set[int]:
+    """Of ``nonces``, those at which a transaction of ours is MINED or REVERTED."""
+    wanted = sorted(set(nonces))
+    out: set[int] = set()
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        out |= {
+            r[0]
+            for r in conn.execute(
+                f"SELECT DISTINCT nonce FROM txs WHERE sender = ? AND nonce IN ({marks}) "
+                "AND status IN ('MINED', 'REVERTED')",
+                (sender, *chunk),
+            )
+        }
+    return out
 
 
 def next_unused_nonce(conn: sqlite3.Connection, sender: str) -> int:
@@ -224,13 +277,26 @@ def set_status(
     now: float,
     error: str | None = None,
     mined_block: int | None = None,
+    mined_block_hash: str | None = None,
     gas_used: int | None = None,
 ) -> None:
-    """Move one row to ``status`` (call inside ``atomic`` when it must go with other writes)."""
+    """Move one row to ``status`` (call inside ``atomic`` when it must go with other writes).
+    A row that settles is no longer held."""
     conn.execute(
-        "UPDATE txs SET status = ?, error = COALESCE(?, error), mined_block = ?, gas_used = ?,"
-        " updated_at = ? WHERE id = ?",
-        (status.value, error, mined_block, gas_used, now, tx_id),
+        "UPDATE txs SET status = ?, error = COALESCE(?, error), mined_block = ?,"
+        " mined_block_hash = ?, gas_used = ?, held_at_head = NULL, updated_at = ? WHERE id = ?",
+        (status.value, error, mined_block, mined_block_hash, gas_used, now, tx_id),
+    )
+
+
+def move_mined(
+    conn: sqlite3.Connection, tx_id: int, *, block: int, block_hash: str, now: float
+) -> None:
+    """A MINED transaction is in another block now (a reorg re-included it)."""
+    conn.execute(
+        "UPDATE txs SET mined_block = ?, mined_block_hash = ?, updated_at = ? "
+        "WHERE id = ? AND status = 'MINED'",
+        (block, block_hash, now, tx_id),
     )
 
 
@@ -248,10 +314,21 @@ def note_error(conn: sqlite3.Connection, tx_id: int, error: str, *, now: float) 
     conn.execute("UPDATE txs SET error = ?, updated_at = ? WHERE id = ?", (error, now, tx_id))
 
 
-def reopen(conn: sqlite3.Connection, tx_id: int, *, now: float, reason: str) -> None:
-    """A MINED transaction vanished from the chain (reorg): it is current and open again."""
+def reopen(conn: sqlite3.Connection, tx_id: int, *, now: float, reason: str, head: int) -> None:
+    """A MINED transaction is no longer on the chain (reorg): it is current and open again,
+    and held: not broadcast again until its purpose is confirmed (``head``: the chain head
+    when this was seen)."""
     conn.execute(
-        "UPDATE txs SET status = 'BROADCAST', mined_block = NULL, gas_used = NULL, error = ?,"
-        " updated_at = ? WHERE id = ? AND status = 'MINED'",
-        (reason, now, tx_id),
+        "UPDATE txs SET status = 'BROADCAST', mined_block = NULL, mined_block_hash = NULL,"
+        " gas_used = NULL, error = ?, held_at_head = ?, updated_at = ?"
+        " WHERE id = ? AND status = 'MINED'",
+        (reason, head, now, tx_id),
+    )
+
+
+def release_hold(conn: sqlite3.Connection, tx_id: int, *, now: float, note: str) -> None:
+    """The purpose of a held transaction is confirmed: it may be broadcast again."""
+    conn.execute(
+        "UPDATE txs SET held_at_head = NULL, error = ?, updated_at = ? WHERE id = ?",
+        (note, now, tx_id),
     )

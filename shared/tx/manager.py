@@ -10,16 +10,24 @@ one for 'fulfil'; later executors register theirs). Guarantees:
   node see it. Killed at any instant, the ledger holds every transaction a node might have.
 - At most ``window`` nonces are open at once; within them transactions are pipelined (sent
   without waiting for the previous receipt) with consecutive nonces.
-- Every poll (:meth:`TxManager.poll`) asks the chain how many nonces the key has consumed and
-  fetches the receipts of all our transactions at those nonces in one batch, then settles
-  them (shared/tx/settlement.py) together with what their purposes do about it.
+- Every poll (:meth:`TxManager.poll`) reads the head, the nonce count and the receipts of
+  every row at every open nonce in one batch (shared/tx/watch.py). An answer whose head is
+  behind the highest head seen is no verdict at all (shared/tx/evidence.py): behind a load
+  balancer it comes from a lagging backend.
+- Verdicts come from evidence, never from an absence: a receipt settles a nonce as mined; a
+  consumed nonce without one is settled as used by someone else only when the chain shows
+  another transaction hash at that nonce (shared/tx/settlement.py); a transaction is judged
+  not mined only when its receipt is missing on two polls some time apart from nodes at or
+  past the head of the first.
 - A transaction the node no longer knows is broadcast again: the same signed bytes, so it can
   never become a second, different transaction. Stuck, underpriced, rejected and invalid
   transactions and gaps are handled on their own nonce (shared/tx/replacements.py), so two
   transactions for one purpose are only ever alternatives on one nonce, of which at most one
-  mines.
-- After a reorg rolled the chain's nonce back below a MINED transaction, it is open again and
-  broadcast again (or cancelled, if its purpose no longer holds).
+  mines. A nonce where one of ours already mined is never a gap.
+- A mined transaction that a reorg took out (the header of its block changed, and its receipt
+  stays missing) is *held*: never re-broadcast until its purpose confirms that its subject is
+  still the same version at a block at least ``confirmations`` deep
+  (:meth:`~shared.tx.settlement.PurposeHandler.anchors`); otherwise it is cancelled.
 - On start (:meth:`TxManager.start`) the next nonce is reconciled with the ledger and the
   chain (latest and pending) and every recorded, unsettled transaction is broadcast again.
 """
@@ -36,11 +44,12 @@ from typing import Any, Final
 import structlog
 
 from shared.db import AsyncDatabase, atomic
-from shared.errors import HodlaiError, PermanentError, TransitionConflict
+from shared.errors import HodlaiError, PermanentError, StaleNodeError, TransitionConflict
 from shared.metrics import TXS, TXS_IN_FLIGHT
 from shared.rpc import RpcCall, RpcClient, hex_int
-from shared.tx import ledger, replacements
+from shared.tx import ledger, replacements, watch
 from shared.tx.broadcast import BroadcastOutcome, BroadcastResult, broadcast
+from shared.tx.evidence import Absences, HeadTracker, NonceUser, find_nonce_user
 from shared.tx.fees import FeePolicy, Fees, fetch_market
 from shared.tx.ledger import Purpose, TxRecord, TxStatus
 from shared.tx.nonces import NonceTracker
@@ -65,10 +74,22 @@ class TxPolicy:
     # Seconds after acceptance before we check that the node still knows a transaction; also
     # the least time between two re-pricings of a transaction refused as underpriced.
     rebroadcast_after_s: float = 5.0
+    # Blocks a held transaction's subject must lie below the head before it is re-sent
+    # (HODLAI_CONFIRMATIONS: the depth the indexer accepts requests at).
+    confirmations: int = 3
+    # Seconds between the two polls on which a receipt must be missing before it counts as
+    # not there: longer than one block on any chain we serve, so a backend one block behind
+    # cannot make a mined transaction look gone.
+    absent_after_s: float = 3.0
+    # Blocks below the head in which our mined transactions are watched for reorgs
+    # (HODLAI_MAX_REORG_DEPTH's default: deeper reorgs stop the indexer for an operator).
+    reorg_watch_blocks: int = 64
 
     def __post_init__(self) -> None:
         if self.window < 1:
             raise ValueError("window must be at least 1")
+        if self.confirmations < 0 or self.reorg_watch_blocks < 1:
+            raise ValueError("confirmations must be >= 0 and reorg_watch_blocks >= 1")
 
 
 @dataclass(frozen=True)
@@ -79,6 +100,8 @@ class Submission:
     call: Call
     purpose: Purpose
     bind: Callable[[sqlite3.Connection, SignedTx], None]
+    #: the block the call was simulated at (recorded; a re-simulation uses one as new)
+    simulated_block: int | None = None
 
 
 @dataclass(frozen=True)
@@ -121,6 +144,9 @@ class TxManager:
         self._handlers = dict(handlers)
         self._clock = clock
         self._nonces = NonceTracker()
+        self._heads = HeadTracker()
+        self._nonce_absences = Absences(policy.absent_after_s)
+        self._mined_absences = Absences(policy.absent_after_s)
         self._open_nonces = 0
         #: set when a node refused a transaction for lack of funds; cleared by the owner once
         #: the balance is back (see the fulfiller's balance check)
@@ -134,6 +160,11 @@ class TxManager:
     def in_flight(self) -> int:
         """Open nonces (signed, not yet settled)."""
         return self._open_nonces
+
+    @property
+    def best_head(self) -> int | None:
+        """The highest chain head seen (None before the first poll)."""
+        return self._heads.best
 
     @property
     def room(self) -> int:
@@ -193,8 +224,9 @@ class TxManager:
                 try:
                     with atomic(conn):  # a savepoint: one refused bind undoes only its own row
                         tx_id = ledger.insert(
-                            conn, signed, sub.purpose, sender=self.sender, now=now
-                        )
+                            conn, signed, sub.purpose, sender=self.sender, now=now,
+                            simulated_block=sub.simulated_block,
+                        )  # fmt: skip
                         sub.bind(conn, signed)
                 except PermanentError as exc:
                     out.append(Recorded(sub, skipped=exc))
@@ -240,110 +272,255 @@ class TxManager:
     # --- following transactions -------------------------------------------------------------
 
     async def poll(self, *, rebroadcast_all: bool = False) -> PollReport:
-        """Settle consumed nonces, re-broadcast what nodes forgot, replace what is stuck,
-        cancel what lost its purpose and fill gaps. Returns what it did."""
+        """Settle nonces on evidence, watch recent blocks for reorgs, confirm or cancel held
+        transactions, re-broadcast what nodes forgot, replace what is stuck, cancel what lost
+        its purpose and fill gaps. Returns what it did."""
         now = self._clock()
         report = PollReport()
-        latest = hex_int(await self._rpc.call("eth_getTransactionCount", [self.sender, "latest"]))
-        report.chain_latest = latest
-        self._nonces.observe_chain(latest)
-        report.add("reopened", await self._reopen_vanished(latest, now))
-
-        open_rows = await self._db.run(ledger.open_txs, self.sender)
-        consumed = {tx.nonce for tx in open_rows if tx.nonce < latest}
-        waiting = [tx for tx in open_rows if tx.nonce >= latest]
-        candidates = await self._db.run(ledger.at_nonces, self.sender, consumed) if consumed else []
+        best = self._heads.best
+        snap = await self._db.run(
+            watch.snapshot,
+            self.sender,
+            self._handlers,
+            mined_since_block=None if best is None else best - self.policy.reorg_watch_blocks,
+        )
         check_known = [
             tx
-            for tx in waiting
+            for tx in snap.open_rows
             if tx.status is TxStatus.BROADCAST
+            and not tx.held
             and not rebroadcast_all
             and now - (tx.broadcast_at or tx.created_at) >= self.policy.rebroadcast_after_s
         ]
-        receipts, known = await self._look_up(candidates, check_known)
-        if candidates:
-            settled = await self._db.run(
-                settle_nonces, candidates, receipts, self._handlers, now=now
-            )
-            for what, n in settled.items():
-                report.add(what, n)
+        plan = watch.lookups(snap, self.sender, check_known=check_known)
+        answers = await self._ask(plan.calls)
+        head = hex_int(_ok(answers[watch.HEAD_SLOT]))
+        if not self._heads.observe(head, now):
+            # A node behind what we have seen: nothing it says (or leaves out) is a verdict.
+            report.add("stale_view")
+            unsent = [tx for tx in snap.open_rows if tx.status is TxStatus.SIGNED and not tx.held]
+            await self._send([(tx.id, tx.tx_hash, tx.raw) for tx in unsent])
+            return await self._finish(report, head)
+        count = hex_int(_ok(answers[watch.COUNT_SLOT]))
+        report.chain_latest = count
+        self._nonces.observe_chain(count)
+        receipts = {h: answers[slot] for h, slot in plan.receipts.items()}
 
-        to_send = [
+        settled = await self._settle(snap, receipts, count=count, head=head, now=now)
+        for what, n in settled.items():
+            report.add(what, n)
+        report.add("reopened", await self._watch_reorgs(snap, plan, answers, head=head, now=now))
+        released, unanchored = self._judge_held(snap, plan, answers, head=head)
+        if released:
+            await self._db.run(_release, released, now)
+            report.add("released", len(released))
+
+        # Nonces the chain may not have consumed yet, without a receipt this poll.
+        done = {tx.nonce for tx in snap.at_open if isinstance(receipts.get(tx.tx_hash), dict)}
+        floor = max(count, snap.settled_floor)
+        waiting = [
             tx
-            for tx in waiting
-            if rebroadcast_all or tx.status is TxStatus.SIGNED or known.get(tx.tx_hash) is False
+            for tx in snap.open_rows
+            if tx.nonce >= count and tx.nonce not in done and tx.nonce not in snap.settled_open
         ]
+        mined_per_view = {h for h, slot in plan.known.items() if watch.seen_mined(answers[slot])}
+        release_ids = {tx.id for tx in released}
+
+        def wants_send(tx: TxRecord) -> bool:
+            if tx.id in release_ids:
+                return True
+            if tx.held or tx.tx_hash in mined_per_view:
+                return False  # held for its purpose; or mined, its receipt not visible yet
+            if rebroadcast_all or tx.status is TxStatus.SIGNED:
+                return True
+            slot = plan.known.get(tx.tx_hash)
+            return slot is not None and answers[slot] is None  # the node forgot it
+
+        to_send = [tx for tx in waiting if wants_send(tx)]
         results = await self._send([(tx.id, tx.tx_hash, tx.raw) for tx in to_send])
         report.add("rebroadcast", sum(1 for tx in to_send if tx.status is TxStatus.BROADCAST))
         outcomes = {r.tx_hash: r.outcome for r in results}
 
-        judged = [tx for tx in waiting if tx.purpose.kind in self._handlers]
-        invalid = await self._db.run(self._invalid_sync, judged) if judged else {}
+        invalid = {**snap.invalid, **unanchored}
         plans = replacements.plan(
             waiting,
             sender=self.sender,
             outcomes=outcomes,
             invalid=invalid,
-            chain_latest=latest,
+            chain_latest=floor,
             now=now,
             stuck_after_s=self.policy.stuck_after_s,
             reprice_after_s=self.policy.rebroadcast_after_s,
+            skip_bump={tx.id for tx in waiting if tx.held or tx.tx_hash in mined_per_view}
+            - release_ids,
         )
         if plans:
             await self._replace(plans, report)
+        return await self._finish(report, head)
 
+    async def _finish(self, report: PollReport, head: int) -> PollReport:
         self._open_nonces = len(
             {tx.nonce for tx in await self._db.run(ledger.open_txs, self.sender)}
         )
         report.open_nonces = self._open_nonces
         TXS_IN_FLIGHT.set(self._open_nonces)
         if report.counts:
-            log.info("tx_poll", chain_nonce=latest, open_nonces=self._open_nonces, **report.counts)
+            log.info(
+                "tx_poll",
+                head=head,
+                chain_nonce=report.chain_latest,
+                open_nonces=self._open_nonces,
+                **report.counts,
+            )
         return report
 
-    async def _reopen_vanished(self, latest: int, now: float) -> int:
-        vanished = await self._db.run(ledger.mined_from, self.sender, latest)
-        if not vanished:
+    async def _ask(self, calls: Sequence[RpcCall]) -> list[Any]:
+        """The poll's batch, LOOKUP_CHUNK calls per POST. The first POST carries the head and
+        the nonce count; every further POST carries its own head, and its answers count only
+        if that head is not behind the first one's (else they read as missing)."""
+        answers = list(await self._rpc.batch_settled(calls[:LOOKUP_CHUNK]))
+        first_head = _ok(answers[watch.HEAD_SLOT])
+        for start in range(LOOKUP_CHUNK, len(calls), LOOKUP_CHUNK):
+            chunk = calls[start : start + LOOKUP_CHUNK]
+            part = await self._rpc.batch_settled([RpcCall("eth_blockNumber", []), *chunk])
+            fresh = not isinstance(part[0], HodlaiError) and hex_int(part[0]) >= hex_int(first_head)
+            stale = StaleNodeError("a later part of the poll came from a node behind")
+            answers += part[1:] if fresh else [stale] * len(chunk)
+        return answers
+
+    async def _settle(
+        self,
+        snap: watch.Snapshot,
+        receipts: dict[str, Any],
+        *,
+        count: int,
+        head: int,
+        now: float,
+    ) -> Counter[str]:
+        """Settle what a receipt proves mined, and consumed nonces whose user the chain
+        shows; a consumed nonce without either is looked at again on later polls."""
+        by_nonce: dict[int, list[TxRecord]] = {}
+        for tx in snap.at_open:
+            by_nonce.setdefault(tx.nonce, []).append(tx)
+        users: dict[int, NonceUser] = {}
+        wanted: set[str] = set()
+        for nonce, rows in sorted(by_nonce.items()):
+            if any(isinstance(receipts.get(tx.tx_hash), dict) for tx in rows):
+                continue
+            if nonce >= count or any(
+                isinstance(receipts.get(tx.tx_hash), HodlaiError) for tx in rows
+            ):
+                continue
+            key = f"nonce:{nonce}"
+            wanted.add(key)
+            if not self._nonce_absences.missing(key, now=now, head=head):
+                continue
+            user = await find_nonce_user(self._rpc, self.sender, nonce, head=head)
+            if user is None:
+                log.warning("tx_nonce_consumed_unexplained", nonce=nonce, head=head)
+            elif user.tx_hash in {tx.tx_hash for tx in rows}:
+                # Ours mined there; its receipt was hidden from us. Read it again now.
+                try:
+                    receipts[user.tx_hash] = await self._rpc.call(
+                        "eth_getTransactionReceipt", [user.tx_hash]
+                    )
+                except HodlaiError as exc:
+                    log.info("tx_receipt_unavailable", tx_hash=user.tx_hash, error=str(exc))
+            else:
+                users[nonce] = user
+        self._nonce_absences.forget_except(wanted)
+        candidates = [
+            tx
+            for tx in snap.at_open
+            if tx.nonce in users
+            or any(isinstance(receipts.get(r.tx_hash), dict) for r in by_nonce[tx.nonce])
+        ]
+        if not candidates:
+            return Counter()
+        return await self._db.run(
+            settle_nonces, candidates, receipts, self._handlers, now=now, users=users
+        )
+
+    async def _watch_reorgs(
+        self,
+        snap: watch.Snapshot,
+        plan: watch.Lookups,
+        answers: Sequence[Any],
+        *,
+        head: int,
+        now: float,
+    ) -> int:
+        """Reopen (held) our recently mined transactions that a reorg took out of the chain.
+        Evidence: the header of the highest block one of them is in has another hash (or the
+        chain is now shorter than that block); then each one's receipt is missing on two
+        polls some time apart from nodes at or past the head of the first."""
+        if plan.watch_slot is None or plan.watch_block is None:
             return 0
-
-        def reopen(conn: sqlite3.Connection) -> None:
-            with atomic(conn):
-                for tx in vanished:
-                    ledger.reopen(conn, tx.id, now=now, reason="mined block was reorged away")
-
-        await self._db.run(reopen)
+        top = snap.recent_mined[0]
+        seen = watch.block_hash(answers[plan.watch_slot])
+        if seen is not None and (top.mined_block_hash is None or seen == top.mined_block_hash):
+            for tx in snap.recent_mined:
+                self._mined_absences.found(tx.tx_hash)
+            return 0
+        if seen is None and head >= plan.watch_block:
+            return 0  # the node claims the height but lacks the block: an inconsistent view
+        batch = [RpcCall("eth_blockNumber", [])]
+        batch += [RpcCall("eth_getTransactionReceipt", [tx.tx_hash]) for tx in snap.recent_mined]
+        again = await self._ask(batch)
+        second_head = hex_int(_ok(again[0]))
+        if not self._heads.observe(second_head, now):
+            return 0
+        vanished: list[TxRecord] = []
+        moved: list[tuple[TxRecord, int, str]] = []
+        for tx, receipt in zip(snap.recent_mined, again[1:], strict=True):
+            if isinstance(receipt, dict):
+                self._mined_absences.found(tx.tx_hash)
+                block_hash = str(receipt.get("blockHash", "")).lower()
+                if block_hash and block_hash != tx.mined_block_hash:
+                    moved.append((tx, hex_int(receipt["blockNumber"]), block_hash))
+            elif receipt is None and self._mined_absences.missing(
+                tx.tx_hash, now=now, head=second_head
+            ):
+                vanished.append(tx)
+        if not vanished and not moved:
+            return 0
+        await self._db.run(_reopen_and_move, vanished, moved, now, second_head)
         for tx in vanished:
+            self._mined_absences.found(tx.tx_hash)
             log.warning(
-                "tx_reorged_out", tx_hash=tx.tx_hash, nonce=tx.nonce, mined_block=tx.mined_block
+                "tx_reorged_out",
+                tx_hash=tx.tx_hash,
+                nonce=tx.nonce,
+                mined_block=tx.mined_block,
+                held=True,
             )
+        for tx, block, _ in moved:
+            log.info("tx_moved_by_reorg", tx_hash=tx.tx_hash, old_block=tx.mined_block, block=block)
         return len(vanished)
 
-    async def _look_up(
-        self, candidates: Sequence[TxRecord], check_known: Sequence[TxRecord]
-    ) -> tuple[dict[str, Any], dict[str, bool]]:
-        """Receipts of ``candidates`` (hash -> receipt, None, or an error) and whether the
-        node still knows each of ``check_known`` (hash -> bool), in batched round trips."""
-        calls = [RpcCall("eth_getTransactionReceipt", [tx.tx_hash]) for tx in candidates]
-        calls += [RpcCall("eth_getTransactionByHash", [tx.tx_hash]) for tx in check_known]
-        answers: list[Any] = []
-        for start in range(0, len(calls), LOOKUP_CHUNK):
-            answers += await self._rpc.batch_settled(calls[start : start + LOOKUP_CHUNK])
-        receipts = {tx.tx_hash: answers[i] for i, tx in enumerate(candidates)}
-        known: dict[str, bool] = {}
-        for i, tx in enumerate(check_known):
-            answer = answers[len(candidates) + i]
-            if not isinstance(answer, HodlaiError):  # unknown stays unknown: no re-send
-                known[tx.tx_hash] = answer is not None
-        return receipts, known
-
-    def _invalid_sync(self, conn: sqlite3.Connection, txs: Sequence[TxRecord]) -> dict[int, str]:
-        by_kind: dict[str, list[TxRecord]] = {}
-        for tx in txs:
-            by_kind.setdefault(tx.purpose.kind, []).append(tx)
-        out: dict[int, str] = {}
-        for kind, group in by_kind.items():
-            out.update(self._handlers[kind].invalid(conn, group))
-        return out
+    def _judge_held(
+        self, snap: watch.Snapshot, plan: watch.Lookups, answers: Sequence[Any], *, head: int
+    ) -> tuple[list[TxRecord], dict[int, str]]:
+        """Held transactions whose subject is confirmed unchanged at a block at least
+        ``confirmations`` deep (released), and those whose subject's block is gone from the
+        chain (to cancel: id -> why). The rest stay held."""
+        released: list[TxRecord] = []
+        gone: dict[int, str] = {}
+        for tx in snap.held:
+            if tx.id in snap.invalid:
+                continue  # cancelled by the replacement plan
+            anchor = snap.anchors.get(tx.id)
+            if anchor is None:
+                released.append(tx)
+                continue
+            seen = watch.block_hash(answers[plan.headers[anchor.block_number]])
+            if seen is None:
+                continue
+            if seen != anchor.block_hash.lower():
+                gone[tx.id] = f"its subject's block {anchor.block_number} is no longer on the chain"
+            elif head - anchor.block_number >= self.policy.confirmations:
+                released.append(tx)
+        return released, gone
 
     async def _replace(self, plans: Sequence[Replacement], report: PollReport) -> None:
         market = await fetch_market(self._rpc)
@@ -410,3 +587,37 @@ def _store_broadcast(
         ledger.mark_accepted(conn, accepted, now=now)
         for tx_id, result in refused:
             ledger.note_error(conn, tx_id, f"{result.outcome.value}: {result.detail}", now=now)
+
+
+def _release(conn: sqlite3.Connection, txs: Sequence[TxRecord], now: float) -> None:
+    with atomic(conn):
+        for tx in txs:
+            ledger.release_hold(
+                conn, tx.id, now=now, note="purpose confirmed after a reorg; broadcast again"
+            )
+    for tx in txs:
+        log.info("tx_hold_released", tx_hash=tx.tx_hash, nonce=tx.nonce)
+
+
+def _reopen_and_move(
+    conn: sqlite3.Connection,
+    vanished: Sequence[TxRecord],
+    moved: Sequence[tuple[TxRecord, int, str]],
+    now: float,
+    head: int,
+) -> None:
+    with atomic(conn):
+        for tx in vanished:
+            ledger.reopen(
+                conn, tx.id, now=now, head=head,
+                reason=f"block {tx.mined_block} was reorged away; held until its purpose holds",
+            )  # fmt: skip
+        for tx, block, block_hash in moved:
+            ledger.move_mined(conn, tx.id, block=block, block_hash=block_hash, now=now)
+
+
+def _ok(answer: Any) -> Any:
+    """A batch slot's result, or its error raised."""
+    if isinstance(answer, HodlaiError):
+        raise answer
+    return answer

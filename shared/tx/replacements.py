@@ -7,15 +7,18 @@ Guarantees (:func:`plan`):
   self-transfer); an empty nonce below our highest open one (a gap) gets a cancel; a
   transaction refused as underpriced, or not mined for ``stuck_after_s``, is re-signed with the
   same call and bumped fees.
-- A transaction waiting behind a gap is not bumped: it waits for the gap, not for fees.
+- A transaction waiting behind a gap is not bumped: it waits for the gap, not for fees. Nor
+  is one the caller names in ``skip_bump`` (held after a reorg, or seen mined by a node whose
+  receipt is not visible yet): a bump there could only waste a send.
 - A replacement offers at least the replacement minimum over the transaction it replaces and
   never more than the caps (:func:`replacement_fees`); when the caps leave no room it is not
-  made, and a warning says so.
+  made, and a warning says so. A replacement that would not change the fees is not made:
+  it would be the same transaction again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass
 from typing import Final
 
@@ -67,8 +70,10 @@ def plan(
     now: float,
     stuck_after_s: float,
     reprice_after_s: float,
+    skip_bump: Set[int] = frozenset(),
 ) -> list[Replacement]:
-    """Replacements for the open transactions ``waiting`` at nonces >= ``chain_latest``."""
+    """Replacements for the open transactions ``waiting`` at nonces >= ``chain_latest``
+    (the caller's floor: no nonce of ours below it can be a gap)."""
     cancel = cancel_call(sender)
     plans: dict[int, Replacement] = {}
     for tx in waiting:
@@ -85,7 +90,11 @@ def plan(
         plans[nonce] = Replacement(None, nonce, CANCEL, cancel, "fills a gap")
     first_hole = holes[0] if holes else None
     for tx in waiting:
-        if tx.nonce in plans or (first_hole is not None and tx.nonce > first_hole):
+        if (
+            tx.nonce in plans
+            or tx.id in skip_bump
+            or (first_hole is not None and tx.nonce > first_hole)
+        ):
             continue
         age = now - tx.created_at
         # Re-priced at most once per reprice_after_s, so a node that keeps calling it
@@ -109,6 +118,8 @@ def replacement_fees(replacement: Replacement, market: Market, policy: FeePolicy
             log.warning("tx_gap_fill_waits_for_fees", nonce=replacement.nonce, error=str(exc))
             return None
     fees = bump(replacement.old.fees, market, policy)
+    if fees == replacement.old.fees:
+        fees = None  # the same fees would sign the same transaction again
     if fees is None:
         log.warning(
             "tx_fee_cap_reached",

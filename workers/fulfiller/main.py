@@ -35,7 +35,7 @@ from shared.tx.fees import FeePolicy
 from shared.tx.manager import TxManager, TxPolicy
 from shared.tx.signer import LocalSigner
 from workers.fulfiller.purpose import FULFIL_PURPOSE, FulfilmentPurpose
-from workers.fulfiller.readiness import read_readiness
+from workers.fulfiller.readiness import await_role
 from workers.fulfiller.settings import FulfillerSettings
 from workers.fulfiller.simulation import GasRule
 from workers.fulfiller.worker import FulfillerConfig, FulfillerWorker
@@ -94,7 +94,7 @@ async def _serve(settings: FulfillerSettings, private_key: bytes) -> int:
             )
         await db.run(check_identity, chain_id=chain_id, provider_address=settings.provider_address)
         signer = LocalSigner(private_key, chain_id=chain_id)
-        readiness = await read_readiness(
+        readiness = await await_role(
             rpc,
             provider=settings.provider_address,
             oracle=signer.address,
@@ -119,6 +119,7 @@ async def _serve(settings: FulfillerSettings, private_key: bytes) -> int:
                 window=settings.fulfiller_window,
                 stuck_after_s=settings.fulfiller_stuck_after_s,
                 rebroadcast_after_s=settings.fulfiller_rebroadcast_after_s,
+                confirmations=settings.confirmations,
             ),
             handlers={FULFIL_PURPOSE: FulfilmentPurpose()},
         )

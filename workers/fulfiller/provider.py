@@ -16,7 +16,7 @@ from eth_abi.exceptions import DecodingError
 from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 
-from shared.contracts import ORACLE_ROLE, decode_revert
+from shared.contracts import ORACLE_ROLE, decode_revert, error_selectors
 from shared.errors import ExecutionRevertedError, RpcTransportError
 from shared.rpc import RpcCall
 
@@ -49,19 +49,29 @@ def _hex(data: bytes) -> str:
     return "0x" + data.hex()
 
 
-def eth_call(provider: str, data: bytes, *, sender: str | None = None) -> RpcCall:
+def _block_tag(block: int | None) -> str:
+    """An explicit block number: a node behind it answers an error (StaleNodeError) instead
+    of an older state, so a lagging backend can never pass for the current chain."""
+    return "latest" if block is None else hex(block)
+
+
+def eth_call(
+    provider: str, data: bytes, *, sender: str | None = None, block: int | None = None
+) -> RpcCall:
     tx: dict[str, str] = {"to": provider, "data": _hex(data)}
     if sender is not None:
         tx["from"] = sender
-    return RpcCall("eth_call", [tx, "latest"])
+    return RpcCall("eth_call", [tx, _block_tag(block)])
 
 
-def estimate_gas(provider: str, data: bytes, *, sender: str) -> RpcCall:
-    return RpcCall("eth_estimateGas", [{"from": sender, "to": provider, "data": _hex(data)}])
+def estimate_gas(provider: str, data: bytes, *, sender: str, block: int | None = None) -> RpcCall:
+    tx = {"from": sender, "to": provider, "data": _hex(data)}
+    return RpcCall("eth_estimateGas", [tx, _block_tag(block)])
 
 
-def request_info_call(provider: str, request_id: int) -> RpcCall:
-    return eth_call(provider, _REQUEST_INFO_SELECTOR + abi_encode(["uint256"], [request_id]))
+def request_info_call(provider: str, request_id: int, *, block: int | None = None) -> RpcCall:
+    data = _REQUEST_INFO_SELECTOR + abi_encode(["uint256"], [request_id])
+    return eth_call(provider, data, block=block)
 
 
 def decode_request_info(result: Any) -> RequestInfo:
@@ -69,9 +79,9 @@ def decode_request_info(result: Any) -> RequestInfo:
     return RequestInfo(to_checksum_address(requester), str(model), bool(fulfilled))
 
 
-def has_oracle_role_call(provider: str, account: str) -> RpcCall:
+def has_oracle_role_call(provider: str, account: str, *, block: int | None = None) -> RpcCall:
     data = _HAS_ROLE_SELECTOR + abi_encode(["bytes32", "address"], [ORACLE_ROLE, account])
-    return eth_call(provider, data)
+    return eth_call(provider, data, block=block)
 
 
 def decode_bool(result: Any) -> bool:
@@ -94,12 +104,26 @@ def _decode(types: list[str], result: Any) -> tuple[Any, ...]:
         ) from exc
 
 
-def revert_reason(error: ExecutionRevertedError) -> str:
-    """The decoded reason of a reverted eth_call / eth_estimateGas."""
+def _revert_data(error: ExecutionRevertedError) -> str | None:
     data = error.data
     if isinstance(data, dict):  # some nodes wrap it: {"data": "0x..."} or {"message": ...}
         data = data.get("data", data.get("result"))
-    if isinstance(data, str) and data.startswith("0x"):
+    return data if isinstance(data, str) and data.startswith("0x") else None
+
+
+def revert_error_name(error: ExecutionRevertedError) -> str | None:
+    """The name of the custom error a revert carries (``UnknownRequest``, ...), if any."""
+    data = _revert_data(error)
+    if data is None or len(data) < 10:
+        return None
+    spec = error_selectors().get(bytes.fromhex(data[2:10]))
+    return None if spec is None else spec.name
+
+
+def revert_reason(error: ExecutionRevertedError) -> str:
+    """The decoded reason of a reverted eth_call / eth_estimateGas."""
+    data = _revert_data(error)
+    if data is not None:
         return decode_revert(data)
     if error.reason:
         return error.reason

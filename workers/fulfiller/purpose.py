@@ -6,6 +6,10 @@ The transaction manager (shared/tx) asks this handler two things:
   now stands? Not if the request was removed by a reorg, if its content was replaced (another
   generation or content hash), or if the row is no longer PROCESSED (fulfilled by another
   transaction, failed by an operator). Such a transaction is cancelled on its nonce.
+- :meth:`FulfilmentPurpose.anchors`: a fulfilment answers the request's content as emitted in
+  one log, in one block. The block (number and hash, as the indexer stored them) anchors that
+  version: a transaction a reorg took out is sent again only while the chain still holds
+  that block at least HODLAI_CONFIRMATIONS deep (the manager checks), else it is cancelled.
 - :meth:`FulfilmentPurpose.settled`: a reverted transaction sends its row back to ANSWERED
   for one re-simulation (which usually fails it with the decoded reason); a second revert of
   the same generation makes it FAILED. A transaction no node will take makes it FAILED.
@@ -29,7 +33,7 @@ from shared.db import atomic
 from shared.errors import TransitionConflict
 from shared.store import Status
 from shared.tx.ledger import TxRecord
-from shared.tx.settlement import Settlement
+from shared.tx.settlement import Settlement, SubjectAnchor
 
 log = structlog.get_logger(__name__)
 
@@ -66,6 +70,19 @@ class FulfilmentPurpose:
                 )
             elif row["status"] != Status.PROCESSED and not _fulfilled_by_nonce(conn, tx, row):
                 out[tx.id] = f"the request is {row['status']} now"
+        return out
+
+    def anchors(
+        self, conn: sqlite3.Connection, txs: Sequence[TxRecord]
+    ) -> dict[int, SubjectAnchor | None]:
+        out: dict[int, SubjectAnchor | None] = {}
+        for tx in txs:
+            row = conn.execute(
+                "SELECT block_number, block_hash FROM requests WHERE request_id = ?",
+                (tx.purpose.request_id,),
+            ).fetchone()
+            if row is not None:  # a removed row makes invalid() cancel it first
+                out[tx.id] = SubjectAnchor(int(row["block_number"]), str(row["block_hash"]))
         return out
 
     def settled(

@@ -1,8 +1,12 @@
 """Simulation before signing: what would ``fulfillNodeReasoning`` do for each claimed row?
 
-For a batch of claimed ANSWERED rows, one JSON-RPC batch (one HTTP round trip) carries, per
-row, ``getRequestInfo``, an ``eth_call`` of the fulfilment from the oracle address and an
-``eth_estimateGas`` of it. Each row gets one :class:`Verdict`:
+For a batch of claimed ANSWERED rows, one JSON-RPC batch (one HTTP round trip) carries the
+head and, per row, ``getRequestInfo``, an ``eth_call`` of the fulfilment from the oracle
+address and an ``eth_estimateGas`` of it, all at an explicit block: the highest head the
+fulfiller has seen, and never below a block an earlier send of the same answer was simulated
+at (``Target.at_block``). A backend behind that block answers an error instead of an older
+state, so a lagging view can never pass for the chain: its answer is DEFER, not a verdict.
+Each row gets one :class:`Verdict`:
 
 - ``SEND`` with a gas limit (estimate plus margin, at most the cap);
 - ``FAIL`` with a human-readable reason: the answer is not sendable, the call reverts (the
@@ -10,7 +14,12 @@ row, ``getRequestInfo``, an ``eth_call`` of the fulfilment from the oracle addre
   with the vault's own reason inside, ``CallbackOutOfGas``), or it needs more gas than the cap;
 - ``FULFILLED``: the chain already holds an answer (by us earlier, or another oracle): send
   nothing;
-- ``DEFER``: the node could not tell (transport trouble on that one call): try again later.
+- ``DEFER``: the node could not tell (transport trouble on that one call, a node behind the
+  block asked about), or the revert is one a view of the chain that lacks something can
+  explain (``UnknownRequest``: the indexer saw the request, so a node that does not know it
+  is behind or on another fork, and a reorg that really removed it is the indexer's to
+  apply; a missing role: the periodic role check pauses sending if it is really gone):
+  try again later, never FAILED for good.
 
 A revert is judged from the request's own call, so one broken vault never fails another.
 """
@@ -22,7 +31,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from shared.errors import ExecutionRevertedError, HodlaiError
+from shared.errors import ExecutionRevertedError, HodlaiError, StaleNodeError
 from shared.rpc import RpcCall, RpcClient, hex_int
 from shared.store import Claimed
 from workers.fulfiller.provider import (
@@ -31,8 +40,13 @@ from workers.fulfiller.provider import (
     eth_call,
     fulfil_calldata,
     request_info_call,
+    revert_error_name,
     revert_reason,
 )
+
+# Reverts that a node lacking part of the chain produces for a request that is fine: retried,
+# never a verdict (see the module docstring).
+LAG_EXPLAINED_ERRORS = frozenset({"UnknownRequest", "AccessControlUnauthorizedAccount"})
 
 
 class VerdictKind(StrEnum):
@@ -48,6 +62,10 @@ class Verdict:
     calldata: bytes = b""
     gas_limit: int = 0
     reason: str = ""
+    #: the block the simulation ran at (SEND), recorded with the transaction
+    block: int | None = None
+    #: DEFER because the answering node was behind: worth asking again soon
+    lagging: bool = False
 
 
 @dataclass(frozen=True)
@@ -80,12 +98,13 @@ async def simulate(
     provider: str,
     oracle: str,
     gas: GasRule,
+    at_blocks: Sequence[int],
 ) -> list[Verdict]:
-    """One verdict per row, in order."""
+    """One verdict per row, in order; row i is simulated at block ``at_blocks[i]``."""
     verdicts: list[Verdict | None] = []
-    calls: list[RpcCall] = []
-    datas: list[bytes] = []
-    for row in rows:
+    calls: list[RpcCall] = [RpcCall("eth_blockNumber", [])]
+    datas: list[tuple[bytes, int]] = []
+    for row, block in zip(rows, at_blocks, strict=True):
         problem = answer_problem(row)
         if problem is not None:
             verdicts.append(Verdict(VerdictKind.FAIL, reason=problem))
@@ -93,26 +112,39 @@ async def simulate(
         assert row.answer_action is not None and row.answer_cid is not None
         data = fulfil_calldata(row.request_id, row.answer_action, row.answer_cid)
         verdicts.append(None)
-        datas.append(data)
+        datas.append((data, block))
         calls += [
-            request_info_call(provider, row.request_id),
-            eth_call(provider, data, sender=oracle),
-            estimate_gas(provider, data, sender=oracle),
+            request_info_call(provider, row.request_id, block=block),
+            eth_call(provider, data, sender=oracle, block=block),
+            estimate_gas(provider, data, sender=oracle, block=block),
         ]
-    answers = await rpc.batch_settled(calls) if calls else []
+    if len(calls) == 1:
+        return [v for v in verdicts if v is not None]
+    answers = await rpc.batch_settled(calls)
+    head = None if isinstance(answers[0], HodlaiError) else hex_int(answers[0])
     out: list[Verdict] = []
     slot = 0
     for verdict in verdicts:
         if verdict is not None:
             out.append(verdict)
             continue
-        info, call, estimate = answers[3 * slot : 3 * slot + 3]
-        out.append(_judge(info, call, estimate, datas[slot], gas))
+        data, block = datas[slot]
+        if head is None or head < block:
+            out.append(
+                Verdict(
+                    VerdictKind.DEFER,
+                    reason=f"the node answering is at block {head}, behind {block}",
+                    lagging=True,
+                )
+            )
+        else:
+            info, call, estimate = answers[1 + 3 * slot : 4 + 3 * slot]
+            out.append(_judge(info, call, estimate, data, gas, block))
         slot += 1
     return out
 
 
-def _judge(info: Any, call: Any, estimate: Any, data: bytes, gas: GasRule) -> Verdict:
+def _judge(info: Any, call: Any, estimate: Any, data: bytes, gas: GasRule, block: int) -> Verdict:
     problem = _simulation_problem(info, call, estimate)
     if problem is not None:
         return problem
@@ -123,11 +155,14 @@ def _judge(info: Any, call: Any, estimate: Any, data: bytes, gas: GasRule) -> Ve
             VerdictKind.FAIL,
             reason=f"needs {needed} gas, above the cap HODLAI_FULFILLER_GAS_CAP={gas.cap}",
         )
-    return Verdict(VerdictKind.SEND, calldata=data, gas_limit=limit)
+    return Verdict(VerdictKind.SEND, calldata=data, gas_limit=limit, block=block)
 
 
 def _simulation_problem(info: Any, call: Any, estimate: Any) -> Verdict | None:
     """A verdict other than SEND, when the three answers call for one."""
+    for answer in (info, call, estimate):
+        if isinstance(answer, StaleNodeError):
+            return Verdict(VerdictKind.DEFER, reason=f"node behind: {answer}", lagging=True)
     if isinstance(info, HodlaiError):
         return Verdict(VerdictKind.DEFER, reason=f"getRequestInfo failed: {info}")
     try:
@@ -136,9 +171,16 @@ def _simulation_problem(info: Any, call: Any, estimate: Any) -> Verdict | None:
         return Verdict(VerdictKind.DEFER, reason=str(exc))
     if request.exists and request.fulfilled:
         return Verdict(VerdictKind.FULFILLED, reason="the chain already holds an answer")
+    return _revert_problem(call, estimate)
+
+
+def _revert_problem(call: Any, estimate: Any) -> Verdict | None:
     for answer in (call, estimate):
         if isinstance(answer, ExecutionRevertedError):
-            return Verdict(VerdictKind.FAIL, reason=f"simulation reverted: {revert_reason(answer)}")
+            reason = f"simulation reverted: {revert_reason(answer)}"
+            if revert_error_name(answer) in LAG_EXPLAINED_ERRORS:
+                return Verdict(VerdictKind.DEFER, reason=reason, lagging=True)
+            return Verdict(VerdictKind.FAIL, reason=reason)
     for answer in (call, estimate):
         if isinstance(answer, HodlaiError):
             return Verdict(VerdictKind.DEFER, reason=f"simulation failed: {answer}")

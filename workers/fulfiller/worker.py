@@ -34,7 +34,7 @@ from eth_utils.address import to_checksum_address
 from shared import request_id as rid
 from shared import store
 from shared.db import AsyncDatabase
-from shared.errors import FeeCapExceededError, HodlaiError, TransitionConflict
+from shared.errors import FeeCapExceededError, HodlaiError, StaleNodeError, TransitionConflict
 from shared.rpc import RpcClient
 from shared.store import Claimed, Status
 from shared.tx.fees import FeePolicy, Fees, fetch_market, price
@@ -55,6 +55,9 @@ LEASE_OWNER: Final = "fulfiller"
 IN_FLIGHT_DEFER_S: Final = 10.0
 # Seconds before a row whose simulation the node could not answer is simulated again.
 RETRY_DEFER_S: Final = 5.0
+# Seconds before a row is simulated again after a node behind the simulation block answered:
+# behind a load balancer the next request usually reaches a fresh backend.
+LAGGING_DEFER_S: Final = 1.0
 # Seconds between sweeps for PROCESSED rows left without a live transaction. The sweep also
 # runs at once after a poll that settled a nonce in a way that can leave one (_ORPHANING);
 # the timer catches rows the indexer hands back later (an orphaned fulfilment event).
@@ -169,12 +172,19 @@ class FulfillerWorker:
             return
         # While paused, check every round: sending resumes as soon as the account is funded.
         self._next_check = now + self.config.checks_s
-        readiness = await read_readiness(
-            self._rpc,
-            provider=self.config.provider,
-            oracle=self.oracle,
-            min_balance_wei=self.config.min_balance_wei,
-        )
+        try:
+            readiness = await read_readiness(
+                self._rpc,
+                provider=self.config.provider,
+                oracle=self.oracle,
+                min_balance_wei=self.config.min_balance_wei,
+                block=self.manager.best_head,
+            )
+        except StaleNodeError as exc:
+            # A node behind the head we have seen: no word on the role at all; keep the last.
+            log.debug("fulfiller_check_skipped", reason=str(exc))
+            self._next_check = now
+            return
         reason = readiness.pause_reason
         if reason is None and self.manager.funds_short:
             reason = self._funds_short_reason(readiness.balance_wei)
@@ -217,6 +227,11 @@ class FulfillerWorker:
     # --- one batch --------------------------------------------------------------------------
 
     async def _fulfil(self, claimed: Sequence[Claimed], fees: Fees) -> None:
+        prior = await self._db.run(_prior_simulation_blocks, claimed)
+        best = self.manager.best_head or 0
+        # Never simulate below the highest head seen, nor below the block an earlier send of
+        # the same answer was simulated at, nor below the request's own block.
+        at_blocks = [max(best, prior.get(row.request_id, 0), row.block_number) for row in claimed]
         try:
             verdicts = await simulate(
                 self._rpc,
@@ -224,6 +239,7 @@ class FulfillerWorker:
                 provider=self.config.provider,
                 oracle=self.oracle,
                 gas=self.config.gas,
+                at_blocks=at_blocks,
             )
         except HodlaiError:
             await self._db.run(store.release, [r.request_id for r in claimed], owner=LEASE_OWNER)
@@ -262,6 +278,7 @@ class FulfillerWorker:
             value=0,
             gas_limit=verdict.gas_limit,
         )
+        simulated_at = verdict.block
 
         def bind(conn: sqlite3.Connection, signed: SignedTx) -> None:
             # Any fulfilment of this request at a nonce still open (itself, or superseded by a
@@ -280,7 +297,7 @@ class FulfillerWorker:
                 note=f"tx {signed.tx_hash} nonce {signed.nonce}",
             )  # fmt: skip
 
-        return Submission(call=call, purpose=purpose, bind=bind)
+        return Submission(call=call, purpose=purpose, bind=bind, simulated_block=simulated_at)
 
     async def _after_record(self, recorded: Sequence[Recorded]) -> None:
         deferred = [
@@ -340,9 +357,13 @@ class FulfillerWorker:
             # Held briefly rather than released: a node failing one call should not be asked
             # again every poll.
             store.extend_lease(
-                conn, [row.request_id], owner=LEASE_OWNER, lease_seconds=RETRY_DEFER_S, now=now
+                conn,
+                [row.request_id],
+                owner=LEASE_OWNER,
+                lease_seconds=LAGGING_DEFER_S if verdict.lagging else RETRY_DEFER_S,
+                now=now,
             )
-            log.warning(
+            (log.info if verdict.lagging else log.warning)(
                 "fulfilment_deferred", request_id=str(row.request_id), reason=verdict.reason
             )
 
@@ -350,6 +371,21 @@ class FulfillerWorker:
         if point and self.config.fault_point == point:
             log.warning("fault_injected", point=point, pid=os.getpid())
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _prior_simulation_blocks(conn: sqlite3.Connection, rows: Sequence[Claimed]) -> dict[int, int]:
+    """The newest block an earlier transaction of each row's current answer was simulated
+    at (rows without one are left out)."""
+    out: dict[int, int] = {}
+    for row in rows:
+        found = conn.execute(
+            "SELECT MAX(simulated_block) FROM txs WHERE request_id = ? AND generation = ?"
+            " AND purpose = ?",
+            (rid.encode(row.request_id), row.generation, FULFIL_PURPOSE),
+        ).fetchone()[0]
+        if found is not None:
+            out[row.request_id] = int(found)
+    return out
 
 
 def _held_leases(conn: sqlite3.Connection) -> list[int]:
