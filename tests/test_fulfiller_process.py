@@ -86,9 +86,11 @@ def test_the_fulfiller_refuses_to_run_without_oracle_role(
     oracle = json.loads(deployed.oracle_key_file.read_text())["address"]
     chain.revoke_oracle(oracle)
     log = tmp_path / "fulfiller.log"
-    proc = start_fulfiller(fulfiller_env(deployed, db_path), log)
+    env = fulfiller_env(deployed, db_path, HODLAI_FULFILLER_STARTUP_WAIT_S="1")
+    proc = start_fulfiller(env, log)
     assert proc.wait(timeout=EXIT_TIMEOUT_S) == 2
     output = log.read_text()
+    assert "fulfiller_waiting_for_role" in output  # asked again before giving up
     assert f"{oracle} (from HODLAI_KEY_FILE) does not hold ORACLE_ROLE" in output
     assert "grantRole(ORACLE_ROLE" in output
 

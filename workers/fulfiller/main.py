@@ -99,6 +99,7 @@ async def _serve(settings: FulfillerSettings, private_key: bytes) -> int:
             provider=settings.provider_address,
             oracle=signer.address,
             min_balance_wei=settings.min_balance_wei,
+            wait_s=settings.fulfiller_startup_wait_s,
         )
         if not readiness.has_role:
             raise ConfigError(

@@ -59,6 +59,9 @@ class FulfillerSettings(CoreSettings):
     # Seconds before re-checking a request the chain reports already fulfilled (the indexer
     # normally marks it FULFILLED first).
     fulfiller_recheck_s: float = Field(default=30.0, gt=0)
+    # Seconds the start-up ORACLE_ROLE check keeps asking before the process exits (code 2):
+    # a load-balanced RPC can trail a fresh deployment by several blocks.
+    fulfiller_startup_wait_s: float = Field(default=60.0, ge=0, le=3600)
     # TEST ONLY: SIGKILL this process at the named point, to prove crash safety.
     fault_point: FaultPoint = ""
 
