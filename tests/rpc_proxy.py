@@ -9,9 +9,16 @@ It forwards HTTP JSON-RPC (single calls and batches) to an upstream node (anvil)
   what a lagging backend does. One HTTP request is answered from one view, like one backend.
   Which requests lag: every ``stale_every``-th (round robin over a fresh and a lagging
   backend) or each with probability ``stale_fraction`` (seeded).
+  The lagging view covers the transaction methods too: ``eth_getTransactionCount``,
+  ``eth_call``, ``eth_estimateGas``, ``eth_getBalance`` and ``eth_getCode`` answer at its head
+  ("latest") or with anvil's BlockOutOfRangeError for a block above it; a receipt or a
+  transaction mined above it reads as null, exactly as a backend that has not seen that
+  block yet.
 - **split a batch across backends** (``logs_lag``): eth_getLogs entries are answered from a
   view ``logs_lag`` blocks behind while the rest of the same batch is fresh, as a load
-  balancer that spreads one batch's entries over backends would.
+  balancer that spreads one batch's entries over backends would. ``split_fraction`` does
+  the same for any entry: each entry of a fresh answer independently comes from the lagging
+  view with that probability.
 - **refuse wide getLogs** like a provider's range limit (``max_logs_range``): the getLogs
   entry gets the JSON-RPC error geth/Infura return for too many results.
 - **inject one-off faults** into the next HTTP requests (:meth:`RpcProxy.inject`): a
@@ -78,6 +85,7 @@ class RpcProxy:
         seed: int = 1,
         max_logs_range: int | None = None,
         logs_lag: int = 0,
+        split_fraction: float = 0.0,
         retry_after_s: float = 1.0,
         port: int = 0,
     ) -> None:
@@ -87,6 +95,7 @@ class RpcProxy:
         self.stale_fraction = stale_fraction
         self.max_logs_range = max_logs_range
         self.logs_lag = logs_lag
+        self.split_fraction = split_fraction
         self.retry_after_s = retry_after_s
         self._random = random.Random(seed)
         self._lock = threading.Lock()
@@ -241,6 +250,10 @@ class RpcProxy:
                     return pending.fault
         return None
 
+    def _split_entry(self) -> bool:
+        with self._lock:
+            return self.lag > 0 and self._random.random() < self.split_fraction
+
     def _is_stale(self) -> bool:
         with self._lock:
             self._requests += 1
@@ -289,22 +302,38 @@ class RpcProxy:
         refuse_logs: bool,
         logs_view: int | None = None,
     ) -> list[dict[str, Any]]:
-        """Answer ``calls``: synthesised where the view or a fault decides, else upstream."""
+        """Answer ``calls``: synthesised where the view or a fault decides, else upstream
+        (answers that a lagging view would not have are filtered afterwards)."""
         local: dict[int, dict[str, Any]] = {}
         upstream: list[dict[str, Any]] = []
+        views: dict[int, int] = {}
+        head = self._head() if view_head is None and self.split_fraction > 0 else None
         for index, call in enumerate(calls):
-            decided = self._decide(call, view_head, refuse_logs)
+            view = view_head
+            if view is None and head is not None and self._split_entry():
+                view = max(0, head - self.lag)
+                self._count("split_entries")
+            decided = self._decide(call, view, refuse_logs)
             if logs_view is not None and call.get("method") == "eth_getLogs":
                 decided = _in_view(call, logs_view) if isinstance(decided, dict) else decided
             if isinstance(decided, _Synth):
                 local[index] = {"jsonrpc": "2.0", "id": call.get("id"), **decided.body}
             else:
                 upstream.append(decided)
+                if view is not None:
+                    views[index] = view
         answered: dict[Any, dict[str, Any]] = {}
         if upstream:
             for item in self._upstream(upstream):
                 answered[item.get("id")] = item
-        return [local[i] if i in local else answered[c.get("id")] for i, c in enumerate(calls)]
+        out = []
+        for i, c in enumerate(calls):
+            if i in local:
+                out.append(local[i])
+                continue
+            item = answered[c.get("id")]
+            out.append(_hide_above(c, item, views[i]) if i in views else item)
+        return out
 
     def _decide(
         self, call: dict[str, Any], view_head: int | None, refuse_logs: bool
@@ -330,27 +359,76 @@ class RpcProxy:
         return None
 
 
+# Methods whose last parameter is a block tag, and its position.
+_BLOCK_PARAM = {
+    "eth_getTransactionCount": 1,
+    "eth_call": 1,
+    "eth_estimateGas": 1,
+    "eth_getBalance": 1,
+    "eth_getCode": 1,
+}
+
+
+def _out_of_range(view_head: int, asked: int) -> _Synth:
+    message = f"BlockOutOfRangeError: block height is {view_head} but requested was {asked}"
+    return _Synth({"error": {"code": -32602, "message": message}})
+
+
+def _hide_above(call: dict[str, Any], item: dict[str, Any], view_head: int) -> dict[str, Any]:
+    """An upstream answer as a backend at ``view_head`` would give it: receipts and
+    transactions mined above it are unknown there."""
+    if call.get("method") not in ("eth_getTransactionReceipt", "eth_getTransactionByHash"):
+        return item
+    result = item.get("result")
+    mined = isinstance(result, dict) and result.get("blockNumber")
+    if mined and int(str(mined), 16) > view_head:
+        return {**item, "result": None}
+    return item
+
+
+def _at_view_block(
+    call: dict[str, Any], params: list[Any], position: int, view_head: int
+) -> _Synth | dict[str, Any]:
+    """A call with a block tag, answered at the view's head (or refused above it)."""
+    tag = params[position] if len(params) > position else "latest"
+    asked = _block(tag, view_head)
+    if asked is None or tag == "pending":
+        return call
+    if asked > view_head:
+        return _out_of_range(view_head, asked)
+    padded = params + ["latest"] * (position + 1 - len(params))
+    padded[position] = hex(asked)
+    return {**call, "params": padded}
+
+
 def _in_view(call: dict[str, Any], view_head: int) -> _Synth | dict[str, Any]:
     """``call`` as a backend whose head is ``view_head`` answers it."""
     method = call.get("method")
     params = list(call.get("params") or [])
     if method == "eth_blockNumber":
         return _Synth({"result": hex(view_head)})
+    if method in _BLOCK_PARAM:
+        return _at_view_block(call, params, _BLOCK_PARAM[str(method)], view_head)
     if method == "eth_getBlockByNumber" and params:
         number = _block(params[0], view_head)
         if number is None or number > view_head:
             return _Synth({"result": None})
         return {**call, "params": [hex(number), *params[1:]]}
     if method == "eth_getLogs" and params and "blockHash" not in params[0]:
-        query = dict(params[0])
-        first = _block(query.get("fromBlock"), view_head) or 0
-        last = _block(query.get("toBlock"), view_head)
-        last = view_head if last is None else min(last, view_head)
-        if first > last:
-            return _Synth({"result": []})
-        query["fromBlock"], query["toBlock"] = hex(first), hex(last)
-        return {**call, "params": [query]}
+        return _logs_in_view(call, dict(params[0]), view_head)
     return call
+
+
+def _logs_in_view(
+    call: dict[str, Any], query: dict[str, Any], view_head: int
+) -> _Synth | dict[str, Any]:
+    first = _block(query.get("fromBlock"), view_head) or 0
+    last = _block(query.get("toBlock"), view_head)
+    last = view_head if last is None else min(last, view_head)
+    if first > last:
+        return _Synth({"result": []})
+    query["fromBlock"], query["toBlock"] = hex(first), hex(last)
+    return {**call, "params": [query]}
 
 
 @dataclass(frozen=True)
@@ -381,6 +459,9 @@ def main(argv: list[str] | None = None, *, ready: Callable[[str], None] = print)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--max-logs-range", type=int, default=None)
     parser.add_argument("--logs-lag", type=int, default=0, help="getLogs alone lags by N")
+    parser.add_argument(
+        "--split-fraction", type=float, default=0.0, help="share of batch entries that lag"
+    )
     args = parser.parse_args(argv)
     proxy = RpcProxy(
         args.upstream,
@@ -390,6 +471,7 @@ def main(argv: list[str] | None = None, *, ready: Callable[[str], None] = print)
         seed=args.seed,
         max_logs_range=args.max_logs_range,
         logs_lag=args.logs_lag,
+        split_fraction=args.split_fraction,
         port=args.port,
     ).start()
     ready(proxy.url)

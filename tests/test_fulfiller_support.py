@@ -292,12 +292,14 @@ def make_fulfiller(
     *,
     policy: TxPolicy = TEST_POLICY,
     clock: Callable[[], float] = time.time,
+    rpc_url: str | None = None,
     **config: Any,
 ) -> Fulfiller:
+    """``rpc_url``: talk to the chain through this URL (a proxy) instead of anvil's own."""
     key = load_private_key(stack.oracle_key_file)
     signer = LocalSigner(key, chain_id=stack.deployment.chain_id)
     db = AsyncDatabase(connect(db_path, durable=True))
-    rpc = RpcClient([stack.rpc_url])
+    rpc = RpcClient([rpc_url or stack.rpc_url])
     manager = TxManager(
         db=db,
         rpc=rpc,

@@ -317,7 +317,9 @@ class TxManager:
 
         # Nonces the chain may not have consumed yet, without a receipt this poll.
         done = {tx.nonce for tx in snap.at_open if isinstance(receipts.get(tx.tx_hash), dict)}
-        floor = max(count, snap.settled_floor)
+        # A nonce of ours that mined proves every nonce below it consumed, whatever the count
+        # (from a lagging entry of a split batch) says: none of them can be a gap.
+        floor = max(count, snap.settled_floor, max(done, default=-1) + 1)
         waiting = [
             tx
             for tx in snap.open_rows
@@ -365,7 +367,9 @@ class TxManager:
         report.open_nonces = self._open_nonces
         TXS_IN_FLIGHT.set(self._open_nonces)
         if report.counts:
-            log.info(
+            # A poll that only met a node behind is routine behind a load balancer: debug.
+            quiet = set(report.counts) <= {"stale_view"}
+            (log.debug if quiet else log.info)(
                 "tx_poll",
                 head=head,
                 chain_nonce=report.chain_latest,

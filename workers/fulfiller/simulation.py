@@ -1,7 +1,7 @@
 """Simulation before signing: what would ``fulfillNodeReasoning`` do for each claimed row?
 
 For a batch of claimed ANSWERED rows, one JSON-RPC batch (one HTTP round trip) carries the
-head and, per row, ``getRequestInfo``, an ``eth_call`` of the fulfilment from the oracle
+per row ``getRequestInfo``, an ``eth_call`` of the fulfilment from the oracle
 address and an ``eth_estimateGas`` of it, all at an explicit block: the highest head the
 fulfiller has seen, and never below a block an earlier send of the same answer was simulated
 at (``Target.at_block``). A backend behind that block answers an error instead of an older
@@ -102,7 +102,7 @@ async def simulate(
 ) -> list[Verdict]:
     """One verdict per row, in order; row i is simulated at block ``at_blocks[i]``."""
     verdicts: list[Verdict | None] = []
-    calls: list[RpcCall] = [RpcCall("eth_blockNumber", [])]
+    calls: list[RpcCall] = []
     datas: list[tuple[bytes, int]] = []
     for row, block in zip(rows, at_blocks, strict=True):
         problem = answer_problem(row)
@@ -118,10 +118,9 @@ async def simulate(
             eth_call(provider, data, sender=oracle, block=block),
             estimate_gas(provider, data, sender=oracle, block=block),
         ]
-    if len(calls) == 1:
-        return [v for v in verdicts if v is not None]
-    answers = await rpc.batch_settled(calls)
-    head = None if isinstance(answers[0], HodlaiError) else hex_int(answers[0])
+    # No head check is needed: every call names its block, and a node without that block
+    # answers an error for that call (StaleNodeError), never an older state.
+    answers = await rpc.batch_settled(calls) if calls else []
     out: list[Verdict] = []
     slot = 0
     for verdict in verdicts:
@@ -129,17 +128,8 @@ async def simulate(
             out.append(verdict)
             continue
         data, block = datas[slot]
-        if head is None or head < block:
-            out.append(
-                Verdict(
-                    VerdictKind.DEFER,
-                    reason=f"the node answering is at block {head}, behind {block}",
-                    lagging=True,
-                )
-            )
-        else:
-            info, call, estimate = answers[1 + 3 * slot : 4 + 3 * slot]
-            out.append(_judge(info, call, estimate, data, gas, block))
+        info, call, estimate = answers[3 * slot : 3 * slot + 3]
+        out.append(_judge(info, call, estimate, data, gas, block))
         slot += 1
     return out
 
@@ -178,7 +168,10 @@ def _revert_problem(call: Any, estimate: Any) -> Verdict | None:
     for answer in (call, estimate):
         if isinstance(answer, ExecutionRevertedError):
             reason = f"simulation reverted: {revert_reason(answer)}"
-            if revert_error_name(answer) in LAG_EXPLAINED_ERRORS:
+            name = revert_error_name(answer)
+            if name == "AlreadyFulfilled":  # answered meanwhile: the event will say by whom
+                return Verdict(VerdictKind.FULFILLED, reason=reason)
+            if name in LAG_EXPLAINED_ERRORS:
                 return Verdict(VerdictKind.DEFER, reason=reason, lagging=True)
             return Verdict(VerdictKind.FAIL, reason=reason)
     for answer in (call, estimate):

@@ -34,7 +34,7 @@ from eth_utils.address import to_checksum_address
 from shared import request_id as rid
 from shared import store
 from shared.db import AsyncDatabase
-from shared.errors import FeeCapExceededError, HodlaiError, StaleNodeError, TransitionConflict
+from shared.errors import FeeCapExceededError, HodlaiError, RetryableError, TransitionConflict
 from shared.rpc import RpcClient
 from shared.store import Claimed, Status
 from shared.tx.fees import FeePolicy, Fees, fetch_market, price
@@ -55,8 +55,12 @@ LEASE_OWNER: Final = "fulfiller"
 IN_FLIGHT_DEFER_S: Final = 10.0
 # Seconds before a row whose simulation the node could not answer is simulated again.
 RETRY_DEFER_S: Final = 5.0
-# Seconds before a row is simulated again after a node behind the simulation block answered:
-# behind a load balancer the next request usually reaches a fresh backend.
+# Seconds before the role and balance are asked again after a node could not answer them.
+CHECK_RETRY_S: Final = 1.0
+# Immediate re-simulations of rows a node behind the simulation block answered, then seconds
+# before they are tried again: behind a load balancer the next request usually reaches a
+# fresh backend, and one that keeps answering from behind catches up within a block or two.
+LAGGING_RETRIES: Final = 3
 LAGGING_DEFER_S: Final = 1.0
 # Seconds between sweeps for PROCESSED rows left without a live transaction. The sweep also
 # runs at once after a poll that settled a nonce in a way that can leave one (_ORPHANING);
@@ -180,10 +184,11 @@ class FulfillerWorker:
                 min_balance_wei=self.config.min_balance_wei,
                 block=self.manager.best_head,
             )
-        except StaleNodeError as exc:
-            # A node behind the head we have seen: no word on the role at all; keep the last.
-            log.debug("fulfiller_check_skipped", reason=str(exc))
-            self._next_check = now
+        except RetryableError as exc:
+            # A node behind the head we have seen (or one that cannot answer now, or has no
+            # code at the provider yet): no word on the role at all; keep the last verdict.
+            log.info("fulfiller_check_skipped", reason=str(exc))
+            self._next_check = now + min(self.config.checks_s, CHECK_RETRY_S)
             return
         reason = readiness.pause_reason
         if reason is None and self.manager.funds_short:
@@ -233,14 +238,7 @@ class FulfillerWorker:
         # the same answer was simulated at, nor below the request's own block.
         at_blocks = [max(best, prior.get(row.request_id, 0), row.block_number) for row in claimed]
         try:
-            verdicts = await simulate(
-                self._rpc,
-                claimed,
-                provider=self.config.provider,
-                oracle=self.oracle,
-                gas=self.config.gas,
-                at_blocks=at_blocks,
-            )
+            verdicts = await self._simulate(claimed, at_blocks)
         except HodlaiError:
             await self._db.run(store.release, [r.request_id for r in claimed], owner=LEASE_OWNER)
             raise
@@ -263,6 +261,26 @@ class FulfillerWorker:
         self._fault("after_record")
         await self.manager.broadcast(recorded)
         self._fault("after_broadcast")
+
+    async def _simulate(self, rows: Sequence[Claimed], at_blocks: Sequence[int]) -> list[Verdict]:
+        """Verdicts for ``rows``; those a node behind the block answered are asked again at
+        once, up to LAGGING_RETRIES times (behind a load balancer the next request usually
+        reaches a fresh backend)."""
+        verdicts = await simulate(
+            self._rpc, rows, provider=self.config.provider, oracle=self.oracle,
+            gas=self.config.gas, at_blocks=at_blocks,
+        )  # fmt: skip
+        for _ in range(LAGGING_RETRIES):
+            again = [i for i, v in enumerate(verdicts) if v.lagging]
+            if not again:
+                break
+            retried = await simulate(
+                self._rpc, [rows[i] for i in again], provider=self.config.provider,
+                oracle=self.oracle, gas=self.config.gas, at_blocks=[at_blocks[i] for i in again],
+            )  # fmt: skip
+            for i, verdict in zip(again, retried, strict=True):
+                verdicts[i] = verdict
+        return verdicts
 
     def _submission(self, row: Claimed, verdict: Verdict) -> Submission:
         key = rid.encode(row.request_id)
