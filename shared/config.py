@@ -30,6 +30,8 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 _URL = re.compile(r"^https?://[^\s/]+(/\S*)?$")
 # Anything that looks like "scheme://..." inside a message, up to a quote, space or bracket.
 _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>\[\](){},]+")
+# What a host may look like: a DNS name, an IPv4 address or an IPv6 address (unbracketed).
+_HOST = re.compile(r"[a-z0-9._-]+|[0-9a-f:.]+")
 # A quoted value inside a validator's message ('...' or "..."), as repr() writes one.
 _QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
 # Settings whose values are URLs (or lists of them): HODLAI_RPC_URLS, HODLAI_LLM_BASE_URL,
@@ -170,7 +172,7 @@ def redact_url(url: str) -> str:
         host, port = parts.hostname, parts.port
     except ValueError:
         return "<url>"
-    if not host:
+    if not host or not _HOST.fullmatch(host):
         return "<url>"
     scheme = f"{parts.scheme}://" if parts.scheme else ""
     shown_host = f"[{host}]" if ":" in host else host
@@ -179,4 +181,8 @@ def redact_url(url: str) -> str:
 
 def redact_urls_in(text: str) -> str:
     """``text`` with every ``scheme://...`` in it redacted by :func:`redact_url`."""
-    return _URL_IN_TEXT.sub(lambda m: redact_url(m.group()), text)
+    def redact(match: re.Match[str]) -> str:
+        url = match.group().rstrip(".,:;!?")  # sentence punctuation after a URL stays
+        return redact_url(url) + match.group()[len(url) :]
+
+    return _URL_IN_TEXT.sub(redact, text)
