@@ -181,6 +181,7 @@ def redact_url(url: str) -> str:
 
 def redact_urls_in(text: str) -> str:
     """``text`` with every ``scheme://...`` in it redacted by :func:`redact_url`."""
+
     def redact(match: re.Match[str]) -> str:
         url = match.group().rstrip(".,:;!?")  # sentence punctuation after a URL stays
         return redact_url(url) + match.group()[len(url) :]

@@ -66,15 +66,16 @@ log = structlog.get_logger(__name__)
 # "slow" from "gone" without hanging a poll for long.
 DEFAULT_TIMEOUT_S = 10.0
 # Seconds for a whole call: connect, send and every byte of the answer. A poll of the
-# indexer's target (5,000 request logs, ~16 MB of JSON) arrives in well under 1 s on a LAN
-# and in ~8 s at 2 MB/s; 30 s is room for a slow link, and a trickling server fails over
+# indexer's target (5,000 request logs, ~19.5 MB of JSON) arrives in well under 1 s on a LAN
+# and in ~10 s at 2 MB/s; 30 s is room for a slow link, and a trickling server fails over
 # within one poll instead of never.
 DEFAULT_DEADLINE_S = 30.0
-# Bytes of one answer at most. One request log is ~3.3 KB of JSON (1.3 KB of event data
-# hex-encoded, plus topics and hashes), so the indexer's target poll of 5,000 logs is ~16 MB;
-# 32 MiB fits twice that, and an honest answer above it only makes the indexer halve its
-# range. Parsed, 32 MiB of JSON costs ~100-200 MB at worst, a bound the indexer can live with.
-DEFAULT_MAX_RESPONSE_BYTES = 32 * 1024 * 1024
+# Bytes of one answer at most. A request log is ~3.9 KB of JSON (measured: 5,008 logs with
+# ~1.2 KB of strings each = 19.5 MB), so 64 MiB holds ~17,000 logs, over 3x the indexer's
+# target poll: an honest poll that overshoots the target fits, and one above the cap only
+# makes the indexer halve its range. Parsed, such an answer peaks at ~3x its size, so this
+# also bounds what one answer can cost (a 200 MB answer took the indexer to 1.36 GB).
+DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 # How deep an answer's JSON may nest; what we read nests < 10 deep. json's C decoder recurses
 # once per level, and py_ecc (imported by the fulfiller through eth-account) raises the
 # recursion limit to 100,000, so "[[[[..." 100k deep overflowed the C stack there: a segfault
@@ -478,7 +479,11 @@ class RpcClient:
             body = await self._exchange(ep, payload)
             if not isinstance(body, dict):
                 raise self._malformed(ep, "expected a JSON object for eth_chainId")
-            result = self._result(ep, body)
+            try:
+                result = self._result(ep, body)
+            except RpcResponseError as exc:  # e.g. "method not found": no use for us
+                self._failed(ep, "chain_check_refused")
+                raise RpcTransportError(f"{ep.label} refused eth_chainId: {exc}") from exc
             if not isinstance(result, str) or not re.fullmatch(r"0x[0-9a-fA-F]{1,64}", result):
                 raise self._malformed(ep, f"eth_chainId answered {str(result)[:40]!r}")
             reported = int(result, 16)
