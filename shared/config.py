@@ -3,7 +3,9 @@
 Every process loads its settings once in its composition root through ``load_settings``.
 A malformed or missing setting stops the process with a :class:`ConfigError` whose message
 names the environment variable, never with a traceback from pydantic. Secret values
-(``SecretStr`` fields) are never echoed back in those messages.
+(``SecretStr`` fields) are never echoed back in those messages, and neither is any part of a
+URL beyond its scheme, host and port (:func:`redact_url`): providers put API keys in the
+userinfo, the path and the query. A missing setting never echoes the other settings.
 
 Each worker extends :class:`CoreSettings` with its own fields; the core ones are shared so
 that one ``.env`` file configures the whole node.
@@ -14,6 +16,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 from eth_utils.address import is_hex_address, to_checksum_address
 from pydantic import Field, ValidationError, field_validator
@@ -25,6 +28,16 @@ ENV_PREFIX = "HODLAI_"
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
 _URL = re.compile(r"^https?://[^\s/]+(/\S*)?$")
+# Anything that looks like "scheme://..." inside a message, up to a quote, space or bracket.
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>\[\](){},]+")
+# What a host may look like: a DNS name, an IPv4 address or an IPv6 address (unbracketed).
+_HOST = re.compile(r"[a-z0-9._-]+|[0-9a-f:.]+")
+# A quoted value inside a validator's message ('...' or "..."), as repr() writes one.
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
+# Settings whose values are URLs (or lists of them): HODLAI_RPC_URLS, HODLAI_LLM_BASE_URL,
+# HODLAI_IPFS_API_URL, a future HODLAI_DB_URL or ..._ENDPOINT. Matched by name, so every
+# executor's URL settings are covered without registering them.
+_URL_FIELD = re.compile(r"(^|_)(urls?|uris?|dsn|endpoints?)($|_)")
 
 
 class CoreSettings(BaseSettings):
@@ -66,7 +79,7 @@ class CoreSettings(BaseSettings):
     def _check_urls(cls, value: list[str]) -> list[str]:
         for url in value:
             if not _URL.match(url):
-                raise ValueError(f"not an http(s) URL: {url!r}")
+                raise ValueError(f"not an http(s) URL: {redact_url(url)!r}")
         return value
 
     @field_validator("provider_address")
@@ -121,6 +134,56 @@ def _describe(cls: type[BaseSettings], exc: ValidationError) -> str:
         field = str(error["loc"][0]) if error["loc"] else "?"
         info = cls.model_fields.get(field)
         secret = info is not None and "Secret" in str(info.annotation)
-        shown = "" if secret else f" (got {error.get('input')!r})"
-        lines.append(f"{env_name(cls, field)}: {error['msg']}{shown}")
+        url_like = _is_url_setting(field, info.annotation if info is not None else None)
+        message = redact_urls_in(str(error["msg"]))
+        if url_like:
+            message = _QUOTED.sub(lambda m: repr(redact_url(m.group()[1:-1])), message)
+        # A missing setting's "input" is every other setting pydantic was given: never echo it.
+        if secret or error.get("type") == "missing":
+            shown = ""
+        elif url_like:
+            shown = f" (got {_redacted_value(error.get('input'))!r})"
+        else:
+            shown = f" (got {redact_urls_in(repr(error.get('input')))})"
+        lines.append(f"{env_name(cls, field)}: {message}{shown}")
     return "invalid setting(s): " + "; ".join(lines)
+
+
+def _is_url_setting(field: str, annotation: object) -> bool:
+    return bool(_URL_FIELD.search(field.lower())) or "Url" in str(annotation)
+
+
+def _redacted_value(value: object) -> object:
+    """A URL setting's raw value with every URL in it redacted (a comma list counts as one)."""
+    if isinstance(value, str):
+        return ",".join(redact_url(part) for part in value.split(","))
+    if isinstance(value, list | tuple):
+        return [_redacted_value(item) for item in value]
+    return redact_urls_in(repr(value))
+
+
+def redact_url(url: str) -> str:
+    """``url`` as ``scheme://host:port``: no userinfo, path, query or fragment, which is where
+    providers put API keys (``https://user:pw@host/v3/KEY?key=...`` -> ``https://host``).
+    A value without a scheme keeps only its host and port; one without a host is ``<url>``."""
+    text = url.strip()
+    try:
+        parts = urlsplit(text if "://" in text else "//" + text)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return "<url>"
+    if not host or not _HOST.fullmatch(host):
+        return "<url>"
+    scheme = f"{parts.scheme}://" if parts.scheme else ""
+    shown_host = f"[{host}]" if ":" in host else host
+    return f"{scheme}{shown_host}{'' if port is None else f':{port}'}"
+
+
+def redact_urls_in(text: str) -> str:
+    """``text`` with every ``scheme://...`` in it redacted by :func:`redact_url`."""
+
+    def redact(match: re.Match[str]) -> str:
+        url = match.group().rstrip(".,:;!?")  # sentence punctuation after a URL stays
+        return redact_url(url) + match.group()[len(url) :]
+
+    return _URL_IN_TEXT.sub(redact, text)

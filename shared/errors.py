@@ -9,8 +9,11 @@ tenacity can decide by *type* whether something is worth retrying::
     │   ├── StoreBusyError          SQLite stayed locked past the busy timeout
     │   ├── RpcTransportError       connection refused / reset, timeout, malformed response
     │   │   ├── RpcRateLimitedError 429, with the server's Retry-After when it gave one
-    │   │   └── RpcServerError      5xx or a JSON-RPC internal error
+    │   │   ├── RpcServerError      5xx or a JSON-RPC internal error
+    │   │   ├── RpcDeadlineError    no complete answer within the call's total deadline
+    │   │   └── RpcNoUsableUrlError every URL is quarantined (another chain) or unreachable
     │   ├── RpcRangeTooLargeError   the node refused the getLogs range or result size
+    │   │   └── RpcResponseTooLargeError  the answer outgrew the size cap; cut off unread
     │   ├── StaleNodeError          the node is behind what we already know
     │   ├── LlmTransportError       LLM timeout, 429, 5xx, connection refused
     │   │   └── LlmAccessError      the LLM endpoint refuses this node (401/403/404)
@@ -18,6 +21,7 @@ tenacity can decide by *type* whether something is worth retrying::
     │   └── InsufficientFundsError  the sender cannot pay for gas: fund it, then it resumes
     └── PermanentError              retrying the same input gives the same failure
         ├── ConfigError             a bad or missing setting; names the setting
+        │   └── RpcChainMismatchError  no RPC URL serves the expected chain (all answered)
         ├── DatabaseMismatchError   the database belongs to another chain or provider
         │   └── SchemaVersionError  the database's schema is newer (or older) than this code
         ├── TransitionConflict      the row was not in the expected state (someone moved it)
@@ -70,8 +74,25 @@ class RpcServerError(RpcTransportError):
     """HTTP 5xx or a JSON-RPC internal error (-32603 and friends)."""
 
 
+class RpcDeadlineError(RpcTransportError):
+    """The call had no complete answer within its total deadline (a stuck or trickling
+    server: httpx's own timeout applies to each read, not to the whole answer)."""
+
+
+class RpcNoUsableUrlError(RpcTransportError):
+    """Every RPC URL is quarantined (it serves another chain) or failed just now; the message
+    says which is which."""
+
+
 class RpcRangeTooLargeError(RetryableError):
     """The node refused an eth_getLogs range: too many blocks, results or bytes."""
+
+
+class RpcResponseTooLargeError(RpcRangeTooLargeError):
+    """The answer grew past the client's size cap and was cut off without being read further.
+
+    A range error on purpose: the indexer halves its getLogs range on it, which ends an honest
+    answer's overshoot; a hostile server is failed over from before this is raised."""
 
 
 class StaleNodeError(RetryableError):
@@ -87,6 +108,10 @@ class LlmTransportError(RetryableError):
 
 class ConfigError(PermanentError):
     """A setting is missing or malformed. The message names the setting."""
+
+
+class RpcChainMismatchError(ConfigError):
+    """Every URL of HODLAI_RPC_URLS answered, and none serves the expected chain id."""
 
 
 class DatabaseMismatchError(PermanentError):

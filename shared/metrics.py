@@ -30,6 +30,15 @@ ANSWERS = Counter("hodlai_answers_total", "Requests answered or failed by infere
 TXS_IN_FLIGHT = Gauge("hodlai_txs_in_flight", "Signed fulfilment transactions not yet mined")
 TXS = Counter("hodlai_txs_total", "Fulfilment transactions by outcome", ["outcome"])
 ERRORS = Counter("hodlai_errors_total", "Errors by process and kind", ["process", "kind"])
+# RPC URLs are labelled by scheme://host:port only (shared.config.redact_url): API keys in a
+# URL's path or query never reach a metric.
+RPC_FAILOVERS = Counter("hodlai_rpc_failovers_total", "RPC URL failovers by reason", ["reason"])
+RPC_WRONG_CHAIN = Counter(
+    "hodlai_rpc_wrong_chain_total", "Times an RPC URL reported another chain id", ["url"]
+)
+RPC_QUARANTINED = Gauge(
+    "hodlai_rpc_url_quarantined", "1 while an RPC URL is quarantined (another chain)", ["url"]
+)
 
 
 class Health:

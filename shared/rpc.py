@@ -1,4 +1,5 @@
-"""JSON-RPC over HTTP (httpx), with batches, error classification and URL failover.
+"""JSON-RPC over HTTP (httpx): batches, error classification, URL failover, and a client
+that a hostile or misconfigured endpoint cannot fool, hang or blow up.
 
 Guarantees:
 - Whatever goes wrong below (connection refused, timeout, HTTP status, malformed JSON, a
@@ -8,6 +9,20 @@ Guarantees:
   server answered in (anvil runs batch entries concurrently).
 - With several URLs, a retryable transport failure moves the client to the next URL before
   the error is raised, so the caller's retry goes elsewhere; a healthy URL is kept.
+- **Chain.** A client that knows its chain (``chain_id=`` or :meth:`RpcClient.expect_chain`)
+  or has several URLs (it then pins the chain the first URL to answer reports) returns no
+  answer from a URL whose ``eth_chainId`` it has not checked since the URL was last failed
+  over to or failed. A URL on another chain is quarantined: never used for answers, logged
+  as ``rpc_wrong_chain`` (error), counted in ``hodlai_rpc_wrong_chain_total``, and asked
+  again after ``quarantine_s``. While no URL is usable, calls raise RpcNoUsableUrlError
+  (retryable), naming the state of each URL.
+- **Deadline.** A call (connect, send, the whole answer) ends within ``deadline_s`` or
+  raises RpcDeadlineError and fails over; httpx's ``timeout`` only bounds each read, so a
+  server trickling a byte at a time would otherwise hold the call forever.
+- **Size.** The answer is streamed and cut off once it exceeds ``max_response_bytes``
+  (RpcResponseTooLargeError, a range error, and failover); an announced Content-Length above
+  the cap is refused before reading. A call holds at most the cap, not what the server sends.
+- URLs appear in logs, errors and metrics as ``scheme://host:port`` only.
 
 web3.py is not used here: it refuses eth_sendRawTransaction inside a batch, and its
 per-log decoding measured ~6x slower than raw JSON + eth-abi (FACTS.md).
@@ -15,32 +30,61 @@ per-log decoding measured ~6x slower than raw JSON + eth-abi (FACTS.md).
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import structlog
 
+from shared.config import redact_url, redact_urls_in
 from shared.errors import (
     ExecutionRevertedError,
     HodlaiError,
+    RpcChainMismatchError,
+    RpcDeadlineError,
+    RpcNoUsableUrlError,
     RpcRangeTooLargeError,
     RpcRateLimitedError,
     RpcResponseError,
+    RpcResponseTooLargeError,
     RpcServerError,
     RpcTransportError,
     StaleNodeError,
 )
+from shared.metrics import RPC_FAILOVERS, RPC_QUARANTINED, RPC_WRONG_CHAIN
 
 log = structlog.get_logger(__name__)
 
-# Seconds for one HTTP exchange; a getLogs over a few thousand blocks answers in well under 1 s
-# on a healthy node, so 10 s separates "slow" from "gone" without hanging a poll for long.
+# Seconds for one HTTP read (connect, write, each read of the answer); a getLogs over a few
+# thousand blocks starts answering in well under 1 s on a healthy node, so 10 s separates
+# "slow" from "gone" without hanging a poll for long.
 DEFAULT_TIMEOUT_S = 10.0
+# Seconds for a whole call: connect, send and every byte of the answer. A poll of the
+# indexer's target (5,000 request logs, ~19.5 MB of JSON) arrives in well under 1 s on a LAN
+# and in ~10 s at 2 MB/s; 30 s is room for a slow link, and a trickling server fails over
+# within one poll instead of never.
+DEFAULT_DEADLINE_S = 30.0
+# Bytes of one answer at most. A request log is ~3.9 KB of JSON (measured: 5,008 logs with
+# ~1.2 KB of strings each = 19.5 MB), so 64 MiB holds ~17,000 logs, over 3x the indexer's
+# target poll: an honest poll that overshoots the target fits, and one above the cap only
+# makes the indexer halve its range. Parsed, such an answer peaks at ~3x its size, so this
+# also bounds what one answer can cost (a 200 MB answer took the indexer to 1.36 GB).
+DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+# How deep an answer's JSON may nest; what we read nests < 10 deep. json's C decoder recurses
+# once per level, and py_ecc (imported by the fulfiller through eth-account) raises the
+# recursion limit to 100,000, so "[[[[..." 100k deep overflowed the C stack there: a segfault
+# of the whole process, not an error. Answers nesting deeper are malformed.
+MAX_JSON_DEPTH = 512
+# Seconds a URL found on another chain is skipped before its eth_chainId is asked again. A
+# wrong-chain URL is nearly always a configuration error: re-asking every 10 min keeps the
+# error in the log without flooding it, and a proxy pointed back at the right chain returns.
+QUARANTINE_RECHECK_S = 600.0
 
 # "Your getLogs asked for too much": the messages and codes of the common nodes and providers
 # (geth, erigon, nethermind, Alchemy, Infura, QuickNode, Ankr, Chainstack, Nodereal, BSC public
@@ -134,8 +178,26 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None  # an HTTP-date; rare for RPC providers, fall back to our own backoff
 
 
+@dataclass(eq=False)
+class _Endpoint:
+    """One URL and what the client knows about the chain behind it."""
+
+    url: str
+    label: str  # redact_url(url): what logs, errors and metrics show
+    checked: bool = False  # eth_chainId matched since it was last failed over to, or failed
+    reported: int | None = None  # the chain id it last reported
+    quarantined_until: float | None = None  # clock() time of its next check, if quarantined
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one chain check at a time
+
+
 class RpcClient:
-    """An async JSON-RPC client over one or more HTTP endpoints (failover order)."""
+    """An async JSON-RPC client over one or more HTTP endpoints (failover order).
+
+    ``chain_id`` is the chain every URL must serve (HODLAI_CHAIN_ID, or the database's);
+    without it a client with several URLs pins the chain the first URL to answer reports,
+    and a client with one URL checks nothing (its caller checks eth_chainId at start).
+    Workers call :meth:`expect_chain` with the chain they checked against the database.
+    """
 
     def __init__(
         self,
@@ -143,12 +205,26 @@ class RpcClient:
         *,
         timeout: float = DEFAULT_TIMEOUT_S,
         transport: httpx.AsyncBaseTransport | None = None,
+        chain_id: int | None = None,
+        deadline_s: float = DEFAULT_DEADLINE_S,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        quarantine_s: float = QUARANTINE_RECHECK_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not urls:
             raise ValueError("RpcClient needs at least one URL")
+        if deadline_s <= 0 or max_response_bytes <= 0:
+            raise ValueError("deadline_s and max_response_bytes must be positive")
         self.urls = list(urls)
+        self._endpoints = [_Endpoint(url, redact_url(url)) for url in self.urls]
         self._index = 0
         self._ids = itertools.count(1)
+        self._expected = chain_id
+        self._checks_chain = chain_id is not None or len(self.urls) > 1
+        self._deadline_s = deadline_s
+        self._max_bytes = max_response_bytes
+        self._quarantine_s = quarantine_s
+        self._clock = clock
         self._http = httpx.AsyncClient(
             timeout=timeout,
             transport=transport,
@@ -158,15 +234,62 @@ class RpcClient:
 
     @property
     def url(self) -> str:
-        return self.urls[self._index]
+        return self._endpoints[self._index].url
+
+    @property
+    def chain_id(self) -> int | None:
+        """The chain every URL must serve: given, or pinned from the first answer; None
+        while unknown (or never checked: one URL and no chain given)."""
+        return self._expected
+
+    @property
+    def quarantined(self) -> list[str]:
+        """The URLs (redacted) currently quarantined for serving another chain."""
+        return [ep.label for ep in self._endpoints if ep.quarantined_until is not None]
+
+    async def expect_chain(self, chain_id: int) -> None:
+        """Pin the client to ``chain_id`` and check every URL now (concurrently).
+
+        URLs on another chain are quarantined (``rpc_wrong_chain``); unreachable ones are
+        checked before their first use. The first URL that serves the chain becomes the
+        current one. Raises RpcChainMismatchError (permanent: fix HODLAI_RPC_URLS) when every
+        URL answered and none serves the chain, RpcNoUsableUrlError (retryable) when none
+        serves it and some did not answer.
+        """
+        if self._expected is not None and self._expected != chain_id:
+            log.warning("rpc_chain_repinned", old_chain_id=self._expected, chain_id=chain_id)
+            for ep in self._endpoints:
+                self._release(ep)
+                ep.checked = False
+        self._expected = chain_id
+        self._checks_chain = True
+        outcomes = await asyncio.gather(
+            *(self._check(ep) for ep in self._endpoints), return_exceptions=True
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException) and not isinstance(outcome, HodlaiError):
+                raise outcome
+        serving = [i for i, outcome in enumerate(outcomes) if outcome is True]
+        log.info(
+            "rpc_chain_checked",
+            chain_id=chain_id,
+            serving=len(serving),
+            quarantined=len(self.quarantined),
+            unreachable=sum(isinstance(o, HodlaiError) for o in outcomes),
+        )
+        if serving:
+            self._index = serving[0]
+            return
+        if any(isinstance(outcome, HodlaiError) for outcome in outcomes):
+            raise RpcNoUsableUrlError(f"no RPC URL serves chain {chain_id} now: {self._states()}")
+        raise RpcChainMismatchError(
+            f"no URL of HODLAI_RPC_URLS serves chain {chain_id}: {self._states()}"
+        )
 
     def failover(self, reason: str) -> None:
-        """Move to the next URL (no-op with one URL)."""
-        if len(self.urls) == 1:
-            return
-        old = self.url
-        self._index = (self._index + 1) % len(self.urls)
-        log.warning("rpc_failover", from_url=_redact(old), to_url=_redact(self.url), reason=reason)
+        """Move to the next URL (no-op with one URL); its chain is checked before its first
+        answer is used."""
+        self._move_from(self._index, reason)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -180,10 +303,11 @@ class RpcClient:
     async def call(self, method: str, params: Sequence[Any] = ()) -> Any:
         """One call; returns ``result`` or raises the classified error."""
         payload = {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params}
-        body = await self._post(payload)
+        ep, body = await self._post(payload)
         if not isinstance(body, dict):
-            raise self._malformed(f"expected a JSON object for {method}, got {type(body).__name__}")
-        return self._result(body)
+            raise self._malformed(ep, f"expected a JSON object for {method}, got "
+                                  f"{type(body).__name__}")  # fmt: skip
+        return self._result(ep, body)
 
     async def batch(self, calls: Sequence[RpcCall]) -> list[Any]:
         """All calls in one POST; raises the first error among them (in call order)."""
@@ -203,12 +327,15 @@ class RpcClient:
             {"jsonrpc": "2.0", "id": i, "method": c.method, "params": list(c.params)}
             for i, c in zip(ids, calls, strict=True)
         ]
-        body = await self._post(payload)
+        ep, body = await self._post(payload)
         if isinstance(body, dict) and "error" in body:
             # Some servers answer a whole batch with one error object (e.g. batch too large).
-            raise classify_error(body["error"])
+            error = body["error"]
+            if not isinstance(error, dict):
+                raise self._malformed(ep, f"error member is not an object: {error!r}")
+            raise classify_error(error)
         if not isinstance(body, list):
-            raise self._malformed("expected a JSON array in answer to a batch")
+            raise self._malformed(ep, "expected a JSON array in answer to a batch")
         by_id: dict[Any, dict[str, Any]] = {}
         for item in body:
             if isinstance(item, dict):
@@ -217,67 +344,235 @@ class RpcClient:
         for i, call in zip(ids, calls, strict=True):
             item = by_id.get(i)
             if item is None:
-                raise self._malformed(f"batch answer lacks the result of {call.method}")
+                raise self._malformed(ep, f"batch answer lacks the result of {call.method}")
             try:
-                out.append(self._result(item))
+                out.append(self._result(ep, item))
             except (RpcResponseError, RpcRangeTooLargeError, RpcServerError, StaleNodeError,
                     RpcRateLimitedError) as exc:  # fmt: skip
                 out.append(exc)
         return out
 
-    def _result(self, body: dict[str, Any]) -> Any:
+    # --- answers ----------------------------------------------------------------------------
+
+    def _result(self, ep: _Endpoint, body: dict[str, Any]) -> Any:
         if "error" in body and body["error"] is not None:
             error = body["error"]
             if not isinstance(error, dict):
-                raise self._malformed(f"error member is not an object: {error!r}")
+                raise self._malformed(ep, f"error member is not an object: {error!r}")
             raise classify_error(error)
         if "result" not in body:
-            raise self._malformed("answer has neither result nor error")
+            raise self._malformed(ep, "answer has neither result nor error")
         return body["result"]
 
-    async def _post(self, payload: object) -> Any:
-        url = self.url
+    def _malformed(self, ep: _Endpoint, what: str) -> RpcTransportError:
+        self._failed(ep, "malformed_answer")
+        return RpcTransportError(f"{ep.label}: {what}")
+
+    async def _post(self, payload: object) -> tuple[_Endpoint, Any]:
+        """Send ``payload`` to the current URL once its chain is checked; the parsed body."""
         try:
-            response = await self._http.post(url, content=json.dumps(payload))
+            ep = await self._ready()
+            return ep, await self._exchange(ep, payload)
+        except RpcNoUsableUrlError:
+            raise
+        except RpcTransportError as exc:
+            # The URL that just failed was the last one not quarantined: say so.
+            open_urls = [e for e in self._endpoints if not self._is_quarantined(e)]
+            if len(self._endpoints) > 1 and len(open_urls) <= 1:
+                raise RpcNoUsableUrlError(
+                    f"{exc}; every other RPC URL is quarantined: {self._states()}",
+                    retry_after=exc.retry_after,
+                ) from exc
+            raise
+
+    async def _exchange(self, ep: _Endpoint, payload: object) -> Any:
+        """One POST to ``ep`` under the deadline and the size cap; the parsed JSON body."""
+        content = json.dumps(payload)
+        try:
+            async with asyncio.timeout(self._deadline_s):
+                async with self._http.stream("POST", ep.url, content=content) as response:
+                    return await self._read_answer(ep, response)
+        except TimeoutError as exc:
+            self._failed(ep, "deadline")
+            raise RpcDeadlineError(
+                f"{ep.label} sent no complete answer within {self._deadline_s:g} s"
+            ) from exc
         except httpx.TimeoutException as exc:
-            self.failover("timeout")
-            raise RpcTransportError(f"timeout talking to {_redact(url)}") from exc
+            self._failed(ep, "timeout")
+            raise RpcTransportError(f"timeout talking to {ep.label}") from exc
         except httpx.HTTPError as exc:
-            self.failover(type(exc).__name__)
-            raise RpcTransportError(f"cannot reach {_redact(url)}: {exc}") from exc
-        if response.status_code == 429:
-            self.failover("http_429")
+            self._failed(ep, type(exc).__name__)
+            raise RpcTransportError(f"cannot reach {ep.label}: {redact_urls_in(str(exc))}") from exc
+
+    async def _read_answer(self, ep: _Endpoint, response: httpx.Response) -> Any:
+        status = response.status_code
+        if status == 429:
+            self._failed(ep, "http_429")
             raise RpcRateLimitedError(
-                f"{_redact(url)} rate-limited us (429)", retry_after=_retry_after(response)
+                f"{ep.label} rate-limited us (429)", retry_after=_retry_after(response)
             )
-        if response.status_code >= 500:
-            self.failover(f"http_{response.status_code}")
+        if status >= 500:
+            self._failed(ep, f"http_{status}")
             raise RpcServerError(
-                f"{_redact(url)} answered HTTP {response.status_code}",
-                retry_after=_retry_after(response),
+                f"{ep.label} answered HTTP {status}", retry_after=_retry_after(response)
             )
-        if response.status_code == 413:
-            raise RpcRangeTooLargeError(f"{_redact(url)} answered 413: request too large")
-        if response.status_code >= 400 and not response.content:
-            raise RpcResponseError(f"{_redact(url)} answered HTTP {response.status_code}")
+        if status == 413:
+            raise RpcRangeTooLargeError(f"{ep.label} answered 413: request too large")
+        body = await self._read_capped(ep, response)
+        if status >= 400 and not body:
+            raise RpcResponseError(f"{ep.label} answered HTTP {status}")
+        if _nests_too_deep(body):
+            self._failed(ep, "malformed_json")
+            raise RpcTransportError(
+                f"{ep.label} answered malformed JSON (nested deeper than {MAX_JSON_DEPTH})"
+            )
         try:
-            return response.json()
-        except ValueError as exc:
-            self.failover("malformed_json")
-            raise RpcTransportError(f"{_redact(url)} answered malformed JSON") from exc
+            return json.loads(body)
+        except (ValueError, RecursionError) as exc:
+            self._failed(ep, "malformed_json")
+            raise RpcTransportError(f"{ep.label} answered malformed JSON") from exc
 
-    def _malformed(self, what: str) -> RpcTransportError:
-        self.failover("malformed_answer")
-        return RpcTransportError(f"{_redact(self.url)}: {what}")
+    async def _read_capped(self, ep: _Endpoint, response: httpx.Response) -> bytearray:
+        """The body, read chunk by chunk and abandoned as soon as it passes the cap."""
+        declared = response.headers.get("content-length", "").strip()
+        if declared.isdigit() and int(declared) > self._max_bytes:
+            self._failed(ep, "too_large")
+            raise RpcResponseTooLargeError(
+                f"{ep.label} announced an answer of {int(declared)} bytes, more than the "
+                f"cap of {self._max_bytes}"
+            )
+        body = bytearray()
+        async for chunk in response.aiter_bytes():
+            body += chunk
+            if len(body) > self._max_bytes:
+                self._failed(ep, "too_large")
+                raise RpcResponseTooLargeError(
+                    f"{ep.label} sent more than the cap of {self._max_bytes} bytes; "
+                    "the answer was cut off"
+                )
+        return body
+
+    # --- URLs and their chain ---------------------------------------------------------------
+
+    async def _ready(self) -> _Endpoint:
+        """The current URL once it is known to serve the chain, skipping quarantined ones."""
+        if not self._checks_chain:
+            return self._endpoints[self._index]
+        for _ in self._endpoints:
+            ep = self._endpoints[self._index]
+            if await self._check(ep):
+                return ep
+            if ep is self._endpoints[self._index]:
+                self._move_from(self._index, "wrong_chain")
+        raise RpcNoUsableUrlError(f"no usable RPC URL: {self._states()}")
+
+    async def _check(self, ep: _Endpoint) -> bool:
+        """Whether ``ep`` serves the expected chain, asking its eth_chainId unless known.
+        Transport errors propagate (and fail over, like any call's)."""
+        async with ep.lock:
+            if ep.checked:
+                return True
+            if self._is_quarantined(ep):
+                return False
+            payload = {"jsonrpc": "2.0", "id": next(self._ids), "method": "eth_chainId",
+                       "params": []}  # fmt: skip
+            body = await self._exchange(ep, payload)
+            if not isinstance(body, dict):
+                raise self._malformed(ep, "expected a JSON object for eth_chainId")
+            try:
+                result = self._result(ep, body)
+            except RpcResponseError as exc:  # e.g. "method not found": no use for us
+                self._failed(ep, "chain_check_refused")
+                raise RpcTransportError(f"{ep.label} refused eth_chainId: {exc}") from exc
+            if not isinstance(result, str) or not re.fullmatch(r"0x[0-9a-fA-F]{1,64}", result):
+                raise self._malformed(ep, f"eth_chainId answered {str(result)[:40]!r}")
+            reported = int(result, 16)
+            ep.reported = reported
+            if self._expected is None:
+                self._expected = reported
+                log.info("rpc_chain_pinned", chain_id=reported, url=ep.label)
+            if reported != self._expected:
+                self._quarantine(ep)
+                return False
+            self._release(ep)
+            ep.checked = True
+            return True
+
+    def _is_quarantined(self, ep: _Endpoint) -> bool:
+        """Quarantined and not yet due for another check."""
+        return ep.quarantined_until is not None and self._clock() < ep.quarantined_until
+
+    def _quarantine(self, ep: _Endpoint) -> None:
+        ep.checked = False
+        ep.quarantined_until = self._clock() + self._quarantine_s
+        RPC_WRONG_CHAIN.labels(url=ep.label).inc()
+        RPC_QUARANTINED.labels(url=ep.label).set(1)
+        log.error(
+            "rpc_wrong_chain",
+            url=ep.label,
+            reported_chain_id=ep.reported,
+            expected_chain_id=self._expected,
+            recheck_after_s=self._quarantine_s,
+        )
+
+    def _release(self, ep: _Endpoint) -> None:
+        if ep.quarantined_until is not None:
+            ep.quarantined_until = None
+            RPC_QUARANTINED.labels(url=ep.label).set(0)
+            log.info("rpc_url_released", url=ep.label, chain_id=ep.reported)
+
+    def _failed(self, ep: _Endpoint, reason: str) -> None:
+        """``ep`` failed a call: check its chain again before its next answer is used, and
+        fail over if it is still the current URL (a burst of concurrent failures of one URL
+        moves the client once, not once per call)."""
+        ep.checked = False
+        index = self._endpoints.index(ep)
+        if index == self._index:
+            self._move_from(index, reason)
+
+    def _move_from(self, index: int, reason: str) -> None:
+        count = len(self._endpoints)
+        if count == 1:
+            return
+        steps = range(1, count + 1)
+        candidates = [(index + step) % count for step in steps]
+        usable = [i for i in candidates if not self._is_quarantined(self._endpoints[i])]
+        self._index = usable[0] if usable else candidates[0]
+        old, new = self._endpoints[index], self._endpoints[self._index]
+        new.checked = False
+        if new is old:
+            return  # every other URL is quarantined: stay, and check this one again
+        RPC_FAILOVERS.labels(reason=reason).inc()
+        log.warning("rpc_failover", from_url=old.label, to_url=new.label, reason=reason)
+
+    def _states(self) -> str:
+        """Each URL's state, for an error message."""
+        parts = []
+        for ep in self._endpoints:
+            if self._is_quarantined(ep):
+                state = f"quarantined (serves chain {ep.reported}, not {self._expected})"
+            elif ep.checked:
+                state = f"serves chain {ep.reported}"
+            else:
+                state = "not reachable or not checked yet"
+            parts.append(f"{ep.label} {state}")
+        return "; ".join(parts)
 
 
-def _redact(url: str) -> str:
-    """Provider URLs often carry an API key in the path or query; log only scheme and host."""
-    try:
-        parsed = httpx.URL(url)
-    except (ValueError, TypeError):
-        return "<url>"
-    return f"{parsed.scheme}://{parsed.host}{':' + str(parsed.port) if parsed.port else ''}"
+_NOT_BRACKETS = bytes(sorted(set(range(256)) - set(b"[]{}")))
+_NESTING_STEP = [0] * 256
+for _opener, _closer in (b"[]", b"{}"):
+    _NESTING_STEP[_opener], _NESTING_STEP[_closer] = 1, -1
+
+
+def _nests_too_deep(body: bytearray) -> bool:
+    """Whether ``body``'s brackets nest deeper than MAX_JSON_DEPTH, at C speed (~5 ms for a
+    16 MB getLogs answer). Brackets inside strings count too: that can only over-estimate."""
+    brackets = body.translate(None, _NOT_BRACKETS)
+    if len(brackets) <= MAX_JSON_DEPTH:
+        return False
+    depths = itertools.accumulate(map(_NESTING_STEP.__getitem__, brackets))
+    return any(depth > MAX_JSON_DEPTH for depth in depths)
 
 
 def hex_int(value: Any) -> int:

@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from pydantic import SecretStr
+from pydantic import HttpUrl, SecretStr
 
-from shared.config import CoreSettings, load_settings
+from shared.config import CoreSettings, load_settings, redact_url, redact_urls_in
 from shared.errors import ConfigError
 
 
@@ -85,3 +85,103 @@ def test_cli_reports_bad_setting_by_name_with_exit_code_2(tmp_path: Path) -> Non
     assert proc.returncode == 2
     assert "HODLAI_CONFIRMATIONS" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+SECRET_URL = "https://user:pw@host.example/v3/SECRETKEY?key=abc"
+SECRETS = ("user", "pw", "SECRETKEY", "key=abc")
+
+
+def _message(cls: type[CoreSettings]) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_settings(cls)
+    return str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("env", "value"),
+    [
+        ("HODLAI_RPC_URLS", f"{SECRET_URL},ftp://user:pw@other.example/SECRETKEY"),
+        ("HODLAI_RPC_URLS", f"{SECRET_URL},user:pw@host.example/v3/SECRETKEY?key=abc"),
+        ("HODLAI_LLM_BASE_URL", "ftp://user:pw@host.example/v3/SECRETKEY?key=abc"),
+        ("HODLAI_LLM_BASE_URL", "user:pw@host.example/v3/SECRETKEY?key=abc"),
+        ("HODLAI_IPFS_API_URL", "ipfs://user:pw@host.example/v3/SECRETKEY?key=abc"),
+    ],
+)
+def test_a_bad_url_setting_is_named_without_its_secrets(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, env: str, value: str
+) -> None:
+    from workers.inference.settings import InferenceSettings
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(env, value)
+    message = _message(InferenceSettings)
+    assert env in message and "host.example" in message
+    assert not [secret for secret in SECRETS if secret in message], message
+
+
+class _WithRequired(CoreSettings):
+    llm_api_key: SecretStr | None = None
+    needed_count: int
+
+
+def test_a_missing_setting_never_echoes_the_other_settings(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # pydantic's "missing" error carries every value it was given as its input.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HODLAI_RPC_URLS", SECRET_URL)
+    monkeypatch.setenv("HODLAI_LLM_API_KEY", "sk-live-abcdef")
+    message = _message(_WithRequired)
+    assert "HODLAI_NEEDED_COUNT" in message
+    assert "sk-live" not in message and "SECRETKEY" not in message and "pw@" not in message
+
+
+class _WithPydanticUrl(CoreSettings):
+    webhook: HttpUrl | None = None
+    notes: str = ""
+    retries: int = 1
+
+
+def test_a_url_in_any_setting_is_redacted_in_the_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HODLAI_WEBHOOK", "https://user:pw@host.example:99999/v3/SECRETKEY")
+    monkeypatch.setenv("HODLAI_RETRIES", SECRET_URL)  # pasted into the wrong setting
+    message = _message(_WithPydanticUrl)
+    assert "HODLAI_WEBHOOK" in message and "HODLAI_RETRIES" in message
+    assert "https://host.example" in message
+    assert not [secret for secret in SECRETS if secret in message], message
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (SECRET_URL, "https://host.example"),
+        ("http://127.0.0.1:8545", "http://127.0.0.1:8545"),
+        ("https://bsc.nodereal.io/v1/0123456789abcdef", "https://bsc.nodereal.io"),
+        ("wss://u:p@[::1]:8546/ws?token=t", "wss://[::1]:8546"),
+        ("localhost:8545/KEY", "localhost:8545"),
+        ("not a url at all", "<url>"),
+        ("https://host:notaport/KEY", "<url>"),
+    ],
+)
+def test_redact_url_keeps_only_scheme_host_and_port(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+
+
+def test_redact_urls_in_text_leaves_the_rest_of_the_text() -> None:
+    text = f"cannot reach {SECRET_URL}: refused; see https://docs.example/page?x=1."
+    assert redact_urls_in(text) == (
+        "cannot reach https://host.example: refused; see https://docs.example."
+    )
+
+
+def test_cli_never_prints_the_rpc_urls_secrets(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "status"],
+        env={"HODLAI_RPC_URLS": f"{SECRET_URL},ftp://x", "PATH": "/usr/bin:/bin"},
+        cwd=tmp_path, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "HODLAI_RPC_URLS" in proc.stderr
+    assert not [secret for secret in SECRETS if secret in proc.stderr], proc.stderr
