@@ -84,7 +84,7 @@ def single_instance(db_path: Path) -> Iterator[None]:
 
 async def _serve(settings: FulfillerSettings, private_key: bytes) -> int:
     assert settings.provider_address is not None
-    rpc = RpcClient(settings.rpc_urls)
+    rpc = RpcClient(settings.rpc_urls, chain_id=settings.chain_id)
     db = AsyncDatabase(connect(settings.db_path, durable=True))
     try:
         chain_id = hex_int(await rpc.call("eth_chainId"))
@@ -93,6 +93,9 @@ async def _serve(settings: FulfillerSettings, private_key: bytes) -> int:
                 f"HODLAI_CHAIN_ID is {settings.chain_id} but the RPC serves chain {chain_id}"
             )
         await db.run(check_identity, chain_id=chain_id, provider_address=settings.provider_address)
+        # Every URL must serve the database's chain before anything is signed: a failover
+        # URL on another chain is quarantined, never asked for answers.
+        await rpc.expect_chain(chain_id)
         signer = LocalSigner(private_key, chain_id=chain_id)
         readiness = await await_role(
             rpc,
