@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -347,6 +348,56 @@ def start_fulfiller(env: dict[str, str], log_path: Path) -> subprocess.Popen[byt
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
+
+
+def indexer_env(
+    stack: DeployedStack, db_path: Path, *, rpc_url: str | None = None, confirmations: int = 3
+) -> dict[str, str]:
+    """The environment of a real ``hodlai indexer`` process for this stack."""
+    return {
+        "PATH": os.environ.get("PATH", ""),
+        "HODLAI_DB_PATH": str(db_path),
+        "HODLAI_RPC_URLS": rpc_url or stack.rpc_url,
+        "HODLAI_PROVIDER_ADDRESS": stack.deployment.provider_address,
+        "HODLAI_START_BLOCK": str(stack.deployment.deploy_block),
+        "HODLAI_CONFIRMATIONS": str(confirmations),
+        "HODLAI_INDEXER_POLL_INTERVAL_S": "0.2",
+        "LOG_LEVEL": "WARNING",
+    }
+
+
+def start_indexer(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start ``hodlai indexer``; its output goes to ``log_path``."""
+    with open(log_path, "wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "shared.cli", "indexer"],
+            env=env, stdout=out, stderr=subprocess.STDOUT, cwd=log_path.parent,
+        )  # fmt: skip
+
+
+def answer_pending(conn: Any, choose: Callable[[tuple[str, ...]], str] | None = None) -> int:
+    """Stand in for inference: PENDING -> ANSWERED with ``choose(action_set)`` (the first
+    permitted action by default). Returns how many rows it answered."""
+    claimed = store.claim(conn, owner="answerer", limit=500)
+    for row in claimed:
+        action = choose(row.action_set) if choose else row.action_set[0]
+        store.transition(
+            conn, row.request_id, Status.PENDING, Status.ANSWERED, actor="answerer",
+            lease_owner="answerer", generation=row.generation,
+            set_columns={"answer_action": action, "answer_cid": CID, "reasoning": "{}",
+                         "answered_at": time.time()},
+        )  # fmt: skip
+    return len(claimed)
+
+
+async def step_like_the_loop(fulfiller: Fulfiller) -> None:
+    """One fulfiller step as the process's run loop takes it: an error is logged, backed off
+    from and survived, not raised."""
+    try:
+        delay = await fulfiller.step()
+    except Exception:
+        delay = 0.5
+    await asyncio.sleep(min(delay, 0.05))
 
 
 class ManualClock:

@@ -10,10 +10,6 @@ fulfilment."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +24,15 @@ from shared.keys import generate_key_file
 from shared.store import Status
 from tests.chain_fixtures import ORACLE_FUNDING_WEI, DeployedStack
 from tests.rpc_proxy import RpcProxy
-from tests.test_fulfiller_support import CID, Chain, make_fulfiller, tx_rows
+from tests.test_fulfiller_support import (
+    Chain,
+    answer_pending,
+    indexer_env,
+    make_fulfiller,
+    start_indexer,
+    step_like_the_loop,
+    tx_rows,
+)
 
 REQUESTS = 100
 LAG_BLOCKS = 5
@@ -59,59 +63,24 @@ def lagging(tmp_path: Path) -> Iterator[tuple[DeployedStack, RpcProxy]]:
             yield stack, proxy
 
 
-def _start_indexer(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    with open(log_path, "wb") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", "indexer"],
-            env=env, stdout=out, stderr=subprocess.STDOUT, cwd=log_path.parent,
-        )  # fmt: skip
-
-
-def _answer_pending(conn: object) -> int:
-    """Stand in for inference: PENDING -> ANSWERED with the first permitted action."""
-    assert hasattr(conn, "execute")
-    claimed = store.claim(conn, owner="answerer", limit=500)  # type: ignore[arg-type]
-    for row in claimed:
-        store.transition(
-            conn, row.request_id, Status.PENDING, Status.ANSWERED, actor="answerer",  # type: ignore[arg-type]
-            lease_owner="answerer", generation=row.generation,
-            set_columns={"answer_action": row.action_set[0], "answer_cid": CID,
-                         "reasoning": "{}", "answered_at": time.time()},
-        )  # fmt: skip
-    return len(claimed)
-
-
 async def test_behind_a_lagging_load_balancer_every_verdict_comes_from_evidence(
     lagging: tuple[DeployedStack, RpcProxy], db_path: Path, tmp_path: Path
 ) -> None:
     stack, proxy = lagging
     chain = Chain(stack)
     ids = chain.ask(REQUESTS)
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "HODLAI_DB_PATH": str(db_path),
-        "HODLAI_RPC_URLS": proxy.url,
-        "HODLAI_PROVIDER_ADDRESS": stack.deployment.provider_address,
-        "HODLAI_START_BLOCK": str(stack.deployment.deploy_block),
-        "HODLAI_CONFIRMATIONS": str(CONFIRMATIONS),
-        "HODLAI_INDEXER_POLL_INTERVAL_S": "0.2",
-        "LOG_LEVEL": "WARNING",
-    }
+    env = indexer_env(stack, db_path, rpc_url=proxy.url, confirmations=CONFIRMATIONS)
     conn = connect(db_path)
     log_path = tmp_path / "indexer.log"
-    indexer = _start_indexer(env, log_path)
+    indexer = start_indexer(env, log_path)
     fulfiller = make_fulfiller(stack, db_path, rpc_url=proxy.url)
     try:
         deadline = time.monotonic() + RUN_LIMIT_S
         while store.status_counts(conn)[Status.FULFILLED] < REQUESTS:
             assert time.monotonic() < deadline, f"not done: {store.status_counts(conn)}"
             assert indexer.poll() is None, log_path.read_text()[-2000:]
-            _answer_pending(conn)
-            try:
-                delay = await fulfiller.step()
-            except Exception:  # what the process run loop does: log, back off, go on
-                delay = 0.5
-            await asyncio.sleep(min(delay, 0.05))
+            answer_pending(conn)
+            await step_like_the_loop(fulfiller)
     finally:
         indexer.terminate()
         indexer.wait(timeout=30)

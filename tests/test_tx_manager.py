@@ -227,3 +227,34 @@ async def test_a_refused_bind_leaves_no_row_and_no_nonce_gap(setup: Setup) -> No
     )
     assert [r.signed.nonce if r.signed else None for r in recorded] == [0, None, 1]
     assert [r["nonce"] for r in setup.rows()] == [0, 1]
+
+
+async def test_recording_an_already_recorded_transaction_returns_its_row(setup: Setup) -> None:
+    signed = setup.signer.sign(transfer(setup), nonce=0, fees=FAIR)
+    with atomic(setup.conn):
+        first = ledger.insert(setup.conn, signed, Purpose(NOTE), sender=setup.signer.address, now=1)
+    with atomic(setup.conn):
+        again = ledger.insert(setup.conn, signed, Purpose(NOTE), sender=setup.signer.address, now=2)
+    assert first == again
+    assert len(setup.rows()) == 1
+
+
+async def test_a_gap_whose_identical_cancel_was_recorded_before_is_filled_and_later_nonces_mine(
+    setup: Setup,
+) -> None:
+    # The cancel the manager will sign for the gap at nonce 0 (same call, nonce and market
+    # fees) is already in the ledger, superseded: signing it again gives the same hash.
+    from shared.tx.fees import fetch_market, price
+    from shared.tx.replacements import cancel_call
+
+    async with RpcClient([setup.node.rpc_url]) as rpc:
+        fees = price(await fetch_market(rpc), POLICY.fees)
+    cancel = setup.record_directly(cancel_call(setup.signer.address), nonce=0, fees=fees)
+    setup.conn.execute("UPDATE txs SET status = 'REPLACED' WHERE tx_hash = ?", (cancel.tx_hash,))
+    later = setup.record_directly(transfer(setup), nonce=1)
+    await setup.manager.start()  # before the fix: IntegrityError on txs.tx_hash, every poll
+    setup.rpc("evm_mine", [])
+    await setup.manager.poll()
+    rows = {r["tx_hash"]: r["status"] for r in setup.rows()}
+    assert rows == {cancel.tx_hash: "MINED", later.tx_hash: "MINED"}
+    assert setup.rpc("eth_getTransactionCount", [setup.signer.address, "latest"]) == "0x2"

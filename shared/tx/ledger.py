@@ -191,6 +191,26 @@ def insert(
     return cursor.lastrowid
 
 
+def recorded_id(conn: sqlite3.Connection, tx_hash: str) -> int | None:
+    """The row of an already recorded transaction, by hash."""
+    row = conn.execute("SELECT id FROM txs WHERE tx_hash = ?", (tx_hash,)).fetchone()
+    return None if row is None else int(row[0])
+
+
+def revive(conn: sqlite3.Connection, tx_id: int, *, now: float, reason: str) -> bool:
+    """Make a superseded row current again (SIGNED) when its nonce has no open row: a gap is
+    filled with exactly this transaction once more. False when the row is open, mined, or
+    its nonce is held by another row."""
+    cursor = conn.execute(
+        "UPDATE txs SET status = 'SIGNED', error = ?, updated_at = ? "
+        "WHERE id = ? AND status IN ('REPLACED', 'CANCELLED', 'DROPPED') "
+        "AND NOT EXISTS (SELECT 1 FROM txs o WHERE o.sender = txs.sender AND o.nonce = txs.nonce"
+        " AND o.status IN ('SIGNED', 'BROADCAST'))",
+        (reason, now, tx_id),
+    )
+    return cursor.rowcount == 1
+
+
 def _wei(value: int | None) -> str | None:
     return None if value is None else str(value)
 

@@ -558,6 +558,15 @@ class TxManager:
         ids: list[int | None] = []
         with atomic(conn):
             for plan, tx in signed:
+                existing = ledger.recorded_id(conn, tx.tx_hash)
+                if existing is not None:
+                    # The same call, nonce and fees signed again: the same transaction. Never
+                    # a second row; a gap is filled with it once more if nothing holds the nonce.
+                    revived = plan.old is None and ledger.revive(
+                        conn, existing, now=now, reason=f"recorded again: {plan.reason}"
+                    )
+                    ids.append(existing if revived else None)
+                    continue
                 try:
                     with atomic(conn):
                         tx_id = ledger.insert(
