@@ -16,6 +16,7 @@ import pytest
 from shared.db import connect
 from shared.keys import generate_keystore_file, load_private_key
 from tests.chain_fixtures import DeployedStack
+from tests.rpc_proxy import RpcProxy
 from tests.test_fulfiller_support import (
     WAIT_S,
     Chain,
@@ -147,3 +148,25 @@ def test_an_encrypted_keystore_with_a_passphrase_file_runs_the_fulfiller(
     assert stop(proc) == 0
     output = log.read_text()
     assert PASSPHRASE not in output and key.hex() not in output
+
+
+def test_a_start_up_against_a_lagging_view_waits_and_then_runs(
+    deployed: DeployedStack, db_path: Path, tmp_path: Path
+) -> None:
+    # Just after deployment a load-balanced RPC may answer from a backend that has no
+    # provider yet (no code, no role): the fulfiller waits instead of exiting.
+    chain = Chain(deployed)
+    (request_id,) = chain.ask(1)
+    conn = connect(db_path)
+    answer(conn, [request_id], requester=chain.vault.address)
+    log = tmp_path / "fulfiller.log"
+    with RpcProxy(deployed.rpc_url, lag=1_000, stale_fraction=1.0) as proxy:
+        env = fulfiller_env(deployed, db_path, HODLAI_RPC_URLS=proxy.url)
+        proc = start_fulfiller(env, log)
+        try:
+            wait_until(lambda: "fulfiller_start_check_failed" in log.read_text(), proc, log)
+            proxy.stale_fraction = 0.0  # the backends catch up
+            wait_until(lambda: chain.fulfilled_counts().get(request_id) == 1, proc, log)
+        finally:
+            assert stop(proc) == 0
+    assert chain.fulfilled_counts() == {request_id: 1}
