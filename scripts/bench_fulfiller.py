@@ -13,9 +13,19 @@ Fulfilments/s = requests / (time from the first step until the last receipt is r
 The median over the repetitions is reported, and each fulfilled request is checked to have
 exactly one fulfilment event on chain.
 
-    .venv/bin/python scripts/bench_fulfiller.py [--requests 640] [--sequential 8] [--reps 3]
+``--lagging`` runs the pipelined fulfiller once more per repetition through the test suite's
+load-balancer-like proxy (tests/rpc_proxy.py): half of the HTTP requests answered from a view
+5 blocks behind, and 30 % of the other requests' batch entries too. It counts, from the
+ledger and the chain: ``own_dropped`` (our transactions marked DROPPED or REPLACED although
+they mined), ``reverted_sends``, ``wrong_answers`` (fulfilment events whose action is not
+the stored answer) and ``sends_per_fulfilment`` (signed transactions per fulfilled request;
+target <= 1.05).
 
-Last line: {"pipelined_tps": ..., "sequential_tps": ..., "ratio": ...}
+    .venv/bin/python scripts/bench_fulfiller.py [--requests 640] [--sequential 8] [--reps 3]
+        [--lagging]
+
+Last line: {"pipelined_tps": ..., "sequential_tps": ..., "ratio": ..., and with --lagging
+"lagging_tps", "own_dropped", "reverted_sends", "wrong_answers", "sends_per_fulfilment"}
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from eth_abi.abi import decode as abi_decode
 from eth_abi.abi import encode as abi_encode
 from eth_account import Account
 from eth_utils.crypto import keccak
@@ -41,6 +52,7 @@ from shared.anvil import Anvil
 from shared.contracts import REASONING_FULFILLED_TOPIC0
 from shared.db import AsyncDatabase, atomic, connect
 from shared.deploy import Deployment, deploy_stack
+from shared.errors import HodlaiError
 from shared.keys import generate_key_file, load_private_key
 from shared.logs import configure_logging
 from shared.rpc import RpcClient
@@ -48,6 +60,7 @@ from shared.store import NewRequest, Status
 from shared.tx.fees import FeePolicy
 from shared.tx.manager import TxManager, TxPolicy
 from shared.tx.signer import LocalSigner
+from tests.rpc_proxy import RpcProxy
 from workers.fulfiller.purpose import FULFIL_PURPOSE, FulfilmentPurpose
 from workers.fulfiller.simulation import GasRule
 from workers.fulfiller.worker import FulfillerConfig, FulfillerWorker
@@ -61,6 +74,8 @@ ASK_BATCH = 100
 ACTIONS = ("BUY", "SELL", "HOLD")
 # Seconds one run may take before the benchmark gives up.
 RUN_TIMEOUT_S = 600.0
+# Blocks the lagging proxy's stale view trails the chain by (--lagging).
+LAG_BLOCKS = 5
 ASK_BATCH_SELECTOR = keccak(text="askBatch(uint256,string,string,string,string[])")[:4]
 
 
@@ -140,12 +155,14 @@ def store_answered(db: Path, ids: list[int], requester: str) -> None:
     conn.close()
 
 
-async def fulfil(stack: Stack, db: Path, ids: list[int], window: int) -> float:
+async def fulfil(
+    stack: Stack, db: Path, ids: list[int], window: int, rpc_url: str | None = None
+) -> float:
     """Run the fulfiller until every request's transaction is mined; seconds taken."""
     fees = FeePolicy(max_fee_per_gas=100 * GWEI, max_priority_fee_per_gas=5 * GWEI)
     signer = LocalSigner(load_private_key(stack.key_file), chain_id=stack.deployment.chain_id)
     adb = AsyncDatabase(connect(db, durable=True))
-    client = RpcClient([stack.node.rpc_url])
+    client = RpcClient([rpc_url or stack.node.rpc_url])
     manager = TxManager(
         db=adb,
         rpc=client,
@@ -180,7 +197,10 @@ async def fulfil(stack: Stack, db: Path, ids: list[int], window: int) -> float:
         while await adb.run(mined) < len(ids):
             if time.perf_counter() - started > RUN_TIMEOUT_S:
                 raise RuntimeError(f"window {window}: not all fulfilled in {RUN_TIMEOUT_S} s")
-            delay = await worker.step()
+            try:
+                delay = await worker.step()
+            except HodlaiError:  # as the process's run loop: back off and go on
+                delay = 0.5
             if delay:
                 await asyncio.sleep(delay)
         return time.perf_counter() - started
@@ -189,17 +209,50 @@ async def fulfil(stack: Stack, db: Path, ids: list[int], window: int) -> float:
         adb.close()
 
 
-def check_exactly_once(stack: Stack, ids: list[int]) -> None:
+def fulfilled_events(stack: Stack) -> list[tuple[int, str]]:
+    """(request id, result action) of every fulfilment event on chain."""
     logs = rpc(
         stack.node.rpc_url,
         "eth_getLogs",
         [{"address": stack.deployment.provider_address, "fromBlock": "0x0", "toBlock": "latest",
           "topics": [REASONING_FULFILLED_TOPIC0]}],
     )  # fmt: skip
-    counts = Counter(int(entry["topics"][1], 16) for entry in logs)
+    out = []
+    for entry in logs:
+        action, _ = abi_decode(["string", "string"], bytes.fromhex(entry["data"][2:]))
+        out.append((int(entry["topics"][1], 16), str(action)))
+    return out
+
+
+def check_exactly_once(stack: Stack, ids: list[int]) -> None:
+    counts = Counter(request_id for request_id, _ in fulfilled_events(stack))
     wrong = [i for i in ids if counts[i] != 1]
     if wrong:
         raise RuntimeError(f"{len(wrong)} requests not fulfilled exactly once: {wrong[:5]}")
+
+
+def lagging_verdicts(stack: Stack, db: Path, ids: list[int]) -> dict[str, int]:
+    """What the ledger and the chain say about a lagging run (see the module docstring)."""
+    conn = connect(db)
+    rows = conn.execute("SELECT purpose, request_id, tx_hash, status FROM txs").fetchall()
+    answers = dict(conn.execute("SELECT request_id, answer_action FROM requests").fetchall())
+    conn.close()
+    own_dropped = 0
+    for row in rows:
+        if row["status"] in ("DROPPED", "REPLACED"):
+            receipt = rpc(stack.node.rpc_url, "eth_getTransactionReceipt", [row["tx_hash"]])
+            own_dropped += receipt is not None
+    wanted = {str(i) for i in ids}
+    events = [(str(r), a) for r, a in fulfilled_events(stack) if str(r) in wanted]
+    return {
+        "own_dropped": own_dropped,
+        "reverted_sends": sum(1 for r in rows if r["status"] == "REVERTED"),
+        "wrong_answers": sum(
+            1 for request_id, action in events if answers.get(request_id) != action
+        ),
+        "signed": len(rows),
+        "fulfilled": len({request_id for request_id, _ in events}),
+    }
 
 
 def main() -> None:
@@ -208,11 +261,14 @@ def main() -> None:
     parser.add_argument("--sequential", type=int, default=8, help="per sequential run")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--window", type=int, default=64)
+    parser.add_argument("--lagging", action="store_true", help="also run through a lagging proxy")
     args = parser.parse_args()
     configure_logging("WARNING", json=True)
 
     seq_rates: list[float] = []
     pipe_rates: list[float] = []
+    lag_rates: list[float] = []
+    verdicts: Counter[str] = Counter()
     with (
         tempfile.TemporaryDirectory(prefix="bench-fulfiller-") as tmp,
         Anvil(block_time=BLOCK_TIME_S, gas_limit=BLOCK_GAS_LIMIT) as node,
@@ -239,21 +295,43 @@ def main() -> None:
                     f"rep {rep + 1}: {label:<10} window {window:>3}: {count:>4} fulfilments "
                     f"in {seconds:6.2f} s = {count / seconds:7.2f} /s"
                 )
+            if args.lagging:
+                ids = ask(stack, args.requests)
+                db = Path(tmp) / f"lagging-{rep}.db"
+                store_answered(db, ids, deployment.vault_address)
+                with RpcProxy(
+                    node.rpc_url, lag=LAG_BLOCKS, stale_fraction=0.5, split_fraction=0.3,
+                    seed=rep + 1,
+                ) as proxy:  # fmt: skip
+                    seconds = asyncio.run(fulfil(stack, db, ids, args.window, proxy.url))
+                check_exactly_once(stack, ids)
+                lag_rates.append(args.requests / seconds)
+                verdicts.update(lagging_verdicts(stack, db, ids))
+                print(
+                    f"rep {rep + 1}: lagging    window {args.window:>3}: {args.requests:>4} "
+                    f"fulfilments in {seconds:6.2f} s = {args.requests / seconds:7.2f} /s "
+                    f"({dict(verdicts)})"
+                )
     sequential = statistics.median(seq_rates)
     pipelined = statistics.median(pipe_rates)
-    print(
-        json.dumps(
-            {
-                "pipelined_tps": round(pipelined, 2),
-                "sequential_tps": round(sequential, 2),
-                "ratio": round(pipelined / sequential, 1),
-                "block_time_s": BLOCK_TIME_S,
-                "window": args.window,
-                "requests": args.requests,
-                "reps": args.reps,
-            }
-        )
-    )
+    result: dict[str, Any] = {
+        "pipelined_tps": round(pipelined, 2),
+        "sequential_tps": round(sequential, 2),
+        "ratio": round(pipelined / sequential, 1),
+        "block_time_s": BLOCK_TIME_S,
+        "window": args.window,
+        "requests": args.requests,
+        "reps": args.reps,
+    }
+    if args.lagging:
+        result |= {
+            "lagging_tps": round(statistics.median(lag_rates), 2),
+            "own_dropped": verdicts["own_dropped"],
+            "reverted_sends": verdicts["reverted_sends"],
+            "wrong_answers": verdicts["wrong_answers"],
+            "sends_per_fulfilment": round(verdicts["signed"] / max(1, verdicts["fulfilled"]), 3),
+        }
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":
