@@ -67,41 +67,47 @@ CREATE INDEX IF NOT EXISTS idx_requests_lease ON requests (status, lease_until) 
 CREATE INDEX IF NOT EXISTS idx_requests_status_order ON requests (status, block_number, log_index);
 CREATE INDEX IF NOT EXISTS idx_requests_block ON requests (block_number);
 
--- Row counts per status, kept exact by the triggers below in the same transaction as the
--- change, so that 'hodlai status' and v_status_counts answer in O(1) at millions of rows.
-CREATE TABLE IF NOT EXISTS request_counts (
-    status TEXT PRIMARY KEY,
-    n      INTEGER NOT NULL
+-- Entities per (machine, status), kept exact by each machine table's triggers in the same
+-- transaction as the change, so that 'hodlai status' and v_status_counts answer in O(1) at
+-- millions of rows (shared/state: count_triggers_sql writes them).
+CREATE TABLE IF NOT EXISTS state_counts (
+    machine TEXT NOT NULL,                    -- 'oracle.request', ...
+    status  TEXT NOT NULL,
+    n       INTEGER NOT NULL,
+    PRIMARY KEY (machine, status)
 ) STRICT;
-INSERT OR IGNORE INTO request_counts (status, n) VALUES
-    ('PENDING', 0), ('ANSWERED', 0), ('PROCESSED', 0), ('FULFILLED', 0), ('FAILED', 0);
-CREATE TRIGGER IF NOT EXISTS trg_requests_count_insert AFTER INSERT ON requests
+INSERT OR IGNORE INTO state_counts (machine, status, n) VALUES ('oracle.request', 'PENDING', 0), ('oracle.request', 'ANSWERED', 0), ('oracle.request', 'PROCESSED', 0), ('oracle.request', 'FULFILLED', 0), ('oracle.request', 'FAILED', 0);
+CREATE TRIGGER IF NOT EXISTS trg_oracle_request_count_insert AFTER INSERT ON requests
 BEGIN
-    UPDATE request_counts SET n = n + 1 WHERE status = NEW.status;
+    UPDATE state_counts SET n = n + 1 WHERE machine = 'oracle.request' AND status = NEW.status;
 END;
-CREATE TRIGGER IF NOT EXISTS trg_requests_count_delete AFTER DELETE ON requests
+CREATE TRIGGER IF NOT EXISTS trg_oracle_request_count_delete AFTER DELETE ON requests
 BEGIN
-    UPDATE request_counts SET n = n - 1 WHERE status = OLD.status;
+    UPDATE state_counts SET n = n - 1 WHERE machine = 'oracle.request' AND status = OLD.status;
 END;
-CREATE TRIGGER IF NOT EXISTS trg_requests_count_update AFTER UPDATE OF status ON requests
+CREATE TRIGGER IF NOT EXISTS trg_oracle_request_count_update AFTER UPDATE OF status ON requests
 WHEN OLD.status <> NEW.status
 BEGIN
-    UPDATE request_counts SET n = n - 1 WHERE status = OLD.status;
-    UPDATE request_counts SET n = n + 1 WHERE status = NEW.status;
+    UPDATE state_counts SET n = n - 1 WHERE machine = 'oracle.request' AND status = OLD.status;
+    UPDATE state_counts SET n = n + 1 WHERE machine = 'oracle.request' AND status = NEW.status;
 END;
 
--- The audit trail: one row per state change, written in the same transaction as the change.
--- No foreign key: the trail outlives a request that a reorg takes back (to_status 'REMOVED').
+
+-- The audit trail: one row per state change of any declared machine (shared/state), written
+-- in the same transaction as the change. No foreign key: the trail outlives an entity that is
+-- deleted (a request a reorg takes back: to_status 'REMOVED').
 CREATE TABLE IF NOT EXISTS transitions (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    request_id  TEXT NOT NULL,
+    entity_id   TEXT NOT NULL,                -- the entity's key in its machine's table
     from_status TEXT,                         -- NULL when the row is created
     to_status   TEXT NOT NULL,
     actor       TEXT NOT NULL,                -- 'indexer', 'inference-0/2:pid', 'fulfiller', 'operator'
     at          REAL NOT NULL,
-    note        TEXT
+    note        TEXT,
+    machine     TEXT NOT NULL DEFAULT 'oracle.request',  -- the machine's name
+    generation  INTEGER                       -- the entity's generation then (machines that have one)
 ) STRICT;
-CREATE INDEX IF NOT EXISTS idx_transitions_request ON transitions (request_id, id);
+CREATE INDEX IF NOT EXISTS idx_transitions_entity ON transitions (machine, entity_id, id);
 
 -- HoldAI_ReasoningFulfilled events as seen on chain. Kept apart from requests so that an
 -- event seen before its request (or orphaned by a reorg) is neither lost nor half-applied.
@@ -194,9 +200,14 @@ CREATE INDEX IF NOT EXISTS idx_txs_mined ON txs (sender, mined_block) WHERE stat
 
 DROP VIEW IF EXISTS v_status_counts;
 CREATE VIEW v_status_counts AS
-SELECT status, n AS requests FROM request_counts
+SELECT status, n AS requests FROM state_counts WHERE machine = 'oracle.request'
 ORDER BY CASE status WHEN 'PENDING' THEN 1 WHEN 'ANSWERED' THEN 2 WHEN 'PROCESSED' THEN 3
                      WHEN 'FULFILLED' THEN 4 ELSE 5 END;
+
+-- Every machine's counts.
+DROP VIEW IF EXISTS v_state_counts;
+CREATE VIEW v_state_counts AS
+SELECT machine, status, n FROM state_counts ORDER BY machine, status;
 
 -- Everything not finished, oldest first, with a plain-words reason it is where it is.
 DROP VIEW IF EXISTS v_stuck;
@@ -220,8 +231,8 @@ ORDER BY updated_at;
 
 DROP VIEW IF EXISTS v_recent_transitions;
 CREATE VIEW v_recent_transitions AS
-SELECT id, request_id, COALESCE(from_status, '-') || ' -> ' || to_status AS change, actor,
-       strftime('%Y-%m-%d %H:%M:%f', at, 'unixepoch') AS at_utc, note
+SELECT id, machine, entity_id, COALESCE(from_status, '-') || ' -> ' || to_status AS change,
+       actor, strftime('%Y-%m-%d %H:%M:%f', at, 'unixepoch') AS at_utc, note
 FROM transitions ORDER BY id DESC LIMIT 100;
 
 DROP VIEW IF EXISTS v_open_txs;

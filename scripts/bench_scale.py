@@ -52,8 +52,8 @@ def build(db: Path, rows: int) -> None:
         " ?, ?, ?, ?, ?, ?, ?)"
     )
     audit = (
-        "INSERT INTO transitions (request_id, from_status, to_status, actor, at, note) "
-        "VALUES (?, NULL, 'PENDING', 'bench', ?, NULL)"
+        "INSERT INTO transitions (machine, entity_id, from_status, to_status, actor, at, note) "
+        "VALUES ('oracle.request', ?, NULL, 'PENDING', 'bench', ?, NULL)"
     )
     for start in range(0, rows, CHUNK):
         batch = []

@@ -1,6 +1,7 @@
-"""The request state machine (DESIGN.md section 3), on top of shared/db.py.
+"""The oracle's requests, on the generic state machine (shared/state) with the
+``oracle.request`` declaration (workers/oracle/machine.py).
 
-Guarantees:
+Guarantees (those of shared.state, for this table):
 - Every status change is :func:`transition`: one ``UPDATE ... WHERE request_id=? AND
   status=?`` inside ``BEGIN IMMEDIATE``, a checked row count, and an audit row in
   ``transitions`` in the same transaction. Nothing else in the code base writes ``status``.
@@ -8,75 +9,23 @@ Guarantees:
   ever held by two owners); completing work passes ``lease_owner=`` and is fenced: it only
   applies if the caller still holds the lease (and the row is still the generation it
   worked on), so a worker that lost its lease cannot overwrite a newer result.
-- Allowed moves are listed in ``ALLOWED``; any other is a programming error.
+- Allowed moves are the machine's; any other is a programming error.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
-
-import structlog
 
 from shared import request_id as rid
+from shared import state
 from shared.db import atomic
-from shared.errors import LeaseLostError, TransitionConflict
+from shared.errors import LeaseLostError
+from workers.oracle.machine import ALLOWED, NON_TERMINAL, REQUESTS, SETTABLE, TERMINAL, Status
 
-log = structlog.get_logger(__name__)
-
-
-class Status(StrEnum):
-    PENDING = "PENDING"
-    ANSWERED = "ANSWERED"
-    PROCESSED = "PROCESSED"
-    FULFILLED = "FULFILLED"
-    FAILED = "FAILED"
-
-
-TERMINAL = frozenset({Status.FULFILLED, Status.FAILED})
-NON_TERMINAL = frozenset(Status) - TERMINAL
-
-S = Status
-ALLOWED: frozenset[tuple[Status, Status]] = frozenset(
-    {
-        (S.PENDING, S.ANSWERED),  # inference chose an action
-        (S.PENDING, S.FAILED),  # invalid request / attempt budget spent
-        (S.ANSWERED, S.PROCESSED),  # fulfiller recorded a signed tx
-        (S.ANSWERED, S.FAILED),  # simulation reverted
-        (S.PROCESSED, S.ANSWERED),  # tx reverted: one re-simulation
-        (S.PROCESSED, S.FAILED),  # tx reverted again / unrecoverable
-        # the fulfilled event moves any non-terminal row (and a FAILED one: the chain wins)
-        (S.PENDING, S.FULFILLED),
-        (S.ANSWERED, S.FULFILLED),
-        (S.PROCESSED, S.FULFILLED),
-        (S.FAILED, S.FULFILLED),
-        # reorgs: replaced content starts again; an orphaned fulfilment returns the row
-        (S.ANSWERED, S.PENDING),
-        (S.PROCESSED, S.PENDING),
-        (S.FULFILLED, S.PENDING),
-        (S.FULFILLED, S.ANSWERED),
-        (S.FULFILLED, S.PROCESSED),
-        (S.FULFILLED, S.FAILED),
-        (S.FAILED, S.PENDING),  # operator retry, or replaced content
-        (S.PENDING, S.PENDING),  # replaced content while pending: audit the new generation
-    }
-)
-
-# Columns a transition may set besides status. Anything else is refused (no SQL built from
-# caller-chosen names).
-SETTABLE = frozenset(
-    {
-        "generation", "requester", "model", "system_prompt", "state_string", "action_set",
-        "content_hash", "block_number", "block_hash", "tx_hash", "log_index",
-        "attempts", "answer_action", "answer_cid", "reasoning", "answered_at",
-        "fulfilled_block", "fulfilled_tx_hash", "fulfilled_action", "fulfilled_cid",
-        "fail_reason", "lease_owner", "lease_until",
-    }
-)  # fmt: skip
+__all__ = ["ALLOWED", "NON_TERMINAL", "REQUESTS", "SETTABLE", "TERMINAL", "Status"]
 
 
 @dataclass(frozen=True)
@@ -115,88 +64,16 @@ def transition(
     and the lease is released by the move. ``generation`` fences against content replaced by
     a reorg. Raises LeaseLostError / TransitionConflict when the row is not as expected.
     """
-    if (from_status, to_status) not in ALLOWED:
-        raise ValueError(f"transition {from_status} -> {to_status} is not in the state machine")
-    extra = dict(set_columns or {})
-    unknown = set(extra) - SETTABLE
-    if unknown:
-        raise ValueError(f"transition may not set column(s) {sorted(unknown)}")
-    at = time.time() if now is None else now
-    key = _key(request_id)
-    if lease_owner is not None:
-        extra.setdefault("lease_owner", None)
-        extra.setdefault("lease_until", None)
-    assignments = ", ".join(f"{column} = ?" for column in extra)
-    sql = f"UPDATE requests SET status = ?, updated_at = ?{', ' if extra else ''}{assignments} "
-    sql += "WHERE request_id = ? AND status = ?"
-    params: list[object] = [to_status.value, at, *extra.values(), key, from_status.value]
-    if lease_owner is not None:
-        sql += " AND lease_owner = ?"
-        params.append(lease_owner)
-    if generation is not None:
-        sql += " AND generation = ?"
-        params.append(generation)
-    with atomic(conn):
-        if conn.execute(sql, params).rowcount != 1:
-            raise _conflict(conn, key, from_status, lease_owner, generation)
-        _audit(conn, key, from_status.value, to_status.value, actor, note, at)
-    log.debug("request_transitioned", request_id=key, frm=from_status, to=to_status, actor=actor)
-
-
-def _conflict(
-    conn: sqlite3.Connection,
-    key: str,
-    expected: Status,
-    lease_owner: str | None,
-    generation: int | None,
-) -> TransitionConflict:
-    row = conn.execute(
-        "SELECT status, lease_owner, generation FROM requests WHERE request_id = ?", (key,)
-    ).fetchone()
-    if row is None:
-        return TransitionConflict(f"request {key} does not exist")
-    if row["status"] != expected:
-        return TransitionConflict(f"request {key} is {row['status']}, not {expected}")
-    if generation is not None and row["generation"] != generation:
-        return LeaseLostError(
-            f"request {key} content changed (generation {row['generation']}, not {generation})"
-        )
-    return LeaseLostError(
-        f"request {key} lease is held by {row['lease_owner']!r}, not {lease_owner!r}"
-    )
-
-
-def _audit(
-    conn: sqlite3.Connection,
-    key: str,
-    from_status: str | None,
-    to_status: str,
-    actor: str,
-    note: str | None,
-    at: float,
-) -> None:
-    conn.execute(
-        "INSERT INTO transitions (request_id, from_status, to_status, actor, at, note) "
-        "VALUES (?, ?, ?, ?, ?, ?)",
-        (key, from_status, to_status, actor, at, note),
-    )
+    state.transition(
+        conn, REQUESTS, _key(request_id), from_status, to_status, actor=actor, note=note,
+        lease_owner=lease_owner, generation=generation, set_columns=set_columns, now=now,
+    )  # fmt: skip
 
 
 def _key(request_id: int | str) -> str:
     value = request_id if isinstance(request_id, int) else rid.decode(request_id)
     return rid.encode(value)
 
-
-_INSERT_REQUEST = (
-    "INSERT INTO requests (request_id, shard_key, status, generation, requester, model, "
-    "system_prompt, state_string, action_set, content_hash, block_number, block_hash, "
-    "tx_hash, log_index, created_at, updated_at) "
-    "VALUES (?, ?, 'PENDING', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
-_INSERT_CREATION_AUDIT = (
-    "INSERT INTO transitions (request_id, from_status, to_status, actor, at, note) "
-    "VALUES (?, NULL, 'PENDING', ?, ?, ?)"
-)
 
 # One encoder for every action set: json.dumps with a non-default option builds a new
 # encoder per call, a measurable share of a bulk insert.
@@ -213,27 +90,21 @@ def insert_requests(
     """Create PENDING rows (request, generation) that do not exist yet, with their audit
     rows, in one statement each (the indexer's bulk path). An existing id is an
     IntegrityError: callers look up existing rows first."""
-    at = time.time() if now is None else now
-    with atomic(conn):
-        conn.executemany(
-            _INSERT_REQUEST,
-            [
-                (
-                    rid.encode(r.request_id), rid.shard_key(r.request_id), generation,
-                    r.requester, r.model, r.system_prompt, r.state_string,
-                    encode_action_set(list(r.action_set)), r.content_hash,
-                    r.block_number, r.block_hash, r.tx_hash, r.log_index, at, at,
-                )
-                for r, generation in requests
-            ],
-        )  # fmt: skip
-        conn.executemany(
-            _INSERT_CREATION_AUDIT,
-            [
-                (rid.encode(r.request_id), actor, at, _creation_note(r.block_number, generation))
-                for r, generation in requests
-            ],
-        )
+    rows = [
+        {
+            "request_id": rid.encode(r.request_id), "shard_key": rid.shard_key(r.request_id),
+            "generation": generation, "requester": r.requester, "model": r.model,
+            "system_prompt": r.system_prompt, "state_string": r.state_string,
+            "action_set": encode_action_set(list(r.action_set)),
+            "content_hash": r.content_hash, "block_number": r.block_number,
+            "block_hash": r.block_hash, "tx_hash": r.tx_hash, "log_index": r.log_index,
+        }
+        for r, generation in requests
+    ]  # fmt: skip
+    notes = [_creation_note(r.block_number, generation) for r, generation in requests]
+    state.insert_many(
+        conn, REQUESTS, rows, status=Status.PENDING, actor=actor, notes=notes, now=now
+    )
 
 
 def _creation_note(block_number: int, generation: int) -> str:
@@ -261,17 +132,16 @@ def remove_request(
     note: str,
     now: float | None = None,
 ) -> str | None:
-    """Delete a request a reorg took back; the audit row (to 'REMOVED') stays. Returns the
-    status it had, or None if there was no such row."""  # fmt: skip
-    at = time.time() if now is None else now
-    key = _key(request_id)
-    with atomic(conn):
-        row = conn.execute("SELECT status FROM requests WHERE request_id = ?", (key,)).fetchone()
-        if row is None:
-            return None
-        conn.execute("DELETE FROM requests WHERE request_id = ?", (key,))
-        _audit(conn, key, row["status"], "REMOVED", actor, note, at)
-    return str(row["status"])
+    """Delete a request a reorg took back; the audit row (to 'REMOVED', with the removed
+    generation) stays. Returns the status it had, or None if there was no such row."""
+    return state.remove(conn, REQUESTS, _key(request_id), actor=actor, note=note, now=now)
+
+
+def generation_after_removal(conn: sqlite3.Connection, request_id: int | str) -> int:
+    """The generation a re-created request id starts with: one more than the generation its
+    last removal took away (1 for an id never removed)."""
+    removed = state.removed_generation(conn, REQUESTS, _key(request_id))
+    return 1 if removed is None else removed + 1
 
 
 @dataclass(frozen=True)
@@ -311,39 +181,10 @@ def claim(
     again. One statement inside BEGIN IMMEDIATE, so two claimers never get the same row.
     """
     rid.shard_of(0, worker_count)  # validates worker_count against the shard modulus
-    if not 0 <= shard < worker_count:
-        raise ValueError(f"shard {shard} is not in 0..{worker_count - 1}")
-    at = time.time() if now is None else now
-    with atomic(conn):
-        # Expired leases first: a crashed worker's rows must not wait behind a backlog.
-        ids = [
-            row[0]
-            for row in conn.execute(
-                "SELECT request_id FROM requests WHERE status = ? AND lease_until < ?"
-                " AND shard_key % ? = ? ORDER BY lease_until LIMIT ?",
-                (status.value, at, worker_count, shard, limit),
-            )
-        ]
-        if len(ids) < limit:
-            ids += [
-                row[0]
-                for row in conn.execute(
-                    "SELECT request_id FROM requests WHERE status = ? AND lease_owner IS NULL"
-                    " AND shard_key % ? = ? ORDER BY block_number, log_index LIMIT ?",
-                    (status.value, worker_count, shard, limit - len(ids)),
-                )
-            ]
-        if not ids:
-            return []
-        marks = ",".join("?" * len(ids))
-        rows = conn.execute(
-            f"UPDATE requests SET lease_owner = ?, lease_until = ? WHERE request_id IN ({marks}) "
-            "RETURNING request_id, generation, requester, model, system_prompt, state_string,"
-            " action_set, content_hash, attempts, answer_action, answer_cid, block_number,"
-            " log_index",
-            (owner, at + lease_seconds, *ids),
-        ).fetchall()
-    rows.sort(key=lambda r: (r["block_number"], r["log_index"]))
+    rows = state.claim(
+        conn, REQUESTS, owner=owner, status=status, limit=limit, lease_seconds=lease_seconds,
+        shard=(shard, worker_count) if worker_count > 1 or shard else None, now=now,
+    )  # fmt: skip
     return [
         Claimed(
             request_id=rid.decode(r["request_id"]), generation=r["generation"],
@@ -351,7 +192,7 @@ def claim(
             state_string=r["state_string"], action_set=tuple(json.loads(r["action_set"])),
             content_hash=r["content_hash"], attempts=r["attempts"],
             answer_action=r["answer_action"], answer_cid=r["answer_cid"],
-            lease_owner=owner, lease_until=at + lease_seconds, block_number=r["block_number"],
+            lease_owner=owner, lease_until=r["lease_until"], block_number=r["block_number"],
         )
         for r in rows
     ]  # fmt: skip
@@ -366,30 +207,16 @@ def extend_lease(
     now: float | None = None,
 ) -> list[int]:
     """Push out the leases this owner still holds; returns the ids it no longer holds."""
-    at = time.time() if now is None else now
-    lost: list[int] = []
-    with atomic(conn):
-        for request_id in request_ids:
-            cursor = conn.execute(
-                "UPDATE requests SET lease_until = ? WHERE request_id = ? AND lease_owner = ?",
-                (at + lease_seconds, rid.encode(request_id), owner),
-            )
-            if cursor.rowcount != 1:
-                lost.append(request_id)
-    return lost
+    lost = state.extend(
+        conn, REQUESTS, [rid.encode(i) for i in request_ids], owner=owner,
+        lease_seconds=lease_seconds, now=now,
+    )  # fmt: skip
+    return [rid.decode(key) for key in lost]
 
 
 def release(conn: sqlite3.Connection, request_ids: Sequence[int], *, owner: str) -> int:
     """Give back leases (clean shutdown) so another worker can take the rows at once."""
-    with atomic(conn):
-        return sum(
-            conn.execute(
-                "UPDATE requests SET lease_owner = NULL, lease_until = NULL "
-                "WHERE request_id = ? AND lease_owner = ?",
-                (rid.encode(request_id), owner),
-            ).rowcount
-            for request_id in request_ids
-        )
+    return state.release(conn, REQUESTS, [rid.encode(i) for i in request_ids], owner=owner)
 
 
 def record_attempts(
@@ -406,11 +233,8 @@ def record_attempts(
 
 
 def status_counts(conn: sqlite3.Connection) -> dict[str, int]:
-    """Rows per status, from the trigger-maintained request_counts table (O(1))."""
-    counts = {status.value: 0 for status in Status}
-    for row in conn.execute("SELECT status, n FROM request_counts"):
-        counts[row[0]] = row[1]
-    return counts
+    """Rows per status, from the trigger-maintained state_counts table (O(1))."""
+    return state.counts(conn, REQUESTS)
 
 
 def get_request(conn: sqlite3.Connection, request_id: int | str) -> sqlite3.Row | None:
@@ -421,9 +245,7 @@ def get_request(conn: sqlite3.Connection, request_id: int | str) -> sqlite3.Row 
 
 
 def history(conn: sqlite3.Connection, request_id: int | str) -> list[sqlite3.Row]:
-    return conn.execute(
-        "SELECT * FROM transitions WHERE request_id = ? ORDER BY id", (_key(request_id),)
-    ).fetchall()
+    return state.history(conn, REQUESTS, _key(request_id))
 
 
 def retry(conn: sqlite3.Connection, request_id: int | str, *, actor: str = "operator") -> None:

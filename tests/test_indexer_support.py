@@ -276,8 +276,8 @@ def creations_per_id(conn: sqlite3.Connection) -> dict[int, int]:
     return {
         int(row[0]): int(row[1])
         for row in conn.execute(
-            "SELECT request_id, COUNT(*) FROM transitions WHERE from_status IS NULL "
-            "GROUP BY request_id"
+            "SELECT entity_id, COUNT(*) FROM transitions WHERE from_status IS NULL "
+            "GROUP BY entity_id"
         )
     }
 

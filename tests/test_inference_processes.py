@@ -124,7 +124,7 @@ def test_every_row_is_answered_exactly_once_by_its_own_shard(
     wait_for(lambda: count(conn, "ANSWERED") == len(ids))
     assert workers.stop_all() == [0] * shards, workers.logs()
     rows = conn.execute(
-        "SELECT request_id, actor FROM transitions WHERE from_status = 'PENDING'"
+        "SELECT entity_id AS request_id, actor FROM transitions WHERE from_status = 'PENDING'"
     ).fetchall()
     per_row = Counter(r["request_id"] for r in rows)
     assert len(per_row) == len(ids) and set(per_row.values()) == {1}
@@ -155,7 +155,7 @@ def test_a_sigkilled_worker_s_row_is_answered_once_after_restart(
     wait_for(lambda: count(conn, "ANSWERED") == 21)
     assert workers.stop_all()[-1] == 0
     answers = conn.execute(
-        "SELECT request_id, actor FROM transitions WHERE to_status = 'ANSWERED'"
+        "SELECT entity_id AS request_id, actor FROM transitions WHERE to_status = 'ANSWERED'"
     ).fetchall()
     assert sorted(Counter(r["request_id"] for r in answers).values()) == [1] * 21
     slow = [r["actor"] for r in answers if r["request_id"] == str(2**255)]

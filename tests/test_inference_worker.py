@@ -92,7 +92,7 @@ def count(conn: sqlite3.Connection, status: str) -> int:
 
 def answered_audit(conn: sqlite3.Connection) -> list[sqlite3.Row]:
     return conn.execute(
-        "SELECT request_id, actor FROM transitions WHERE to_status = 'ANSWERED'"
+        "SELECT entity_id AS request_id, actor FROM transitions WHERE to_status = 'ANSWERED'"
     ).fetchall()
 
 

@@ -19,7 +19,6 @@ Guarantees:
 
 from __future__ import annotations
 
-import re
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -37,10 +36,8 @@ log = structlog.get_logger(__name__)
 ACTOR = "indexer"
 CURSOR_NAME = "indexer"
 
-# How the removal audit row records the generation that was removed, so that the id's next
-# life continues the count (read back by generation_after_removal).
+# The removal audit row's note (the removed generation is a column of that row).
 _REMOVED_NOTE = "orphaned by a reorg (blocks from {first}); generation={generation}"
-_REMOVED_GENERATION = re.compile(r"generation=(\d+)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,16 +101,8 @@ def removal_note(first_orphaned: int, generation: int) -> str:
 
 def generation_after_removal(conn: sqlite3.Connection, request_id: str) -> int:
     """The generation a re-created request id starts with: one more than the generation its
-    last removal took away (1 for an id never removed)."""
-    row = conn.execute(
-        "SELECT note FROM transitions WHERE request_id = ? AND to_status = 'REMOVED' "
-        "ORDER BY id DESC LIMIT 1",
-        (request_id,),
-    ).fetchone()
-    if row is None or row[0] is None:
-        return 1
-    match = _REMOVED_GENERATION.search(str(row[0]))
-    return int(match.group(1)) + 1 if match else 2
+    last removal took away (1 for an id never removed); the audit row records it."""
+    return store.generation_after_removal(conn, request_id)
 
 
 def rollback_to(

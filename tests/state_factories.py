@@ -1,0 +1,27 @@
+"""Row factories for the storage contract suite: one per declared state machine, giving the
+columns a new entity of that machine needs. tests/test_state_contract.py fails for a
+machine that has none, so a new executor cannot skip the suite."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from shared import request_id as rid
+from shared.store import encode_action_set
+
+
+def _oracle_request(n: int) -> dict[str, Any]:
+    return {
+        "request_id": rid.encode(n), "shard_key": rid.shard_key(n), "generation": 1,
+        "requester": "0x" + "ab" * 20, "model": "hodlai-local", "system_prompt": "Choose.",
+        "state_string": f"state {n}", "action_set": encode_action_set(["BUY", "SELL"]),
+        "content_hash": f"0x{n:064x}", "block_number": n // 10, "block_hash": f"0x{n:064x}",
+        "tx_hash": f"0x{n:064x}", "log_index": n % 10,
+    }  # fmt: skip
+
+
+#: machine name -> (key of entity n, the insert columns of entity n)
+FACTORIES: dict[str, Callable[[int], dict[str, Any]]] = {
+    "oracle.request": _oracle_request,
+}

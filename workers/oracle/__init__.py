@@ -1,0 +1,1 @@
+"""The oracle executor: vault requests answered by an LLM with one permitted action."""
