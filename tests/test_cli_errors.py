@@ -17,7 +17,7 @@ import pytest
 
 from shared import store
 from shared.db import check_identity, connect
-from shared.migrations import split_statements
+from shared.migrations import SCHEMA_MIGRATIONS_DDL, core_set, split_statements
 from tests.conftest import make_request
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,6 +58,14 @@ def worker_env(db: Path, **extra: str) -> dict[str, str]:
         "HODLAI_PROVIDER_ADDRESS": PROVIDER,
         **extra,
     }
+
+
+def key_file(directory: Path) -> Path:
+    """A throwaway oracle key file, mode 0600 as the fulfiller demands."""
+    key = directory / "oracle-key.json"
+    key.write_text('{"private_key": "0x' + "11" * 32 + '"}')
+    key.chmod(0o600)
+    return key
 
 
 def populated(path: Path) -> Path:
@@ -129,6 +137,10 @@ def test_a_database_from_a_newer_hodlai_is_refused_with_the_versions(tmp_path: P
         tmp_path, "inference", **worker_env(db), HODLAI_CHAIN_ID="31337",
     )  # fmt: skip
     refused(inference, "schema version 99")
+    fulfiller = hodlai(
+        tmp_path, "fulfiller", **worker_env(db), HODLAI_KEY_FILE=str(key_file(tmp_path))
+    )
+    refused(fulfiller, "schema version 99")
 
 
 def _read_only_prefix(directory: Path) -> tuple[str, ...]:
@@ -234,11 +246,29 @@ def test_requests_limit_out_of_range_is_a_usage_error(tmp_path: Path, value: str
 
 @pytest.mark.parametrize("value", ["1e30", "10001", "Infinity", "NaN"])
 def test_an_absurd_fee_cap_is_refused_naming_it(tmp_path: Path, value: str) -> None:
-    key = tmp_path / "oracle-key.json"
-    key.write_text('{"private_key": "0x' + "11" * 32 + '"}')
-    key.chmod(0o600)
     proc = hodlai(
         tmp_path, "fulfiller", **worker_env(tmp_path / "node.db"),
-        HODLAI_KEY_FILE=str(key), HODLAI_FULFILLER_MAX_FEE_GWEI=value,
+        HODLAI_KEY_FILE=str(key_file(tmp_path)), HODLAI_FULFILLER_MAX_FEE_GWEI=value,
     )  # fmt: skip
     refused(proc, "HODLAI_FULFILLER_MAX_FEE_GWEI")
+
+
+def test_inspection_of_an_older_schema_says_to_migrate_and_leaves_it_alone(
+    tmp_path: Path,
+) -> None:
+    core = core_set()
+    if core.latest < 2:
+        pytest.skip("needs a second core migration to build an older database")
+    db = tmp_path / "node.db"
+    conn = sqlite3.connect(db)
+    conn.execute(SCHEMA_MIGRATIONS_DDL)
+    for statement in core.migrations[0].statements():
+        conn.execute(statement)
+    conn.execute("INSERT INTO schema_migrations VALUES ('core', 1, 'initial', 0)")
+    conn.commit()
+    conn.close()
+    refused(hodlai(tmp_path, "status", HODLAI_DB_PATH=str(db)), f"core at 1 of {core.latest}",
+            "hodlai migrate")  # fmt: skip
+    check = sqlite3.connect(db)
+    assert check.execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0] == 1
+    check.close()
