@@ -104,7 +104,8 @@ class MetricsServer:
         self.health = health
         self.server_port: int = sock.getsockname()[1]
         self._sock = sock
-        self._open = 0
+        # The open connections, each with the task answering it.
+        self._writers: dict[asyncio.StreamWriter, asyncio.Task[None]] = {}
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._stopped: asyncio.Event | None = None
@@ -133,25 +134,29 @@ class MetricsServer:
         self._ready.set()
         async with server:
             await self._stopped.wait()
-        # Connections still open (idle clients) end with the server, not with the process.
-        pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
+            # Connections still open (idle clients) end with the server: closing them ends
+            # their handlers' reads (cancelling the handlers would log a traceback each).
+            handlers = list(self._writers.values())
+            for writer in list(self._writers):
+                writer.transport.abort()
+            if handlers:
+                await asyncio.wait(handlers, timeout=READ_TIMEOUT_S)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._open += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._writers[writer] = task
         try:
-            if self._open <= MAX_CONNECTIONS:
+            if len(self._writers) <= MAX_CONNECTIONS:
                 await self._answer(reader, writer)
         except (ConnectionError, TimeoutError, asyncio.IncompleteReadError,
                 asyncio.LimitOverrunError):  # fmt: skip
             pass  # the client went away, stayed silent, or sent garbage: just close
         finally:
-            self._open -= 1
             writer.close()
-            with contextlib.suppress(ConnectionError, asyncio.CancelledError):
+            with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
+            self._writers.pop(writer, None)
 
     async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT_S)

@@ -65,6 +65,24 @@ def test_idle_connections_do_not_cost_a_thread_each_and_do_not_block_health() ->
     assert threading.active_count() <= before
 
 
+def test_stopping_with_idle_connections_open_ends_them_quietly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = serve(0, Health(stale_after_s=60))
+    idle = [socket.create_connection(("127.0.0.1", server.server_port)) for _ in range(20)]
+    try:
+        time.sleep(0.2)
+        for sock in idle[10:]:  # some clients leave just as the server stops
+            sock.close()
+        server.shutdown()
+        idle[0].settimeout(5)
+        assert idle[0].recv(1) == b""  # closed by the server, not left hanging
+    finally:
+        for sock in idle:
+            sock.close()
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
+
+
 def test_a_metrics_port_in_use_is_a_config_error_naming_the_setting() -> None:
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
