@@ -4,7 +4,12 @@ Each worker package under ``workers/`` contributes its subcommands through a ``r
 function in its ``cli`` module (see WORKER_COMMANDS); this module owns only the inspection
 commands, so adding an executor never means editing a growing switch here.
 
-Exit codes: 0 success, 1 a command that ran but found a problem, 2 bad usage or settings.
+Exit codes: 0 success, 1 a command that ran but found a problem, 2 bad usage or settings
+(including a database that is not the right one: another chain's, a schema this hodlai does
+not run on, a path where no database can be). Every refusal is one line on stderr.
+
+The inspection commands (``status``, ``requests``, ``show``) open the database read-only
+and never migrate it; ``retry`` writes one transition; ``migrate`` applies the migrations.
 """
 
 from __future__ import annotations
@@ -17,14 +22,18 @@ import sqlite3
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from shared import __version__, store
 from shared import request_id as rid
 from shared.config import CoreSettings, load_settings
-from shared.db import connect, stored_identity
+from shared.db import connect, open_readonly, schema_versions, stored_identity
 from shared.errors import ConfigError, DatabaseMismatchError, HodlaiError, TransitionConflict
 from shared.logs import configure_logging
+
+# Rows ``hodlai requests`` lists at most: a screenful is 50; more than this is a job for
+# sqlite3 or --json piped elsewhere, and an unbounded LIMIT would read the whole table.
+MAX_LIST_LIMIT = 100_000
 
 # Worker packages that add subcommands; each module has ``register(subparsers) -> None``.
 WORKER_COMMANDS = (
@@ -36,8 +45,26 @@ WORKER_COMMANDS = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the full usage is one ``--help`` away).
+    Subcommand parsers are made of the same class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _list_limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if not 1 <= value <= MAX_LIST_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_LIST_LIMIT}, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="hodlai", description="HodlAI oracle node: index, answer and fulfil AI requests."
     )
     parser.add_argument("--version", action="version", version=f"hodlai {__version__}")
@@ -49,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     requests = sub.add_parser("requests", help="list requests, newest first")
     requests.add_argument("--status", type=str.upper, choices=[s.value for s in store.Status])
-    requests.add_argument("--limit", type=int, default=50)
+    requests.add_argument(
+        "--limit", type=_list_limit, default=50, help=f"rows to list, 1..{MAX_LIST_LIMIT}"
+    )
     requests.add_argument("--json", action="store_true")
     requests.set_defaults(func=cmd_requests)
 
@@ -62,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     retry.add_argument("request_id")
     retry.add_argument("--json", action="store_true")
     retry.set_defaults(func=cmd_retry)
+
+    migrate = sub.add_parser(
+        "migrate", help="create the database or apply pending migrations, then exit"
+    )
+    migrate.add_argument("--json", action="store_true")
+    migrate.set_defaults(func=cmd_migrate)
 
     for module_name in WORKER_COMMANDS:
         try:
@@ -82,11 +117,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"hodlai: configuration error: {exc}", file=sys.stderr)
         return 2
-    except DatabaseMismatchError as exc:
+    except DatabaseMismatchError as exc:  # also a schema this hodlai does not run on
         print(f"hodlai: {exc}", file=sys.stderr)
         return 2
     except HodlaiError as exc:
         print(f"hodlai: {exc}", file=sys.stderr)
+        return 1
+    except sqlite3.Error as exc:  # e.g. "database or disk is full": the real error, one line
+        print(f"hodlai: database error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -94,8 +132,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _open(settings: CoreSettings) -> sqlite3.Connection:
-    if not settings.db_path.exists():
-        raise ConfigError(f"HODLAI_DB_PATH: no database at {settings.db_path}")
+    """The database for an inspection command: read-only, current schema, never migrated."""
+    return open_readonly(settings.db_path)
+
+
+def _open_for_writing(settings: CoreSettings) -> sqlite3.Connection:
+    """The database for a command that writes: it must exist and be current (checked
+    read-only first, so that a command cannot create or migrate it as a side effect)."""
+    open_readonly(settings.db_path).close()
     return connect(settings.db_path)
 
 
@@ -240,8 +284,23 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    settings = _settings()
+    before = schema_versions(settings.db_path)
+    connect(settings.db_path).close()
+    after = schema_versions(settings.db_path)
+    if args.json:
+        print(json.dumps({"database": str(settings.db_path), "before": before, "after": after}))
+        return 0
+    for name, version in sorted(after.items()):
+        was = before.get(name)
+        change = "unchanged" if was == version else f"migrated from {was or 'nothing'}"
+        print(f"{settings.db_path}: {name} at schema version {version} ({change})")
+    return 0
+
+
 def cmd_retry(args: argparse.Namespace) -> int:
-    conn = _open(_settings())
+    conn = _open_for_writing(_settings())
     request_id = rid.decode(args.request_id)
     try:
         store.retry(conn, request_id)

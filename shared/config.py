@@ -7,19 +7,24 @@ names the environment variable, never with a traceback from pydantic. Secret val
 URL beyond its scheme, host and port (:func:`redact_url`): providers put API keys in the
 userinfo, the path and the query. A missing setting never echoes the other settings.
 
+A ``.env`` file that is not UTF-8 is refused the same way (naming the file). Settings that
+name a file may start with ``$CREDENTIALS_DIRECTORY`` (see :func:`expand_credentials`), the
+directory where systemd's ``LoadCredential=`` puts a service's secrets.
+
 Each worker extends :class:`CoreSettings` with its own fields; the core ones are shared so
 that one ``.env`` file configures the whole node.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Final, Literal, Self, TypeVar
 from urllib.parse import urlsplit
 
 from eth_utils.address import is_hex_address, to_checksum_address
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.errors import ConfigError
@@ -38,6 +43,14 @@ _QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
 # HODLAI_IPFS_API_URL, a future HODLAI_DB_URL or ..._ENDPOINT. Matched by name, so every
 # executor's URL settings are covered without registering them.
 _URL_FIELD = re.compile(r"(^|_)(urls?|uris?|dsn|endpoints?)($|_)")
+# The largest value an SQLite INTEGER holds: block numbers are stored as INTEGER.
+MAX_SQLITE_INTEGER: Final = 2**63 - 1
+MAX_PORT: Final = 65535
+# Set by systemd for a unit with LoadCredential=: the directory holding its credentials.
+CREDENTIALS_ENV: Final = "CREDENTIALS_DIRECTORY"
+_CREDENTIALS_REF = re.compile(
+    r"^\$(\{CREDENTIALS_DIRECTORY\}|CREDENTIALS_DIRECTORY(?![A-Za-z0-9_]))"
+)
 
 
 class CoreSettings(BaseSettings):
@@ -57,14 +70,15 @@ class CoreSettings(BaseSettings):
     provider_address: str | None = Field(default=None, description="HoldAIProvider address")
     # When set, checked against eth_chainId and the database; when unset, taken from the RPC.
     chain_id: int | None = Field(default=None, ge=1)
-    start_block: int = Field(default=0, ge=0)
+    # Bounded by what the database can store (block numbers are SQLite INTEGERs).
+    start_block: int = Field(default=0, ge=0, le=MAX_SQLITE_INTEGER)
     # Blocks below the head before a log is accepted; BSC reorgs are rarely deeper than a few.
     confirmations: int = Field(default=3, ge=0, le=10_000)
     worker_id: int = Field(default=0, ge=0)
     # At most 42: shards are computed from request_id mod lcm(1..42) (see shared.request_id).
     worker_count: int = Field(default=1, ge=1, le=42)
     # 0 disables; each long-running process serves /metrics and /healthz on this port.
-    metrics_port: int = Field(default=0, ge=0, le=65535)
+    metrics_port: int = Field(default=0, ge=0, le=MAX_PORT)
     log_level: LogLevel = Field(default="INFO", validation_alias="LOG_LEVEL")
 
     @field_validator("rpc_urls", mode="before")
@@ -101,6 +115,18 @@ class CoreSettings(BaseSettings):
     def _upper_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
+    @model_validator(mode="after")
+    def _shard_port_fits(self) -> Self:
+        # Inference shards serve on HODLAI_METRICS_PORT + their worker id (one env file, one
+        # systemd template): refuse a sum that is no port, before any process binds.
+        if self.metrics_port and self.metrics_port + self.worker_id > MAX_PORT:
+            raise ValueError(
+                f"HODLAI_METRICS_PORT ({self.metrics_port}) + HODLAI_WORKER_ID "
+                f"({self.worker_id}) = {self.metrics_port + self.worker_id} is above {MAX_PORT}: "
+                "shards serve metrics on the port plus their worker id; lower HODLAI_METRICS_PORT"
+            )
+        return self
+
     def require(self, *fields: str) -> None:
         """Raise ConfigError naming every listed setting that is empty."""
         missing = [env_name(type(self), f) for f in fields if getattr(self, f) in (None, "", [])]
@@ -120,18 +146,54 @@ def env_name(cls: type[BaseSettings], field: str) -> str:
     return f"{prefix}{field}".upper()
 
 
+def expand_credentials(value: object) -> object:
+    """A path setting that starts with ``$CREDENTIALS_DIRECTORY`` (or ``${...}``) with that
+    part replaced by the directory systemd's ``LoadCredential=`` made for this service.
+
+    Only this one variable is expanded, and only at the start: every other path is taken
+    literally. Inside a unit ``%d/NAME`` does the same and systemd expands it itself; this is
+    for an environment file or ``.env``, where systemd expands nothing."""
+    text = str(value) if isinstance(value, str | Path) else None
+    if text is None or not _CREDENTIALS_REF.match(text):
+        return value
+    directory = os.environ.get(CREDENTIALS_ENV, "")
+    if not directory:
+        raise ValueError(
+            f"{text!r} refers to ${CREDENTIALS_ENV}, which is not set: only a systemd unit "
+            "with LoadCredential= has it"
+        )
+    return Path(_CREDENTIALS_REF.sub(lambda _: directory, text, count=1))
+
+
 def load_settings(cls: type[S], **overrides: Any) -> S:
     """Build ``cls`` from the environment and ``.env``; translate errors into ConfigError."""
     try:
         return cls(**overrides)
     except ValidationError as exc:
         raise ConfigError(_describe(cls, exc)) from None
+    except UnicodeDecodeError as exc:
+        # Only the .env file is decoded here (the environment arrives as str).
+        env_file = Path(str(cls.model_config.get("env_file") or ".env")).absolute()
+        raise ConfigError(
+            f"{env_file} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+            f"{exc.start}); save it as UTF-8"
+        ) from None
 
 
 def _describe(cls: type[BaseSettings], exc: ValidationError) -> str:
+    by_alias = {
+        info.validation_alias: name
+        for name, info in cls.model_fields.items()
+        if isinstance(info.validation_alias, str)
+    }
     lines = []
     for error in exc.errors():
-        field = str(error["loc"][0]) if error["loc"] else "?"
+        if not error["loc"]:  # a check across several settings: its message names them
+            lines.append(error["msg"].removeprefix("Value error, "))
+            continue
+        # pydantic reports a field with an alias under the alias (LOG_LEVEL), others by name.
+        loc = str(error["loc"][0])
+        field = by_alias.get(loc, loc)
         info = cls.model_fields.get(field)
         secret = info is not None and "Secret" in str(info.annotation)
         url_like = _is_url_setting(field, info.annotation if info is not None else None)

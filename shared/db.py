@@ -12,23 +12,37 @@ Guarantees:
   (retryable), never as a raw sqlite3 error.
 - A database records the chain id and provider address it was created for; opening it for
   another one raises DatabaseMismatchError.
+- A path that cannot hold a database (a directory, a missing directory, a file that is not
+  SQLite, no write access, a schema hodlai did not make) is refused with a ConfigError or a
+  SchemaVersionError naming ``HODLAI_DB_PATH``, never with a raw sqlite3 error. A missing
+  database whose ``-wal`` is still there is refused too: starting on a new empty file would
+  share that WAL with the processes still holding the deleted one.
+- A worker's connection remembers which file (device, inode) it opened; :class:`AsyncDatabase`
+  checks, at most once a second, that the path still names it, and otherwise stops every
+  later call with DatabaseMismatchError after saving the process's view of the data beside
+  it (the deleted file lives only as long as its last open descriptor).
+- Inspection (:func:`open_readonly`) opens with ``mode=ro``: it never creates, migrates or
+  switches the journal mode, and works on a read-only directory.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import Final, NoReturn, ParamSpec, TypeVar
+from urllib.parse import quote
 
 import structlog
 
 from shared import migrations
-from shared.errors import DatabaseMismatchError, StoreBusyError
+from shared.errors import ConfigError, DatabaseMismatchError, SchemaVersionError, StoreBusyError
 
 log = structlog.get_logger(__name__)
 
@@ -36,11 +50,52 @@ log = structlog.get_logger(__name__)
 # the lock for well under a millisecond; 10 s only runs out if a process is wedged.
 BUSY_TIMEOUT_MS = 10_000
 
+# Seconds between checks that the database path still names the file a worker opened: one
+# stat() each, so cheap; a deleted or replaced file is noticed within about a second.
+FILE_CHECK_EVERY_S = 1.0
+SETTING: Final = "HODLAI_DB_PATH"
+
 P = ParamSpec("P")
 T = TypeVar("T")
 
 
-def connect(path: Path | str, *, durable: bool = False) -> sqlite3.Connection:
+@dataclass(frozen=True)
+class OpenedFile:
+    """The file a connection opened: the configured path and the inode it named then."""
+
+    path: Path
+    device: int
+    inode: int
+
+    @classmethod
+    def of(cls, path: Path) -> OpenedFile:
+        info = os.stat(path)
+        return cls(path, info.st_dev, info.st_ino)
+
+    def problem(self) -> str | None:
+        """Why the path no longer names the opened file; None while it does."""
+        try:
+            info = os.stat(self.path)
+        except FileNotFoundError:
+            return "was deleted or moved"
+        except OSError as exc:
+            return f"cannot be checked any more ({exc.strerror})"
+        if (info.st_dev, info.st_ino) != (self.device, self.inode):
+            return "now names another file (replaced or restored)"
+        return None
+
+
+class Connection(sqlite3.Connection):
+    """sqlite3.Connection that knows which file it opened (None for ``:memory:``)."""
+
+    opened: OpenedFile | None = None
+
+
+def opened_file(conn: sqlite3.Connection) -> OpenedFile | None:
+    return conn.opened if isinstance(conn, Connection) else None
+
+
+def connect(path: Path | str, *, durable: bool = False) -> Connection:
     """Open the database (creating it), apply pending migrations, return the connection.
 
     ``synchronous``: in WAL mode NORMAL never corrupts the database and a committed
@@ -50,21 +105,232 @@ def connect(path: Path | str, *, durable: bool = False) -> sqlite3.Connection:
     transaction before broadcasting it and must not forget it even on power loss, so it opens
     with ``durable=True`` (FULL: fsync the WAL on every commit).
     """
+    in_memory = str(path) == ":memory:"
+    if not in_memory:
+        path = Path(path)
+        check_path(path)
+        _create_group_writable(path)
+        _refuse_hard_links(path)
     conn = sqlite3.connect(
         str(path),
         timeout=BUSY_TIMEOUT_MS / 1000,
         isolation_level=None,  # autocommit: transactions are opened explicitly by atomic()
         check_same_thread=False,  # AsyncDatabase hands the connection to one worker thread
+        factory=Connection,
+    )
+    try:
+        conn.row_factory = sqlite3.Row
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal" and not in_memory:
+                raise StoreBusyError(f"could not switch {path} to WAL mode (got {mode})")
+            conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
+            conn.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.DatabaseError as exc:
+            translated = _open_error(path, exc, writing=True)
+            if translated is None:
+                raise
+            raise translated from exc
+        if not in_memory:
+            conn.opened = OpenedFile.of(Path(path))
+        migrate(conn, where=str(path))
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def open_readonly(path: Path | str) -> Connection:
+    """Open an existing database for inspection: read-only (``mode=ro``), no migrations, no
+    journal-mode switch, so it works on a read-only directory and never changes the file.
+
+    Refuses a schema that is not current (newer, older, or not made by hodlai) with a
+    SchemaVersionError saying what to do; queries of an old schema would fail half-way."""
+    conn = _open_readonly_file(Path(path))
+    try:
+        require_current_schema(conn, where=str(path))
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def schema_versions(path: Path | str) -> dict[str, int]:
+    """The latest applied migration per set, read without changing anything ({} when there
+    is no database file yet)."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    conn = _open_readonly_file(path)
+    try:
+        return {name: max(versions) for name, versions in migrations.applied(conn).items()}
+    finally:
+        conn.close()
+
+
+def _open_readonly_file(path: Path) -> Connection:
+    if path.is_dir():
+        raise ConfigError(f"{SETTING}: {path} is a directory, not a database file")
+    if not path.exists():
+        raise ConfigError(f"{SETTING}: no database at {path}")
+    _refuse_hard_links(path)
+    uri = f"file:{quote(str(path.absolute()))}?mode=ro"
+    try:
+        try:
+            conn = _first_read(_open_uri(uri))
+        except sqlite3.OperationalError:
+            if _journal_files(path):
+                raise
+            # A WAL database without its -shm in a directory we cannot write: SQLite cannot
+            # build the shared index. No -wal means no process has it open (the last one to
+            # close removes it), so the file cannot change under us: read it as immutable.
+            conn = _first_read(_open_uri(uri + "&immutable=1"))
+    except sqlite3.DatabaseError as exc:
+        translated = _open_error(path, exc, writing=False)
+        if translated is None:
+            raise
+        raise translated from exc
+    conn.opened = OpenedFile.of(path)
+    return conn
+
+
+def _first_read(conn: Connection) -> Connection:
+    """Read the schema once: opening is lazy, this is where a bad file shows."""
+    try:
+        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _open_uri(uri: str) -> Connection:
+    conn = sqlite3.connect(
+        uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, factory=Connection
     )
     conn.row_factory = sqlite3.Row
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-    if str(mode).lower() != "wal" and str(path) != ":memory:":
-        raise StoreBusyError(f"could not switch {path} to WAL mode (got {mode})")
-    conn.execute(f"PRAGMA synchronous = {'FULL' if durable else 'NORMAL'}")
-    conn.execute("PRAGMA foreign_keys = ON")
-    migrate(conn)
     return conn
+
+
+def require_current_schema(conn: sqlite3.Connection, *, where: str) -> None:
+    """Refuse a database whose schema is not exactly what this hodlai knows, without changing
+    it: newer (SchemaVersionError from check_versions), older, or not made by migrations."""
+    _refuse_unmigrated_tables(conn, where=where)
+    recorded = migrations.applied(conn)
+    if not recorded:
+        raise SchemaVersionError(
+            f"{where} has no hodlai schema yet: start a worker (the indexer creates it) or "
+            "run `hodlai migrate`"
+        )
+    sets = migrations.all_sets()
+    pending = migrations.check_versions(recorded, sets, where=where)
+    if pending:
+        behind = ", ".join(
+            f"{s.name} at {max(recorded.get(s.name, {0}))} of {s.latest}"
+            for s in sets
+            if s.name in pending
+        )
+        raise SchemaVersionError(
+            f"{where} needs migrating ({behind}): start a worker or run `hodlai migrate` first "
+            "(inspection commands only read the database)"
+        )
+
+
+def _user_tables(conn: sqlite3.Connection) -> list[str]:
+    return [
+        row[0]
+        for row in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
+            "ORDER BY name"
+        )
+    ]
+
+
+def _refuse_unmigrated_tables(conn: sqlite3.Connection, *, where: str) -> None:
+    """Tables without a recorded migration: schema.sql loaded by hand, or another program's
+    database. Migrating it would fail half-way (or silently keep a schema it did not make)."""
+    tables = [t for t in _user_tables(conn) if t != "schema_migrations"]
+    if not tables or migrations.applied(conn):
+        return
+    shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
+    raise SchemaVersionError(
+        f"{where} has tables ({shown}) but no migration recorded in schema_migrations: it was "
+        "not made by hodlai's migrations (schema.sql loaded by hand, or another program's "
+        "database); use an empty file, or copy its rows into one made by `hodlai migrate`"
+    )
+
+
+def _journal_files(path: Path) -> list[Path]:
+    """The -wal/-shm files of ``path`` that exist. SQLite names them after the resolved path,
+    so for a symlink they sit beside its target."""
+    real = os.path.realpath(path)
+    return [Path(real + suffix) for suffix in ("-wal", "-shm") if os.path.exists(real + suffix)]
+
+
+def check_path(path: Path) -> None:
+    """Refuse, naming the setting, a path no worker may open or create a database at."""
+    if path.is_dir():
+        raise ConfigError(
+            f"{SETTING}: {path} is a directory; name a file, e.g. {path / 'hodlai.db'}"
+        )
+    parent = Path(os.path.realpath(path)).parent
+    if not parent.is_dir():
+        what = "is not a directory" if parent.exists() else "does not exist"
+        raise ConfigError(f"{SETTING}: the directory {parent} of {path} {what}")
+    if path.exists():
+        return
+    leftovers = _journal_files(path)
+    if leftovers:
+        raise DatabaseMismatchError(
+            f"{SETTING}: {path} does not exist but {leftovers[0]} does: the database was "
+            "deleted or moved while processes had it open (or after a crash). A new empty "
+            "file would share that WAL with them and lose data: stop every hodlai process, "
+            "then restore the database (docs/OPERATIONS.md, 'Database faults')"
+        )
+
+
+def _refuse_hard_links(path: Path) -> None:
+    """SQLite names the -wal and -shm after the name it opened (it resolves symlinks, not
+    hard links): two names of one file would give it two WALs and corrupt it."""
+    links = os.stat(path).st_nlink
+    if links > 1:
+        raise ConfigError(
+            f"{SETTING}: {path} has {links} hard links; SQLite would keep a separate WAL per "
+            f"name and corrupt it. Keep one name (find the others: find / -samefile {path})"
+        )
+
+
+def _create_group_writable(path: Path) -> None:
+    """Create an empty database file with mode 0666 minus the umask (SQLite itself would use
+    0644): the signer runs as its own user in the node's group and must write it too. SQLite
+    gives the -wal and -shm the database file's mode."""
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666))
+    except FileExistsError:
+        return
+    except OSError as exc:
+        if path.exists():  # e.g. EROFS reported before EEXIST: it is there, SQLite opens it
+            return
+        raise ConfigError(f"{SETTING}: cannot create {path}: {exc.strerror}") from None
+
+
+def _open_error(path: Path | str, exc: sqlite3.DatabaseError, *, writing: bool) -> Exception | None:
+    """The error to report for an open that failed with ``exc``; None to let it propagate."""
+    text = str(exc)
+    if "not a database" in text:
+        return ConfigError(f"{SETTING}: {path} is not an SQLite database ({text})")
+    if "locked" in text or "busy" in text:
+        return StoreBusyError(f"{path} stayed locked for {BUSY_TIMEOUT_MS} ms: {text}")
+    if writing and ("readonly" in text or "unable to open" in text):
+        return ConfigError(
+            f"{SETTING}: cannot open {path} for writing ({text}): this user needs write "
+            "access to the file and to its directory, where SQLite keeps its -wal and -shm"
+        )
+    if "unable to open" in text:
+        return ConfigError(f"{SETTING}: cannot open {path} ({text})")
+    return None
 
 
 @contextmanager
@@ -131,8 +397,9 @@ def _translate(exc: sqlite3.OperationalError) -> Exception:
 
 def migrate(conn: sqlite3.Connection, *, where: str = "the database") -> dict[str, int]:
     """Apply every migration of every known set not yet recorded (shared/migrations); each
-    one commits with its record. Refuses a database written by a newer hodlai. Returns the
-    schema version per set."""
+    one commits with its record. Refuses a database written by a newer hodlai, and tables no
+    migration recorded. Returns the schema version per set."""
+    _refuse_unmigrated_tables(conn, where=where)
     _ensure_migrations_table(conn)
     sets = migrations.all_sets()
     migrations.check_versions(migrations.applied(conn), sets, where=where)
@@ -228,13 +495,74 @@ class AsyncDatabase:
     SQL implementation.
     """
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, *, check_every_s: float = FILE_CHECK_EVERY_S):
         self.conn = conn
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._opened = opened_file(conn)
+        self._check_every_s = check_every_s
+        self._checked_at = time.monotonic()
+        self._lost: DatabaseMismatchError | None = None
 
     async def run(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, lambda: fn(self.conn, *args, **kwargs))
+        return await loop.run_in_executor(self._thread, lambda: self._call(fn, args, kwargs))
+
+    async def check_file(self) -> None:
+        """Raise DatabaseMismatchError if the path no longer names the opened file. One
+        stat() at most every ``check_every_s``, on the caller's thread: a loop can call it
+        every step without waiting for the database thread."""
+        problem = self._file_problem()
+        if problem is not None:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._thread, self._lose, problem)
+
+    def _call(self, fn: Callable[..., T], args: tuple[object, ...], kwargs: dict[str, object]) -> T:
+        problem = self._file_problem()
+        if problem is not None:
+            self._lose(problem)
+        return fn(self.conn, *args, **kwargs)
+
+    def _file_problem(self) -> str | None:
+        if self._lost is not None:
+            raise self._lost
+        now = time.monotonic()
+        if self._opened is None or now - self._checked_at < self._check_every_s:
+            return None
+        self._checked_at = now
+        return self._opened.problem()
+
+    def _lose(self, problem: str) -> NoReturn:
+        """On the database thread: save what this connection sees, then refuse every call."""
+        if self._lost is None:
+            assert self._opened is not None
+            opened = self._opened
+            log.error("database_file_lost", path=str(opened.path), problem=problem)
+            self._lost = DatabaseMismatchError(
+                f"{SETTING} {opened.path} {problem} while this process had it open (inode "
+                f"{opened.inode} on device {opened.device}); stopped writing to it, since no "
+                f"new process would see those writes. {self._rescue()} Stop every hodlai "
+                "process, then see docs/OPERATIONS.md, 'Database faults'"
+            )
+        raise self._lost
+
+    def _rescue(self) -> str:
+        """Copy what this connection still sees (the deleted file lives on while a descriptor
+        holds it) to a new file beside the path, with SQLite's online backup."""
+        assert self._opened is not None
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        target = self._opened.path.absolute().with_name(
+            f"{self._opened.path.name}.rescued-{stamp}-{os.getpid()}"
+        )
+        try:
+            copy = sqlite3.connect(str(target))
+            try:
+                self.conn.backup(copy)
+            finally:
+                copy.close()
+        except (sqlite3.Error, OSError) as exc:
+            return f"Saving this process's copy failed ({exc})."
+        log.warning("database_file_rescued", copy=str(target))
+        return f"This process's copy of it was saved to {target}."
 
     def close(self) -> None:
         self._thread.shutdown(wait=True)

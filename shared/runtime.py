@@ -5,6 +5,12 @@
 - ``run_loop`` is the one place that catches broadly: it logs the error with its kind,
   counts it, backs off (exponentially, or as long as the other side's Retry-After asked)
   and goes on. Below it, errors propagate.
+- One kind of error ends the loop instead: DatabaseMismatchError (the database is not, or
+  is no longer, the one this process must write: another chain's, a newer schema, a file
+  deleted or replaced under it). Retrying cannot fix it and going on would write where no
+  other process looks, so it propagates to the composition root, which exits with code 2.
+- Every failure is reported to the health check, so ``/healthz`` turns 503 when steps keep
+  failing permanently, not only when they stop.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from shared.errors import PermanentError, RetryableError
+from shared.errors import DatabaseMismatchError, PermanentError, RetryableError
 from shared.metrics import ERRORS, Health
 
 log = structlog.get_logger(__name__)
@@ -24,6 +30,8 @@ log = structlog.get_logger(__name__)
 BACKOFF_START_S = 0.5
 # A dead dependency is re-tried at least this often, so recovery is noticed within it.
 BACKOFF_CAP_S = 30.0
+# Characters of a failed step's error shown by /healthz: enough to name it, one line.
+HEALTH_DETAIL_CHARS = 300
 
 
 def install_stop_handlers(stop: asyncio.Event) -> None:
@@ -63,7 +71,7 @@ async def run_loop(
     while not stop.is_set():
         try:
             delay = await step()
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, DatabaseMismatchError):
             raise
         except Exception as exc:  # noqa: BLE001 -- the loop boundary: log, back off, go on
             failures += 1
@@ -84,6 +92,9 @@ async def run_loop(
                 backoff_s=round(backoff, 2),
                 exc_info=not isinstance(exc, RetryableError),
             )
+            if health is not None:
+                detail = f"{kind}: {exc}"[:HEALTH_DETAIL_CHARS]
+                health.step_failed(detail, permanent=not isinstance(exc, RetryableError))
             if await sleep_or_stop(stop, backoff):
                 break
             continue

@@ -70,3 +70,19 @@ def test_show_of_unknown_request_fails_cleanly(tmp_path: Path) -> None:
     assert proc.returncode == 1 and "no request 99" in proc.stderr
     bad = _hodlai(db, "show", "0xzz")
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
+
+
+def test_migrate_creates_the_schema_and_inspection_never_does(tmp_path: Path) -> None:
+    db = tmp_path / "node.db"
+    missing = _hodlai(db, "status")
+    assert missing.returncode == 2 and "no database at" in missing.stderr
+    assert not db.exists()  # inspection created nothing
+    created = _hodlai(db, "migrate", "--json")
+    assert created.returncode == 0, created.stderr
+    report = json.loads(created.stdout)
+    assert report["before"] == {} and report["after"]["core"] >= 1
+    again = _hodlai(db, "migrate")
+    assert again.returncode == 0 and "(unchanged)" in again.stdout
+    status = _hodlai(db, "status", "--json")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["counts"]["PENDING"] == 0

@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 from pydantic import HttpUrl, SecretStr
 
-from shared.config import CoreSettings, load_settings, redact_url, redact_urls_in
+from shared.config import (
+    MAX_SQLITE_INTEGER,
+    CoreSettings,
+    expand_credentials,
+    load_settings,
+    redact_url,
+    redact_urls_in,
+)
 from shared.errors import ConfigError
 
 
@@ -28,6 +35,8 @@ def test_defaults_load_without_environment(monkeypatch: pytest.MonkeyPatch, tmp_
         ("HODLAI_PROVIDER_ADDRESS", "0x1234", "HODLAI_PROVIDER_ADDRESS"),
         ("HODLAI_WORKER_COUNT", "43", "HODLAI_WORKER_COUNT"),
         ("LOG_LEVEL", "LOUD", "LOG_LEVEL"),
+        ("HODLAI_START_BLOCK", str(2**63), "HODLAI_START_BLOCK"),
+        ("HODLAI_METRICS_PORT", "65536", "HODLAI_METRICS_PORT"),
     ],
 )
 def test_bad_setting_is_named_in_the_error(
@@ -35,8 +44,53 @@ def test_bad_setting_is_named_in_the_error(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv(env, value)
-    with pytest.raises(ConfigError, match=named):
+    with pytest.raises(ConfigError) as info:
         load_settings(CoreSettings)
+    # The variable the user set, exactly: "LOG_LEVEL" is also inside "HODLAI_LOG_LEVEL".
+    assert str(info.value).startswith(f"invalid setting(s): {named}: "), str(info.value)
+
+
+def test_the_highest_start_block_the_database_can_store_is_accepted(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HODLAI_START_BLOCK", str(MAX_SQLITE_INTEGER))
+    assert load_settings(CoreSettings).start_block == 2**63 - 1
+
+
+def test_a_shard_whose_metrics_port_would_pass_65535_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HODLAI_METRICS_PORT", "65530")
+    assert load_settings(CoreSettings, worker_id=5).metrics_port == 65530  # 65535: fits
+    with pytest.raises(ConfigError, match=r"HODLAI_METRICS_PORT \(65530\) \+ HODLAI_WORKER_ID"):
+        load_settings(CoreSettings, worker_id=6)
+    monkeypatch.setenv("HODLAI_METRICS_PORT", "0")  # metrics off: any shard is fine
+    assert load_settings(CoreSettings, worker_id=40).worker_id == 40
+
+
+def test_a_dotenv_file_that_is_not_utf8_is_a_config_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_bytes(b"HODLAI_START_BLOCK=5\nHODLAI_LLM_API_KEY=\xff\xfe\n")
+    with pytest.raises(ConfigError, match=r"\.env is not UTF-8 text \(byte 0xff"):
+        load_settings(CoreSettings)
+
+
+def test_a_credentials_directory_path_is_expanded_only_from_systemd(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", "/run/credentials/hodlai-fulfiller.service")
+    expected = Path("/run/credentials/hodlai-fulfiller.service/oracle-key")
+    assert expand_credentials("$CREDENTIALS_DIRECTORY/oracle-key") == expected
+    assert expand_credentials("${CREDENTIALS_DIRECTORY}/oracle-key") == expected
+    assert expand_credentials("/etc/hodlai/$HOME/key") == "/etc/hodlai/$HOME/key"  # literal
+    assert expand_credentials("$CREDENTIALS_DIRECTORYX/k") == "$CREDENTIALS_DIRECTORYX/k"
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY")
+    with pytest.raises(ValueError, match="LoadCredential="):
+        expand_credentials("$CREDENTIALS_DIRECTORY/oracle-key")
 
 
 def test_rpc_urls_are_split_on_commas(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -11,6 +12,24 @@ from honcho.environ import parse_procfile
 
 ROOT = Path(__file__).resolve().parent.parent
 UNITS = ROOT / "deploy" / "systemd"
+SERVICES = ("hodlai-indexer.service", "hodlai-inference@.service", "hodlai-fulfiller.service")
+# systemd-analyze security's exposure score (0 safest, 10 worst) each unit must stay within.
+MAX_EXPOSURE = 3.0
+HARDENING = (
+    "CapabilityBoundingSet=\n", "SystemCallFilter=@system-service", "ProtectClock=yes",
+    "ProtectKernelLogs=yes", "ProtectProc=invisible", "RestrictSUIDSGID=yes",
+    "MemoryDenyWriteExecute=yes", "NoNewPrivileges=yes", "PrivateUsers=yes",
+)  # fmt: skip
+
+
+def _units_in(tmp_path: Path) -> Path:
+    """Copies of the units whose ExecStart names this checkout's console script (verify
+    checks that it exists)."""
+    hodlai = shutil.which("hodlai") or str(Path(ROOT / ".venv" / "bin" / "hodlai"))
+    for unit in UNITS.iterdir():
+        text = unit.read_text().replace("/opt/hodlai/.venv/bin/hodlai", hodlai)
+        (tmp_path / unit.name).write_text(text)
+    return tmp_path
 
 
 def test_procfile_runs_every_process_through_exec() -> None:
@@ -24,26 +43,53 @@ def test_procfile_runs_every_process_through_exec() -> None:
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not here")
 def test_systemd_units_verify_cleanly(tmp_path: Path) -> None:
-    hodlai = shutil.which("hodlai") or str(Path(ROOT / ".venv" / "bin" / "hodlai"))
-    for unit in UNITS.iterdir():
-        # verify checks that ExecStart exists: point it at this checkout's console script
-        text = unit.read_text().replace("/opt/hodlai/.venv/bin/hodlai", hodlai)
-        (tmp_path / unit.name).write_text(text)
     names = ["hodlai-indexer.service", "hodlai-inference@0.service",
              "hodlai-fulfiller.service", "hodlai.target"]  # fmt: skip
     proc = subprocess.run(
-        ["systemd-analyze", "verify", *names], cwd=tmp_path, capture_output=True, text=True,
-        check=False,
+        ["systemd-analyze", "verify", *names], cwd=_units_in(tmp_path), capture_output=True,
+        text=True, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.strip() == "", proc.stderr
 
 
-def test_units_restart_on_failure_with_environment_file_and_dedicated_user() -> None:
-    for name in ("hodlai-indexer.service", "hodlai-inference@.service",
-                 "hodlai-fulfiller.service"):  # fmt: skip
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not here")
+@pytest.mark.parametrize("name", SERVICES)
+def test_every_unit_scores_at_most_3_in_systemd_analyze_security(tmp_path: Path, name: str) -> None:
+    unit = name.replace("@.", "@0.")
+    proc = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", "--no-pager", unit],
+        cwd=_units_in(tmp_path), capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", proc.stdout)
+    assert found is not None, proc.stdout + proc.stderr
+    exposure = float(found.group(1))
+    assert exposure <= MAX_EXPOSURE, proc.stdout
+
+
+def test_units_restart_on_failure_but_not_after_a_refusal() -> None:
+    for name in SERVICES:
         text = (UNITS / name).read_text()
-        assert "Restart=on-failure" in text
+        assert "Restart=on-failure" in text and "RestartPreventExitStatus=2" in text
         assert "EnvironmentFile=/etc/hodlai/hodlai.env" in text
-        assert "User=hodlai" in text and "NoNewPrivileges=yes" in text
+        for directive in HARDENING:
+            assert directive in text, (name, directive)
     assert "--worker-id %i" in (UNITS / "hodlai-inference@.service").read_text()
+
+
+def test_only_the_signer_sees_the_oracle_key_and_only_inference_the_llm_key() -> None:
+    users = {}
+    for name in SERVICES:
+        text = (UNITS / name).read_text()
+        (user,) = re.findall(r"^User=(\S+)$", text, re.M)
+        users[name] = user
+        assert "Group=hodlai\n" in text
+        assert "ReadOnlyPaths=" not in text  # a fixed key path there broke keystore set-ups
+        if name == "hodlai-fulfiller.service":
+            assert "LoadCredential=oracle-key:/etc/hodlai/oracle-key.json" in text
+            assert "Environment=HODLAI_KEY_FILE=%d/oracle-key" in text
+        else:
+            assert "oracle-key" not in text and "CREDENTIALS" not in text
+        has_llm_env = "EnvironmentFile=-/etc/hodlai/inference.env" in text
+        assert has_llm_env == (name == "hodlai-inference@.service")
+    assert len(set(users.values())) == 3, users  # one user per kind of process

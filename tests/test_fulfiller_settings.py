@@ -52,6 +52,10 @@ def test_settings_come_from_hodlai_variables_with_units_converted(
         ("HODLAI_FULFILLER_WINDOW", "0"),
         ("HODLAI_FULFILLER_GAS_CAP", "100"),
         ("HODLAI_FULFILLER_MAX_FEE_GWEI", "-1"),
+        ("HODLAI_FULFILLER_MAX_FEE_GWEI", "1e30"),
+        ("HODLAI_FULFILLER_MAX_FEE_GWEI", "10000.000000001"),
+        ("HODLAI_FULFILLER_MAX_FEE_GWEI", "1e-10"),  # below one wei: would round to 0
+        ("HODLAI_FULFILLER_MAX_PRIORITY_FEE_GWEI", "1e30"),
         ("HODLAI_FAULT_POINT", "somewhere"),
     ],
 )
@@ -74,3 +78,23 @@ def test_the_passphrase_is_a_secret_never_echoed(monkeypatch: pytest.MonkeyPatch
     assert "hunter2" not in repr(settings)
     assert settings.key_passphrase is not None
     assert settings.key_passphrase.get_secret_value() == "hunter2-passphrase"
+
+
+def test_the_highest_fee_cap_is_accepted() -> None:
+    settings = load_settings(FulfillerSettings, fulfiller_max_fee_gwei="10000")
+    assert settings.max_fee_wei == 10_000 * 10**9
+
+
+def test_the_key_file_may_name_the_systemd_credentials_directory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HODLAI_KEY_FILE", "$CREDENTIALS_DIRECTORY/oracle-key")
+    monkeypatch.setenv("HODLAI_KEY_PASSPHRASE_FILE", "${CREDENTIALS_DIRECTORY}/oracle-passphrase")
+    with pytest.raises(ConfigError, match=r"HODLAI_KEY_FILE: .*CREDENTIALS_DIRECTORY.*not set"):
+        load_settings(FulfillerSettings)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", "/run/credentials/hodlai-fulfiller.service")
+    settings = load_settings(FulfillerSettings)
+    assert settings.key_file == Path("/run/credentials/hodlai-fulfiller.service/oracle-key")
+    assert settings.key_passphrase_file == Path(
+        "/run/credentials/hodlai-fulfiller.service/oracle-passphrase"
+    )

@@ -4,29 +4,27 @@ Order of start-up, each step refusing to go on with a clear message when it fail
 
 1. settings (``HODLAI_RPC_URLS``, ``HODLAI_PROVIDER_ADDRESS``, ``HODLAI_KEY_FILE`` required);
 2. the key (file permissions, keystore passphrase), held only by the signer from here on;
-3. a lock next to the database, so a second fulfiller on the same database (and so the same
-   key) cannot start: two processes allocating one key's nonces would replace each other's
-   transactions;
+3. the fulfiller lock on the database file (shared.instance: keyed by its inode, so a
+   symlink or a hard link to it is refused too): two processes allocating one key's nonces
+   would sign different transactions for the same nonces;
 4. the database, opened durable (fsync on every commit: a recorded transaction survives a
-   power cut), and its identity checked against ``eth_chainId`` and the provider;
-5. ORACLE_ROLE: without it the process exits (code 2) saying how to grant it;
-6. the loop, which first reconciles nonces and re-broadcasts what is in flight.
+   power cut) and migrated;
+5. its identity checked against ``eth_chainId`` and the provider;
+6. ORACLE_ROLE: without it the process exits (code 2) saying how to grant it;
+7. the loop, which first reconciles nonces and re-broadcasts what is in flight. The
+   database thread checks every second that the file is still the one opened.
 """
 
 from __future__ import annotations
 
 import asyncio
-import fcntl
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
 import structlog
 
 from shared import keys
 from shared.db import AsyncDatabase, check_identity, connect
 from shared.errors import ConfigError
+from shared.instance import hold_role
 from shared.logs import configure_logging
 from shared.metrics import Health, serve
 from shared.rpc import RpcClient, hex_int
@@ -41,6 +39,8 @@ from workers.fulfiller.simulation import GasRule
 from workers.fulfiller.worker import FulfillerConfig, FulfillerWorker
 
 log = structlog.get_logger(__name__)
+
+ROLE = "fulfiller"
 
 # Health turns 503 when no loop iteration succeeded for this many poll intervals (at least
 # HEALTH_MIN_S seconds): long enough to ride out an RPC back-off, short enough to alert.
@@ -60,32 +60,22 @@ def run(settings: FulfillerSettings) -> int:
         passphrase_file=settings.key_passphrase_file,
     )
     private_key = keys.load_private_key(settings.key_file, passphrase)
-    with single_instance(settings.db_path):
-        return asyncio.run(_serve(settings, private_key))
-
-
-@contextmanager
-def single_instance(db_path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``<db>.fulfiller.lock`` (released by the OS on any exit)."""
-    lock_path = db_path.with_name(db_path.name + ".fulfiller.lock")
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    lock = hold_role(settings.db_path, ROLE)
     try:
+        conn = connect(settings.db_path, durable=True)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ConfigError(
-                f"another fulfiller holds {lock_path}: only one process may sign with the "
-                "oracle key for this database"
-            ) from None
-        yield
+            lock.verify(conn)
+        except BaseException:
+            conn.close()
+            raise
+        return asyncio.run(_serve(settings, private_key, AsyncDatabase(conn)))
     finally:
-        os.close(fd)
+        lock.release()
 
 
-async def _serve(settings: FulfillerSettings, private_key: bytes) -> int:
+async def _serve(settings: FulfillerSettings, private_key: bytes, db: AsyncDatabase) -> int:
     assert settings.provider_address is not None
     rpc = RpcClient(settings.rpc_urls, chain_id=settings.chain_id)
-    db = AsyncDatabase(connect(settings.db_path, durable=True))
     try:
         chain_id = hex_int(await rpc.call("eth_chainId"))
         if settings.chain_id is not None and settings.chain_id != chain_id:
@@ -162,8 +152,13 @@ async def _serve(settings: FulfillerSettings, private_key: bytes) -> int:
             window=settings.fulfiller_window,
             balance_wei=readiness.balance_wei,
         )
+
+        async def step() -> float:
+            await db.check_file()  # a deleted or replaced database stops the signer
+            return await worker.step()
+
         try:
-            await run_loop("fulfiller", worker.step, stop=stop, health=health)
+            await run_loop(ROLE, step, stop=stop, health=health)
         finally:
             await worker.stop()
         return 0

@@ -10,12 +10,18 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Final, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
-from shared.config import CoreSettings
+from shared.config import CoreSettings, expand_credentials
 
 WEI_PER_GWEI: Final = 10**9
 WEI_PER_COIN: Final = 10**18
+# Highest fee cap accepted, in gwei. Above any fee BSC or Ethereum mainnet has seen (spikes
+# of a few thousand gwei); a larger value is a typo (1e30) that would let a spiking or lying
+# node set the price of every fulfilment.
+MAX_FEE_CEILING_GWEI: Final = Decimal(10_000)
+# A fee cap below one wei would round to zero and pause sending for good.
+ONE_WEI_IN_GWEI: Final = Decimal(1) / WEI_PER_GWEI
 
 #: Test-only fault injection points (HODLAI_FAULT_POINT): the process SIGKILLs itself there.
 FaultPoint = Literal["", "after_record", "after_broadcast"]
@@ -23,6 +29,7 @@ FaultPoint = Literal["", "after_record", "after_broadcast"]
 
 class FulfillerSettings(CoreSettings):
     # The oracle key: a JSON key file or an encrypted keystore, readable by its owner only.
+    # May start with $CREDENTIALS_DIRECTORY (systemd LoadCredential=).
     key_file: Path | None = None
     # Passphrase of a keystore key file; or put it in a 0600 file named by ..._PASSPHRASE_FILE.
     key_passphrase: SecretStr | None = None
@@ -40,9 +47,13 @@ class FulfillerSettings(CoreSettings):
     fulfiller_gas_cap: int = Field(default=3_000_000, ge=21_000)
     # Cap on maxFeePerGas / gasPrice, in gwei. BSC runs at ~0.1-3 gwei; 100 stops a fee spike
     # or a misreporting node from draining the key.
-    fulfiller_max_fee_gwei: Decimal = Field(default=Decimal(100), gt=0)
+    fulfiller_max_fee_gwei: Decimal = Field(
+        default=Decimal(100), ge=ONE_WEI_IN_GWEI, le=MAX_FEE_CEILING_GWEI
+    )
     # Cap on the priority fee (tip), in gwei.
-    fulfiller_max_priority_fee_gwei: Decimal = Field(default=Decimal(5), ge=0)
+    fulfiller_max_priority_fee_gwei: Decimal = Field(
+        default=Decimal(5), ge=0, le=MAX_FEE_CEILING_GWEI
+    )
     # Below this balance (native coin, e.g. BNB) sending pauses with a warning until funded:
     # ~0.05 BNB pays for several hundred fulfilments at BSC prices.
     fulfiller_min_balance: Decimal = Field(default=Decimal("0.05"), ge=0)
@@ -64,6 +75,11 @@ class FulfillerSettings(CoreSettings):
     fulfiller_startup_wait_s: float = Field(default=60.0, ge=0, le=3600)
     # TEST ONLY: SIGKILL this process at the named point, to prove crash safety.
     fault_point: FaultPoint = ""
+
+    @field_validator("key_file", "key_passphrase_file", mode="before")
+    @classmethod
+    def _credentials_path(cls, value: object) -> object:
+        return expand_credentials(value)
 
     @property
     def max_fee_wei(self) -> int:

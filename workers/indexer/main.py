@@ -37,6 +37,7 @@ from shared.errors import (
     RpcRangeTooLargeError,
     StaleNodeError,
 )
+from shared.instance import hold_role
 from shared.logs import configure_logging
 from shared.metrics import ERRORS, INDEXER_CURSOR, INDEXER_LAG, REQUESTS, Health, serve
 from shared.rpc import RpcClient
@@ -568,13 +569,36 @@ def _consume_exception(future: asyncio.Future[Any]) -> None:
 
 async def run(settings: IndexerSettings, *, once: bool = False) -> int:
     """Run the indexer until a signal (or, with ``once``, until caught up). Returns the exit
-    code."""
+    code.
+
+    Start-up order: the indexer lock on the database file (shared.instance), so that a second
+    indexer is refused naming the first before it touches anything (the database and the
+    metrics port included); the database, migrated; metrics, the RPC client and the loop.
+    Each step checks that the database file is still the one opened
+    (shared.db.AsyncDatabase.check_file)."""
     settings.require("rpc_urls", "provider_address")
+    lock = hold_role(settings.db_path, PROCESS)
+    try:
+        db = open_database(settings.db_path)
+        try:
+            lock.verify(db.conn)
+        except BaseException:
+            db.close()
+            raise
+        return await _run_locked(settings, db, once=once)
+    finally:
+        lock.release()
+
+
+async def _run_locked(settings: IndexerSettings, db: AsyncDatabase, *, once: bool) -> int:
     stop = asyncio.Event()
     install_stop_handlers(stop)
     health = Health(stale_after_s=HEALTH_STALE_AFTER_S)
-    server = serve(settings.metrics_port, health) if settings.metrics_port else None
-    db = open_database(settings.db_path)
+    try:
+        server = serve(settings.metrics_port, health) if settings.metrics_port else None
+    except BaseException:
+        db.close()
+        raise
     rpc = RpcClient(settings.rpc_urls, timeout=settings.indexer_rpc_timeout_s)
     indexer = Indexer(
         settings,
@@ -588,6 +612,7 @@ async def run(settings: IndexerSettings, *, once: bool = False) -> int:
             return 0
 
         async def step() -> float:
+            await db.check_file()
             delay = await indexer.step()
             if once and indexer.caught_up:
                 stop.set()
