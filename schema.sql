@@ -160,10 +160,10 @@ CREATE TABLE IF NOT EXISTS reorgs (
 -- alternatives (replacements, a cancel), of which at most one is ever mined.
 CREATE TABLE IF NOT EXISTS txs (
     id              INTEGER PRIMARY KEY AUTOINCREMENT,
-    purpose         TEXT NOT NULL,            -- 'fulfil'; 'cancel' = 0-value self-transfer filling a nonce
-    request_id      TEXT,                     -- the request a 'fulfil' answers; NULL for a 'cancel'
-    generation      INTEGER,                  -- requests.generation the answer was made for
-    content_hash    TEXT,                     -- requests.content_hash the answer was made for
+    purpose         TEXT NOT NULL,            -- the handler kind: 'fulfil'; 'cancel' = 0-value self-transfer filling a nonce
+    subject         TEXT,                     -- what it serves (a 'fulfil': the request id); NULL for a 'cancel'
+    version         INTEGER,                  -- the subject's version it was made for (a request's generation)
+    fingerprint     TEXT,                     -- the content it was made from (a request's content hash)
     sender          TEXT NOT NULL,
     nonce           INTEGER NOT NULL,
     tx_hash         TEXT NOT NULL UNIQUE,
@@ -189,10 +189,12 @@ CREATE TABLE IF NOT EXISTS txs (
     updated_at      REAL NOT NULL,
     mined_block_hash TEXT,                    -- the receipt's block hash (reorg check)
     held_at_head    INTEGER,                  -- reorged out: the head then; not re-sent until confirmed
-    simulated_block INTEGER                   -- the block the call was simulated at
+    simulated_block INTEGER,                  -- the block the call was simulated at
+    idempotency_key TEXT                      -- names the intended transaction; unique
 ) STRICT;
 CREATE INDEX IF NOT EXISTS idx_txs_open ON txs (status, nonce);
-CREATE INDEX IF NOT EXISTS idx_txs_request ON txs (request_id);
+CREATE UNIQUE INDEX IF NOT EXISTS idx_txs_idempotency ON txs (idempotency_key);
+CREATE INDEX IF NOT EXISTS idx_txs_subject ON txs (purpose, subject, version);
 CREATE INDEX IF NOT EXISTS idx_txs_sender_nonce ON txs (sender, nonce);
 CREATE INDEX IF NOT EXISTS idx_txs_mined ON txs (sender, mined_block) WHERE status = 'MINED';
 
@@ -222,7 +224,7 @@ SELECT request_id, status,
          WHEN lease_owner IS NOT NULL THEN 'being worked on by ' || lease_owner
          WHEN status = 'PENDING' THEN 'waiting for an inference worker (shard key ' || shard_key || ')'
          WHEN status = 'ANSWERED' THEN 'answered; waiting for the fulfiller'
-         WHEN status = 'PROCESSED' THEN 'tx sent (' || COALESCE((SELECT t.tx_hash FROM txs t WHERE t.request_id = requests.request_id ORDER BY t.id DESC LIMIT 1), '?') || '); waiting for the fulfilled event'
+         WHEN status = 'PROCESSED' THEN 'tx sent (' || COALESCE((SELECT t.tx_hash FROM txs t WHERE t.subject = requests.request_id ORDER BY t.id DESC LIMIT 1), '?') || '); waiting for the fulfilled event'
        END AS why,
        attempts, block_number
 FROM requests
@@ -237,5 +239,5 @@ FROM transitions ORDER BY id DESC LIMIT 100;
 
 DROP VIEW IF EXISTS v_open_txs;
 CREATE VIEW v_open_txs AS
-SELECT id, purpose, request_id, nonce, tx_hash, status, ROUND(((julianday('now') - 2440587.5) * 86400.0) - created_at, 1) AS age_s, error
+SELECT id, purpose, subject, nonce, tx_hash, status, ROUND(((julianday('now') - 2440587.5) * 86400.0) - created_at, 1) AS age_s, error
 FROM txs WHERE status IN ('SIGNED', 'BROADCAST') ORDER BY nonce;

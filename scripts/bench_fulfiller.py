@@ -186,8 +186,8 @@ async def fulfil(
     def mined(conn: Any) -> int:
         return int(
             conn.execute(
-                f"SELECT COUNT(DISTINCT request_id) FROM txs WHERE status = 'MINED' "
-                f"AND request_id IN ({marks})",
+                f"SELECT COUNT(DISTINCT subject) FROM txs WHERE status = 'MINED' "
+                f"AND subject IN ({marks})",
                 keys,
             ).fetchone()[0]
         )
@@ -234,7 +234,7 @@ def check_exactly_once(stack: Stack, ids: list[int]) -> None:
 def lagging_verdicts(stack: Stack, db: Path, ids: list[int]) -> dict[str, int]:
     """What the ledger and the chain say about a lagging run (see the module docstring)."""
     conn = connect(db)
-    rows = conn.execute("SELECT purpose, request_id, tx_hash, status FROM txs").fetchall()
+    rows = conn.execute("SELECT purpose, subject, tx_hash, status FROM txs").fetchall()
     answers = dict(conn.execute("SELECT request_id, answer_action FROM requests").fetchall())
     conn.close()
     own_dropped = 0

@@ -259,7 +259,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         _row_dict(t)
         for t in conn.execute(
             "SELECT id, nonce, tx_hash, status, error, created_at, broadcast_at, mined_block "
-            "FROM txs WHERE request_id = ? ORDER BY id",
+            "FROM txs WHERE purpose = 'fulfil' AND subject = ? ORDER BY id",
             (rid.encode(request_id),),
         )
     ]

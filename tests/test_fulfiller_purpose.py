@@ -45,7 +45,10 @@ def fulfilment(
     signed = SIGNER.sign(call, nonce=next(_nonce), fees=FEES)
     purpose = Purpose(FULFIL_PURPOSE, str(request_id), generation, content_hash)
     with atomic(conn):
-        tx_id = ledger.insert(conn, signed, purpose, sender=SIGNER.address, now=time.time())
+        tx_id = ledger.insert(
+            conn, signed, purpose, sender=SIGNER.address, now=time.time(),
+            idempotency_key=f"test:{signed.tx_hash}",
+        )  # fmt: skip
         ledger.mark_accepted(conn, [tx_id], now=time.time())
         if move:
             store.transition(conn, request_id, Status.ANSWERED, Status.PROCESSED, actor="test")

@@ -227,7 +227,14 @@ def fail_reason(conn: Any, request_id: int) -> str:
 
 
 def tx_rows(conn: Any) -> list[dict[str, Any]]:
-    return [dict(r) for r in conn.execute("SELECT * FROM txs ORDER BY id")]
+    # The ledger names a fulfilment's subject generically; here it is the request it answers.
+    return [
+        dict(r)
+        for r in conn.execute(
+            "SELECT *, subject AS request_id, version AS generation, fingerprint AS content_hash"
+            " FROM txs ORDER BY id"
+        )
+    ]
 
 
 TEST_CONFIG = FulfillerConfig(

@@ -5,6 +5,7 @@ window bounds what is in flight."""
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,12 @@ POLICY = TxPolicy(
 )
 FAIR = Fees(max_fee_per_gas=3 * GWEI, max_priority_fee_per_gas=GWEI)
 NOTE = "note"
+_keys = itertools.count(1)
+
+
+def _key() -> str:
+    """A fresh idempotency key: each test submission is its own intended transaction."""
+    return f"{NOTE}:{next(_keys)}"
 
 
 @dataclass
@@ -84,8 +91,9 @@ class Setup:
         signed = self.signer.sign(call, nonce=nonce, fees=fees)
         with atomic(self.conn):
             ledger.insert(
-                self.conn, signed, Purpose(NOTE), sender=self.signer.address, now=self.clock()
-            )
+                self.conn, signed, Purpose(NOTE), sender=self.signer.address, now=self.clock(),
+                idempotency_key=_key(),
+            )  # fmt: skip
         return signed
 
 
@@ -151,7 +159,9 @@ async def test_a_transaction_no_node_accepts_is_cancelled_and_its_purpose_told(
     setup: Setup,
 ) -> None:
     await setup.manager.start()
-    too_big = Submission(transfer(setup, gas=40_000_000), Purpose(NOTE), lambda conn, tx: None)
+    too_big = Submission(
+        transfer(setup, gas=40_000_000), Purpose(NOTE), lambda conn, tx: None, key=_key()
+    )
     recorded = await setup.manager.record([too_big], FAIR)
     (result,) = await setup.manager.broadcast(recorded)
     assert result.outcome.value == "rejected"
@@ -170,7 +180,7 @@ async def test_an_invalid_purpose_is_cancelled_and_superseded_when_the_cancel_mi
     setup: Setup,
 ) -> None:
     await setup.manager.start()
-    sub = Submission(transfer(setup), Purpose(NOTE), lambda conn, tx: None)
+    sub = Submission(transfer(setup), Purpose(NOTE), lambda conn, tx: None, key=_key())
     recorded = await setup.manager.record([sub], FAIR)
     await setup.manager.broadcast(recorded)
     assert recorded[0].tx_id is not None
@@ -188,7 +198,7 @@ async def test_a_stuck_transaction_at_the_fee_cap_is_left_alone_with_a_warning(
     await setup.manager.start()
     near_cap = Fees(max_fee_per_gas=95 * GWEI, max_priority_fee_per_gas=GWEI)
     recorded = await setup.manager.record(
-        [Submission(transfer(setup), Purpose(NOTE), lambda conn, tx: None)], near_cap
+        [Submission(transfer(setup), Purpose(NOTE), lambda conn, tx: None, key=_key())], near_cap
     )
     await setup.manager.broadcast(recorded)
     setup.clock.advance(POLICY.stuck_after_s + 1)
@@ -201,7 +211,10 @@ async def test_a_stuck_transaction_at_the_fee_cap_is_left_alone_with_a_warning(
 
 async def test_the_window_bounds_the_transactions_in_flight(setup: Setup) -> None:
     await setup.manager.start()
-    subs = [Submission(transfer(setup), Purpose(NOTE), lambda conn, tx: None) for _ in range(4)]
+    subs = [
+        Submission(transfer(setup), Purpose(NOTE), lambda conn, tx: None, key=_key())
+        for _ in range(4)
+    ]
     recorded = await setup.manager.record(subs, FAIR)
     assert [r.signed.nonce for r in recorded if r.signed] == [0, 1, 2, 3]
     assert setup.manager.room == 0
@@ -221,9 +234,11 @@ async def test_a_refused_bind_leaves_no_row_and_no_nonce_gap(setup: Setup) -> No
 
         raise TransitionConflict("the purpose moved on")
 
-    ok = Submission(transfer(setup), Purpose(NOTE), lambda conn, tx: None)
+    def ok() -> Submission:
+        return Submission(transfer(setup), Purpose(NOTE), lambda conn, tx: None, key=_key())
+
     recorded = await setup.manager.record(
-        [ok, Submission(transfer(setup), Purpose(NOTE), refuse), ok], FAIR
+        [ok(), Submission(transfer(setup), Purpose(NOTE), refuse, key=_key()), ok()], FAIR
     )
     assert [r.signed.nonce if r.signed else None for r in recorded] == [0, None, 1]
     assert [r["nonce"] for r in setup.rows()] == [0, 1]
@@ -232,9 +247,15 @@ async def test_a_refused_bind_leaves_no_row_and_no_nonce_gap(setup: Setup) -> No
 async def test_recording_an_already_recorded_transaction_returns_its_row(setup: Setup) -> None:
     signed = setup.signer.sign(transfer(setup), nonce=0, fees=FAIR)
     with atomic(setup.conn):
-        first = ledger.insert(setup.conn, signed, Purpose(NOTE), sender=setup.signer.address, now=1)
+        first = ledger.insert(
+            setup.conn, signed, Purpose(NOTE), sender=setup.signer.address, now=1,
+            idempotency_key="note:1",
+        )  # fmt: skip
     with atomic(setup.conn):
-        again = ledger.insert(setup.conn, signed, Purpose(NOTE), sender=setup.signer.address, now=2)
+        again = ledger.insert(
+            setup.conn, signed, Purpose(NOTE), sender=setup.signer.address, now=2,
+            idempotency_key="note:1",
+        )  # fmt: skip
     assert first == again
     assert len(setup.rows()) == 1
 
@@ -258,3 +279,16 @@ async def test_a_gap_whose_identical_cancel_was_recorded_before_is_filled_and_la
     rows = {r["tx_hash"]: r["status"] for r in setup.rows()}
     assert rows == {cancel.tx_hash: "MINED", later.tx_hash: "MINED"}
     assert setup.rpc("eth_getTransactionCount", [setup.signer.address, "latest"]) == "0x2"
+
+
+async def test_an_intended_transaction_is_recorded_once_whatever_the_caller_retries(
+    setup: Setup,
+) -> None:
+    await setup.manager.start()
+    sub = Submission(transfer(setup), Purpose(NOTE), lambda conn, tx: None, key="pay:order-7")
+    first = await setup.manager.record([sub], FAIR)
+    again = await setup.manager.record([sub, sub], FAIR)  # a retry after a lost answer
+    assert first[0].tx_id is not None
+    assert [r.existing_id for r in again] == [first[0].tx_id, first[0].tx_id]
+    assert all(r.signed is None for r in again)  # nothing signed, no nonce used
+    assert len(setup.rows()) == 1 and setup.manager.in_flight == 1

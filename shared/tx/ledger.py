@@ -48,13 +48,15 @@ CANCEL_PURPOSE: Final = "cancel"
 
 @dataclass(frozen=True)
 class Purpose:
-    """Why a transaction exists. ``kind`` selects the handler that judges it; the other
-    fields name what it serves (for a fulfilment: the request and the content answered)."""
+    """Why a transaction exists. ``kind`` selects the handler that judges it; ``subject`` is
+    what it serves (a request id, a task, a distribution run), ``version`` the version of the
+    subject it was made for (a request's generation) and ``fingerprint`` the content it was
+    made from (a content hash): a handler compares them with the subject as it stands now."""
 
     kind: str
-    request_id: str | None = None
-    generation: int | None = None
-    content_hash: str | None = None
+    subject: str | None = None
+    version: int | None = None
+    fingerprint: str | None = None
 
 
 CANCEL: Final = Purpose(CANCEL_PURPOSE)
@@ -82,6 +84,8 @@ class TxRecord:
     #: set while a reorg-out transaction waits for its purpose to be confirmed
     held_at_head: int | None = None
     simulated_block: int | None = None
+    #: names the intended transaction; unique (a replacement's key derives from it)
+    idempotency_key: str | None = None
 
     @property
     def is_open(self) -> bool:
@@ -93,10 +97,10 @@ class TxRecord:
 
 
 _COLUMNS: Final = (
-    "id, purpose, request_id, generation, content_hash, sender, nonce, tx_hash, raw_tx, "
+    "id, purpose, subject, version, fingerprint, sender, nonce, tx_hash, raw_tx, "
     "to_address, value_wei, calldata, gas_limit, max_fee_per_gas, max_priority_fee_per_gas, "
     "gas_price, status, replaces_tx_id, error, created_at, broadcast_at, mined_block, "
-    "mined_block_hash, held_at_head, simulated_block"
+    "mined_block_hash, held_at_head, simulated_block, idempotency_key"
 )
 
 
@@ -114,9 +118,9 @@ def _record(row: sqlite3.Row) -> TxRecord:
         id=row["id"],
         purpose=Purpose(
             kind=row["purpose"],
-            request_id=row["request_id"],
-            generation=row["generation"],
-            content_hash=row["content_hash"],
+            subject=row["subject"],
+            version=row["version"],
+            fingerprint=row["fingerprint"],
         ),
         sender=row["sender"],
         nonce=row["nonce"],
@@ -138,6 +142,7 @@ def _record(row: sqlite3.Row) -> TxRecord:
         mined_block_hash=row["mined_block_hash"],
         held_at_head=row["held_at_head"],
         simulated_block=row["simulated_block"],
+        idempotency_key=row["idempotency_key"],
     )
 
 
@@ -151,6 +156,7 @@ def insert(
     replaces: TxRecord | None = None,
     replaced_reason: str | None = None,
     simulated_block: int | None = None,
+    idempotency_key: str,
 ) -> int:
     """Record ``signed`` as SIGNED (call inside ``atomic``). With ``replaces``, that row must
     still be the open current transaction of the same nonce; it becomes REPLACED (CANCELLED
@@ -173,22 +179,53 @@ def insert(
             raise TransitionConflict(f"tx {replaces.tx_hash} is no longer open; not replacing it")
     fees = signed.fees
     cursor = conn.execute(
-        "INSERT INTO txs (purpose, request_id, generation, content_hash, sender, nonce, tx_hash,"
+        "INSERT INTO txs (purpose, subject, version, fingerprint, sender, nonce, tx_hash,"
         " raw_tx, to_address, value_wei, calldata, gas_limit, max_fee_per_gas,"
         " max_priority_fee_per_gas, gas_price, status, replaces_tx_id, created_at, updated_at,"
-        " simulated_block)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'SIGNED', ?, ?, ?, ?)",
+        " simulated_block, idempotency_key)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'SIGNED', ?, ?, ?, ?, ?)",
         (
-            purpose.kind, purpose.request_id, purpose.generation, purpose.content_hash,
+            purpose.kind, purpose.subject, purpose.version, purpose.fingerprint,
             sender, signed.nonce, signed.tx_hash, signed.raw, signed.call.to,
             str(signed.call.value), "0x" + signed.call.data.hex(), signed.call.gas_limit,
             _wei(fees.max_fee_per_gas), _wei(fees.max_priority_fee_per_gas),
             _wei(fees.gas_price), replaces.id if replaces else None, now, now,
-            simulated_block,
+            simulated_block, idempotency_key,
         ),
     )  # fmt: skip
     assert cursor.lastrowid is not None
     return cursor.lastrowid
+
+
+def recorded_keys(conn: sqlite3.Connection, keys: Iterable[str]) -> dict[str, int]:
+    """Of these idempotency keys, those already recorded: key -> row id."""
+    wanted = sorted(set(keys))
+    out: dict[str, int] = {}
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        out.update(
+            conn.execute(
+                f"SELECT idempotency_key, id FROM txs WHERE idempotency_key IN ({marks})", chunk
+            ).fetchall()
+        )
+    return out
+
+
+def replacement_key(old: TxRecord) -> str:
+    """The idempotency key of the transaction that replaces ``old``: the intent's key plus
+    the replaced row (a row is replaced at most once, so the key is unique)."""
+    root = (old.idempotency_key or f"legacy:{old.id}").split("#", 1)[0]
+    return f"{root}#r{old.id}"
+
+
+def free_key(conn: sqlite3.Connection, base: str) -> str:
+    """``base``, or ``base#2``, ``base#3``... whichever is not recorded yet."""
+    candidate, n = base, 1
+    while conn.execute("SELECT 1 FROM txs WHERE idempotency_key = ?", (candidate,)).fetchone():
+        n += 1
+        candidate = f"{base}#{n}"
+    return candidate
 
 
 def recorded_id(conn: sqlite3.Connection, tx_hash: str) -> int | None:

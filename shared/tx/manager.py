@@ -94,12 +94,15 @@ class TxPolicy:
 
 @dataclass(frozen=True)
 class Submission:
-    """A new transaction to sign: the call, its purpose, and ``bind``, which runs in the same
-    database transaction as the ledger insert (raise a PermanentError to skip this one)."""
+    """A new transaction to sign: the call, its purpose, ``key`` (the idempotency key that
+    names this intended transaction; recording a key already in the ledger signs nothing and
+    returns that row) and ``bind``, which runs in the same database transaction as the ledger
+    insert (raise a PermanentError to skip this one)."""
 
     call: Call
     purpose: Purpose
     bind: Callable[[sqlite3.Connection, SignedTx], None]
+    key: str
     #: the block the call was simulated at (recorded; a re-simulation uses one as new)
     simulated_block: int | None = None
 
@@ -110,6 +113,8 @@ class Recorded:
     signed: SignedTx | None = None
     tx_id: int | None = None
     skipped: PermanentError | None = None
+    #: the row that already holds this submission's key (nothing was signed)
+    existing_id: int | None = None
 
 
 @dataclass
@@ -219,19 +224,26 @@ class TxManager:
         out: list[Recorded] = []
         nonce = first_nonce
         with atomic(conn):
+            known = ledger.recorded_keys(conn, [sub.key for sub in submissions])
             for sub in submissions:
+                if sub.key in known:
+                    # The intended transaction is recorded already (a caller retrying after a
+                    # crash or a lost answer, or twice in one batch): never a second one.
+                    out.append(Recorded(sub, existing_id=known[sub.key]))
+                    continue
                 signed = self._signer.sign(sub.call, nonce=nonce, fees=fees)
                 try:
                     with atomic(conn):  # a savepoint: one refused bind undoes only its own row
                         tx_id = ledger.insert(
                             conn, signed, sub.purpose, sender=self.sender, now=now,
-                            simulated_block=sub.simulated_block,
+                            simulated_block=sub.simulated_block, idempotency_key=sub.key,
                         )  # fmt: skip
                         sub.bind(conn, signed)
                 except PermanentError as exc:
                     out.append(Recorded(sub, skipped=exc))
                     continue
                 out.append(Recorded(sub, signed=signed, tx_id=tx_id))
+                known[sub.key] = tx_id
                 nonce += 1
         return out
 
@@ -567,6 +579,11 @@ class TxManager:
                     )
                     ids.append(existing if revived else None)
                     continue
+                key = (
+                    ledger.replacement_key(plan.old)
+                    if plan.old is not None
+                    else ledger.free_key(conn, f"gap:{self.sender}:{plan.nonce}")
+                )
                 try:
                     with atomic(conn):
                         tx_id = ledger.insert(
@@ -577,6 +594,7 @@ class TxManager:
                             now=now,
                             replaces=plan.old,
                             replaced_reason=plan.reason,
+                            idempotency_key=key,
                         )
                         if plan.rejected and plan.old is not None:
                             tell(

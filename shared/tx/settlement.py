@@ -128,7 +128,7 @@ def settle_nonces(
 
 
 def _purpose_key(tx: TxRecord) -> tuple[str, str | None, int | None]:
-    return (tx.purpose.kind, tx.purpose.request_id, tx.purpose.generation)
+    return (tx.purpose.kind, tx.purpose.subject, tx.purpose.version)
 
 
 def _mined(
@@ -159,7 +159,7 @@ def _mined(
         "nonce": winner.nonce,
         "block": block,
         "purpose": winner.purpose.kind,
-        "request_id": winner.purpose.request_id,
+        "subject": winner.purpose.subject,
     }
     if ok:
         log.debug("tx_mined", **fields)

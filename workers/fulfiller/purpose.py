@@ -50,23 +50,23 @@ class FulfilmentPurpose:
     def invalid(self, conn: sqlite3.Connection, txs: Sequence[TxRecord]) -> dict[int, str]:
         out: dict[int, str] = {}
         for tx in txs:
-            if tx.purpose.request_id is None:
+            if tx.purpose.subject is None:
                 out[tx.id] = "fulfilment without a request id"
                 continue
             row = conn.execute(
                 "SELECT status, generation, content_hash, fulfilled_tx_hash FROM requests"
                 " WHERE request_id = ?",
-                (tx.purpose.request_id,),
+                (tx.purpose.subject,),
             ).fetchone()
             if row is None:
                 out[tx.id] = "the request was taken back by a reorg"
             elif (
-                row["generation"] != tx.purpose.generation
-                or row["content_hash"] != tx.purpose.content_hash
+                row["generation"] != tx.purpose.version
+                or row["content_hash"] != tx.purpose.fingerprint
             ):
                 out[tx.id] = (
                     f"the request's content was replaced by a reorg (generation "
-                    f"{tx.purpose.generation} -> {row['generation']})"
+                    f"{tx.purpose.version} -> {row['generation']})"
                 )
             elif row["status"] != Status.PROCESSED and not _fulfilled_by_nonce(conn, tx, row):
                 out[tx.id] = f"the request is {row['status']} now"
@@ -79,7 +79,7 @@ class FulfilmentPurpose:
         for tx in txs:
             row = conn.execute(
                 "SELECT block_number, block_hash FROM requests WHERE request_id = ?",
-                (tx.purpose.request_id,),
+                (tx.purpose.subject,),
             ).fetchone()
             if row is not None:  # a removed row makes invalid() cancel it first
                 out[tx.id] = SubjectAnchor(int(row["block_number"]), str(row["block_hash"]))
@@ -94,14 +94,14 @@ class FulfilmentPurpose:
         detail: str,
         now: float,
     ) -> None:
-        request_id = tx.purpose.request_id
+        request_id = tx.purpose.subject
         if request_id is None:
             return
         if outcome is Settlement.REVERTED:
             reverts = conn.execute(
-                "SELECT COUNT(*) FROM txs WHERE request_id = ? AND generation = ? "
+                "SELECT COUNT(*) FROM txs WHERE subject = ? AND version = ? "
                 "AND purpose = ? AND status = 'REVERTED'",
-                (request_id, tx.purpose.generation, FULFIL_PURPOSE),
+                (request_id, tx.purpose.version, FULFIL_PURPOSE),
             ).fetchone()[0]
             if reverts < MAX_REVERTS:
                 self._move(
@@ -135,16 +135,16 @@ class FulfilmentPurpose:
         try:
             with atomic(conn):
                 store.transition(
-                    conn, tx.purpose.request_id or "", Status.PROCESSED, to, actor=ACTOR,
-                    note=note, generation=tx.purpose.generation, set_columns=columns, now=now,
+                    conn, tx.purpose.subject or "", Status.PROCESSED, to, actor=ACTOR,
+                    note=note, generation=tx.purpose.version, set_columns=columns, now=now,
                 )  # fmt: skip
         except TransitionConflict as exc:
             # The row moved on (reorg, fulfilled by the event): its new state wins.
-            log.info("fulfilment_settle_skipped", request_id=tx.purpose.request_id, why=str(exc))
+            log.info("fulfilment_settle_skipped", request_id=tx.purpose.subject, why=str(exc))
             return
         log.info(
             "fulfilment_returned" if to is Status.ANSWERED else "fulfilment_failed",
-            request_id=tx.purpose.request_id,
+            request_id=tx.purpose.subject,
             tx_hash=tx.tx_hash,
             note=note,
             fail_reason=fail_reason,
@@ -170,8 +170,8 @@ def return_orphans(conn: sqlite3.Connection, *, now: float) -> int:
     """PROCESSED rows of which no transaction can still mine go back to ANSWERED."""
     rows = conn.execute(
         "SELECT r.request_id, r.generation FROM requests r WHERE r.status = 'PROCESSED' "
-        "AND NOT EXISTS (SELECT 1 FROM txs t WHERE t.request_id = r.request_id "
-        "AND t.generation = r.generation AND t.purpose = ? "
+        "AND NOT EXISTS (SELECT 1 FROM txs t WHERE t.subject = r.request_id "
+        "AND t.version = r.generation AND t.purpose = ? "
         "AND t.status IN ('SIGNED', 'BROADCAST', 'MINED'))",
         (FULFIL_PURPOSE,),
     ).fetchall()

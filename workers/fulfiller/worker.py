@@ -232,11 +232,14 @@ class FulfillerWorker:
     # --- one batch --------------------------------------------------------------------------
 
     async def _fulfil(self, claimed: Sequence[Claimed], fees: Fees) -> None:
-        prior = await self._db.run(_prior_simulation_blocks, claimed)
+        prior = await self._db.run(_prior_sends, claimed)
         best = self.manager.best_head or 0
         # Never simulate below the highest head seen, nor below the block an earlier send of
         # the same answer was simulated at, nor below the request's own block.
-        at_blocks = [max(best, prior.get(row.request_id, 0), row.block_number) for row in claimed]
+        at_blocks = [
+            max(best, prior.get(row.request_id, PriorSends()).block, row.block_number)
+            for row in claimed
+        ]
         try:
             verdicts = await self._simulate(claimed, at_blocks)
         except HodlaiError:
@@ -245,7 +248,8 @@ class FulfillerWorker:
         sends: list[Submission] = []
         for row, verdict in zip(claimed, verdicts, strict=True):
             if verdict.kind is VerdictKind.SEND:
-                sends.append(self._submission(row, verdict))
+                earlier = prior.get(row.request_id, PriorSends()).intents
+                sends.append(self._submission(row, verdict, earlier))
             else:
                 await self._db.run(self._settle_unsent, row, verdict, self._clock())
         if not sends:
@@ -254,7 +258,7 @@ class FulfillerWorker:
             recorded = await self.manager.record(sends, fees)
         except HodlaiError:
             # The record transaction rolled back as a whole: nothing was signed for good.
-            ids = [rid.decode(s.purpose.request_id or "0") for s in sends]
+            ids = [rid.decode(s.purpose.subject or "0") for s in sends]
             await self._db.run(store.release, ids, owner=LEASE_OWNER)
             raise
         await self._after_record(recorded)
@@ -282,13 +286,16 @@ class FulfillerWorker:
                 verdicts[i] = verdict
         return verdicts
 
-    def _submission(self, row: Claimed, verdict: Verdict) -> Submission:
+    def _submission(self, row: Claimed, verdict: Verdict, earlier: int) -> Submission:
+        """The fulfilment of ``row``; its idempotency key names the request, the generation
+        and how many fulfilments of that generation were intended before (a revert earns
+        one re-simulation and a second intent)."""
         key = rid.encode(row.request_id)
         purpose = Purpose(
             kind=FULFIL_PURPOSE,
-            request_id=key,
-            generation=row.generation,
-            content_hash=row.content_hash,
+            subject=key,
+            version=row.generation,
+            fingerprint=row.content_hash,
         )
         call = Call(
             to=to_checksum_address(self.config.provider),
@@ -302,7 +309,7 @@ class FulfillerWorker:
             # Any fulfilment of this request at a nonce still open (itself, or superseded by a
             # replacement or cancel that may yet lose to it) could still mine.
             other = conn.execute(
-                "SELECT t.tx_hash FROM txs t WHERE t.request_id = ? AND t.purpose = ?"
+                "SELECT t.tx_hash FROM txs t WHERE t.subject = ? AND t.purpose = ?"
                 " AND t.tx_hash <> ? AND EXISTS (SELECT 1 FROM txs o WHERE o.sender = t.sender"
                 " AND o.nonce = t.nonce AND o.status IN ('SIGNED', 'BROADCAST')) LIMIT 1",
                 (key, FULFIL_PURPOSE, signed.tx_hash),
@@ -315,11 +322,14 @@ class FulfillerWorker:
                 note=f"tx {signed.tx_hash} nonce {signed.nonce}",
             )  # fmt: skip
 
-        return Submission(call=call, purpose=purpose, bind=bind, simulated_block=simulated_at)
+        return Submission(
+            call=call, purpose=purpose, bind=bind, simulated_block=simulated_at,
+            key=f"{FULFIL_PURPOSE}:{key}:g{row.generation}:{earlier}",
+        )  # fmt: skip
 
     async def _after_record(self, recorded: Sequence[Recorded]) -> None:
         deferred = [
-            rid.decode(r.submission.purpose.request_id or "0")
+            rid.decode(r.submission.purpose.subject or "0")
             for r in recorded
             if isinstance(r.skipped, InFlightError)
         ]
@@ -335,7 +345,7 @@ class FulfillerWorker:
             if r.signed is not None:
                 log.info(
                     "fulfilment_signed",
-                    request_id=r.submission.purpose.request_id,
+                    request_id=r.submission.purpose.subject,
                     tx_hash=r.signed.tx_hash,
                     nonce=r.signed.nonce,
                     gas_limit=r.signed.call.gas_limit,
@@ -343,7 +353,7 @@ class FulfillerWorker:
             else:
                 log.info(
                     "fulfilment_not_recorded",
-                    request_id=r.submission.purpose.request_id,
+                    request_id=r.submission.purpose.subject,
                     why=str(r.skipped),
                 )
 
@@ -391,18 +401,24 @@ class FulfillerWorker:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _prior_simulation_blocks(conn: sqlite3.Connection, rows: Sequence[Claimed]) -> dict[int, int]:
-    """The newest block an earlier transaction of each row's current answer was simulated
-    at (rows without one are left out)."""
-    out: dict[int, int] = {}
+@dataclass(frozen=True)
+class PriorSends:
+    """What the ledger holds of earlier fulfilments of one row's current generation."""
+
+    block: int = 0  # the newest block one of them was simulated at
+    intents: int = 0  # how many were intended (replacements and cancels not counted)
+
+
+def _prior_sends(conn: sqlite3.Connection, rows: Sequence[Claimed]) -> dict[int, PriorSends]:
+    out: dict[int, PriorSends] = {}
     for row in rows:
-        found = conn.execute(
-            "SELECT MAX(simulated_block) FROM txs WHERE request_id = ? AND generation = ?"
-            " AND purpose = ?",
-            (rid.encode(row.request_id), row.generation, FULFIL_PURPOSE),
-        ).fetchone()[0]
-        if found is not None:
-            out[row.request_id] = int(found)
+        block, intents = conn.execute(
+            "SELECT MAX(simulated_block), COUNT(*) FILTER (WHERE replaces_tx_id IS NULL)"
+            " FROM txs WHERE purpose = ? AND subject = ? AND version = ?",
+            (FULFIL_PURPOSE, rid.encode(row.request_id), row.generation),
+        ).fetchone()
+        if intents:
+            out[row.request_id] = PriorSends(int(block or 0), int(intents))
     return out
 
 
