@@ -60,9 +60,9 @@ from shared.store import NewRequest, Status
 from shared.tx.fees import FeePolicy
 from shared.tx.manager import TxManager, TxPolicy
 from shared.tx.signer import LocalSigner
+from shared.tx.simulation import GasRule
 from tests.rpc_proxy import RpcProxy
 from workers.fulfiller.purpose import FULFIL_PURPOSE, FulfilmentPurpose
-from workers.fulfiller.simulation import GasRule
 from workers.fulfiller.worker import FulfillerConfig, FulfillerWorker
 
 GWEI = 10**9

@@ -6,8 +6,7 @@ from eth_abi.abi import encode as abi_encode
 from eth_utils.crypto import keccak
 
 from shared.errors import ExecutionRevertedError
-from workers.fulfiller.provider import revert_reason
-from workers.fulfiller.simulation import GasRule
+from shared.tx.simulation import GasRule, revert_reason
 
 ERROR_DATA = "0x" + (keccak(text="Error(string)")[:4] + abi_encode(["string"], ["nope"])).hex()
 

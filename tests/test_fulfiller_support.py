@@ -37,10 +37,10 @@ from shared.store import Status
 from shared.tx.fees import FeePolicy
 from shared.tx.manager import TxManager, TxPolicy
 from shared.tx.signer import LocalSigner
+from shared.tx.simulation import GasRule
 from tests.chain_fixtures import DeployedStack
 from tests.conftest import make_request
 from workers.fulfiller.purpose import FULFIL_PURPOSE, FulfilmentPurpose
-from workers.fulfiller.simulation import GasRule
 from workers.fulfiller.worker import FulfillerConfig, FulfillerWorker
 
 GWEI = 10**9

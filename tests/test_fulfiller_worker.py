@@ -9,6 +9,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from shared.db import connect
+from shared.tx.simulation import GasRule
 from tests.chain_fixtures import DeployedStack
 from tests.test_fulfiller_support import (
     Chain,
@@ -18,7 +19,6 @@ from tests.test_fulfiller_support import (
     statuses,
     tx_rows,
 )
-from workers.fulfiller.simulation import GasRule
 
 
 async def test_answered_requests_are_fulfilled_once_each_with_consecutive_nonces(

@@ -32,10 +32,10 @@ from shared.runtime import install_stop_handlers, run_loop
 from shared.tx.fees import FeePolicy
 from shared.tx.manager import TxManager, TxPolicy
 from shared.tx.signer import LocalSigner
+from shared.tx.simulation import GasRule
 from workers.fulfiller.purpose import FULFIL_PURPOSE, FulfilmentPurpose
 from workers.fulfiller.readiness import await_role
 from workers.fulfiller.settings import FulfillerSettings
-from workers.fulfiller.simulation import GasRule
 from workers.fulfiller.worker import FulfillerConfig, FulfillerWorker
 
 log = structlog.get_logger(__name__)

@@ -16,8 +16,8 @@ from eth_abi.exceptions import DecodingError
 from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 
-from shared.contracts import ORACLE_ROLE, decode_revert, error_selectors
-from shared.errors import ExecutionRevertedError, RpcTransportError
+from shared.contracts import ORACLE_ROLE
+from shared.errors import RpcTransportError
 from shared.rpc import RpcCall
 
 FULFIL_SIGNATURE: Final = "fulfillNodeReasoning(uint256,string,string)"
@@ -102,29 +102,3 @@ def _decode(types: list[str], result: Any) -> tuple[Any, ...]:
         raise RpcTransportError(
             f"cannot decode eth_call result as ({', '.join(types)}): {result[:66]!r}"
         ) from exc
-
-
-def _revert_data(error: ExecutionRevertedError) -> str | None:
-    data = error.data
-    if isinstance(data, dict):  # some nodes wrap it: {"data": "0x..."} or {"message": ...}
-        data = data.get("data", data.get("result"))
-    return data if isinstance(data, str) and data.startswith("0x") else None
-
-
-def revert_error_name(error: ExecutionRevertedError) -> str | None:
-    """The name of the custom error a revert carries (``UnknownRequest``, ...), if any."""
-    data = _revert_data(error)
-    if data is None or len(data) < 10:
-        return None
-    spec = error_selectors().get(bytes.fromhex(data[2:10]))
-    return None if spec is None else spec.name
-
-
-def revert_reason(error: ExecutionRevertedError) -> str:
-    """The decoded reason of a reverted eth_call / eth_estimateGas."""
-    data = _revert_data(error)
-    if data is not None:
-        return decode_revert(data)
-    if error.reason:
-        return error.reason
-    return str(error)

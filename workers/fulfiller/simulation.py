@@ -31,18 +31,14 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from shared.errors import ExecutionRevertedError, HodlaiError, StaleNodeError
-from shared.rpc import RpcCall, RpcClient, hex_int
+from eth_utils.address import to_checksum_address
+
+from shared.errors import HodlaiError, StaleNodeError
+from shared.rpc import RpcClient
 from shared.store import Claimed
-from workers.fulfiller.provider import (
-    decode_request_info,
-    estimate_gas,
-    eth_call,
-    fulfil_calldata,
-    request_info_call,
-    revert_error_name,
-    revert_reason,
-)
+from shared.tx.signer import Call
+from shared.tx.simulation import GasRule, Outcome, Simulation, judge, simulation_calls
+from workers.fulfiller.provider import decode_request_info, fulfil_calldata, request_info_call
 
 # Reverts that a node lacking part of the chain produces for a request that is fine: retried,
 # never a verdict (see the module docstring).
@@ -68,18 +64,6 @@ class Verdict:
     lagging: bool = False
 
 
-@dataclass(frozen=True)
-class GasRule:
-    margin_percent: int
-    cap: int
-
-    def limit_for(self, estimate: int) -> int | None:
-        """The gas limit to sign with, or None when even the estimate is above the cap."""
-        if estimate > self.cap:
-            return None
-        return min(estimate * (100 + self.margin_percent) // 100, self.cap)
-
-
 def answer_problem(row: Claimed) -> str | None:
     """Why this row's stored answer cannot be sent, or None when it can."""
     if row.answer_action is None:
@@ -102,7 +86,7 @@ async def simulate(
 ) -> list[Verdict]:
     """One verdict per row, in order; row i is simulated at block ``at_blocks[i]``."""
     verdicts: list[Verdict | None] = []
-    calls: list[RpcCall] = []
+    calls = []
     datas: list[tuple[bytes, int]] = []
     for row, block in zip(rows, at_blocks, strict=True):
         problem = answer_problem(row)
@@ -111,12 +95,12 @@ async def simulate(
             continue
         assert row.answer_action is not None and row.answer_cid is not None
         data = fulfil_calldata(row.request_id, row.answer_action, row.answer_cid)
+        call = Call(to=to_checksum_address(provider), data=data, value=0, gas_limit=0)
         verdicts.append(None)
         datas.append((data, block))
         calls += [
             request_info_call(provider, row.request_id, block=block),
-            eth_call(provider, data, sender=oracle, block=block),
-            estimate_gas(provider, data, sender=oracle, block=block),
+            *simulation_calls(call, sender=oracle, block=block),
         ]
     # No head check is needed: every call names its block, and a node without that block
     # answers an error for that call (StaleNodeError), never an older state.
@@ -128,31 +112,17 @@ async def simulate(
             out.append(verdict)
             continue
         data, block = datas[slot]
-        info, call, estimate = answers[3 * slot : 3 * slot + 3]
-        out.append(_judge(info, call, estimate, data, gas, block))
+        info, call_answer, estimate = answers[3 * slot : 3 * slot + 3]
+        out.append(_verdict(info, call_answer, estimate, data, gas, block))
         slot += 1
     return out
 
 
-def _judge(info: Any, call: Any, estimate: Any, data: bytes, gas: GasRule, block: int) -> Verdict:
-    problem = _simulation_problem(info, call, estimate)
-    if problem is not None:
-        return problem
-    needed = hex_int(estimate)
-    limit = gas.limit_for(needed)
-    if limit is None:
-        return Verdict(
-            VerdictKind.FAIL,
-            reason=f"needs {needed} gas, above the cap HODLAI_FULFILLER_GAS_CAP={gas.cap}",
-        )
-    return Verdict(VerdictKind.SEND, calldata=data, gas_limit=limit, block=block)
-
-
-def _simulation_problem(info: Any, call: Any, estimate: Any) -> Verdict | None:
-    """A verdict other than SEND, when the three answers call for one."""
-    for answer in (info, call, estimate):
-        if isinstance(answer, StaleNodeError):
-            return Verdict(VerdictKind.DEFER, reason=f"node behind: {answer}", lagging=True)
+def _verdict(
+    info: Any, call_answer: Any, estimate: Any, data: bytes, gas: GasRule, block: int
+) -> Verdict:
+    if isinstance(info, StaleNodeError):
+        return Verdict(VerdictKind.DEFER, reason=f"node behind: {info}", lagging=True)
     if isinstance(info, HodlaiError):
         return Verdict(VerdictKind.DEFER, reason=f"getRequestInfo failed: {info}")
     try:
@@ -161,20 +131,24 @@ def _simulation_problem(info: Any, call: Any, estimate: Any) -> Verdict | None:
         return Verdict(VerdictKind.DEFER, reason=str(exc))
     if request.exists and request.fulfilled:
         return Verdict(VerdictKind.FULFILLED, reason="the chain already holds an answer")
-    return _revert_problem(call, estimate)
+    return _from_simulation(judge(call_answer, estimate, gas), data, gas, block)
 
 
-def _revert_problem(call: Any, estimate: Any) -> Verdict | None:
-    for answer in (call, estimate):
-        if isinstance(answer, ExecutionRevertedError):
-            reason = f"simulation reverted: {revert_reason(answer)}"
-            name = revert_error_name(answer)
-            if name == "AlreadyFulfilled":  # answered meanwhile: the event will say by whom
-                return Verdict(VerdictKind.FULFILLED, reason=reason)
-            if name in LAG_EXPLAINED_ERRORS:
-                return Verdict(VerdictKind.DEFER, reason=reason, lagging=True)
-            return Verdict(VerdictKind.FAIL, reason=reason)
-    for answer in (call, estimate):
-        if isinstance(answer, HodlaiError):
-            return Verdict(VerdictKind.DEFER, reason=f"simulation failed: {answer}")
-    return None
+def _from_simulation(sim: Simulation, data: bytes, gas: GasRule, block: int) -> Verdict:  # noqa: PLR0911 -- one verdict per outcome
+    """The fulfiller's verdict on the core's simulation of its call."""
+    if sim.outcome is Outcome.OK:
+        return Verdict(VerdictKind.SEND, calldata=data, gas_limit=sim.gas_limit, block=block)
+    if sim.outcome is Outcome.BEHIND:
+        return Verdict(VerdictKind.DEFER, reason=sim.reason, lagging=True)
+    if sim.outcome is Outcome.UNAVAILABLE:
+        return Verdict(VerdictKind.DEFER, reason=sim.reason)
+    if sim.outcome is Outcome.OVER_CAP:
+        return Verdict(
+            VerdictKind.FAIL,
+            reason=f"needs {sim.estimate} gas, above the cap HODLAI_FULFILLER_GAS_CAP={gas.cap}",
+        )
+    if sim.error_name == "AlreadyFulfilled":  # answered meanwhile: the event will say by whom
+        return Verdict(VerdictKind.FULFILLED, reason=sim.reason)
+    if sim.error_name in LAG_EXPLAINED_ERRORS:
+        return Verdict(VerdictKind.DEFER, reason=sim.reason, lagging=True)
+    return Verdict(VerdictKind.FAIL, reason=sim.reason)

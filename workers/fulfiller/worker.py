@@ -41,10 +41,11 @@ from shared.tx.fees import FeePolicy, Fees, fetch_market, price
 from shared.tx.ledger import Purpose
 from shared.tx.manager import Recorded, Submission, TxManager
 from shared.tx.signer import Call, SignedTx
+from shared.tx.simulation import GasRule
 from workers.fulfiller.purpose import ACTOR, FULFIL_PURPOSE, return_orphans
 from workers.fulfiller.readiness import read_readiness
 from workers.fulfiller.settings import FaultPoint
-from workers.fulfiller.simulation import GasRule, Verdict, VerdictKind, simulate
+from workers.fulfiller.simulation import Verdict, VerdictKind, simulate
 
 log = structlog.get_logger(__name__)
 
