@@ -198,6 +198,17 @@ CREATE INDEX IF NOT EXISTS idx_txs_subject ON txs (purpose, subject, version);
 CREATE INDEX IF NOT EXISTS idx_txs_sender_nonce ON txs (sender, nonce);
 CREATE INDEX IF NOT EXISTS idx_txs_mined ON txs (sender, mined_block) WHERE status = 'MINED';
 
+-- One owner per sending key (shared/tx/senders.py): the key's OS lock on this file plus this
+-- row, whose heartbeat names the owner for operators and other machines.
+CREATE TABLE IF NOT EXISTS senders (
+    address      TEXT PRIMARY KEY,           -- checksummed sending address
+    owner        TEXT NOT NULL,              -- e.g. 'fulfiller'
+    host         TEXT NOT NULL,
+    pid          INTEGER NOT NULL,
+    acquired_at  REAL NOT NULL,
+    heartbeat_at REAL NOT NULL
+) STRICT;
+
 -- ---- views for the sqlite3 CLI (recreated on every migration) ----
 
 DROP VIEW IF EXISTS v_status_counts;

@@ -59,6 +59,7 @@ from shared.rpc import RpcClient
 from shared.store import NewRequest, Status
 from shared.tx.fees import FeePolicy
 from shared.tx.manager import TxManager, TxPolicy
+from shared.tx.senders import claim_sender
 from shared.tx.signer import LocalSigner
 from shared.tx.simulation import GasRule
 from tests.rpc_proxy import RpcProxy
@@ -169,6 +170,7 @@ async def fulfil(
         signer=signer,
         policy=TxPolicy(fees=fees, window=window),
         handlers={FULFIL_PURPOSE: FulfilmentPurpose()},
+        claim=claim_sender(db, adb.conn, signer.address, owner="bench"),
     )
     worker = FulfillerWorker(
         db=adb,
@@ -205,6 +207,7 @@ async def fulfil(
                 await asyncio.sleep(delay)
         return time.perf_counter() - started
     finally:
+        await manager.close()
         await client.aclose()
         adb.close()
 

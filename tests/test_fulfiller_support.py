@@ -36,6 +36,7 @@ from shared.rpc import RpcClient
 from shared.store import Status
 from shared.tx.fees import FeePolicy
 from shared.tx.manager import TxManager, TxPolicy
+from shared.tx.senders import claim_sender
 from shared.tx.signer import LocalSigner
 from shared.tx.simulation import GasRule
 from tests.chain_fixtures import DeployedStack
@@ -290,6 +291,7 @@ class Fulfiller:
             await asyncio.sleep(min(delay, 0.05))
 
     async def close(self) -> None:
+        await self.manager.close()
         await self.rpc.aclose()
         self.db.close()
 
@@ -314,6 +316,7 @@ def make_fulfiller(
         signer=signer,
         policy=policy,
         handlers={FULFIL_PURPOSE: FulfilmentPurpose()},
+        claim=claim_sender(db_path, db.conn, signer.address, owner="test fulfiller"),
         clock=clock,
     )
     worker = FulfillerWorker(

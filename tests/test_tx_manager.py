@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 from structlog.testing import capture_logs
 
 from shared.anvil import Anvil
@@ -21,6 +22,7 @@ from shared.tx import ledger
 from shared.tx.fees import GWEI, FeePolicy, Fees
 from shared.tx.ledger import Purpose, TxRecord
 from shared.tx.manager import Submission, TxManager, TxPolicy
+from shared.tx.senders import claim_sender
 from shared.tx.settlement import Settlement, SubjectAnchor
 from shared.tx.signer import Call, LocalSigner, SignedTx
 from tests.test_fulfiller_support import ManualClock
@@ -97,8 +99,8 @@ class Setup:
         return signed
 
 
-@pytest.fixture
-def setup(tmp_path: Path) -> Iterator[Setup]:
+@pytest_asyncio.fixture
+async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
     with Anvil(no_mining=True) as node:
         signer = LocalSigner(bytes.fromhex(node.accounts[4].private_key[2:]), chain_id=31337)
         purpose = NotePurpose()
@@ -110,9 +112,11 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
             signer=signer,
             policy=POLICY,
             handlers={NOTE: purpose},
+            claim=claim_sender(tmp_path / "tx.db", db.conn, signer.address, owner="test"),
             clock=clock,
         )
         yield Setup(node, manager, signer, connect(tmp_path / "tx.db"), purpose, clock)
+        await manager.close()
         db.close()
 
 

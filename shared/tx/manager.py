@@ -8,6 +8,8 @@ one for 'fulfil'; later executors register theirs). Guarantees:
 - Record before broadcast: :meth:`TxManager.record` signs and commits each transaction,
   together with its purpose's own state change, before :meth:`TxManager.broadcast` lets any
   node see it. Killed at any instant, the ledger holds every transaction a node might have.
+- It signs only while it holds its key's sender claim (shared/tx/senders.py): one process per
+  key across processes, refreshed by a heartbeat every poll.
 - At most ``window`` nonces are open at once; within them transactions are pipelined (sent
   without waiting for the previous receipt) with consecutive nonces.
 - Every poll (:meth:`TxManager.poll`) reads the head, the nonce count and the receipts of
@@ -54,6 +56,7 @@ from shared.tx.fees import FeePolicy, Fees, fetch_market
 from shared.tx.ledger import Purpose, TxRecord, TxStatus
 from shared.tx.nonces import NonceTracker
 from shared.tx.replacements import Replacement
+from shared.tx.senders import SenderClaim
 from shared.tx.settlement import PurposeHandler, Settlement, settle_nonces, tell
 from shared.tx.signer import Call, LocalSigner, SignedTx
 
@@ -140,8 +143,12 @@ class TxManager:
         signer: LocalSigner,
         policy: TxPolicy,
         handlers: Mapping[str, PurposeHandler],
+        claim: SenderClaim,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        if claim.address != signer.address:
+            raise ValueError(f"the sender claim is for {claim.address}, not {signer.address}")
+        self._claim = claim
         self._db = db
         self._rpc = rpc
         self._signer = signer
@@ -175,6 +182,10 @@ class TxManager:
     def room(self) -> int:
         """How many new transactions the window admits now."""
         return max(0, self.policy.window - self._open_nonces)
+
+    async def close(self) -> None:
+        """Give the sending key back (the row and the OS lock); nothing is signed after."""
+        await self._db.run(self._claim.release)
 
     # --- start ------------------------------------------------------------------------------
 
@@ -289,6 +300,7 @@ class TxManager:
         its purpose and fill gaps. Returns what it did."""
         now = self._clock()
         report = PollReport()
+        await self._db.run(self._claim.heartbeat, now=now)
         best = self._heads.best
         snap = await self._db.run(
             watch.snapshot,

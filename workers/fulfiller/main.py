@@ -31,6 +31,7 @@ from shared.rpc import RpcClient, hex_int
 from shared.runtime import install_stop_handlers, run_loop
 from shared.tx.fees import FeePolicy
 from shared.tx.manager import TxManager, TxPolicy
+from shared.tx.senders import claim_sender
 from shared.tx.signer import LocalSigner
 from shared.tx.simulation import GasRule
 from workers.fulfiller.purpose import FULFIL_PURPOSE, FulfilmentPurpose
@@ -87,6 +88,9 @@ async def _serve(settings: FulfillerSettings, private_key: bytes, db: AsyncDatab
         # URL on another chain is quarantined, never asked for answers.
         await rpc.expect_chain(chain_id)
         signer = LocalSigner(private_key, chain_id=chain_id)
+        claim = await db.run(
+            lambda conn: claim_sender(settings.db_path, conn, signer.address, owner=ROLE)
+        )
         readiness = await await_role(
             rpc,
             provider=settings.provider_address,
@@ -116,6 +120,7 @@ async def _serve(settings: FulfillerSettings, private_key: bytes, db: AsyncDatab
                 confirmations=settings.confirmations,
             ),
             handlers={FULFIL_PURPOSE: FulfilmentPurpose()},
+            claim=claim,
         )
         worker = FulfillerWorker(
             db=db,
@@ -161,6 +166,7 @@ async def _serve(settings: FulfillerSettings, private_key: bytes, db: AsyncDatab
             await run_loop(ROLE, step, stop=stop, health=health)
         finally:
             await worker.stop()
+            await manager.close()
         return 0
     finally:
         await rpc.aclose()
