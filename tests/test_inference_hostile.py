@@ -212,3 +212,39 @@ async def test_the_trace_shows_the_endpoint_without_credentials(
     assert "PASSWORD-1" not in seen and "node:" not in seen
     basic = "Basic " + base64.b64encode(b"node:PASSWORD-1").decode()
     assert mock_llm.stats()["authorization"] == {authorization_fingerprint(basic): 1}
+
+
+async def test_the_last_row_of_a_shard_failing_alone_ends_failed_after_the_bound(
+    conn: sqlite3.Connection, db_path: Path, mock_llm: MockLlmServer, harnesses: list[Harness]
+) -> None:
+    store.insert_request(conn, make_request(1, state_string="p [[mock:500]]"), actor="t")
+    harness = Harness(db_path, mock_llm, poison_strikes=3, poison_alone_after_s=2.0)
+    harnesses.append(harness.start())
+    await until(lambda: count(conn, "FAILED") == 1, within_s=20)
+    row = store.get_request(conn, 1)
+    assert row is not None and "answered nothing else meanwhile" in row["fail_reason"]
+    assert "answered 500" in row["fail_reason"]
+
+
+async def test_a_refused_key_never_fails_a_request_however_long_it_lasts(
+    conn: sqlite3.Connection, db_path: Path, mock_llm: MockLlmServer, harnesses: list[Harness]
+) -> None:
+    store.insert_request(conn, make_request(1), actor="t")
+    mock_llm.configure(behaviour="401")
+    harness = Harness(db_path, mock_llm, poison_strikes=2, poison_alone_after_s=0.5)
+    harnesses.append(harness.start())
+    await until(lambda: mock_llm.stats()["requests"] >= 4, within_s=20)
+    assert count(conn, "PENDING") == 1 and count(conn, "FAILED") == 0
+
+
+async def test_stop_releases_parked_rows(
+    conn: sqlite3.Connection, db_path: Path, mock_llm: MockLlmServer
+) -> None:
+    store.insert_request(conn, make_request(1, state_string="p [[mock:500]]"), actor="t")
+    harness = Harness(db_path, mock_llm).start()
+    await until(lambda: harness.worker.paused)
+    held = store.get_request(conn, 1)
+    assert held is not None and held["lease_owner"] == harness.config.owner  # parked, held
+    await harness.finish(grace_s=0)
+    row = store.get_request(conn, 1)
+    assert row is not None and row["status"] == "PENDING" and row["lease_owner"] is None

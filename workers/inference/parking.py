@@ -10,7 +10,10 @@ Guarantees (no I/O here; the worker passes ``now`` in):
   request that keeps failing, whether the endpoint answers the others or it is the only
   one left, collects a strike on every try.
 - A "come back later" answer (LlmBusyError: 429, 503) parks the row but never counts: a
-  rate limit is about the node's key, not about the request.
+  rate limit is about the node's key, not about the request. A refusal (LlmAccessError:
+  401/403/404) counts only once the endpoint has answered others since the row's previous
+  failure, which shows that the key works and the refusal is about this request (its model):
+  a bad key is the operator's to fix and never fails requests by itself.
 - At most ``max_parked`` rows are held; past that the worker releases a failed row instead
   of parking it (and its strikes are forgotten), so an endless outage over a large backlog
   cannot make one worker hold the whole backlog, and the book's memory stays bounded.
@@ -22,8 +25,12 @@ Whether strikes fail a row is the worker's rule (``workers/inference/worker.py``
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from shared.store import Claimed
+
+#: "busy": come back later (429, 503); "refused": 401/403/404; "failure": anything else.
+FailureKind = Literal["busy", "refused", "failure"]
 
 
 @dataclass(frozen=True)
@@ -60,14 +67,15 @@ class StrikeBook:
         return self._strikes.get(request_id)
 
     def record_failure(
-        self, request_id: int, *, now: float, last_success_at: float, counts: bool
+        self, request_id: int, *, now: float, last_success_at: float, kind: FailureKind
     ) -> tuple[Strikes, bool]:
-        """Note a transport failure (``counts`` False for a busy answer). Returns the row's
-        strikes and whether the endpoint answered others since the row's previous failure:
-        evidence that the failure is about this row."""
+        """Note a transport failure. Returns the row's strikes and whether the endpoint
+        answered others since the row's previous failure: evidence that the failure is
+        about this row."""
         previous = self._strikes.get(request_id)
         if previous is None:
-            strikes = Strikes(counted=int(counts), failures=1, first_at=now, last_at=now)
+            first = int(kind == "failure")
+            strikes = Strikes(counted=first, failures=1, first_at=now, last_at=now)
             self._strikes[request_id] = strikes
             return strikes, False
         answered_since = last_success_at > previous.last_at
@@ -76,9 +84,12 @@ class StrikeBook:
             for other_id, other in self._strikes.items()
             if other_id != request_id
         )
-        outage = others_failed_since and not answered_since
+        if kind == "failure":
+            counts = answered_since or not others_failed_since  # not an apparent outage
+        else:
+            counts = kind == "refused" and answered_since
         strikes = Strikes(
-            counted=previous.counted + int(counts and not outage),
+            counted=previous.counted + int(counts),
             failures=previous.failures + 1,
             first_at=previous.first_at,
             last_at=now,

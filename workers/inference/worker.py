@@ -10,7 +10,7 @@ Guarantees:
   does not lose its row; a killed worker's rows are retaken once the lease runs out.
 - The bad-answer budget survives crashes: each spent attempt is written (fenced) before the
   next one is made.
-- An LLM outage pauses the worker; it never fails requests. A transport error parks the row
+- An LLM outage pauses the worker. A transport error parks the row
   untouched (its budget intact; see :mod:`workers.inference.parking`) and pauses claiming
   for an exponential back-off that honours Retry-After up to ``RETRY_AFTER_CAP_S``; after a
   pause one probe request goes first, and full concurrency returns with the first success.
@@ -20,9 +20,10 @@ Guarantees:
 - A request the endpoint keeps failing (a poison request) is FAILED with the reason after
   ``poison_strikes`` strikes once the endpoint has answered others since its first failure,
   or after ``poison_alone_after_s`` of failing when nothing else was asked meanwhile; a
-  failure after the endpoint answered others does not pause the others. An outage never
-  fails requests (its failures are not strikes), and rate limits (LlmBusyError) never
-  count against a row.
+  failure after the endpoint answered others does not pause the others. An outage over
+  several rows never fails requests (its failures are not strikes); rate limits
+  (LlmBusyError) never count against a row, nor does a refused key unless the endpoint
+  answers others meanwhile (then the refusal is about the request's model).
 - While the endpoint refuses the node (LlmAccessError: key, plan, model id), the health is
   503 with the reason and ``llm_access_denied`` is logged at error level: an operator must
   act. The worker backs off meanwhile and recovers by itself on the first success.
@@ -66,7 +67,7 @@ from shared.metrics import ANSWERS, ERRORS
 from shared.store import Claimed, Status
 from workers.inference.health import InferenceHealth
 from workers.inference.limits import ContractStringLimits
-from workers.inference.parking import StrikeBook, Strikes
+from workers.inference.parking import FailureKind, StrikeBook, Strikes
 
 log = structlog.get_logger(__name__)
 
@@ -81,7 +82,7 @@ OUTAGE_BACKOFF_CAP_S = 30.0
 RETRY_AFTER_CAP_S = 60.0
 # Strikes (transport failures not part of an apparent outage; see parking.py) before a
 # request is failed as poison. With the back-off between its tries (0.5 s doubling, capped at
-# 30 s) that is about two minutes plus eight LLM timeouts once the endpoint answers others.
+# 30 s) that is about a minute of waiting plus eight LLM calls (each at most the timeout).
 POISON_STRIKES = 8
 # Seconds a request must have been failing before its strikes fail it when the endpoint has
 # answered nothing else since its first failure (it is the only row of its shard left):
@@ -333,8 +334,11 @@ class InferenceWorker:
         kind = type(exc).__name__
         ERRORS.labels(process=PROCESS, kind=kind).inc()
         busy = isinstance(exc, LlmBusyError)
+        failure: FailureKind = (
+            "busy" if busy else "refused" if isinstance(exc, LlmAccessError) else "failure"
+        )
         strikes, answered_others = self._book.record_failure(
-            row.request_id, now=now, last_success_at=self._last_success_at, counts=not busy
+            row.request_id, now=now, last_success_at=self._last_success_at, kind=failure
         )
         retry_after = None if exc.retry_after is None else min(exc.retry_after, RETRY_AFTER_CAP_S)
         # Failing again after the endpoint answered others is about this request: park it and
