@@ -22,7 +22,6 @@ from shared.runtime import run_loop
 from shared.store import Status
 from tests.conftest import make_request
 from workers.inference.health import InferenceHealth
-from workers.inference.limits import ContractStringLimits
 from workers.inference.worker import InferenceWorker, WorkerConfig
 from workers.mockllm.server import MockLlmServer
 
@@ -46,9 +45,7 @@ class Harness:
         *,
         base_url: str | None = None,
         timeout_s: float = 5.0,
-        max_response_bytes: int | None = None,
         health: InferenceHealth | None = None,
-        limits: ContractStringLimits | None = None,
         **config: Any,
     ) -> None:
         fields: dict[str, Any] = {
@@ -59,19 +56,14 @@ class Harness:
         fields.update(config)
         self.config = WorkerConfig(**fields)
         self.adb = AsyncDatabase(connect(db_path))
-        extra: dict[str, Any] = {}
-        if max_response_bytes is not None:
-            extra["max_response_bytes"] = max_response_bytes
         self.backend = OpenAIBackend(
             base_url=base_url or mock.url, model_map={"hodlai-local": "mock-1"},
-            timeout_s=timeout_s, **extra,
+            timeout_s=timeout_s,
         )  # fmt: skip
         self.stop = asyncio.Event()
-        self.health = health
         self.worker = InferenceWorker(
-            self.config, adb=self.adb, backend=self.backend, stop=self.stop, health=health,
-            limits=limits,
-        )  # fmt: skip
+            self.config, adb=self.adb, backend=self.backend, stop=self.stop, health=health
+        )
         self.loop: asyncio.Task[None] | None = None
 
     def start(self) -> Harness:
