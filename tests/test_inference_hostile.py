@@ -249,3 +249,22 @@ async def test_stop_releases_parked_rows(
     await harness.finish(grace_s=0)
     row = store.get_request(conn, 1)
     assert row is not None and row["status"] == "PENDING" and row["lease_owner"] is None
+
+
+async def test_with_the_parking_full_probes_rotate_among_the_parked_rows(
+    conn: sqlite3.Connection, db_path: Path, mock_llm: MockLlmServer, harnesses: list[Harness]
+) -> None:
+    for i in range(1, 6):
+        store.insert_request(conn, make_request(i), actor="t")
+    mock_llm.configure(behaviour="500")
+    harness = Harness(db_path, mock_llm, max_concurrency=1, claim_batch=1, max_parked=2)
+    with capture_logs() as logs:
+        harnesses.append(harness.start())
+        await until(lambda: mock_llm.stats()["requests"] >= 3, within_s=15)
+        await asyncio.sleep(0.1)
+    tried = [int(e["request_id"]) for e in logs if e["event"] == "llm_unavailable"]
+    assert tried[:3] == [1, 2, 1]  # the parked rows in turn; the others wait unleased
+    leased = conn.execute("SELECT COUNT(*) FROM requests WHERE lease_owner IS NOT NULL")
+    assert leased.fetchone()[0] <= 2
+    mock_llm.configure(behaviour="ok")
+    await until(lambda: count(conn, "ANSWERED") == 5, within_s=40)

@@ -190,9 +190,12 @@ class InferenceWorker:
         """Parked rows whose back-off has passed, then fresh claims. A probe prefers a fresh
         row: the parked ones are what just failed, and probing them again is how one bad
         request used to hold its whole shard."""
-        if probing and not self._book.full:
-            rows = await self._claim(now, room)
-            return rows or self._book.take_due(now, room)
+        if probing:
+            if not self._book.full:
+                rows = await self._claim(now, room)
+                if rows:
+                    return rows
+            return self._book.take_due(now, room)  # a full book: rotate among its rows
         rows = self._book.take_due(now, room)
         if len(rows) < room:
             rows += await self._claim(now, room - len(rows))
