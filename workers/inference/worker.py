@@ -14,8 +14,9 @@ Guarantees:
   untouched (its budget intact; see :mod:`workers.inference.parking`) and pauses claiming
   for an exponential back-off that honours Retry-After up to ``RETRY_AFTER_CAP_S``; after a
   pause one probe request goes first, and full concurrency returns with the first success.
-  The probe is a row not tried yet (the failed one is parked behind the others), so probes
-  rotate and one failing request cannot hold its shard. Failures that arrive during a pause
+  The probe is a row not tried yet (the failed one is parked behind the others; with
+  ``max_parked`` rows parked, the parked row due first), so probes rotate and one failing
+  request cannot hold its shard. Failures that arrive during a pause
   (calls that were already in flight) do not escalate it.
 - A request the endpoint keeps failing (a poison request) is FAILED with the reason after
   ``poison_strikes`` strikes once the endpoint has answered others since its first failure,
