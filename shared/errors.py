@@ -16,7 +16,8 @@ tenacity can decide by *type* whether something is worth retrying::
     │   │   └── RpcResponseTooLargeError  the answer outgrew the size cap; cut off unread
     │   ├── StaleNodeError          the node is behind what we already know
     │   ├── LlmTransportError       LLM timeout, 429, 5xx, connection refused
-    │   │   └── LlmAccessError      the LLM endpoint refuses this node (401/403/404)
+    │   │   ├── LlmAccessError      the LLM endpoint refuses this node (401/403/404)
+    │   │   └── LlmBusyError        429/503-like "come back later": about us, not the request
     │   ├── FeeCapExceededError     the market fee is above the configured cap: wait
     │   └── InsufficientFundsError  the sender cannot pay for gas: fund it, then it resumes
     └── PermanentError              retrying the same input gives the same failure
@@ -28,6 +29,7 @@ tenacity can decide by *type* whether something is worth retrying::
         ├── LeaseLostError          a worker completed work it no longer holds (fenced off)
         ├── InvalidRequestError     a request that can never be answered (empty actions, ...)
         ├── BadAnswerError          the model answered outside the permitted set
+        │   └── LlmAnswerTooLargeError  the answer was larger than the node reads; cut there
         ├── RpcResponseError        a JSON-RPC error object that is not transient
         │   └── ExecutionRevertedError  eth_call / estimateGas reverted; carries the reason
         ├── KeyFileError            missing, unreadable or too-open key file
@@ -167,6 +169,25 @@ class LlmAccessError(LlmTransportError):
 
     Retryable on purpose: it is the node's configuration, not the request, that is wrong, so
     workers pause instead of failing every request until an operator fixes it."""
+
+
+class LlmBusyError(LlmTransportError):
+    """The LLM endpoint asked us to come back later (429, 503, 408, 409, 425).
+
+    Says nothing about the request that got it (a rate limit is per key, an overload per
+    server), so it never counts against that request as a poison strike."""
+
+
+class LlmAnswerTooLargeError(BadAnswerError):
+    """The endpoint's answer was larger than the node reads; the rest was left unread.
+
+    A bad answer like any other (it spends an attempt), but one whose text is not kept:
+    neither fed back to the model nor stored in the trace."""
+
+    def __init__(self, message: str, *, limit: int) -> None:
+        super().__init__(message)
+        #: bytes the node reads of one answer
+        self.limit = limit
 
 
 class LlmRejectedError(PermanentError):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from shared import store
@@ -207,6 +209,8 @@ def test_without_a_chain_id_the_worker_waits_for_the_indexer_to_record_it(
         ({"HODLAI_LLM_MODEL_MAP": '{"m": 5}'}, "HODLAI_LLM_MODEL_MAP"),
         ({"HODLAI_LLM_TIMEOUT_S": "0"}, "HODLAI_LLM_TIMEOUT_S"),
         ({"HODLAI_WORKER_COUNT": "2", "HODLAI_WORKER_ID": "2"}, "HODLAI_WORKER_ID"),
+        ({"HODLAI_LLM_MAX_RESPONSE_BYTES": "10"}, "HODLAI_LLM_MAX_RESPONSE_BYTES"),
+        ({"HODLAI_INFERENCE_LIMITS_REFRESH_S": "0"}, "HODLAI_INFERENCE_LIMITS_REFRESH_S"),
     ],
 )
 def test_bad_settings_stop_the_worker_naming_the_setting(
@@ -222,3 +226,30 @@ def test_bad_settings_stop_the_worker_naming_the_setting(
     assert result.returncode == 2
     assert message in result.stderr
     assert "sk-secret-xyz" not in result.stderr
+
+
+def test_a_refused_api_key_turns_the_shard_s_healthz_503(
+    conn: sqlite3.Connection, mock_llm: MockLlmServer, workers: Workers
+) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    store.insert_request(conn, make_request(1), actor="t")
+    mock_llm.configure(behaviour="401")
+    workers.start(0, 1, HODLAI_METRICS_PORT=str(port), HODLAI_LLM_API_KEY="sk-wrong-KEY")
+
+    def health() -> tuple[int, str]:
+        try:
+            response = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+        except httpx.HTTPError:
+            return 0, ""
+        return response.status_code, response.json()["detail"]
+
+    wait_for(lambda: health()[0] == 503, timeout=30)
+    assert "HODLAI_LLM_API_KEY" in health()[1] and "401" in health()[1]
+    mock_llm.configure(behaviour="ok")
+    wait_for(lambda: count(conn, "ANSWERED") == 1 and health()[0] == 200, timeout=60)
+    assert workers.stop_all() == [0]
+    logs = workers.logs()
+    assert '"event": "inference_unhealthy"' in logs and '"level": "error"' in logs
+    assert "sk-wrong-KEY" not in logs

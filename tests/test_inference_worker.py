@@ -21,6 +21,7 @@ from shared.llm.cid import cid_v1_raw
 from shared.runtime import run_loop
 from shared.store import Status
 from tests.conftest import make_request
+from workers.inference.health import InferenceHealth
 from workers.inference.worker import InferenceWorker, WorkerConfig
 from workers.mockllm.server import MockLlmServer
 
@@ -37,7 +38,16 @@ def mock_llm() -> Iterator[MockLlmServer]:
 class Harness:
     """One worker on its own DB connection, run by the real run_loop in a task."""
 
-    def __init__(self, db_path: Path, mock: MockLlmServer, **config: Any) -> None:
+    def __init__(
+        self,
+        db_path: Path,
+        mock: MockLlmServer,
+        *,
+        base_url: str | None = None,
+        timeout_s: float = 5.0,
+        health: InferenceHealth | None = None,
+        **config: Any,
+    ) -> None:
         fields: dict[str, Any] = {
             "owner": "inference-0/1:test", "shard": 0, "worker_count": 1, "chain_id": 31337,
             "provider": PROVIDER, "max_concurrency": 4, "attempts": 3, "lease_s": 10.0,
@@ -47,11 +57,12 @@ class Harness:
         self.config = WorkerConfig(**fields)
         self.adb = AsyncDatabase(connect(db_path))
         self.backend = OpenAIBackend(
-            base_url=mock.url, model_map={"hodlai-local": "mock-1"}, timeout_s=5.0
-        )
+            base_url=base_url or mock.url, model_map={"hodlai-local": "mock-1"},
+            timeout_s=timeout_s,
+        )  # fmt: skip
         self.stop = asyncio.Event()
         self.worker = InferenceWorker(
-            self.config, adb=self.adb, backend=self.backend, stop=self.stop
+            self.config, adb=self.adb, backend=self.backend, stop=self.stop, health=health
         )
         self.loop: asyncio.Task[None] | None = None
 

@@ -13,6 +13,7 @@ from shared.llm import InferenceRequest, execute_holdai_inference, prompt
 from shared.llm.backends import LocalBackend, OpenAIBackend
 from shared.llm.cid import cid_v1_raw
 from shared.llm.types import Attempt
+from shared.llm.validate import StringLimits
 from workers.mockllm.behaviour import OUTSIDE_ACTION
 from workers.mockllm.server import MockLlmServer
 
@@ -253,3 +254,45 @@ async def test_local_backend_follows_an_action_named_in_the_state() -> None:
 async def test_local_backend_serves_only_its_models() -> None:
     with pytest.raises(InvalidRequestError, match="not served"):
         await execute_holdai_inference(_request(model="gpt-4o-mini"), backend=LocalBackend())
+
+
+async def test_a_runaway_answer_spends_attempts_but_never_grows_the_prompt(
+    mock_llm: MockLlmServer,
+) -> None:
+    client = OpenAIBackend(
+        base_url=mock_llm.url, model_map={"hodlai-local": "m"}, constraint="none",
+        max_response_bytes=64 * 1024,
+    )  # fmt: skip
+    try:
+        with pytest.raises(AttemptsExhaustedError, match="larger than 65536 bytes") as caught:
+            await execute_holdai_inference(_request("s [[mock:huge]]"), backend=client)
+    finally:
+        await client.aclose()
+    stats = mock_llm.stats()
+    assert stats["requests"] == 3 and stats["max_request_bytes"] < 8_000
+    assert len(caught.value.trace_json) < 16_000
+    trace = json.loads(caught.value.trace_json)
+    assert [a["raw"] for a in trace["attempts"]] == [None, None, None]
+    assert [m["role"] for m in trace["messages"]][-2:] == ["assistant", "user"]
+
+
+async def test_a_long_answer_is_fed_back_cut(mock_llm: MockLlmServer) -> None:
+    client = OpenAIBackend(
+        base_url=mock_llm.url, model_map={"hodlai-local": "m"}, constraint="none"
+    )
+    try:
+        result = await execute_holdai_inference(_request("s [[mock:huge=40000@1]]"), backend=client)
+    finally:
+        await client.aclose()
+    assert result.action in ACTIONS and len(result.attempts) == 2
+    assert mock_llm.stats()["max_request_bytes"] < 8_000  # not the 40 kB answer
+    first = json.loads(result.trace_json)["attempts"][0]
+    assert first["raw_cut"]["full_chars"] == 40_000
+
+
+async def test_requests_within_raised_limits_are_answered(backend: OpenAIBackend) -> None:
+    big = _request("s" * 5000)
+    with pytest.raises(InvalidRequestError, match="stateString is 5000 bytes"):
+        await execute_holdai_inference(big, backend=backend)
+    raised = StringLimits(max_state_bytes=8192)
+    assert (await execute_holdai_inference(big, backend=backend, limits=raised)).action in ACTIONS

@@ -40,3 +40,18 @@ def test_feedback_repeats_the_bad_answer_and_says_what_was_wrong() -> None:
     assert (said.role, said.content) == ("assistant", "WITHDRAW")
     assert hint.role == "user" and "not permitted" in hint.content
     assert '["BUY", "SELL, NOW"]' in hint.content
+
+
+def test_feedback_repeats_only_the_beginning_of_a_long_answer() -> None:
+    runaway = "BUY " * 2_500_000  # 10 MB
+    said, hint = prompt.feedback(runaway, "too long", REQUEST.action_set)
+    assert said.content.startswith("BUY BUY")
+    assert len(said.content) < prompt.FEEDBACK_ANSWER_CHARS + 100
+    assert "10000000 characters in all" in said.content
+    assert len(hint.content) < 300
+
+
+def test_an_answer_too_large_to_read_is_not_echoed() -> None:
+    stand_in = prompt.discarded_answer(65536)
+    said, _hint = prompt.feedback(stand_in, "the answer is larger than 65536 bytes", ("A",))
+    assert said.role == "assistant" and "65536 bytes" in said.content and len(said.content) < 80

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from multiformats import CID, multihash
 
 from shared.llm.cid import cid_v1_raw, sha256_of_cid
-from shared.llm.trace import build_trace, canonical_json, inputs_sha256
+from shared.llm.trace import TRACE_RAW_CHARS, build_trace, canonical_json, inputs_sha256
 from shared.llm.types import Attempt, ChatMessage, InferenceRequest
 
 
@@ -86,3 +86,23 @@ def test_canonical_json_is_ascii_sorted_compact_and_stable() -> None:
     assert text.isascii() and ": " not in text and ", " not in text
     assert json.loads(text)["attempts"][0]["raw"] == "nope \udcff"  # survives a lone surrogate
     assert cid_v1_raw(text.encode()) == cid_v1_raw(canonical_json(_trace()).encode())
+
+
+def test_a_long_raw_answer_is_cut_in_the_trace_with_its_full_length() -> None:
+    long_raw = "SELL " * 20_000
+    trace = build_trace(
+        REQUEST, backend="openai", backend_model="m-1", params={},
+        messages=[ChatMessage("system", "s")],
+        attempts=[
+            Attempt(1, long_raw, "bad_answer", "too long", 0.1, {}),
+            Attempt(2, "x" * TRACE_RAW_CHARS, "bad_answer", "not permitted", 0.1, {}),
+            Attempt(3, None, "bad_answer", "larger than 65536 bytes", 0.1, {}),
+        ],
+        action=None, prior_attempts=0, started_at=1.0, finished_at=2.0,
+    )  # fmt: skip
+    first, exact, unread = trace["attempts"]  # type: ignore[misc]
+    assert first["raw"] == long_raw[:TRACE_RAW_CHARS]
+    assert first["raw_cut"] == {"kept_chars": TRACE_RAW_CHARS, "full_chars": 100_000}
+    assert exact["raw"] == "x" * TRACE_RAW_CHARS and "raw_cut" not in exact
+    assert unread["raw"] is None and "raw_cut" not in unread
+    assert len(canonical_json(trace)) < 4 * TRACE_RAW_CHARS

@@ -6,7 +6,7 @@ import pytest
 
 from shared.errors import InvalidRequestError
 from shared.llm.types import InferenceRequest
-from shared.llm.validate import validate_request
+from shared.llm.validate import DEFAULT_LIMITS, StringLimits, validate_request
 
 SERVED = frozenset({"hodlai-local"})
 
@@ -62,3 +62,35 @@ def test_unanswerable_requests_are_refused_with_a_reason(
 ) -> None:
     with pytest.raises(InvalidRequestError, match=reason):
         validate_request(_request(**changes), serves=SERVED.__contains__)
+
+
+RAISED = StringLimits(
+    max_model_bytes=128, max_prompt_bytes=4096, max_state_bytes=8192, max_actions=20,
+    max_action_bytes=100,
+)  # fmt: skip
+
+
+def test_limits_raised_on_chain_admit_what_the_defaults_refuse() -> None:
+    big = _request(
+        model="m" * 128, system_prompt="p" * 4096, state_string="s" * 8192,
+        action_set=tuple(f"A{i:02d}" + "b" * 97 for i in range(20)),
+    )  # fmt: skip
+    with pytest.raises(InvalidRequestError, match="model is 128 bytes, more than 64"):
+        validate_request(big, serves=lambda _m: True)
+    validate_request(big, serves=lambda _m: True, limits=RAISED)
+    assert RAISED.admit(big) and not DEFAULT_LIMITS.admit(big)
+    with pytest.raises(InvalidRequestError, match="stateString is 8193 bytes, more than 8192"):
+        validate_request(_request(state_string="s" * 8193), serves=SERVED.__contains__,
+                         limits=RAISED)  # fmt: skip
+
+
+def test_widened_limits_take_the_larger_of_each() -> None:
+    lowered = StringLimits(32, 100, 200, 3, 8)
+    assert lowered.widened(DEFAULT_LIMITS) == DEFAULT_LIMITS
+    assert lowered.widened(RAISED) == RAISED
+    mixed = StringLimits(32, 9000, 200, 30, 8).widened(DEFAULT_LIMITS)
+    assert mixed == StringLimits(64, 9000, 2048, 30, 64)
+    # uint256 "no limit" values from the contract work as limits
+    assert StringLimits(2**256 - 1, 2**256 - 1, 2**256 - 1, 2**256 - 1, 2**256 - 1).admit(
+        _request(state_string="s" * 100_000)
+    )

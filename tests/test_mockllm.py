@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from workers.mockllm import behaviour as bh
-from workers.mockllm.server import MockConfig, MockLlmServer
+from workers.mockllm.server import MockConfig, MockLlmServer, authorization_fingerprint
 
 SYSTEM = 'Vault.\n\nPermitted Action Set: ["BUY", "SELL", "HOLD"]'
 
@@ -200,3 +200,49 @@ def test_the_cli_refuses_an_unknown_behaviour() -> None:
         check=False, capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert result.returncode == 2 and "--behaviour" in result.stderr
+
+
+def test_huge_answers_have_the_asked_size_and_hang_ups_are_counted(
+    server: MockLlmServer,
+) -> None:
+    full = _chat(server, _body(), **{"X-Mock-Behaviour": "huge=300000"})
+    content = _content(full)
+    assert content is not None and len(content) == 300_000
+    assert set(content.split()) <= {"BUY", "SELL", "HOLD"}  # the action, over and over
+    deadline = time.monotonic() + 5  # the server counts just after its last write
+    while server.stats()["huge_sent_bytes"] < len(full.content) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.stats()["huge_sent_bytes"] == len(full.content)
+    headers = {"X-Mock-Behaviour": "huge"}
+    url = server.url + "/chat/completions"
+    with (
+        httpx.Client() as client,
+        client.stream("POST", url, json=_body(), headers=headers) as response,
+    ):
+        assert int(response.headers["Content-Length"]) > 10_000_000
+        next(response.iter_raw(65536))  # read a little, then hang up
+    deadline = time.monotonic() + 5
+    while server.stats()["aborted"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    stats = server.stats()
+    assert stats["aborted"] == 1 and stats["huge_sent_bytes"] < 300_000 + 5_000_000
+
+
+def test_stats_count_request_sizes(server: MockLlmServer) -> None:
+    small, large = _body("a"), _body("b" * 50_000)
+    _chat(server, small)
+    _chat(server, large)
+    sizes = [len(httpx.Request("POST", server.url, json=b).content) for b in (small, large)]
+    stats = server.stats()
+    assert stats["max_request_bytes"] == sizes[1] > 50_000
+    assert stats["request_bytes"] == sum(sizes)
+
+
+def test_stats_never_show_an_authorization_value(server: MockLlmServer) -> None:
+    _chat(server, _body(), Authorization="Bearer sk-live-SECRET")
+    _chat(server, _body())
+    seen = httpx.get(server.url.removesuffix("/v1") + "/stats").json()["authorization"]
+    assert seen == {authorization_fingerprint("Bearer sk-live-SECRET"): 1, "none": 1}
+    assert "SECRET" not in json.dumps(seen)
+    assert authorization_fingerprint("Bearer sk-live-SECRET").startswith("Bearer sha256:")
+    assert authorization_fingerprint("Bearer a") != authorization_fingerprint("Bearer b")

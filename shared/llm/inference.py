@@ -7,6 +7,10 @@ Guarantees:
   ``max_attempts``; then AttemptsExhaustedError carrying the trace of every attempt.
 - A request the endpoint refuses (LlmRejectedError, e.g. 400) spends an attempt like a bad
   answer, so a passing glitch is retried but a hopeless request ends within the budget.
+- An answer larger than the backend reads (LlmAnswerTooLargeError) is a bad answer whose
+  text is never kept: the retry says why without repeating it, and the trace records it
+  without it. Long answers that were read are cut in the feedback and in the trace, so no
+  answer makes the next prompt or the stored trace grow with it.
 - Transport trouble (LlmTransportError, LlmAccessError) propagates at once and spends no
   attempt: the caller pauses and tries the request later, when its budget is intact.
 - Every accepted answer comes with a reasoning trace (:mod:`shared.llm.trace`) and the
@@ -25,6 +29,7 @@ import structlog
 from shared.errors import (
     AttemptsExhaustedError,
     BadAnswerError,
+    LlmAnswerTooLargeError,
     LlmRejectedError,
     LlmTransportError,
 )
@@ -40,7 +45,7 @@ from shared.llm.types import (
     InferenceResult,
     LlmBackend,
 )
-from shared.llm.validate import validate_request
+from shared.llm.validate import DEFAULT_LIMITS, StringLimits, validate_request
 from shared.metrics import LLM_LATENCY
 
 log = structlog.get_logger(__name__)
@@ -60,15 +65,17 @@ async def execute_holdai_inference(
     prior_attempts: int = 0,
     on_attempt: OnAttempt | None = None,
     clock: Callable[[], float] = time.time,
+    limits: StringLimits = DEFAULT_LIMITS,
 ) -> InferenceResult:
     """Ask ``backend`` to choose one action of ``request.action_set``.
 
     ``prior_attempts`` is how many attempts earlier claims of this request already spent
     (numbering continues from there); ``max_attempts`` is what is left of the budget.
     ``on_attempt`` is awaited after every attempt, before the next one (the worker persists
-    the spent budget there); its errors propagate.
+    the spent budget there); its errors propagate. ``limits`` are the contract's string
+    limits (see :mod:`shared.llm.validate`).
     """
-    validate_request(request, serves=backend.serves)
+    validate_request(request, serves=backend.serves, limits=limits)
     started_at = clock()
     messages: tuple[ChatMessage, ...] = prompt.initial_messages(request)
     attempts: list[Attempt] = []
@@ -85,6 +92,16 @@ async def execute_holdai_inference(
         except LlmTransportError:
             _observe(backend.name, "transport_error", began)
             raise
+        except LlmAnswerTooLargeError as exc:
+            attempt = Attempt(number, None, "bad_answer", str(exc), _since(began), {})
+            _observe(backend.name, "bad_answer", began)
+            log.info(
+                "llm_bad_answer", request_id=str(request.request_id), attempt=number,
+                problem=str(exc),
+            )  # fmt: skip
+            messages = sent + prompt.feedback(
+                prompt.discarded_answer(exc.limit), str(exc), request.action_set
+            )
         except LlmRejectedError as exc:
             attempt = Attempt(number, None, "rejected", str(exc), _since(began), {})
             _observe(backend.name, "rejected", began)

@@ -12,6 +12,10 @@ Guarantees:
   so the same document always has the same bytes and the same CID. ASCII escaping also
   means the stored text and the addressed bytes are the same even if a model answered
   with a lone surrogate.
+- The trace is bounded: each attempt keeps at most ``TRACE_RAW_CHARS`` of the model's raw
+  answer; a longer one is cut, and ``raw_cut`` records what was kept and the full length,
+  so an auditor sees that it was cut and by how much. (The answer itself is bounded before
+  it gets here, by the backend's byte cap.)
 """
 
 from __future__ import annotations
@@ -23,11 +27,16 @@ from collections.abc import Mapping, Sequence
 from eth_abi.abi import encode as abi_encode
 
 from shared import __version__
+from shared.llm.answer import MAX_ANSWER_CHARS
 from shared.llm.types import Attempt, ChatMessage, InferenceRequest
 
 TRACE_SCHEMA = "hodlai.reasoning-trace/1"
 # The non-indexed parameters of HoldAI_ReasoningRequested, in event order.
 EVENT_DATA_TYPES = ("string", "string", "string", "string[]")
+# Characters of one attempt's raw answer kept in the trace: twice the longest answer that can
+# still be matched to an action (longer ones are rejected unread), so every answer that was
+# judged on its content is kept whole and a runaway one shows its beginning.
+TRACE_RAW_CHARS = 2 * MAX_ANSWER_CHARS
 
 
 def inputs_sha256(request: InferenceRequest) -> str:
@@ -78,17 +87,7 @@ def build_trace(
         # Attempts spent by earlier claims of this request (a crash, an LLM outage): their raw
         # answers are not in this document, only their number.
         "prior_attempts": prior_attempts,
-        "attempts": [
-            {
-                "number": attempt.number,
-                "raw": attempt.raw,
-                "outcome": attempt.outcome,
-                "detail": attempt.detail,
-                "latency_s": round(attempt.latency_s, 6),
-                "params": dict(attempt.params),
-            }
-            for attempt in attempts
-        ],
+        "attempts": [_attempt(attempt) for attempt in attempts],
         "action": action,
         "timings": {
             "started_at": round(started_at, 6),
@@ -96,3 +95,18 @@ def build_trace(
             "total_s": round(finished_at - started_at, 6),
         },
     }
+
+
+def _attempt(attempt: Attempt) -> dict[str, object]:
+    entry: dict[str, object] = {
+        "number": attempt.number,
+        "raw": attempt.raw,
+        "outcome": attempt.outcome,
+        "detail": attempt.detail,
+        "latency_s": round(attempt.latency_s, 6),
+        "params": dict(attempt.params),
+    }
+    if attempt.raw is not None and len(attempt.raw) > TRACE_RAW_CHARS:
+        entry["raw"] = attempt.raw[:TRACE_RAW_CHARS]
+        entry["raw_cut"] = {"kept_chars": TRACE_RAW_CHARS, "full_chars": len(attempt.raw)}
+    return entry

@@ -5,9 +5,10 @@ does not retry bad answers and does not know about requests, leases or the datab
 is :func:`shared.llm.inference.execute_holdai_inference`'s job, so that every backend gets
 the same validation and the worker never knows which backend it talks to.
 
-Backend errors are the node's own: ``LlmTransportError`` (retry later), ``LlmAccessError``
-(the endpoint refuses this node: pause until an operator acts), ``LlmRejectedError`` (the
-endpoint refuses this one request). Nothing from httpx escapes a backend.
+Backend errors are the node's own: ``LlmTransportError`` (retry later; ``LlmBusyError`` when
+the endpoint said so), ``LlmAccessError`` (the endpoint refuses this node: an operator must
+act), ``LlmRejectedError`` (the endpoint refuses this one request), ``LlmAnswerTooLargeError``
+(the answer was larger than the backend reads). Nothing from httpx escapes a backend.
 """
 
 from __future__ import annotations
@@ -102,7 +103,8 @@ class LlmBackend(Protocol):
         ...
 
     async def complete(self, call: CompletionCall) -> Completion:
-        """One chat completion. Raises LlmTransportError / LlmAccessError / LlmRejectedError."""
+        """One chat completion. Raises LlmTransportError / LlmAccessError / LlmRejectedError /
+        LlmAnswerTooLargeError."""
         ...
 
     async def aclose(self) -> None:

@@ -3,8 +3,9 @@
 Nothing here connects at import time. Order: settings (validated by the caller), database,
 the chain identity (the provider address is required; the chain id comes from
 ``HODLAI_CHAIN_ID`` or from the database, where the indexer records it; with neither, the
-worker waits and says so), the backend, metrics, signal handlers, the loop, and on the way
-out the drain that finishes or releases in-flight work.
+worker waits and says so), the backend, metrics, the contract's string limits (read once
+over ``HODLAI_RPC_URLS`` before the first claim, when set), signal handlers, the loop, and on
+the way out the drain that finishes or releases in-flight work.
 """
 
 from __future__ import annotations
@@ -18,8 +19,11 @@ import structlog
 from shared.db import AsyncDatabase, check_identity, connect, stored_identity
 from shared.llm import LlmBackend
 from shared.llm.backends import LocalBackend, OpenAIBackend
-from shared.metrics import Health, serve
+from shared.metrics import serve
+from shared.rpc import RpcClient
 from shared.runtime import install_stop_handlers, run_loop, sleep_or_stop
+from workers.inference.health import InferenceHealth
+from workers.inference.limits import ContractStringLimits
 from workers.inference.settings import InferenceSettings
 from workers.inference.worker import PROCESS, InferenceWorker, WorkerConfig
 
@@ -45,6 +49,7 @@ def build_backend(settings: InferenceSettings) -> LlmBackend:
         max_tokens=settings.llm_max_tokens,
         constraint=settings.llm_constrained,
         max_connections=settings.llm_max_concurrency,
+        max_response_bytes=settings.llm_max_response_bytes,
     )
 
 
@@ -85,17 +90,22 @@ async def serve_inference(settings: InferenceSettings) -> int:
     install_stop_handlers(stop)
     adb = AsyncDatabase(connect(settings.db_path))
     metrics = None
+    rpc = RpcClient(settings.rpc_urls) if settings.rpc_urls else None
     try:
         chain_id = await resolve_chain_id(adb, settings, stop)
         if chain_id is None:
             return 0
         assert settings.provider_address is not None
-        health = Health(stale_after_s=max(30.0, settings.inference_lease_s))
+        health = InferenceHealth(stale_after_s=max(30.0, settings.inference_lease_s))
         if settings.metrics_port:
             # Shards share one HODLAI_METRICS_PORT (one env file, one systemd template): each
             # serves on that port plus its worker id.
             metrics = serve(settings.metrics_port + settings.worker_id, health)
         backend = build_backend(settings)
+        limits = ContractStringLimits(
+            rpc, settings.provider_address, refresh_s=settings.inference_limits_refresh_s
+        )
+        await limits.refresh()
         config = WorkerConfig(
             owner=lease_owner(settings.worker_id, settings.worker_count),
             shard=settings.worker_id,
@@ -109,7 +119,9 @@ async def serve_inference(settings: InferenceSettings) -> int:
             poll_s=settings.inference_poll_s,
             ipfs_api_url=settings.ipfs_api_url,
         )
-        worker = InferenceWorker(config, adb=adb, backend=backend, stop=stop, health=health)
+        worker = InferenceWorker(
+            config, adb=adb, backend=backend, stop=stop, health=health, limits=limits
+        )
         log.info(
             "inference_started", owner=config.owner, shard=config.shard,
             worker_count=config.worker_count, backend=backend.name, chain_id=chain_id,
@@ -126,4 +138,6 @@ async def serve_inference(settings: InferenceSettings) -> int:
     finally:
         if metrics is not None:
             metrics.shutdown()
+        if rpc is not None:
+            await rpc.aclose()
         adb.close()

@@ -32,6 +32,9 @@ class InferenceSettings(CoreSettings):
     llm_timeout_s: float = Field(default=60.0, gt=0, le=600)
     # Tokens per answer; an action is <= 64 bytes, so 128 leaves room for a JSON wrapper.
     llm_max_tokens: int = Field(default=128, ge=1, le=32_768)
+    # Bytes read of one LLM HTTP answer; the rest is left unread and the answer is a bad one.
+    # See shared/llm/backends/openai.py DEFAULT_MAX_RESPONSE_BYTES (64 KiB) for why.
+    llm_max_response_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
     # Requests in flight per worker process. LLM calls are I/O-bound (seconds each); 16 keeps
     # a hosted endpoint busy without tripping typical per-key rate limits.
     llm_max_concurrency: int = Field(default=16, ge=1, le=1024)
@@ -50,6 +53,10 @@ class InferenceSettings(CoreSettings):
     inference_poll_s: float = Field(default=0.1, gt=0, le=60)
     # Seconds a stopping worker lets in-flight calls finish before releasing their rows.
     inference_shutdown_grace_s: float = Field(default=10.0, ge=0, le=600)
+    # Seconds between reads of the provider's getStringLimits() over HODLAI_RPC_URLS. Admins
+    # change them rarely, and a request above the known limits is checked at its own block
+    # anyway, so this only bounds how long a raise goes unnoticed in the log: 5 minutes.
+    inference_limits_refresh_s: float = Field(default=300.0, ge=1, le=86_400)
 
     @field_validator("llm_model_map", mode="before")
     @classmethod

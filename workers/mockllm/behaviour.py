@@ -9,6 +9,8 @@ A *behaviour* is a comma-separated list of tokens:
 ``500`` / ``503:S``    that 5xx status (with Retry-After when ``:S`` is given)
 ``401`` / ``400``      that 4xx status with an OpenAI-style error body
 ``hang``               sleep ``--hang-s`` before answering (past any sane client timeout)
+``huge`` / ``huge=N``  an answer of N bytes (default ``--huge-bytes``, 10 MB), streamed in
+                       chunks, so a client that cuts it short is seen hanging up
 ``markdown``           the action in a code fence
 ``quotes``             the action in double quotes
 ``punct``              the action followed by a full stop
@@ -48,7 +50,7 @@ _PARROT = re.compile(
 )
 ANSWER_MODES = frozenset({
     "ok", "markdown", "quotes", "punct", "lower", "words", "outside", "empty", "null",
-    "garbage", "garbage_body", "parrot", "hang",
+    "garbage", "garbage_body", "parrot", "hang", "huge",
 })  # fmt: skip
 
 
@@ -61,6 +63,7 @@ class Plan:
     retry_after_s: float | None = None
     latency_ms: int = 0
     reject_constraints: bool = False
+    huge_bytes: int | None = None  # size of a "huge" answer; None = the server default
     sources: list[str] = field(default_factory=list)
 
 
@@ -75,6 +78,9 @@ def parse_tokens(spec: str, plan: Plan, *, default_retry_after_s: float) -> bool
             plan.latency_ms += int(token.split("=", 1)[1])
         elif token == "reject_constraints":
             plan.reject_constraints = True
+        elif token.startswith("huge="):
+            plan.mode, plan.huge_bytes = "huge", int(token.split("=", 1)[1])
+            chose = True
         elif token.split(":", 1)[0].isdigit():
             code, _, after = token.partition(":")
             plan.mode, plan.status = "status", int(code)

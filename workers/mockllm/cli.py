@@ -36,6 +36,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--hang-s", type=float, default=30.0, help="how long 'hang' sleeps")
     parser.add_argument("--retry-after-s", type=float, default=1.0, help="Retry-After of a 429")
     parser.add_argument(
+        "--huge-bytes", type=int, default=10_000_000, help="content bytes of a 'huge' answer"
+    )
+    parser.add_argument(
         "--reject-constraints", action="store_true",
         help="answer 400 to response_format / guided_choice",
     )  # fmt: skip
@@ -51,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     config = MockConfig(
         behaviour=args.behaviour, latency_ms=args.latency_ms, hang_s=args.hang_s,
         retry_after_s=args.retry_after_s, reject_constraints=args.reject_constraints,
+        huge_bytes=args.huge_bytes,
     )  # fmt: skip
     server = MockLlmServer(args.host, args.port, config)
 

@@ -6,10 +6,13 @@ Endpoints:
   reject them with 400.
 - ``GET /v1/models``: the model ids seen so far plus ``mock``.
 - ``GET /stats``: counts (requests, by behaviour, by constraint, by model, authorization
-  headers seen, in flight now and at most), so tests can assert call counts.
+  headers seen, in flight now and at most, request body sizes, bytes of huge answers sent
+  and answers the client hung up on), so tests can assert call counts. Authorization
+  headers are counted by scheme and a short SHA-256 fingerprint, never by value: /stats
+  is a plain HTTP page, and a key shown there is a key leaked.
 - ``POST /control``: change the defaults (``behaviour``, ``latency_ms``, ``hang_s``,
-  ``retry_after_s``, ``reject_constraints``) and queue a ``script`` of behaviours consumed
-  one per chat request.
+  ``retry_after_s``, ``reject_constraints``, ``huge_bytes``) and queue a ``script`` of
+  behaviours consumed one per chat request.
 - ``POST /reset``: clear the counters, the script and the per-state hit counters.
 
 Guarantees: the same request gets the same answer; every chat request is counted before
@@ -20,6 +23,7 @@ is real and latency is slept in parallel.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -40,6 +44,23 @@ LISTEN_BACKLOG = 1024
 # Seconds serve_forever waits between checks for shutdown when run on a thread: stop() in a
 # test fixture returns within it (the stdlib default of 0.5 s adds up over a test suite).
 STOP_POLL_S = 0.05
+# Bytes per write of a "huge" answer, and seconds between writes: small enough that a client
+# which stops reading is noticed (its socket is closed, our next write fails) long before the
+# whole answer has gone out, even with the kernel's socket buffers in between.
+HUGE_CHUNK_BYTES = 64 * 1024
+HUGE_CHUNK_PAUSE_S = 0.002
+# Hex digits of SHA-256 shown for an Authorization header: enough to tell keys apart in a
+# test, far too few to be the key.
+FINGERPRINT_HEX = 8
+
+
+def authorization_fingerprint(value: str) -> str:
+    """How /stats shows an Authorization header: its scheme and a short hash, or "none"."""
+    if not value:
+        return "none"
+    scheme, _, credentials = value.partition(" ")
+    digest = hashlib.sha256(credentials.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{scheme} sha256:{digest[:FINGERPRINT_HEX]}"
 
 
 @dataclass
@@ -53,6 +74,8 @@ class MockConfig:
     # Seconds sent in Retry-After with a bare "429".
     retry_after_s: float = 1.0
     reject_constraints: bool = False
+    # Bytes of a bare "huge" answer's content: the runaway answer of issue 10.
+    huge_bytes: int = 10_000_000
 
 
 class MockState:
@@ -79,6 +102,10 @@ class MockState:
                 "authorization": Counter(),
                 "in_flight": 0,
                 "max_in_flight": 0,
+                "request_bytes": 0,
+                "max_request_bytes": 0,
+                "huge_sent_bytes": 0,
+                "aborted": 0,
             }
 
     def snapshot(self) -> dict[str, Any]:
@@ -115,6 +142,7 @@ class MockState:
                 if bh.parse_tokens(tokens, probe, default_retry_after_s=retry) and not chosen:
                     plan.mode, plan.status = probe.mode, probe.status
                     plan.retry_after_s = probe.retry_after_s
+                    plan.huge_bytes = probe.huge_bytes
                     chosen = True
                 plan.latency_ms += probe.latency_ms
                 plan.reject_constraints |= probe.reject_constraints
@@ -142,16 +170,20 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(404, {"error": {"message": f"no route {self.path}"}})
 
     def do_POST(self) -> None:
+        raw = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         try:
-            body = json.loads(
-                self.rfile.read(int(self.headers.get("Content-Length", "0"))) or b"{}"
-            )
+            body = json.loads(raw or b"{}")
         except ValueError:
             self._json(
                 400, {"error": {"message": "body is not JSON", "type": "invalid_request_error"}}
             )
             return
         if self.path.startswith("/v1/chat/completions"):
+            with self.state.lock:
+                self.state.stats["request_bytes"] += len(raw)
+                self.state.stats["max_request_bytes"] = max(
+                    self.state.stats["max_request_bytes"], len(raw)
+                )
             self._chat(body)
         elif self.path.startswith("/control"):
             self._control(body)
@@ -186,7 +218,9 @@ class _Handler(BaseHTTPRequestHandler):
             stats["by_behaviour"][plan.mode if plan.mode != "status" else str(plan.status)] += 1
             stats["constraints"][constraint] += 1
             stats["models"][str(body.get("model"))] += 1
-            stats["authorization"][self.headers.get("Authorization", "")] += 1
+            stats["authorization"][
+                authorization_fingerprint(self.headers.get("Authorization", ""))
+            ] += 1
             stats["in_flight"] += 1
             stats["max_in_flight"] = max(stats["max_in_flight"], stats["in_flight"])
         try:
@@ -217,6 +251,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         state = bh.state_of(body)
         action = bh.deterministic_choice(state, bh.permitted_actions(body))
+        if plan.mode == "huge":
+            size = plan.huge_bytes if plan.huge_bytes is not None else self.state.config.huge_bytes
+            self._huge(body, action, size)
+            return
         content = bh.content_for(plan.mode, action, state)
         if (
             content is not None
@@ -238,6 +276,36 @@ class _Handler(BaseHTTPRequestHandler):
             }],
             "usage": {"prompt_tokens": 0, "completion_tokens": 1, "total_tokens": 1},
         })  # fmt: skip
+
+    def _huge(self, body: dict[str, Any], action: str, size: int) -> None:
+        """A 200 whose content is ``size`` bytes of the action repeated, written in chunks."""
+        content = (action + " ") * (size // (len(action) + 1) + 1)
+        data = json.dumps({
+            "id": f"mock-{time.monotonic_ns()}", "object": "chat.completion",
+            "model": body.get("model", "mock"),
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content[:size]},
+                         "finish_reason": "length"}],
+        }).encode()  # fmt: skip
+        stats = self.state.stats
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            for start in range(0, len(data), HUGE_CHUNK_BYTES):
+                if start:
+                    time.sleep(HUGE_CHUNK_PAUSE_S)
+                chunk = data[start : start + HUGE_CHUNK_BYTES]
+                self.wfile.write(chunk)
+                with self.state.lock:
+                    stats["huge_sent_bytes"] += len(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            with self.state.lock:
+                stats["aborted"] += 1
+            self.close_connection = True
+            return
+        with self.state.lock:
+            stats["answered"] += 1
 
     def _json(self, status: int, payload: object, headers: dict[str, str] | None = None) -> None:
         self._raw(status, json.dumps(payload).encode(), "application/json", headers)

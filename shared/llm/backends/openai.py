@@ -15,19 +15,33 @@ is accepted, the backend model is remembered as unconstrained for the life of th
 was about the request, not the constraint, and nothing is remembered.
 
 Errors are translated here, at the boundary:
-- timeout, connection refused/reset, 408, 429, 5xx, a malformed body -> LlmTransportError,
+- 408, 409, 425, 429, 503 -> LlmBusyError ("come back later": about us, not the request),
   with the server's Retry-After when it sent one;
+- timeout, connection refused/reset, any other 5xx, a malformed body -> LlmTransportError
+  (with Retry-After when sent);
 - 401, 403, 404 -> LlmAccessError (the node's key, plan or model id is wrong: pause);
-- any other 4xx -> LlmRejectedError (this request is refused).
+- any other 4xx -> LlmRejectedError (this request is refused);
+- a 2xx answer larger than ``max_response_bytes`` -> LlmAnswerTooLargeError (a bad answer).
+
+Answers are read as a stream and cut at ``max_response_bytes``: a runaway or hostile
+endpoint costs at most that much memory, never the whole of what it sends (the connection
+is dropped with the rest unread). ``Accept-Encoding: identity`` asks for no compression, so
+the bytes counted are the bytes kept.
+
+The endpoint recorded in a completion's params (and so in the public reasoning trace) is
+the URL without its userinfo, query and fragment: a base URL like
+``https://user:PASSWORD@host/v1?key=…`` must not put its credentials on IPFS.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import math
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -36,6 +50,8 @@ import structlog
 from shared.errors import (
     InvalidRequestError,
     LlmAccessError,
+    LlmAnswerTooLargeError,
+    LlmBusyError,
     LlmRejectedError,
     LlmTransportError,
 )
@@ -51,10 +67,16 @@ DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_MAX_TOKENS = 128
 # Characters of an error body kept in logs and error messages.
 BODY_SNIPPET = 300
+# Bytes read of one HTTP answer. An answer is <= 128 tokens: with its JSON envelope well under
+# 2 KiB, so 64 KiB leaves room for verbose servers (usage, logprobs, reasoning fields) while a
+# runaway 10 MB answer is cut at the socket instead of landing in memory, the retry prompt
+# and the trace.
+DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024
 # Statuses on which a constrained call is re-sent without the constraint.
 _CONSTRAINT_REFUSED = frozenset({400, 422})
 _ACCESS_DENIED = frozenset({401, 403, 404})
-_TRANSIENT = frozenset({408, 409, 425, 429})
+# "Come back later": rate limits, overload, a proxy's request timeout. Never the request's fault.
+_BUSY = frozenset({408, 409, 425, 429, 503})
 # Connections per httpx pool; see OpenAIBackend.__init__ for why there are several pools.
 CONNECTIONS_PER_POOL = 8
 # Name of the JSON schema in response_format (OpenAI requires one).
@@ -62,13 +84,22 @@ SCHEMA_NAME = "holdai_action"
 
 
 def chat_completions_url(base_url: str) -> str:
-    """The endpoint for ``base_url``: ``.../v1`` as OpenAI clients expect, or a bare host."""
-    base = base_url.rstrip("/")
-    if base.endswith("/chat/completions"):
-        return base
-    if httpx.URL(base).path in ("", "/"):
-        base += "/v1"
-    return base + "/chat/completions"
+    """The endpoint for ``base_url``: ``.../v1`` as OpenAI clients expect, or a bare host.
+    A query string (some gateways take the key there) stays a query string."""
+    url = httpx.URL(base_url)
+    path = url.path.rstrip("/")
+    if not path.endswith("/chat/completions"):
+        path = (path or "/v1") + "/chat/completions"
+    return str(url.copy_with(path=path))
+
+
+def public_endpoint(url: str) -> str:
+    """``url`` without userinfo, query and fragment: what may be shown in a public trace."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError):
+        return "<unparseable url>"
+    return str(parsed.copy_with(userinfo=b"", query=None, fragment=None))
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -103,16 +134,23 @@ class OpenAIBackend:
         max_tokens: int = DEFAULT_MAX_TOKENS,
         constraint: Constraint = "json_schema",
         max_connections: int = 16,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         extra_headers: Mapping[str, str] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._url = chat_completions_url(base_url)
+        self._public_url = public_endpoint(self._url)
+        self._max_response_bytes = max_response_bytes
         self._models = dict(model_map)
         self._timeout_s = timeout_s
         self._max_tokens = max_tokens
         self._constraint: Constraint = constraint
         self._unconstrained: set[str] = set()  # backend models that refused the constraint
-        headers = {"Content-Type": "application/json", **dict(extra_headers or {})}
+        headers = {
+            "Content-Type": "application/json",
+            "Accept-Encoding": "identity",
+            **dict(extra_headers or {}),
+        }
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
         # httpcore matches each queued request against every pooled connection, so one pool's
@@ -145,8 +183,8 @@ class OpenAIBackend:
             raise InvalidRequestError(f"model {call.model!r} is not served by this node")
         constraint = self.constraint_for(backend_model)
         response = await self._post(self._body(backend_model, call, constraint))
-        if response.status_code in _CONSTRAINT_REFUSED and constraint != "none":
-            refused_with, refusal = response.status_code, _snippet(response)
+        if response.status in _CONSTRAINT_REFUSED and constraint != "none":
+            refused_with, refusal = response.status, response.snippet()
             response = await self._post(self._body(backend_model, call, "none"))
             if response.is_success:
                 self._unconstrained.add(backend_model)
@@ -156,6 +194,12 @@ class OpenAIBackend:
                 )  # fmt: skip
                 constraint = "none"
         _raise_for_status(response)
+        if response.cut:
+            raise LlmAnswerTooLargeError(
+                f"the answer is larger than {self._max_response_bytes} bytes"
+                f"{_announced(response)}; the rest was not read",
+                limit=self._max_response_bytes,
+            )
         return Completion(
             text=_content(response),
             backend_model=backend_model,
@@ -163,7 +207,7 @@ class OpenAIBackend:
                 "temperature": 0,
                 "max_tokens": self._max_tokens,
                 "constraint": constraint,
-                "endpoint": self._url,
+                "endpoint": self._public_url,
             },
         )
 
@@ -195,7 +239,7 @@ class OpenAIBackend:
             body["guided_choice"] = list(call.action_set)
         return body
 
-    async def _post(self, body: dict[str, Any]) -> httpx.Response:
+    async def _post(self, body: dict[str, Any]) -> _Reply:
         try:
             # httpx's timeout bounds each read; this bounds the whole exchange, so a server
             # that trickles bytes cannot hold a request (and its lease) for ever.
@@ -208,11 +252,12 @@ class OpenAIBackend:
                 f"LLM endpoint unreachable: {type(exc).__name__}: {exc}"
             ) from exc
 
-    async def _client_post(self, body: dict[str, Any]) -> httpx.Response:
+    async def _client_post(self, body: dict[str, Any]) -> _Reply:
         index = min(range(len(self._clients)), key=self._busy.__getitem__)
         self._busy[index] += 1
         try:
-            return await self._clients[index].post(self._url, json=body)
+            async with self._clients[index].stream("POST", self._url, json=body) as response:
+                return await _read_capped(response, self._max_response_bytes)
         finally:
             self._busy[index] -= 1
 
@@ -221,34 +266,78 @@ class OpenAIBackend:
             await client.aclose()
 
 
-def _raise_for_status(response: httpx.Response) -> None:
-    status = response.status_code
+@dataclass(frozen=True)
+class _Reply:
+    """An HTTP answer read at most up to the byte cap."""
+
+    status: int
+    headers: httpx.Headers
+    body: bytes  # all of it, or its first ``max_response_bytes`` when ``cut``
+    cut: bool
+
+    @property
+    def is_success(self) -> bool:
+        return 200 <= self.status < 300
+
+    def snippet(self) -> str:
+        text = self.body[: BODY_SNIPPET * 4].decode("utf-8", "replace")
+        return text[:BODY_SNIPPET].replace("\n", " ")
+
+
+async def _read_capped(response: httpx.Response, limit: int) -> _Reply:
+    """Read ``response`` up to ``limit`` bytes and stop: the rest is never read."""
+    announced = _content_length(response.headers)
+    if response.is_success and announced is not None and announced > limit:
+        return _Reply(response.status_code, response.headers, b"", cut=True)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        if len(chunk) > limit - size:
+            chunks.append(chunk[: limit - size])
+            return _Reply(response.status_code, response.headers, b"".join(chunks), cut=True)
+        chunks.append(chunk)
+        size += len(chunk)
+    return _Reply(response.status_code, response.headers, b"".join(chunks), cut=False)
+
+
+def _content_length(headers: httpx.Headers) -> int | None:
+    try:
+        return int(headers["Content-Length"])
+    except (KeyError, ValueError):
+        return None
+
+
+def _announced(reply: _Reply) -> str:
+    announced = _content_length(reply.headers)
+    return f" (the endpoint announced {announced})" if announced is not None else ""
+
+
+def _raise_for_status(response: _Reply) -> None:
+    status = response.status
     if response.is_success:
         return
-    detail = f"LLM endpoint answered {status}: {_snippet(response)}"
-    if status in _TRANSIENT or status >= 500:
-        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+    detail = f"LLM endpoint answered {status}: {response.snippet()}"
+    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+    if status in _BUSY:
+        raise LlmBusyError(detail, retry_after=retry_after)
+    if status >= 500:
         raise LlmTransportError(detail, retry_after=retry_after)
     if status in _ACCESS_DENIED:
         raise LlmAccessError(detail)
     raise LlmRejectedError(detail, status=status)
 
 
-def _content(response: httpx.Response) -> str:
+def _content(response: _Reply) -> str:
     """The assistant's text (a refusal counts as text: it is judged like any answer)."""
     try:
-        message = response.json()["choices"][0]["message"]
+        message = json.loads(response.body)["choices"][0]["message"]
         content = message.get("content")
         if not content and message.get("refusal"):
             content = message["refusal"]
     except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
-        raise LlmTransportError(f"malformed LLM response: {_snippet(response)}") from exc
+        raise LlmTransportError(f"malformed LLM response: {response.snippet()}") from exc
     if content is None:
         return ""
     if isinstance(content, list):  # some servers return content parts
         return "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
     return str(content)
-
-
-def _snippet(response: httpx.Response) -> str:
-    return response.text[:BODY_SNIPPET].replace("\n", " ")
