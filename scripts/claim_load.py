@@ -15,7 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from shared import registry, state
+from shared import registry, state, store
+from shared import request_id as rid
 from shared.db import connect
 from shared.errors import StoreBusyError
 
@@ -47,10 +48,23 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     while True:
         try:
-            batch = state.claim(
-                conn, machine, owner=args.owner, status=status, limit=args.limit,
-                lease_seconds=LEASE_S, shard=shard,
-            )  # fmt: skip
+            if machine is store.REQUESTS and status == store.Status.PENDING:
+                # The oracle's own claim, as its inference workers call it.
+                batch = [
+                    {machine.key: rid.encode(c.request_id)}
+                    for c in store.claim(
+                        conn, owner=args.owner, shard=args.shard,
+                        worker_count=args.worker_count, limit=args.limit, lease_seconds=LEASE_S,
+                    )
+                ]  # fmt: skip
+            else:
+                batch = [
+                    dict(row)  # what a generic worker takes from its claim
+                    for row in state.claim(
+                        conn, machine, owner=args.owner, status=status, limit=args.limit,
+                        lease_seconds=LEASE_S, shard=shard,
+                    )
+                ]  # fmt: skip
         except StoreBusyError:
             busy += 1
             continue

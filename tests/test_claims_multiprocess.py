@@ -26,7 +26,7 @@ def test_four_processes_claim_every_row_exactly_once(tmp_path: Path) -> None:
             store.insert_request(conn, make_request(value, block_number=i // 7, log_index=i % 7),
                                  actor="test")  # fmt: skip
     outs = [tmp_path / f"{p}.ids" for p in range(4)]
-    start_at = time.time() + 1.0
+    start_at = time.time() + 3.0  # every process started and waiting, even on a busy box
     procs = [
         subprocess.Popen(
             [sys.executable, str(ROOT / "scripts" / "claim_load.py"), str(db), "--owner",

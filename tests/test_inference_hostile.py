@@ -152,7 +152,6 @@ async def test_a_refused_api_key_makes_health_503_with_the_reason(
                 assert (await http.get(url)).status_code == 200
     finally:
         server.shutdown()
-        server.server_close()
     assert count(conn, "FAILED") == 0
 
 

