@@ -54,7 +54,10 @@ CREATE TABLE IF NOT EXISTS requests (
     -- terminal failure
     fail_reason    TEXT,
     created_at     REAL NOT NULL,
-    updated_at     REAL NOT NULL
+    updated_at     REAL NOT NULL,
+    -- 1 when the stored text is not exactly what the event carried (not UTF-8: stored with
+    -- U+FFFD; undecodable: stored empty); such a request is FAILED and is never retried
+    content_lossy  INTEGER NOT NULL DEFAULT 0 CHECK (content_lossy IN (0, 1))
 ) STRICT;
 
 -- Invariant: lease_owner IS NULL exactly when lease_until IS NULL.
@@ -149,6 +152,24 @@ CREATE TABLE IF NOT EXISTS reorgs (
     note          TEXT
 ) STRICT;
 
+-- A worker that stopped itself until an operator looks (the indexer facing a chain it cannot
+-- trust: another chain id, a reorg deeper than the stored history or HODLAI_MAX_REORG_DEPTH).
+-- The active halt of a worker is its row with resumed_at NULL (at most one, by the index);
+-- resumed rows stay as the record. The fulfiller signs nothing while the indexer is halted.
+CREATE TABLE IF NOT EXISTS halts (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    worker      TEXT NOT NULL,                -- 'indexer'
+    reason      TEXT NOT NULL,                -- plain words: what was seen, what was not done
+    at_block    INTEGER,                      -- the worker's cursor when it halted
+    halted_at   REAL NOT NULL,
+    resumed_at  REAL,
+    resumed_by  TEXT,
+    -- 'resume': carry on (the cause was fixed, e.g. the RPC URL); 'allow_rollback': the deep
+    -- reorg is real, let the next rollback through once
+    resolution  TEXT CHECK (resolution IN ('resume', 'allow_rollback'))
+) STRICT;
+CREATE UNIQUE INDEX IF NOT EXISTS idx_halts_active ON halts (worker) WHERE resumed_at IS NULL;
+
 -- Every transaction the node signed, recorded BEFORE it is broadcast (shared/tx/ledger.py).
 -- A nonce is "open" while one of its rows is SIGNED or BROADCAST; all rows of one nonce are
 -- alternatives (replacements, a cancel), of which at most one is ever mined.
@@ -194,13 +215,16 @@ SELECT status, n AS requests FROM request_counts
 ORDER BY CASE status WHEN 'PENDING' THEN 1 WHEN 'ANSWERED' THEN 2 WHEN 'PROCESSED' THEN 3
                      WHEN 'FULFILLED' THEN 4 ELSE 5 END;
 
--- Everything not finished, oldest first, with a plain-words reason it is where it is.
+-- Everything not finished, oldest first, with a plain-words reason it is where it is; and
+-- every FULFILLED request whose answer on chain is not in its action set (an alarm).
 DROP VIEW IF EXISTS v_stuck;
 CREATE VIEW v_stuck AS
+SELECT request_id, status, idle_s, lease_owner, why, attempts, block_number FROM (
 SELECT request_id, status,
        ROUND(((julianday('now') - 2440587.5) * 86400.0) - updated_at, 1) AS idle_s,
        lease_owner,
        CASE
+         WHEN status = 'FAILED' AND content_lossy = 1 THEN 'failed: ' || COALESCE(fail_reason, '?') || ' (cannot be retried: the stored text is not what the vault sent)'
          WHEN status = 'FAILED' THEN 'failed: ' || COALESCE(fail_reason, '?') || ' (hodlai retry ' || request_id || ')'
          WHEN lease_owner IS NOT NULL AND lease_until < ((julianday('now') - 2440587.5) * 86400.0)
            THEN 'lease of ' || lease_owner || ' expired; will be taken again'
@@ -209,9 +233,20 @@ SELECT request_id, status,
          WHEN status = 'ANSWERED' THEN 'answered; waiting for the fulfiller'
          WHEN status = 'PROCESSED' THEN 'tx sent (' || COALESCE((SELECT t.tx_hash FROM txs t WHERE t.request_id = requests.request_id ORDER BY t.id DESC LIMIT 1), '?') || '); waiting for the fulfilled event'
        END AS why,
-       attempts, block_number
+       attempts, block_number, updated_at
 FROM requests
 WHERE status IN ('PENDING', 'ANSWERED', 'PROCESSED', 'FAILED')
+UNION ALL
+-- The alarm: fulfilled on chain with an action outside the request's current action set.
+SELECT request_id, status,
+       ROUND(((julianday('now') - 2440587.5) * 86400.0) - updated_at, 1) AS idle_s,
+       lease_owner,
+       'WRONG ANSWER on chain: fulfilled with ' || json_quote(fulfilled_action) || ', not in its action set ' || action_set || ' (tx ' || COALESCE(fulfilled_tx_hash, '?') || ', generation ' || generation || ')' AS why,
+       attempts, block_number, updated_at
+FROM requests
+WHERE status = 'FULFILLED' AND fulfilled_action IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM json_each(requests.action_set) AS a WHERE a.value = requests.fulfilled_action)
+)
 ORDER BY updated_at;
 
 DROP VIEW IF EXISTS v_recent_transitions;

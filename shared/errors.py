@@ -12,6 +12,7 @@ tenacity can decide by *type* whether something is worth retrying::
     │   │   └── RpcServerError      5xx or a JSON-RPC internal error
     │   ├── RpcRangeTooLargeError   the node refused the getLogs range or result size
     │   ├── StaleNodeError          the node is behind what we already know
+    │   ├── LogDataConflictError    the node's logs differ from stored ones under the same block hash
     │   ├── LlmTransportError       LLM timeout, 429, 5xx, connection refused
     │   │   └── LlmAccessError      the LLM endpoint refuses this node (401/403/404)
     │   ├── FeeCapExceededError     the market fee is above the configured cap: wait
@@ -76,6 +77,11 @@ class RpcRangeTooLargeError(RetryableError):
 
 class StaleNodeError(RetryableError):
     """The node answered from a view of the chain older than one we have already seen."""
+
+
+class LogDataConflictError(RetryableError):
+    """The node answered other log data for a block whose hash is unchanged: a block hash
+    commits to its logs, so that answer is wrong. Retryable: ask elsewhere (fail over)."""
 
 
 class LlmTransportError(RetryableError):

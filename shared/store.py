@@ -24,7 +24,7 @@ import structlog
 
 from shared import request_id as rid
 from shared.db import atomic
-from shared.errors import LeaseLostError, TransitionConflict
+from shared.errors import InvalidRequestError, LeaseLostError, TransitionConflict
 
 log = structlog.get_logger(__name__)
 
@@ -74,7 +74,7 @@ SETTABLE = frozenset(
         "content_hash", "block_number", "block_hash", "tx_hash", "log_index",
         "attempts", "answer_action", "answer_cid", "reasoning", "answered_at",
         "fulfilled_block", "fulfilled_tx_hash", "fulfilled_action", "fulfilled_cid",
-        "fail_reason", "lease_owner", "lease_until",
+        "fail_reason", "lease_owner", "lease_until", "content_lossy",
     }
 )  # fmt: skip
 
@@ -94,6 +94,9 @@ class NewRequest:
     block_hash: str
     tx_hash: str
     log_index: int
+    #: the text fields are not exactly what the event carried (invalid UTF-8 replaced by
+    #: U+FFFD, or undecodable data stored empty); such a request is never answered
+    content_lossy: bool = False
 
 
 def transition(
@@ -190,8 +193,8 @@ def _key(request_id: int | str) -> str:
 _INSERT_REQUEST = (
     "INSERT INTO requests (request_id, shard_key, status, generation, requester, model, "
     "system_prompt, state_string, action_set, content_hash, block_number, block_hash, "
-    "tx_hash, log_index, created_at, updated_at) "
-    "VALUES (?, ?, 'PENDING', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "tx_hash, log_index, created_at, updated_at, content_lossy) "
+    "VALUES (?, ?, 'PENDING', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_CREATION_AUDIT = (
     "INSERT INTO transitions (request_id, from_status, to_status, actor, at, note) "
@@ -223,6 +226,7 @@ def insert_requests(
                     r.requester, r.model, r.system_prompt, r.state_string,
                     encode_action_set(list(r.action_set)), r.content_hash,
                     r.block_number, r.block_hash, r.tx_hash, r.log_index, at, at,
+                    int(r.content_lossy),
                 )
                 for r, generation in requests
             ],
@@ -426,7 +430,20 @@ def history(conn: sqlite3.Connection, request_id: int | str) -> list[sqlite3.Row
 
 
 def retry(conn: sqlite3.Connection, request_id: int | str, *, actor: str = "operator") -> None:
-    """Re-open a FAILED request: back to PENDING with a fresh attempt budget and no answer."""
+    """Re-open a FAILED request: back to PENDING with a fresh attempt budget and no answer.
+
+    Refused (InvalidRequestError) for a request whose stored text is not what the vault sent
+    (``content_lossy``): answering it would answer text the vault never sent."""
+    row = conn.execute(
+        "SELECT content_lossy, fail_reason FROM requests WHERE request_id = ?",
+        (_key(request_id),),
+    ).fetchone()
+    if row is not None and row["content_lossy"]:
+        raise InvalidRequestError(
+            f"request {_key(request_id)} cannot be retried: its text is not what the vault "
+            f"sent ({row['fail_reason'] or 'not valid UTF-8'}); the node stores it only "
+            "lossily, so any answer would be to altered text"
+        )
     transition(
         conn, request_id, Status.FAILED, Status.PENDING, actor=actor, note="operator retry",
         set_columns={
