@@ -12,7 +12,7 @@ tenacity can decide by *type* whether something is worth retrying::
     │   │   └── RpcServerError      5xx or a JSON-RPC internal error
     │   ├── RpcRangeTooLargeError   the node refused the getLogs range or result size
     │   ├── StaleNodeError          the node is behind what we already know
-    │   ├── LogDataConflictError    the node's logs differ from stored ones under the same block hash
+    │   ├── LogDataConflictError    other logs than stored under an unchanged block hash
     │   ├── LlmTransportError       LLM timeout, 429, 5xx, connection refused
     │   │   └── LlmAccessError      the LLM endpoint refuses this node (401/403/404)
     │   ├── FeeCapExceededError     the market fee is above the configured cap: wait

@@ -44,7 +44,7 @@ def _fulfilled(request: NewRequest, block: int, action: str = "BUY") -> Fulfille
 def _requested_log(request_id: int, data: bytes) -> dict[str, object]:
     return {
         "address": "0x5fbdb2315678afecb367f032d93f642f64180aa3",
-        "topics": [REASONING_REQUESTED_TOPIC0, f"0x{request_id:064x}", "0x" + "00" * 12 + "ab" * 20],
+        "topics": [REASONING_REQUESTED_TOPIC0, f"0x{request_id:064x}", "0x" + "ab" * 32],
         "data": "0x" + data.hex(), "blockNumber": "0x10", "blockHash": "0x" + "10" * 32,
         "transactionHash": "0x" + "77" * 32, "logIndex": "0x0",
     }  # fmt: skip
@@ -119,8 +119,8 @@ def test_invalid_utf8_request_is_flagged_lossy_and_retry_refuses_it(
 def test_fulfilment_outside_the_action_set_raises_the_alarm(conn: sqlite3.Connection) -> None:
     ok, wrong = make_request(1, block_number=10), make_request(2, block_number=11)
     with capture_logs() as logs:
-        stats = _apply(conn, _decoded([ok, wrong], [_fulfilled(ok, 12, "HOLD"),
-                                                    _fulfilled(wrong, 13, "BUY IT ALL")]))  # fmt: skip
+        fulfilments = [_fulfilled(ok, 12, "HOLD"), _fulfilled(wrong, 13, "BUY IT ALL")]
+        stats = _apply(conn, _decoded([ok, wrong], fulfilments))
     assert stats.fulfilments_applied == 2 and stats.wrong_answers == 1
     alarms = [e for e in logs if e["event"] == "fulfilled_action_not_in_action_set"]
     assert [(e["request_id"], e["log_level"]) for e in alarms] == [("2", "error")]
