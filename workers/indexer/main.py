@@ -27,23 +27,26 @@ from typing import Any
 
 import structlog
 
-from shared import store
+from shared import halt, store
 from shared.config import load_settings
 from shared.db import AsyncDatabase, check_identity, connect
 from shared.errors import (
     ConfigError,
     HodlaiError,
+    LogDataConflictError,
     RetryableError,
     RpcRangeTooLargeError,
     StaleNodeError,
 )
 from shared.logs import configure_logging
-from shared.metrics import ERRORS, INDEXER_CURSOR, INDEXER_LAG, REQUESTS, Health, serve
+from shared.metrics import ERRORS, INDEXER_CURSOR, INDEXER_LAG, REQUESTS, serve
 from shared.rpc import RpcClient
 from shared.runtime import install_stop_handlers, run_loop, sleep_or_stop
 from workers.indexer import ingest, reorg
+from workers.indexer.health import ProgressHealth
 from workers.indexer.ingest import Anchor, IngestStats
 from workers.indexer.logs_decode import DecodedLogs, decode_logs
+from workers.indexer.metrics import HALTED, LOG_CONFLICTS, NO_PROGRESS_POLLS, WRONG_ANSWERS
 from workers.indexer.progress import BackfillProgress
 from workers.indexer.scanner import (
     BlockHeader,
@@ -82,6 +85,10 @@ SQLITE_CACHE_KIB = 65_536
 # failed over to the next URL by then), doubled per attempt up to the cap.
 STARTUP_RETRY_S = 0.2
 STARTUP_RETRY_CAP_S = 10.0
+# Seconds between reminders in the log while halted (the halt itself is logged at once).
+HALT_REMINDER_EVERY_S = 300.0
+# Seconds between "start_block_above_head" warnings while waiting for the start block.
+START_WAIT_LOG_EVERY_S = 60.0
 
 
 @dataclass(slots=True)
@@ -141,11 +148,44 @@ class Indexer:
         self._events = 0
         self._last_status_metrics = float("-inf")
         self._last_progress_log = float("-inf")
+        #: the chain id the RPC reported at start; a rollback towards another one halts
+        self.chain_id: int | None = None
+        #: why the indexer is halted for an operator (shared/halt.py), None while running
+        self.halt_reason: str | None = None
+        self._last_halt_log = float("-inf")
+        # An operator's 'allow_rollback' lets exactly one deep rollback through.
+        self._rollback_allowed = False
+        self._resolution_seen = 0
+        #: HODLAI_START_BLOCK while it is above the chain head (waiting for it), else None
+        self.waiting_for_start: int | None = None
+        self._last_start_log = float("-inf")
+        # Progress, for /healthz: a step progresses when it accepts a range, confirms the
+        # head, or handles a reorg; anything else (stale, inconsistent, halted) does not.
+        self._progressed = False
+        self._polls_without_progress = 0
+        self._last_problem = ""
+        #: answers refused because their logs differed under an unchanged block hash
+        self.log_conflicts = 0
 
     @property
     def stale_streak(self) -> int:
         """Stale or inconsistent answers in a row (0 after a good step)."""
         return self._stale_streak
+
+    @property
+    def polls_without_progress(self) -> int:
+        return self._polls_without_progress
+
+    def progress_problem(self) -> str | None:
+        """Why the indexer is not making progress, or None (for /healthz; ProgressSource)."""
+        if self.halt_reason is not None:
+            return f"halted: {self.halt_reason} (hodlai indexer-resume)"
+        if self._polls_without_progress >= self.settings.indexer_unhealthy_after_polls:
+            return (
+                f"no progress for {self._polls_without_progress} polls at cursor "
+                f"{self.anchor.number}: {self._last_problem or 'no range accepted'}"
+            )
+        return None
 
     # --- start and stop -------------------------------------------------------------------
 
@@ -159,18 +199,21 @@ class Indexer:
             )
         provider = self.scanner.provider_address
         await self.db.run(check_identity, chain_id=chain_id, provider_address=provider)
-        anchor = await self.db.run(ingest.read_anchor, self.settings.start_block)
-        if anchor.number < self.settings.start_block - 1:
-            log.warning(
-                "start_block_above_cursor",
-                cursor=anchor.number,
-                start_block=self.settings.start_block,
-            )
-            await self.db.run(
-                ingest.move_cursor_forward, self.settings.start_block - 1, now=self.clock()
-            )
-            anchor = await self.db.run(ingest.read_anchor, self.settings.start_block)
-        self._set_anchor(anchor)
+        self.chain_id = chain_id
+        self._resolution_seen = (await self.db.run(halt.last_resolution))[0]
+        reason = await self.db.run(halt.halted)
+        if reason is not None:
+            self._enter_halt(reason)
+        else:
+            HALTED.set(0)
+        self._set_anchor(await self.db.run(ingest.read_anchor, self.settings.start_block))
+        head = (await self.scanner.probe(None)).head
+        if self.settings.start_block - 1 > head:
+            self.waiting_for_start = self.settings.start_block
+            self._warn_start_above_head(head)
+        else:
+            await self._skip_to_start_block()
+        anchor = self.anchor
         log.info(
             "indexer_started",
             chain_id=chain_id,
@@ -180,6 +223,37 @@ class Indexer:
             max_range=self.sizer.max_range,
             rpc_urls=len(self.rpc.urls),
         )
+
+    async def _skip_to_start_block(self) -> None:
+        """HODLAI_START_BLOCK above the stored cursor (and not above the head): skip ahead."""
+        if self.anchor.number >= self.settings.start_block - 1:
+            return
+        log.warning(
+            "start_block_above_cursor",
+            cursor=self.anchor.number,
+            start_block=self.settings.start_block,
+        )
+        await self.db.run(
+            ingest.move_cursor_forward, self.settings.start_block - 1, now=self.clock()
+        )
+        self._set_anchor(await self.db.run(ingest.read_anchor, self.settings.start_block))
+
+    def _warn_start_above_head(self, head: int) -> None:
+        self._last_problem = (
+            f"HODLAI_START_BLOCK {self.settings.start_block} is above the chain head {head}"
+        )
+        now = self.clock()
+        if now - self._last_start_log >= START_WAIT_LOG_EVERY_S:
+            self._last_start_log = now
+            # Not moved for good: a typo, or an RPC of a shorter chain, must not make the
+            # indexer skip the blocks it has yet to read once the setting is corrected.
+            log.warning(
+                "start_block_above_head",
+                start_block=self.settings.start_block,
+                head=head,
+                cursor=self.anchor.number,
+                action="waiting; check HODLAI_START_BLOCK and HODLAI_RPC_URLS",
+            )
 
     async def close(self) -> None:
         """Let a commit in flight finish (it is never abandoned half-way) and drop the rest."""
@@ -195,10 +269,33 @@ class Indexer:
 
     async def step(self) -> float:
         """One poll. Returns the seconds to wait before the next one (0 while behind)."""
+        self._progressed = False
+        try:
+            return await self._step()
+        finally:
+            self._polls_without_progress = (
+                0 if self._progressed else self._polls_without_progress + 1
+            )
+            NO_PROGRESS_POLLS.set(self._polls_without_progress)
+
+    async def _step(self) -> float:
+        if self.halt_reason is not None:
+            return await self._while_halted()
+        if self.waiting_for_start is not None:
+            head = (await self.scanner.probe(None)).head
+            if self.waiting_for_start - 1 > head:
+                self._warn_start_above_head(head)
+                return self.settings.indexer_poll_interval_s
+            log.info("start_block_reached", start_block=self.waiting_for_start, head=head)
+            self.waiting_for_start = None
+            await self._skip_to_start_block()
         try:
             delay = await self._advance()
         except StaleNodeError as exc:
+            self._last_problem = f"stale or inconsistent answers ({exc})"
             return self._on_stale(exc)
+        except LogDataConflictError as exc:
+            return self._on_log_conflict(exc)
         except BaseException:
             self._drop_prefetch()
             raise
@@ -249,7 +346,7 @@ class Indexer:
         if judgement.verdict is Verdict.REORG_SUSPECTED:
             log.warning("reorg_suspected", reason=judgement.reason, cursor=self._cursor)
             await self._settle()
-            return await self._walk_back()
+            return await self._walk_back(judgement.reason)
         if judgement.verdict is Verdict.INCONSISTENT:
             raise StaleNodeError(f"inconsistent batch: {judgement.reason}")
         if judgement.verdict is Verdict.SHRINK:
@@ -283,8 +380,9 @@ class Indexer:
             if probe.head < anchor.number:
                 return await self._head_below_cursor(f"head {probe.head} < {anchor.number}")
             if probe.anchor is not None and probe.anchor.hash != anchor.hash:
-                log.warning("reorg_suspected", head=probe.head, cursor=anchor.number)
-                return await self._walk_back()
+                reason = f"block {anchor.number} is now {probe.anchor.hash}, was {anchor.hash}"
+                log.warning("reorg_suspected", reason=reason, head=probe.head)
+                return await self._walk_back(reason)
             if probe.anchor is None:
                 raise StaleNodeError(f"node reports head {probe.head} but lacks {anchor.number}")
         self.head = probe.head
@@ -332,6 +430,7 @@ class Indexer:
             )
         )
         task.add_done_callback(_consume_exception)
+        self._progressed = True
         self._inflight = _InFlight(task=task, range=rng, header=header, logs=len(logs))
         self._cursor = rng.last
         self._cursor_header = header
@@ -348,7 +447,7 @@ class Indexer:
             self._set_anchor(await self.db.run(ingest.read_anchor, self.settings.start_block))
             raise
         self.anchor = Anchor(inflight.range.last, inflight.header)
-        self.totals.add(stats)
+        self._count(stats)
         self._events += inflight.logs
         self._after_commit(inflight.range, stats, inflight.logs)
 
@@ -380,7 +479,13 @@ class Indexer:
                     range_blocks=self.sizer.size,
                 )
 
+    def _count(self, stats: IngestStats) -> None:
+        self.totals.add(stats)
+        if stats.wrong_answers:
+            WRONG_ANSWERS.inc(stats.wrong_answers)
+
     def _mark_caught_up(self) -> None:
+        self._progressed = True
         if not self.caught_up:
             log.info("indexer_caught_up", cursor=self._cursor, head=self.head)
         self.caught_up = True
@@ -413,10 +518,11 @@ class Indexer:
         if self._stale_streak + 1 < WALK_BACK_AFTER_STALE:
             raise StaleNodeError(reason)
         log.warning("reorg_suspected", reason=reason, cursor=self.anchor.number)
-        return await self._walk_back()
+        return await self._walk_back(reason)
 
-    async def _walk_back(self) -> float:
-        """The stored chain and the node disagree: find out how, and roll back if needed."""
+    async def _walk_back(self, suspicion: str) -> float:
+        """The stored chain and the node disagree: find out how, and roll back if needed.
+        A rollback that cannot be an ordinary reorg halts instead (:meth:`_refusal`)."""
         self._drop_prefetch()
         cursor = self.anchor.number
         candidates = await self.db.run(reorg.stored_blocks, cursor)
@@ -431,11 +537,18 @@ class Indexer:
             )
         if search.ancestor is not None:
             ancestor = search.ancestor.number
+            beyond_history = False
         else:
             lowest = search.lowest_checked if search.lowest_checked is not None else cursor
             ancestor = lowest - 1
+            beyond_history = True
             log.error("reorg_deeper_than_history", lowest_stored=lowest, cursor=cursor)
         ancestor = max(ancestor, self.settings.start_block - 1)
+        refusal = await self._refusal(ancestor, beyond_history=beyond_history)
+        if refusal is not None:
+            return await self._halt(
+                f"{refusal} ({suspicion}; {search.mismatched} stored block hash(es) differ)"
+            )
         known_head = max(self.head or cursor, cursor)
         depth = known_head - ancestor
         deeper = depth > self.confirmations
@@ -461,7 +574,102 @@ class Indexer:
         self._set_anchor(await self.db.run(ingest.read_anchor, self.settings.start_block))
         self.head = None
         self.caught_up = False
+        self._progressed = True
         return 0.0
+
+    async def _refusal(self, ancestor: int, *, beyond_history: bool = False) -> str | None:
+        """Why rolling back to ``ancestor`` must wait for an operator, or None if it may go
+        ahead. Real reorgs are shallow and stay on one chain; a failover URL of another
+        chain, or of a much shorter one, looks like a reorg past everything stored (issue
+        10: 535 requests removed, 480 fulfilments undone). An operator's 'allow_rollback'
+        lets one such rollback through."""
+        cursor = self.anchor.number
+        chain_id = await self.scanner.chain_id()
+        if self.chain_id is not None and chain_id != self.chain_id:
+            return (
+                f"the RPC now reports chain {chain_id}, not {self.chain_id}; nothing was "
+                f"rolled back (cursor {cursor})"
+            )
+        undo = cursor - ancestor
+        if beyond_history:
+            why = f"no stored block hash down to block {ancestor + 1} is on the RPC's chain"
+        elif undo > self.settings.max_reorg_depth:
+            why = (
+                f"a rollback to block {ancestor} would undo {undo} accepted blocks, more than "
+                f"HODLAI_MAX_REORG_DEPTH={self.settings.max_reorg_depth}"
+            )
+        else:
+            return None
+        if self._rollback_allowed:
+            self._rollback_allowed = False
+            log.warning("deep_rollback_allowed_by_operator", reason=why, ancestor=ancestor)
+            return None
+        return f"{why}; nothing was rolled back (cursor {cursor})"
+
+    def _enter_halt(self, reason: str) -> None:
+        self.halt_reason = reason
+        self._last_problem = f"halted: {reason}"
+        self._last_halt_log = self.clock()
+        HALTED.set(1)
+        log.error(
+            "indexer_halted",
+            reason=reason,
+            cursor=self.anchor.number,
+            action="check HODLAI_RPC_URLS and the chain, then run hodlai indexer-resume",
+        )
+
+    async def _halt(self, reason: str) -> float:
+        """Stop ingesting until an operator resumes (shared/halt.py); nothing is removed."""
+        self._drop_prefetch()
+        await self.db.run(halt.halt, reason, at_block=self.anchor.number, now=self.clock())
+        ERRORS.labels(process=PROCESS, kind="IndexerHalted").inc()
+        recorded = await self.db.run(halt.halted)  # the first reason, if it was already
+        self._enter_halt(recorded if recorded is not None else reason)
+        self.head = None
+        self.caught_up = False
+        return self.settings.indexer_poll_interval_s
+
+    async def _while_halted(self) -> float:
+        """A halted step: only look whether an operator resumed."""
+        reason = await self.db.run(halt.halted)
+        if reason is not None:
+            self.halt_reason = reason
+            now = self.clock()
+            if now - self._last_halt_log >= HALT_REMINDER_EVERY_S:
+                self._last_halt_log = now
+                log.error("indexer_still_halted", reason=reason, cursor=self.anchor.number)
+            return self.settings.indexer_poll_interval_s
+        resolution_id, resolution = await self.db.run(halt.last_resolution)
+        if resolution_id > self._resolution_seen:
+            self._resolution_seen = resolution_id
+            self._rollback_allowed = resolution is halt.Resolution.ALLOW_ROLLBACK
+        log.warning(
+            "indexer_resumed",
+            resolution=resolution.value,
+            rollback_allowed=self._rollback_allowed,
+            cursor=self.anchor.number,
+        )
+        self.halt_reason = None
+        self._last_problem = ""
+        HALTED.set(0)
+        self._stale_streak = 0
+        self.head = None
+        self.caught_up = False
+        self._set_anchor(await self.db.run(ingest.read_anchor, self.settings.start_block))
+        return 0.0
+
+    def _on_log_conflict(self, exc: LogDataConflictError) -> float:
+        """The answer's logs differ from stored ones under the same block hash: nothing of
+        it was stored (ingest raised inside the transaction); distrust this URL."""
+        self._drop_prefetch()
+        self.log_conflicts += 1
+        LOG_CONFLICTS.inc()
+        ERRORS.labels(process=PROCESS, kind="LogDataConflictError").inc()
+        self._last_problem = str(exc)
+        log.error("log_data_conflict", error=str(exc), cursor=self.anchor.number)
+        self.rpc.failover("log data differs under an unchanged hash")
+        self.head = None
+        return STALE_RETRY_S
 
     async def _backup_rescan(self) -> None:
         """Read recent accepted blocks again; ingest whatever a lagging backend hid."""
@@ -480,8 +688,9 @@ class Indexer:
             log.info("backup_rescan_skipped", reason=judgement.reason or judgement.verdict.value)
             return
         if answer.range_end.hash != anchor.header.hash:
-            log.warning("reorg_suspected", reason="re-scan sees another hash for the cursor")
-            await self._walk_back()
+            reason = "re-scan sees another hash for the cursor"
+            log.warning("reorg_suspected", reason=reason)
+            await self._walk_back(reason)
             return
         decoded = decode_logs(answer.logs)
         verified = await self._verify_log_blocks(rng, decoded)
@@ -490,7 +699,7 @@ class Indexer:
         stats = await self.db.run(
             ingest.apply_rescan, cursor=anchor.number, decoded=decoded, now=self.clock()
         )
-        self.totals.add(stats)
+        self._count(stats)
         if stats.changed:
             log.warning(
                 "backup_rescan_found", first_block=rng.first, last_block=rng.last, **stats.fields()
@@ -523,6 +732,10 @@ class Indexer:
 
     async def _rollback_for_rescan(self, ancestor: int, blocks: int) -> None:
         cursor = self.anchor.number
+        refusal = await self._refusal(max(ancestor, self.settings.start_block - 1))
+        if refusal is not None:
+            await self._halt(f"{refusal} ({blocks} stored log block(s) not on the chain)")
+            return
         stats = await self.db.run(
             reorg.rollback_to,
             max(ancestor, self.settings.start_block - 1),
@@ -541,6 +754,7 @@ class Indexer:
         )
         self._set_anchor(await self.db.run(ingest.read_anchor, self.settings.start_block))
         self.caught_up = False
+        self._progressed = True
 
     async def _publish_metrics(self) -> None:
         now = self.clock()
@@ -572,7 +786,7 @@ async def run(settings: IndexerSettings, *, once: bool = False) -> int:
     settings.require("rpc_urls", "provider_address")
     stop = asyncio.Event()
     install_stop_handlers(stop)
-    health = Health(stale_after_s=HEALTH_STALE_AFTER_S)
+    health = ProgressHealth(stale_after_s=HEALTH_STALE_AFTER_S)
     server = serve(settings.metrics_port, health) if settings.metrics_port else None
     db = open_database(settings.db_path)
     rpc = RpcClient(settings.rpc_urls, timeout=settings.indexer_rpc_timeout_s)
@@ -583,6 +797,7 @@ async def run(settings: IndexerSettings, *, once: bool = False) -> int:
         progress=BackfillProgress(),
         publish_status_metrics=server is not None,
     )
+    health.watch(indexer)
     try:
         if not await start_when_reachable(indexer, stop):
             return 0
