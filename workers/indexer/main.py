@@ -544,7 +544,8 @@ class Indexer:
             beyond_history = True
             log.error("reorg_deeper_than_history", lowest_stored=lowest, cursor=cursor)
         ancestor = max(ancestor, self.settings.start_block - 1)
-        refusal = await self._refusal(ancestor, beyond_history=beyond_history)
+        orphaned = search.lowest_mismatched if search.lowest_mismatched is not None else cursor
+        refusal = await self._refusal(ancestor, orphaned, beyond_history=beyond_history)
         if refusal is not None:
             return await self._halt(
                 f"{refusal} ({suspicion}; {search.mismatched} stored block hash(es) differ)"
@@ -577,12 +578,16 @@ class Indexer:
         self._progressed = True
         return 0.0
 
-    async def _refusal(self, ancestor: int, *, beyond_history: bool = False) -> str | None:
+    async def _refusal(
+        self, ancestor: int, orphaned: int, *, beyond_history: bool = False
+    ) -> str | None:
         """Why rolling back to ``ancestor`` must wait for an operator, or None if it may go
-        ahead. Real reorgs are shallow and stay on one chain; a failover URL of another
-        chain, or of a much shorter one, looks like a reorg past everything stored (issue
-        10: 535 requests removed, 480 fulfilments undone). An operator's 'allow_rollback'
-        lets one such rollback through."""
+        ahead. ``orphaned`` is the lowest block known to be replaced: the reorg is at least
+        that deep (stored hashes can be sparse below the bloom window, so the ancestor may
+        lie further down than the fork). Real reorgs are shallow and stay on one chain; a
+        failover URL of another chain, or of a much shorter one, looks like a reorg past
+        everything stored (issue 10: 535 requests removed, 480 fulfilments undone). An
+        operator's 'allow_rollback' lets one such rollback through."""
         cursor = self.anchor.number
         chain_id = await self.scanner.chain_id()
         if self.chain_id is not None and chain_id != self.chain_id:
@@ -590,13 +595,13 @@ class Indexer:
                 f"the RPC now reports chain {chain_id}, not {self.chain_id}; nothing was "
                 f"rolled back (cursor {cursor})"
             )
-        undo = cursor - ancestor
+        depth = cursor - orphaned + 1
         if beyond_history:
             why = f"no stored block hash down to block {ancestor + 1} is on the RPC's chain"
-        elif undo > self.settings.max_reorg_depth:
+        elif depth > self.settings.max_reorg_depth:
             why = (
-                f"a rollback to block {ancestor} would undo {undo} accepted blocks, more than "
-                f"HODLAI_MAX_REORG_DEPTH={self.settings.max_reorg_depth}"
+                f"accepted block {orphaned} was replaced: a reorg of at least {depth} blocks, "
+                f"deeper than HODLAI_MAX_REORG_DEPTH={self.settings.max_reorg_depth}"
             )
         else:
             return None
@@ -732,7 +737,7 @@ class Indexer:
 
     async def _rollback_for_rescan(self, ancestor: int, blocks: int) -> None:
         cursor = self.anchor.number
-        refusal = await self._refusal(max(ancestor, self.settings.start_block - 1))
+        refusal = await self._refusal(max(ancestor, self.settings.start_block - 1), ancestor + 1)
         if refusal is not None:
             await self._halt(f"{refusal} ({blocks} stored log block(s) not on the chain)")
             return
