@@ -153,9 +153,11 @@ def apply_range(
     range_end: BlockHeader,
     decoded: DecodedLogs,
     history_blocks: int,
+    headers: Sequence[BlockHeader] = (),
     now: float | None = None,
 ) -> IngestStats:
-    """Store one accepted range's logs, its block hashes and the new cursor, atomically."""
+    """Store one accepted range's logs, its block hashes (its last header, ``headers`` of
+    the bloom window, and every log's block) and the new cursor, atomically."""
     at = time.time() if now is None else now
     with atomic(conn):
         stored = _stored_cursor(conn)
@@ -165,7 +167,7 @@ def apply_range(
                 "indexer writing to this database?"
             )
         stats = apply_logs(conn, decoded, now=at)
-        _store_blocks(conn, decoded.log_blocks, range_end, at)
+        _store_blocks(conn, decoded.log_blocks, [*headers, range_end], at)
         _write_cursor(conn, new_cursor, at)
         conn.execute("DELETE FROM blocks WHERE number < ?", (new_cursor - history_blocks,))
     return stats
@@ -186,21 +188,20 @@ def apply_rescan(
         if stored != cursor:
             raise TransitionConflict(f"indexer cursor moved to {stored} during a re-scan")
         stats = apply_logs(conn, decoded, now=at)
-        _store_blocks(conn, decoded.log_blocks, None, at)
+        _store_blocks(conn, decoded.log_blocks, [], at)
     return stats
 
 
 def _store_blocks(
     conn: sqlite3.Connection,
     log_blocks: dict[int, str],
-    range_end: BlockHeader | None,
+    headers: Sequence[BlockHeader],
     at: float,
 ) -> None:
     rows: list[tuple[int, str, str | None, float]] = [
         (number, block_hash, None, at) for number, block_hash in log_blocks.items()
     ]
-    if range_end is not None:
-        rows.append((range_end.number, range_end.hash, range_end.parent_hash, at))
+    rows += [(h.number, h.hash, h.parent_hash, at) for h in headers]
     conn.executemany(
         "INSERT INTO blocks (number, hash, parent_hash, seen_at) VALUES (?, ?, ?, ?) "
         "ON CONFLICT (number) DO UPDATE SET hash = excluded.hash, "

@@ -40,13 +40,19 @@ from shared.errors import (
 )
 from shared.logs import configure_logging
 from shared.metrics import ERRORS, INDEXER_CURSOR, INDEXER_LAG, REQUESTS, serve
-from shared.rpc import RpcClient
+from shared.rpc import RpcClient, hex_int
 from shared.runtime import install_stop_handlers, run_loop, sleep_or_stop
-from workers.indexer import ingest, reorg
+from workers.indexer import bloom, ingest, reorg
 from workers.indexer.health import ProgressHealth
 from workers.indexer.ingest import Anchor, IngestStats
 from workers.indexer.logs_decode import DecodedLogs, decode_logs
-from workers.indexer.metrics import HALTED, LOG_CONFLICTS, NO_PROGRESS_POLLS, WRONG_ANSWERS
+from workers.indexer.metrics import (
+    HALTED,
+    HIDDEN_LOGS,
+    LOG_CONFLICTS,
+    NO_PROGRESS_POLLS,
+    WRONG_ANSWERS,
+)
 from workers.indexer.progress import BackfillProgress
 from workers.indexer.scanner import (
     BlockHeader,
@@ -105,6 +111,7 @@ class _InFlight:
 class _Prefetch:
     range: LogRange
     anchor: int | None
+    bloom_first: int | None
     task: asyncio.Task[PollAnswer]
 
 
@@ -128,6 +135,7 @@ class Indexer:
         self.rpc = rpc
         self.db = db
         self.scanner = ChainScanner(rpc, settings.provider_address)
+        self.events = bloom.EventBloom(settings.provider_address)
         self.sizer = RangeSizer(settings.indexer_max_range, settings.indexer_target_logs)
         self.confirmations = settings.confirmations
         self.progress = progress
@@ -360,8 +368,9 @@ class Indexer:
         self.head = max(self.head or 0, answer.head)
         assert answer.range_end is not None  # judge() accepted it
         self.sizer.succeeded(rng.size, len(answer.logs))
+        logs = await self._with_hidden_logs(answer)
         await self._settle()
-        self._begin_commit(rng, answer.range_end, answer.logs)
+        self._begin_commit(rng, answer.range_end, logs, answer.checked_headers())
         next_rng = self._next_range()
         if next_rng is not None:
             self.caught_up = False
@@ -397,27 +406,74 @@ class Indexer:
 
     # --- the pipeline ---------------------------------------------------------------------
 
+    def _bloom_first(self, rng: LogRange) -> int | None:
+        """The first block of ``rng`` whose header the batch carries for the bloom check:
+        those within HODLAI_INDEXER_BLOOM_WINDOW of the head (bloom.py says why), and the
+        range's last in any case. None when the check is off."""
+        window = self.settings.indexer_bloom_window
+        if window == 0:
+            return None
+        head = self.head if self.head is not None else rng.last
+        return min(rng.last, max(rng.first, head - window + 1))
+
+    async def _with_hidden_logs(self, answer: PollAnswer) -> list[dict[str, Any]]:
+        """The answer's logs, plus those of checked blocks whose bloom shows a provider
+        event the batch did not return (read again by block hash)."""
+        if self.settings.indexer_bloom_window == 0:
+            return answer.logs
+        suspects = bloom.suspects(answer, self.events)
+        if not suspects:
+            return answer.logs
+        found = bloom.found_logs(
+            await self.scanner.logs_by_hash(suspects), suspects, self.scanner.provider_address
+        )
+        if not found:
+            return answer.logs  # bloom false positives
+        blocks = sorted({hex_int(e.get("blockNumber")) for e in found})
+        HIDDEN_LOGS.inc(len(found))
+        log.warning(
+            "hidden_logs_found",
+            logs=len(found),
+            blocks=blocks[:10],
+            first_block=answer.range.first,
+            last_block=answer.range.last,
+            action="raise HODLAI_CONFIRMATIONS above the lag of this RPC's backends",
+        )
+        return bloom.merged(answer.logs, found)
+
     async def _fetch(self, rng: LogRange, anchor: int | None) -> PollAnswer:
         prefetch, self._prefetch = self._prefetch, None
+        bloom_first = self._bloom_first(rng)
         if prefetch is not None:
-            if prefetch.range == rng and prefetch.anchor == anchor:
+            # A prefetch planned with an older (lower) head checked at least these blocks.
+            covers = bloom_first is None or (
+                prefetch.bloom_first is not None and prefetch.bloom_first <= bloom_first
+            )
+            if prefetch.range == rng and prefetch.anchor == anchor and covers:
                 return await prefetch.task
             prefetch.task.cancel()
-        return await self.scanner.poll(rng, anchor)
+        return await self.scanner.poll(rng, anchor, bloom_first)
 
     def _start_prefetch(self, rng: LogRange, anchor: int) -> None:
         self._drop_prefetch()
-        task = asyncio.ensure_future(self.scanner.poll(rng, anchor))
+        bloom_first = self._bloom_first(rng)
+        task = asyncio.ensure_future(self.scanner.poll(rng, anchor, bloom_first))
         # An error is picked up when the result is awaited; do not warn about it otherwise.
         task.add_done_callback(_consume_exception)
-        self._prefetch = _Prefetch(range=rng, anchor=anchor, task=task)
+        self._prefetch = _Prefetch(range=rng, anchor=anchor, bloom_first=bloom_first, task=task)
 
     def _drop_prefetch(self) -> None:
         prefetch, self._prefetch = self._prefetch, None
         if prefetch is not None:
             prefetch.task.cancel()
 
-    def _begin_commit(self, rng: LogRange, header: BlockHeader, logs: list[dict[str, Any]]) -> None:
+    def _begin_commit(
+        self,
+        rng: LogRange,
+        header: BlockHeader,
+        logs: list[dict[str, Any]],
+        headers: list[BlockHeader],
+    ) -> None:
         task = asyncio.ensure_future(
             self.db.run(
                 _decode_and_apply,
@@ -426,6 +482,7 @@ class Indexer:
                 new_cursor=rng.last,
                 range_end=header,
                 history_blocks=self.settings.indexer_block_history,
+                headers=headers,
                 now=self.clock(),
             )
         )
@@ -544,7 +601,7 @@ class Indexer:
             beyond_history = True
             log.error("reorg_deeper_than_history", lowest_stored=lowest, cursor=cursor)
         ancestor = max(ancestor, self.settings.start_block - 1)
-        orphaned = search.lowest_mismatched if search.lowest_mismatched is not None else cursor
+        orphaned = search.lowest_replaced if search.lowest_replaced is not None else cursor
         refusal = await self._refusal(ancestor, orphaned, beyond_history=beyond_history)
         if refusal is not None:
             return await self._halt(
@@ -582,12 +639,13 @@ class Indexer:
         self, ancestor: int, orphaned: int, *, beyond_history: bool = False
     ) -> str | None:
         """Why rolling back to ``ancestor`` must wait for an operator, or None if it may go
-        ahead. ``orphaned`` is the lowest block known to be replaced: the reorg is at least
-        that deep (stored hashes can be sparse below the bloom window, so the ancestor may
-        lie further down than the fork). Real reorgs are shallow and stay on one chain; a
-        failover URL of another chain, or of a much shorter one, looks like a reorg past
-        everything stored (issue 10: 535 requests removed, 480 fulfilments undone). An
-        operator's 'allow_rollback' lets one such rollback through."""
+        ahead. ``orphaned`` is the lowest stored block the chain no longer has as stored
+        (another hash, or none: a head far below the cursor counts in full): the rollback is
+        at least that deep. (Stored hashes can be sparse below the bloom window, so the
+        ancestor may lie further down than the fork.) Real reorgs are shallow and stay on
+        one chain; a failover URL of another chain, or of a much shorter one, looks like a
+        reorg past everything stored (issue 10: 535 requests removed, 480 fulfilments
+        undone). An operator's 'allow_rollback' lets one such rollback through."""
         cursor = self.anchor.number
         chain_id = await self.scanner.chain_id()
         if self.chain_id is not None and chain_id != self.chain_id:
@@ -600,8 +658,9 @@ class Indexer:
             why = f"no stored block hash down to block {ancestor + 1} is on the RPC's chain"
         elif depth > self.settings.max_reorg_depth:
             why = (
-                f"accepted block {orphaned} was replaced: a reorg of at least {depth} blocks, "
-                f"deeper than HODLAI_MAX_REORG_DEPTH={self.settings.max_reorg_depth}"
+                f"accepted block {orphaned} is not on the RPC's chain as stored: a rollback of "
+                f"at least {depth} blocks, deeper than HODLAI_MAX_REORG_DEPTH="
+                f"{self.settings.max_reorg_depth}"
             )
         else:
             return None
@@ -685,7 +744,7 @@ class Indexer:
             self.settings.start_block, anchor.number - self.settings.indexer_rescan_blocks + 1
         )
         rng = LogRange(first, anchor.number)
-        answer = await self.scanner.poll(rng, None)
+        answer = await self.scanner.poll(rng, None, self._bloom_first(rng))
         judgement = judge(
             answer, anchor=None, confirmations=0, provider_address=self.scanner.provider_address
         )
@@ -697,7 +756,7 @@ class Indexer:
             log.warning("reorg_suspected", reason=reason)
             await self._walk_back(reason)
             return
-        decoded = decode_logs(answer.logs)
+        decoded = decode_logs(await self._with_hidden_logs(answer))
         verified = await self._verify_log_blocks(rng, decoded)
         if not verified:
             return

@@ -55,9 +55,10 @@ class AncestorSearch:
     unknown: int
     #: the lowest stored block looked at (for a search that found no ancestor)
     lowest_checked: int | None
-    #: the lowest stored block the chain has with another hash: certainly orphaned, so the
-    #: reorg is at least ``cursor - lowest_mismatched + 1`` blocks deep
-    lowest_mismatched: int | None = None
+    #: the lowest stored block above the ancestor (the chain has it with another hash, or
+    #: not at all): certainly not on the chain as stored, so a rollback undoes at least
+    #: ``cursor - lowest_replaced + 1`` blocks, whatever the stored hashes below it say
+    lowest_replaced: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +87,7 @@ async def find_common_ancestor(
     """Walk ``candidates`` (stored blocks, newest first) until the chain agrees with one."""
     mismatched = unknown = 0
     lowest: int | None = None
-    orphaned: int | None = None
+    replaced: int | None = None
     for start in range(0, len(candidates), HEADER_BATCH):
         chunk = candidates[start : start + HEADER_BATCH]
         chain = await scanner.headers([c.number for c in chunk])
@@ -96,11 +97,11 @@ async def find_common_ancestor(
             if header is None:
                 unknown += 1
             elif header.hash == stored.hash:
-                return AncestorSearch(stored, mismatched, unknown, lowest, orphaned)
+                return AncestorSearch(stored, mismatched, unknown, lowest, replaced)
             else:
                 mismatched += 1
-                orphaned = stored.number
-    return AncestorSearch(None, mismatched, unknown, lowest, orphaned)
+            replaced = stored.number
+    return AncestorSearch(None, mismatched, unknown, lowest, replaced)
 
 
 def removal_note(first_orphaned: int, generation: int) -> str:
