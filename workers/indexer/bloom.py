@@ -29,12 +29,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import structlog
 from eth_utils.crypto import keccak
 
 from shared.contracts import REASONING_FULFILLED_TOPIC0, REASONING_REQUESTED_TOPIC0
 from shared.errors import RpcTransportError
 from shared.rpc import hex_int
-from workers.indexer.scanner import BLOOM_BYTES, BlockHeader, PollAnswer
+from workers.indexer.metrics import HIDDEN_LOGS
+from workers.indexer.scanner import BLOOM_BYTES, BlockHeader, ChainScanner, PollAnswer
+
+log = structlog.get_logger(__name__)
 
 # The bits one item sets in a bloom: (byte index, bit mask) of 3 of the 2,048 bits.
 _Bits = tuple[tuple[int, int], ...]
@@ -113,3 +117,26 @@ def merged(logs: list[dict[str, Any]], extra: list[dict[str, Any]]) -> list[dict
         [*logs, *extra],
         key=lambda e: (hex_int(e.get("blockNumber")), hex_int(e.get("logIndex"))),
     )
+
+
+async def with_hidden_logs(
+    scanner: ChainScanner, events: EventBloom, answer: PollAnswer
+) -> list[dict[str, Any]]:
+    """The answer's logs, plus those of checked blocks whose bloom shows a provider event
+    the batch did not return (read again by block hash), in chain order."""
+    candidates = suspects(answer, events)
+    if not candidates:
+        return answer.logs
+    found = found_logs(await scanner.logs_by_hash(candidates), candidates, scanner.provider_address)
+    if not found:
+        return answer.logs  # bloom false positives
+    HIDDEN_LOGS.inc(len(found))
+    log.warning(
+        "hidden_logs_found",
+        logs=len(found),
+        blocks=sorted({hex_int(e.get("blockNumber")) for e in found})[:10],
+        first_block=answer.range.first,
+        last_block=answer.range.last,
+        action="raise HODLAI_CONFIRMATIONS above the lag of this RPC's backends",
+    )
+    return merged(answer.logs, found)

@@ -10,9 +10,16 @@ away and the in-memory cursor falls back to the committed one, so the pipeline n
 the cursor run ahead of what is stored.
 
 Failures: a stale or inconsistent answer is asked again at once (and, repeated, fails over
-to the next RPC URL); a range the node refuses is halved; every other error propagates to
-shared.runtime.run_loop, which backs off (honouring Retry-After) and calls the step again.
-Nothing but a signal ends the loop (``--once`` ends it when caught up).
+to the next RPC URL); a range the node refuses is halved; an answer whose logs differ from
+stored ones under an unchanged block hash is refused whole and its URL distrusted
+(ingest.py); a rollback no ordinary reorg explains halts the indexer for an operator
+(guard.py); every other error propagates to shared.runtime.run_loop, which backs off
+(honouring Retry-After) and calls the step again. Nothing but a signal ends the loop
+(``--once`` ends it when caught up).
+
+Progress (for /healthz, health.py): a step progresses when it accepts a range, confirms the
+head or handles a reorg; ``HODLAI_INDEXER_UNHEALTHY_AFTER_POLLS`` steps in a row without
+progress, or a halt, make :meth:`Indexer.progress_problem` report why.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from typing import Any
 
 import structlog
 
-from shared import halt, store
+from shared import store
 from shared.config import load_settings
 from shared.db import AsyncDatabase, check_identity, connect
 from shared.errors import (
@@ -40,19 +47,14 @@ from shared.errors import (
 )
 from shared.logs import configure_logging
 from shared.metrics import ERRORS, INDEXER_CURSOR, INDEXER_LAG, REQUESTS, serve
-from shared.rpc import RpcClient, hex_int
+from shared.rpc import RpcClient
 from shared.runtime import install_stop_handlers, run_loop, sleep_or_stop
 from workers.indexer import bloom, ingest, reorg
+from workers.indexer.guard import Guard
 from workers.indexer.health import ProgressHealth
 from workers.indexer.ingest import Anchor, IngestStats
 from workers.indexer.logs_decode import DecodedLogs, decode_logs
-from workers.indexer.metrics import (
-    HALTED,
-    HIDDEN_LOGS,
-    LOG_CONFLICTS,
-    NO_PROGRESS_POLLS,
-    WRONG_ANSWERS,
-)
+from workers.indexer.metrics import LOG_CONFLICTS, NO_PROGRESS_POLLS, WRONG_ANSWERS
 from workers.indexer.progress import BackfillProgress
 from workers.indexer.scanner import (
     BlockHeader,
@@ -91,8 +93,6 @@ SQLITE_CACHE_KIB = 65_536
 # failed over to the next URL by then), doubled per attempt up to the cap.
 STARTUP_RETRY_S = 0.2
 STARTUP_RETRY_CAP_S = 10.0
-# Seconds between reminders in the log while halted (the halt itself is logged at once).
-HALT_REMINDER_EVERY_S = 300.0
 # Seconds between "start_block_above_head" warnings while waiting for the start block.
 START_WAIT_LOG_EVERY_S = 60.0
 
@@ -156,14 +156,8 @@ class Indexer:
         self._events = 0
         self._last_status_metrics = float("-inf")
         self._last_progress_log = float("-inf")
-        #: the chain id the RPC reported at start; a rollback towards another one halts
-        self.chain_id: int | None = None
-        #: why the indexer is halted for an operator (shared/halt.py), None while running
-        self.halt_reason: str | None = None
-        self._last_halt_log = float("-inf")
-        # An operator's 'allow_rollback' lets exactly one deep rollback through.
-        self._rollback_allowed = False
-        self._resolution_seen = 0
+        #: the halt state, and what a rollback may do (guard.py)
+        self.guard = Guard(db, self.scanner, max_reorg_depth=settings.max_reorg_depth, clock=clock)
         #: HODLAI_START_BLOCK while it is above the chain head (waiting for it), else None
         self.waiting_for_start: int | None = None
         self._last_start_log = float("-inf")
@@ -181,13 +175,18 @@ class Indexer:
         return self._stale_streak
 
     @property
+    def halt_reason(self) -> str | None:
+        """Why the indexer is halted for an operator (shared/halt.py), None while running."""
+        return self.guard.reason
+
+    @property
     def polls_without_progress(self) -> int:
         return self._polls_without_progress
 
     def progress_problem(self) -> str | None:
         """Why the indexer is not making progress, or None (for /healthz; ProgressSource)."""
-        if self.halt_reason is not None:
-            return f"halted: {self.halt_reason} (hodlai indexer-resume)"
+        if self.guard.reason is not None:
+            return f"halted: {self.guard.reason} (hodlai indexer-resume)"
         if self._polls_without_progress >= self.settings.indexer_unhealthy_after_polls:
             return (
                 f"no progress for {self._polls_without_progress} polls at cursor "
@@ -207,14 +206,8 @@ class Indexer:
             )
         provider = self.scanner.provider_address
         await self.db.run(check_identity, chain_id=chain_id, provider_address=provider)
-        self.chain_id = chain_id
-        self._resolution_seen = (await self.db.run(halt.last_resolution))[0]
-        reason = await self.db.run(halt.halted)
-        if reason is not None:
-            self._enter_halt(reason)
-        else:
-            HALTED.set(0)
         self._set_anchor(await self.db.run(ingest.read_anchor, self.settings.start_block))
+        await self.guard.load(chain_id, self.anchor.number)
         head = (await self.scanner.probe(None)).head
         if self.settings.start_block - 1 > head:
             self.waiting_for_start = self.settings.start_block
@@ -287,7 +280,7 @@ class Indexer:
             NO_PROGRESS_POLLS.set(self._polls_without_progress)
 
     async def _step(self) -> float:
-        if self.halt_reason is not None:
+        if self.guard.reason is not None:
             return await self._while_halted()
         if self.waiting_for_start is not None:
             head = (await self.scanner.probe(None)).head
@@ -417,29 +410,10 @@ class Indexer:
         return min(rng.last, max(rng.first, head - window + 1))
 
     async def _with_hidden_logs(self, answer: PollAnswer) -> list[dict[str, Any]]:
-        """The answer's logs, plus those of checked blocks whose bloom shows a provider
-        event the batch did not return (read again by block hash)."""
+        """The answer's logs, plus any its blocks' blooms show it left out (bloom.py)."""
         if self.settings.indexer_bloom_window == 0:
             return answer.logs
-        suspects = bloom.suspects(answer, self.events)
-        if not suspects:
-            return answer.logs
-        found = bloom.found_logs(
-            await self.scanner.logs_by_hash(suspects), suspects, self.scanner.provider_address
-        )
-        if not found:
-            return answer.logs  # bloom false positives
-        blocks = sorted({hex_int(e.get("blockNumber")) for e in found})
-        HIDDEN_LOGS.inc(len(found))
-        log.warning(
-            "hidden_logs_found",
-            logs=len(found),
-            blocks=blocks[:10],
-            first_block=answer.range.first,
-            last_block=answer.range.last,
-            action="raise HODLAI_CONFIRMATIONS above the lag of this RPC's backends",
-        )
-        return bloom.merged(answer.logs, found)
+        return await bloom.with_hidden_logs(self.scanner, self.events, answer)
 
     async def _fetch(self, rng: LogRange, anchor: int | None) -> PollAnswer:
         prefetch, self._prefetch = self._prefetch, None
@@ -638,84 +612,27 @@ class Indexer:
     async def _refusal(
         self, ancestor: int, orphaned: int, *, beyond_history: bool = False
     ) -> str | None:
-        """Why rolling back to ``ancestor`` must wait for an operator, or None if it may go
-        ahead. ``orphaned`` is the lowest stored block the chain no longer has as stored
-        (another hash, or none: a head far below the cursor counts in full): the rollback is
-        at least that deep. (Stored hashes can be sparse below the bloom window, so the
-        ancestor may lie further down than the fork.) Real reorgs are shallow and stay on
-        one chain; a failover URL of another chain, or of a much shorter one, looks like a
-        reorg past everything stored (issue 10: 535 requests removed, 480 fulfilments
-        undone). An operator's 'allow_rollback' lets one such rollback through."""
-        cursor = self.anchor.number
-        chain_id = await self.scanner.chain_id()
-        if self.chain_id is not None and chain_id != self.chain_id:
-            return (
-                f"the RPC now reports chain {chain_id}, not {self.chain_id}; nothing was "
-                f"rolled back (cursor {cursor})"
-            )
-        depth = cursor - orphaned + 1
-        if beyond_history:
-            why = f"no stored block hash down to block {ancestor + 1} is on the RPC's chain"
-        elif depth > self.settings.max_reorg_depth:
-            why = (
-                f"accepted block {orphaned} is not on the RPC's chain as stored: a rollback of "
-                f"at least {depth} blocks, deeper than HODLAI_MAX_REORG_DEPTH="
-                f"{self.settings.max_reorg_depth}"
-            )
-        else:
-            return None
-        if self._rollback_allowed:
-            self._rollback_allowed = False
-            log.warning("deep_rollback_allowed_by_operator", reason=why, ancestor=ancestor)
-            return None
-        return f"{why}; nothing was rolled back (cursor {cursor})"
-
-    def _enter_halt(self, reason: str) -> None:
-        self.halt_reason = reason
-        self._last_problem = f"halted: {reason}"
-        self._last_halt_log = self.clock()
-        HALTED.set(1)
-        log.error(
-            "indexer_halted",
-            reason=reason,
+        return await self.guard.refusal(
             cursor=self.anchor.number,
-            action="check HODLAI_RPC_URLS and the chain, then run hodlai indexer-resume",
+            ancestor=ancestor,
+            orphaned=orphaned,
+            beyond_history=beyond_history,
         )
 
     async def _halt(self, reason: str) -> float:
-        """Stop ingesting until an operator resumes (shared/halt.py); nothing is removed."""
+        """Stop ingesting until an operator resumes (guard.py); nothing is removed."""
         self._drop_prefetch()
-        await self.db.run(halt.halt, reason, at_block=self.anchor.number, now=self.clock())
         ERRORS.labels(process=PROCESS, kind="IndexerHalted").inc()
-        recorded = await self.db.run(halt.halted)  # the first reason, if it was already
-        self._enter_halt(recorded if recorded is not None else reason)
+        await self.guard.halt(reason, self.anchor.number)
         self.head = None
         self.caught_up = False
         return self.settings.indexer_poll_interval_s
 
     async def _while_halted(self) -> float:
         """A halted step: only look whether an operator resumed."""
-        reason = await self.db.run(halt.halted)
-        if reason is not None:
-            self.halt_reason = reason
-            now = self.clock()
-            if now - self._last_halt_log >= HALT_REMINDER_EVERY_S:
-                self._last_halt_log = now
-                log.error("indexer_still_halted", reason=reason, cursor=self.anchor.number)
+        if not await self.guard.resumed(self.anchor.number):
             return self.settings.indexer_poll_interval_s
-        resolution_id, resolution = await self.db.run(halt.last_resolution)
-        if resolution_id > self._resolution_seen:
-            self._resolution_seen = resolution_id
-            self._rollback_allowed = resolution is halt.Resolution.ALLOW_ROLLBACK
-        log.warning(
-            "indexer_resumed",
-            resolution=resolution.value,
-            rollback_allowed=self._rollback_allowed,
-            cursor=self.anchor.number,
-        )
-        self.halt_reason = None
         self._last_problem = ""
-        HALTED.set(0)
         self._stale_streak = 0
         self.head = None
         self.caught_up = False
@@ -744,7 +661,9 @@ class Indexer:
             self.settings.start_block, anchor.number - self.settings.indexer_rescan_blocks + 1
         )
         rng = LogRange(first, anchor.number)
-        answer = await self.scanner.poll(rng, None, self._bloom_first(rng))
+        # No bloom window here: every accepted block's bloom was checked when it was
+        # accepted, and a re-scan only ever adds what it finds.
+        answer = await self.scanner.poll(rng, None)
         judgement = judge(
             answer, anchor=None, confirmations=0, provider_address=self.scanner.provider_address
         )
@@ -756,7 +675,7 @@ class Indexer:
             log.warning("reorg_suspected", reason=reason)
             await self._walk_back(reason)
             return
-        decoded = decode_logs(await self._with_hidden_logs(answer))
+        decoded = decode_logs(answer.logs)
         verified = await self._verify_log_blocks(rng, decoded)
         if not verified:
             return
