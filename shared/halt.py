@@ -9,8 +9,9 @@ undone by a failover URL of another chain).
 Guarantees:
 - A halt is a row in ``halts`` (migration 0003), so it outlives the process: a restarted
   indexer is still halted, and other processes see it (:func:`halted`).
-- While the indexer is halted, nothing may be signed on the strength of its data: the
-  fulfiller calls :func:`halted` before claiming or signing and waits while it is not None.
+- While the indexer is halted, nothing may be signed on the strength of its data: a signer
+  (the fulfiller) calls :func:`halted` before claiming or signing and waits while it is not
+  None. It is one indexed read, cheap enough for every round.
 - Only an operator clears it (:func:`resume`, ``hodlai indexer-resume``); the row stays as the
   record with who resumed and how.
 """
