@@ -57,7 +57,10 @@ CREATE TABLE IF NOT EXISTS requests (
     updated_at     REAL NOT NULL,
     -- 1 when the stored text is not exactly what the event carried (not UTF-8: stored with
     -- U+FFFD; undecodable: stored empty); such a request is FAILED and is never retried
-    content_lossy  INTEGER NOT NULL DEFAULT 0 CHECK (content_lossy IN (0, 1))
+    content_lossy  INTEGER NOT NULL DEFAULT 0 CHECK (content_lossy IN (0, 1)),
+    -- 1 when it became FULFILLED with an action outside its action set (a wrong answer on
+    -- chain; set by the indexer, listed in v_stuck)
+    answer_outside_set INTEGER NOT NULL DEFAULT 0 CHECK (answer_outside_set IN (0, 1))
 ) STRICT;
 
 -- Invariant: lease_owner IS NULL exactly when lease_until IS NULL.
@@ -69,6 +72,8 @@ CREATE INDEX IF NOT EXISTS idx_requests_lease ON requests (status, lease_until) 
 -- Listing one status newest first (hodlai requests --status S).
 CREATE INDEX IF NOT EXISTS idx_requests_status_order ON requests (status, block_number, log_index);
 CREATE INDEX IF NOT EXISTS idx_requests_block ON requests (block_number);
+-- The few FULFILLED rows whose answer is outside their action set, for v_stuck.
+CREATE INDEX IF NOT EXISTS idx_requests_outside_set ON requests (status) WHERE answer_outside_set = 1;
 
 -- Row counts per status, kept exact by the triggers below in the same transaction as the
 -- change, so that 'hodlai status' and v_status_counts answer in O(1) at millions of rows.
@@ -244,8 +249,7 @@ SELECT request_id, status,
        'WRONG ANSWER on chain: fulfilled with ' || json_quote(fulfilled_action) || ', not in its action set ' || action_set || ' (tx ' || COALESCE(fulfilled_tx_hash, '?') || ', generation ' || generation || ')' AS why,
        attempts, block_number, updated_at
 FROM requests
-WHERE status = 'FULFILLED' AND fulfilled_action IS NOT NULL
-  AND NOT EXISTS (SELECT 1 FROM json_each(requests.action_set) AS a WHERE a.value = requests.fulfilled_action)
+WHERE answer_outside_set = 1 AND status = 'FULFILLED'
 )
 ORDER BY updated_at;
 

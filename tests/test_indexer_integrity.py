@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import sqlite3
+from pathlib import Path
 
 import pytest
 from eth_abi.abi import encode as abi_encode
@@ -13,8 +14,9 @@ from structlog.testing import capture_logs
 
 from shared import store
 from shared.contracts import REASONING_REQUESTED_TOPIC0
-from shared.db import atomic
+from shared.db import atomic, connect
 from shared.errors import InvalidRequestError, LogDataConflictError
+from shared.migrations import SCHEMA_MIGRATIONS_DDL, core_set
 from shared.store import NewRequest, Status
 from tests.conftest import make_request
 from workers.indexer import ingest
@@ -141,3 +143,40 @@ def test_content_replaced_under_a_fulfilment_outside_the_new_set_raises_the_alar
     assert any(e["event"] == "fulfilled_action_not_in_action_set" for e in logs)
     (why,) = conn.execute("SELECT why FROM v_stuck WHERE request_id = '4'").fetchone()
     assert '"BUY"' in why and '["UP", "DOWN"]' in why
+
+
+def test_migration_flags_existing_lossy_requests_and_wrong_answers(tmp_path: Path) -> None:
+    path = tmp_path / "before-0003.db"
+    old = sqlite3.connect(path, isolation_level=None)
+    old.execute(SCHEMA_MIGRATIONS_DDL)
+    for statement in core_set().migrations[0].statements():
+        old.execute(statement)
+    old.execute("INSERT INTO schema_migrations VALUES ('core', 1, 'initial', 0)")
+    columns = (
+        "request_id, shard_key, status, requester, model, system_prompt, state_string, "
+        "action_set, content_hash, block_number, block_hash, tx_hash, log_index, "
+        "fulfilled_action, fail_reason, created_at, updated_at"
+    )
+    rows = [
+        ("1", 1, "FAILED", "systemPrompt is not valid UTF-8 (invalid start byte at byte 3)", None),
+        ("2", 2, "FULFILLED", None, "SELL EVERYTHING"),
+        ("3", 3, "FULFILLED", None, "BUY"),
+        ("4", 4, "FAILED", "model not served", None),
+    ]
+    for key, shard, status, reason, action in rows:
+        old.execute(
+            f"INSERT INTO requests ({columns}) VALUES (?, ?, ?, 'r', 'm', 'p', 's', "
+            "'[\"BUY\", \"SELL\"]', '0x0', 1, '0x0', '0x0', 0, ?, ?, 0, 0)",
+            (key, shard, status, action, reason),
+        )
+    old.close()
+    conn = connect(path)
+    flags = conn.execute(
+        "SELECT request_id, content_lossy, answer_outside_set FROM requests ORDER BY 1"
+    ).fetchall()
+    assert [tuple(f) for f in flags] == [("1", 1, 0), ("2", 0, 1), ("3", 0, 0), ("4", 0, 0)]
+    why = dict(conn.execute("SELECT request_id, why FROM v_stuck").fetchall())
+    assert set(why) == {"1", "2", "4"}
+    assert "cannot be retried" in why["1"] and "WRONG ANSWER" in why["2"]
+    assert "hodlai retry 4" in why["4"]
+    conn.close()

@@ -26,8 +26,10 @@ Guarantees:
 - A request whose content could not be decoded is stored and moved to FAILED with the reason,
   flagged ``content_lossy`` (its stored text is not what the vault sent; never retried).
 - A row that becomes FULFILLED with an action outside its current action set is an alarm:
-  an error log ``fulfilled_action_not_in_action_set`` and ``IngestStats.wrong_answers``; the
-  row stays FULFILLED (the chain says so) and ``v_stuck`` lists it.
+  an error log ``fulfilled_action_not_in_action_set``, ``IngestStats.wrong_answers`` and
+  ``answer_outside_set = 1`` on the row, which ``v_stuck`` lists (through a partial index, so
+  the view does not parse every fulfilled row's action set); the row stays FULFILLED, since
+  the chain says so.
 
 New requests are inserted in bulk through ``store.insert_requests`` (one ``executemany`` for
 the batch, plus its audit rows): per-row ``store.insert_request`` calls measured ~10k rows/s
@@ -63,7 +65,7 @@ _RESET_COLUMNS: dict[str, object] = {
     "attempts": 0, "answer_action": None, "answer_cid": None, "reasoning": None,
     "answered_at": None, "fail_reason": None, "lease_owner": None, "lease_until": None,
     "fulfilled_block": None, "fulfilled_tx_hash": None, "fulfilled_action": None,
-    "fulfilled_cid": None,
+    "fulfilled_cid": None, "answer_outside_set": 0,
 }  # fmt: skip
 
 
@@ -466,13 +468,15 @@ def _apply_fulfilment(conn: sqlite3.Connection, key: str, stats: IngestStats, no
                 "UPDATE fulfillments SET prior_status = 'FULFILLED' WHERE request_id = ?", (key,)
             )
         return
+    actions = json.loads(row["action_set"])
+    outside = event["result_action"] not in actions
     store.transition(
         conn, key, status, Status.FULFILLED, actor=ACTOR,
         note=f"fulfilled on chain in block {event['block_number']} ({event['tx_hash']})",
         set_columns={
             "fulfilled_block": event["block_number"], "fulfilled_tx_hash": event["tx_hash"],
             "fulfilled_action": event["result_action"], "fulfilled_cid": event["reasoning_cid"],
-            "lease_owner": None, "lease_until": None,
+            "lease_owner": None, "lease_until": None, "answer_outside_set": int(outside),
         },
         now=now,
     )  # fmt: skip
@@ -480,8 +484,7 @@ def _apply_fulfilment(conn: sqlite3.Connection, key: str, stats: IngestStats, no
         "UPDATE fulfillments SET prior_status = ? WHERE request_id = ?", (status.value, key)
     )
     stats.fulfilments_applied += 1
-    actions = json.loads(row["action_set"])
-    if event["result_action"] not in actions:
+    if outside:
         stats.wrong_answers += 1
         log.error(
             "fulfilled_action_not_in_action_set",

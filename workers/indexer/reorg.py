@@ -151,7 +151,7 @@ def rollback_to(
                     note=f"fulfilment in orphaned block {f['block_number']} undone by reorg",
                     set_columns={
                         "fulfilled_block": None, "fulfilled_tx_hash": None,
-                        "fulfilled_action": None, "fulfilled_cid": None,
+                        "fulfilled_action": None, "fulfilled_cid": None, "answer_outside_set": 0,
                     },
                     now=at,
                 )  # fmt: skip

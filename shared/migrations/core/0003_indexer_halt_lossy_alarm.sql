@@ -27,6 +27,14 @@ UPDATE requests SET content_lossy = 1
 WHERE status = 'FAILED'
   AND (fail_reason LIKE '%is not valid UTF-8%' OR fail_reason LIKE 'undecodable event data:%');
 
+-- 1 when the row became FULFILLED with an action outside its action set (set by the indexer;
+-- a wrong answer on chain), listed in v_stuck through the partial index below.
+ALTER TABLE requests ADD COLUMN answer_outside_set INTEGER NOT NULL DEFAULT 0 CHECK (answer_outside_set IN (0, 1));
+UPDATE requests SET answer_outside_set = 1
+WHERE status = 'FULFILLED' AND fulfilled_action IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM json_each(requests.action_set) AS a WHERE a.value = requests.fulfilled_action);
+CREATE INDEX IF NOT EXISTS idx_requests_outside_set ON requests (status) WHERE answer_outside_set = 1;
+
 DROP VIEW IF EXISTS v_stuck;
 CREATE VIEW v_stuck AS
 SELECT request_id, status, idle_s, lease_owner, why, attempts, block_number FROM (
@@ -54,7 +62,6 @@ SELECT request_id, status,
        'WRONG ANSWER on chain: fulfilled with ' || json_quote(fulfilled_action) || ', not in its action set ' || action_set || ' (tx ' || COALESCE(fulfilled_tx_hash, '?') || ', generation ' || generation || ')' AS why,
        attempts, block_number, updated_at
 FROM requests
-WHERE status = 'FULFILLED' AND fulfilled_action IS NOT NULL
-  AND NOT EXISTS (SELECT 1 FROM json_each(requests.action_set) AS a WHERE a.value = requests.fulfilled_action)
+WHERE answer_outside_set = 1 AND status = 'FULFILLED'
 )
 ORDER BY updated_at;
