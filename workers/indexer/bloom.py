@@ -79,12 +79,11 @@ class EventBloom:
 
 def suspects(answer: PollAnswer, events: EventBloom) -> list[BlockHeader]:
     """Checked blocks whose bloom may hold a provider event but that returned no log."""
+    maybe = [h for h in answer.checked_headers() if events.may_contain(h.logs_bloom)]
+    if not maybe:
+        return []
     with_logs = {hex_int(entry.get("blockNumber")) for entry in answer.logs}
-    return [
-        header
-        for header in answer.checked_headers()
-        if header.number not in with_logs and events.may_contain(header.logs_bloom)
-    ]
+    return [header for header in maybe if header.number not in with_logs]
 
 
 def found_logs(
