@@ -54,7 +54,13 @@ CREATE TABLE IF NOT EXISTS requests (
     -- terminal failure
     fail_reason    TEXT,
     created_at     REAL NOT NULL,
-    updated_at     REAL NOT NULL
+    updated_at     REAL NOT NULL,
+    -- 1 when the stored text is not exactly what the event carried (not UTF-8: stored with
+    -- U+FFFD; undecodable: stored empty); such a request is FAILED and is never retried
+    content_lossy  INTEGER NOT NULL DEFAULT 0 CHECK (content_lossy IN (0, 1)),
+    -- 1 when it became FULFILLED with an action outside its action set (a wrong answer on
+    -- chain; set by the indexer, listed in v_stuck)
+    answer_outside_set INTEGER NOT NULL DEFAULT 0 CHECK (answer_outside_set IN (0, 1))
 ) STRICT;
 
 -- Invariant: lease_owner IS NULL exactly when lease_until IS NULL.
@@ -66,6 +72,8 @@ CREATE INDEX IF NOT EXISTS idx_requests_lease ON requests (status, lease_until) 
 -- Listing one status newest first (hodlai requests --status S).
 CREATE INDEX IF NOT EXISTS idx_requests_status_order ON requests (status, block_number, log_index);
 CREATE INDEX IF NOT EXISTS idx_requests_block ON requests (block_number);
+-- The few FULFILLED rows whose answer is outside their action set, for v_stuck.
+CREATE INDEX IF NOT EXISTS idx_requests_outside_set ON requests (status) WHERE answer_outside_set = 1;
 
 -- Entities per (machine, status), kept exact by each machine table's triggers in the same
 -- transaction as the change, so that 'hodlai status' and v_status_counts answer in O(1) at
@@ -155,6 +163,24 @@ CREATE TABLE IF NOT EXISTS reorgs (
     note          TEXT
 ) STRICT;
 
+-- A worker that stopped itself until an operator looks (the indexer facing a chain it cannot
+-- trust: another chain id, a reorg deeper than the stored history or HODLAI_MAX_REORG_DEPTH).
+-- The active halt of a worker is its row with resumed_at NULL (at most one, by the index);
+-- resumed rows stay as the record. The fulfiller signs nothing while the indexer is halted.
+CREATE TABLE IF NOT EXISTS halts (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    worker      TEXT NOT NULL,                -- 'indexer'
+    reason      TEXT NOT NULL,                -- plain words: what was seen, what was not done
+    at_block    INTEGER,                      -- the worker's cursor when it halted
+    halted_at   REAL NOT NULL,
+    resumed_at  REAL,
+    resumed_by  TEXT,
+    -- 'resume': carry on (the cause was fixed, e.g. the RPC URL); 'allow_rollback': the deep
+    -- reorg is real, let the next rollback through once
+    resolution  TEXT CHECK (resolution IN ('resume', 'allow_rollback'))
+) STRICT;
+CREATE UNIQUE INDEX IF NOT EXISTS idx_halts_active ON halts (worker) WHERE resumed_at IS NULL;
+
 -- Every transaction the node signed, recorded BEFORE it is broadcast (shared/tx/ledger.py).
 -- A nonce is "open" while one of its rows is SIGNED or BROADCAST; all rows of one nonce are
 -- alternatives (replacements, a cancel), of which at most one is ever mined.
@@ -222,13 +248,16 @@ DROP VIEW IF EXISTS v_state_counts;
 CREATE VIEW v_state_counts AS
 SELECT machine, status, n FROM state_counts ORDER BY machine, status;
 
--- Everything not finished, oldest first, with a plain-words reason it is where it is.
+-- Everything not finished, oldest first, with a plain-words reason it is where it is; and
+-- every FULFILLED request whose answer on chain is not in its action set (an alarm).
 DROP VIEW IF EXISTS v_stuck;
 CREATE VIEW v_stuck AS
+SELECT request_id, status, idle_s, lease_owner, why, attempts, block_number FROM (
 SELECT request_id, status,
        ROUND(((julianday('now') - 2440587.5) * 86400.0) - updated_at, 1) AS idle_s,
        lease_owner,
        CASE
+         WHEN status = 'FAILED' AND content_lossy = 1 THEN 'failed: ' || COALESCE(fail_reason, '?') || ' (cannot be retried: the stored text is not what the vault sent)'
          WHEN status = 'FAILED' THEN 'failed: ' || COALESCE(fail_reason, '?') || ' (hodlai retry ' || request_id || ')'
          WHEN lease_owner IS NOT NULL AND lease_until < ((julianday('now') - 2440587.5) * 86400.0)
            THEN 'lease of ' || lease_owner || ' expired; will be taken again'
@@ -237,9 +266,19 @@ SELECT request_id, status,
          WHEN status = 'ANSWERED' THEN 'answered; waiting for the fulfiller'
          WHEN status = 'PROCESSED' THEN 'tx sent (' || COALESCE((SELECT t.tx_hash FROM txs t WHERE t.subject = requests.request_id ORDER BY t.id DESC LIMIT 1), '?') || '); waiting for the fulfilled event'
        END AS why,
-       attempts, block_number
+       attempts, block_number, updated_at
 FROM requests
 WHERE status IN ('PENDING', 'ANSWERED', 'PROCESSED', 'FAILED')
+UNION ALL
+-- The alarm: fulfilled on chain with an action outside the request's current action set.
+SELECT request_id, status,
+       ROUND(((julianday('now') - 2440587.5) * 86400.0) - updated_at, 1) AS idle_s,
+       lease_owner,
+       'WRONG ANSWER on chain: fulfilled with ' || json_quote(fulfilled_action) || ', not in its action set ' || action_set || ' (tx ' || COALESCE(fulfilled_tx_hash, '?') || ', generation ' || generation || ')' AS why,
+       attempts, block_number, updated_at
+FROM requests
+WHERE answer_outside_set = 1 AND status = 'FULFILLED'
+)
 ORDER BY updated_at;
 
 DROP VIEW IF EXISTS v_recent_transitions;

@@ -9,7 +9,12 @@ block, ~1.2 KB of strings per request), then, in the same run, several repetitio
       the stricter limit: everything the indexer does except storing;
   (b) the indexer end to end (the production Indexer: batched polls, judging, decoding,
       pipelined commits into a fresh SQLite file) from the first block to caught up;
-  (c) a naive web3.py loop: block_number, then get_logs + process_log per range.
+  (c) a naive web3.py loop: block_number, then get_logs + process_log per range;
+  (b') the indexer with the logsBloom check off (HODLAI_INDEXER_BLOOM_WINDOW=0: the code
+      before the check) and (b'') with a window covering every block (one header per
+      block in each range's batch: the design the check does not use). (b) / (b') is the
+      check's cost; ``--empty-blocks N`` adds N empty blocks after the events, a sparse
+      chain where 2,000-block ranges make per-block headers the dominant cost.
 
 The raw and naive variants read ranges of as many blocks as make ~indexer_target_logs logs
 (the indexer itself settles a little below that). Each repetition runs all variants back to
@@ -18,9 +23,11 @@ reported (this box's throughput drifts by +-20 % between minutes); target (b) >=
 and (b) >= 4 x (c); (b) / (a') is printed too.
 
     .venv/bin/python scripts/bench_indexer.py [--events 20000] [--per-block 100] [--reps 5]
+                                              [--empty-blocks 0]
 
 Last line: {"raw_eps": ..., "indexer_eps": ..., "naive_eps": ..., "ratio_vs_raw": ...,
-"ratio_vs_naive": ..., "raw_fast_eps": ..., "ratio_vs_raw_fast": ..., ...}
+"ratio_vs_naive": ..., "raw_fast_eps": ..., "ratio_vs_raw_fast": ...,
+"bloom_check_ratio": ..., "bloom_every_block_ratio": ..., ...}
 """
 
 from __future__ import annotations
@@ -32,7 +39,8 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +63,7 @@ from shared.contracts import (  # noqa: E402
 )
 from shared.deploy import Deployment, deploy_stack  # noqa: E402
 from shared.logs import configure_logging  # noqa: E402
-from shared.rpc import RpcClient  # noqa: E402
+from shared.rpc import RpcCall, RpcClient  # noqa: E402
 from shared.runtime import run_loop  # noqa: E402
 from workers.indexer.logs_decode import decode_logs  # noqa: E402
 from workers.indexer.main import Indexer, open_database  # noqa: E402
@@ -70,6 +78,11 @@ ACTIONS = ["BUY", "SELL", "HOLD", "BUYBACK_AND_BURN"]
 # Gas per request in askBatch with these strings (~82k measured) plus headroom.
 GAS_PER_REQUEST = 100_000
 TARGET_LOGS = IndexerSettings.model_fields["indexer_target_logs"].default
+# A bloom window past any backfill in this bench: every block's header in its range's batch
+# (set with model_copy, past the setting's own cap of 1,000: this is the design not taken).
+EVERY_BLOCK_WINDOW = 10**9
+# Empty blocks per anvil_mine call (--empty-blocks): 100 take ~50 ms, 1,000 take ~2 s.
+MINE_CHUNK = 100
 
 
 def generate(anvil: Anvil, deployment: Deployment, events: int, per_block: int) -> int:
@@ -107,6 +120,25 @@ def generate(anvil: Anvil, deployment: Deployment, events: int, per_block: int) 
     return head
 
 
+class CountingRpc(RpcClient):
+    """The production client, counting what it sends: calls per method and HTTP posts (the
+    deterministic side of the bloom check's cost, next to the noisy timings)."""
+
+    def __init__(self, urls: list[str], timeout: float) -> None:
+        super().__init__(urls, timeout=timeout)
+        self.calls: Counter[str] = Counter()
+
+    async def call(self, method: str, params: Sequence[Any] = ()) -> Any:
+        self.calls[method] += 1
+        self.calls["http_posts"] += 1
+        return await super().call(method, params)
+
+    async def batch_settled(self, calls: Sequence[RpcCall]) -> list[Any]:
+        self.calls.update(c.method for c in calls)
+        self.calls["http_posts"] += 1
+        return await super().batch_settled(calls)
+
+
 def _ranges(first: int, last: int, chunk: int) -> list[tuple[int, int]]:
     return [(start, min(last, start + chunk - 1)) for start in range(first, last + 1, chunk)]
 
@@ -139,15 +171,17 @@ def decode_eth_abi(logs: list[Any]) -> int:
 
 
 async def indexer_run(
-    url: str, deployment: Deployment, head: int, db_path: Path
-) -> tuple[int, float]:
+    url: str, deployment: Deployment, head: int, db_path: Path, bloom_window: int | None = None
+) -> tuple[int, float, Counter[str]]:
     settings = IndexerSettings(
         _env_file=None,  # type: ignore[call-arg]
         db_path=db_path, rpc_urls=[url], provider_address=deployment.provider_address,
         start_block=deployment.deploy_block, confirmations=0,
     )  # fmt: skip
+    if bloom_window is not None:
+        settings = settings.model_copy(update={"indexer_bloom_window": bloom_window})
     db = open_database(db_path)
-    rpc = RpcClient([url], timeout=120)
+    rpc = CountingRpc([url], timeout=120)
     indexer = Indexer(settings, rpc=rpc, db=db)
     stop = asyncio.Event()
 
@@ -165,7 +199,7 @@ async def indexer_run(
     await rpc.aclose()
     count = int(db.conn.execute("SELECT COUNT(*) FROM requests").fetchone()[0])
     db.close()
-    return count, elapsed
+    return count, elapsed, rpc.calls
 
 
 def naive_web3(url: str, deployment: Deployment, chunk: int) -> tuple[int, float]:
@@ -208,6 +242,7 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--per-block", type=int, default=100)
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--empty-blocks", type=int, default=0)
     args = parser.parse_args()
     configure_logging("WARNING")
     structlog.get_logger(__name__)
@@ -218,12 +253,23 @@ def main() -> int:
                                   oracle_address=anvil.accounts[3].address)  # fmt: skip
         started = time.perf_counter()
         head = generate(anvil, deployment, args.events, args.per_block)
+        if args.empty_blocks:
+            # In chunks: anvil_mine's time grows faster than linearly with the count.
+            for start in range(0, args.empty_blocks, MINE_CHUNK):
+                count = min(MINE_CHUNK, args.empty_blocks - start)
+                mine = {"jsonrpc": "2.0", "id": 1, "method": "anvil_mine", "params": [hex(count)]}
+                httpx.post(anvil.rpc_url, json=mine, timeout=120)
+            head += args.empty_blocks
         events = (args.events + args.per_block - 1) // args.per_block * args.per_block
         print(f"generated {events} request events in {head - deployment.deploy_block} blocks "
               f"in {time.perf_counter() - started:.1f} s")  # fmt: skip
         chunk = max(1, TARGET_LOGS // args.per_block)
         ranges = _ranges(deployment.deploy_block, head, chunk)
-        results: dict[str, list[float]] = {"raw": [], "raw_fast": [], "indexer": [], "naive": []}
+        calls: dict[str, Counter[str]] = {}
+        results: dict[str, list[float]] = {
+            "raw": [], "raw_fast": [], "indexer": [], "naive": [], "bloom_off": [],
+            "bloom_every_block": [],
+        }  # fmt: skip
         for rep in range(args.reps):
             count, seconds = raw_fetch(anvil.rpc_url, deployment.provider_address, ranges,
                                        decode_eth_abi)  # fmt: skip
@@ -233,10 +279,18 @@ def main() -> int:
                                        decode_production)  # fmt: skip
             assert count == events, (count, events)
             results["raw_fast"].append(count / seconds)
-            db_path = Path(tmp) / f"rep{rep}.db"
-            count, seconds = asyncio.run(indexer_run(anvil.rpc_url, deployment, head, db_path))
-            assert count == events, (count, events)
-            results["indexer"].append(count / seconds)
+            # The three indexer variants in a rotating order, so that none always runs first.
+            variants = [
+                ("indexer", None), ("bloom_off", 0), ("bloom_every_block", EVERY_BLOCK_WINDOW)
+            ]  # fmt: skip
+            for name, window in variants[rep % 3 :] + variants[: rep % 3]:
+                db_path = Path(tmp) / f"rep{rep}-{name}.db"
+                count, seconds, sent = asyncio.run(
+                    indexer_run(anvil.rpc_url, deployment, head, db_path, window)
+                )
+                assert count == events, (count, events)
+                results[name].append(count / seconds)
+                calls[name] = sent
             count, seconds = naive_web3(anvil.rpc_url, deployment, chunk)
             assert count == events, (count, events)
             results["naive"].append(count / seconds)
@@ -259,10 +313,27 @@ def main() -> int:
         "ratio_vs_raw_range": _spread(results["indexer"], results["raw"]),
         "ratio_vs_raw_fast_range": _spread(results["indexer"], results["raw_fast"]),
         "ratio_vs_naive_range": _spread(results["indexer"], results["naive"]),
+        "empty_blocks": args.empty_blocks,
+        "bloom_off_eps": round(median["bloom_off"]),
+        "bloom_every_block_eps": round(median["bloom_every_block"]),
+        # the check's cost: indexer (window 64) over indexer without it, same repetition
+        "bloom_check_ratio": round(_paired(results["indexer"], results["bloom_off"]), 3),
+        "bloom_check_ratio_range": _spread(results["indexer"], results["bloom_off"]),
+        "bloom_every_block_ratio": round(
+            _paired(results["bloom_every_block"], results["bloom_off"]), 3
+        ),
+        "bloom_every_block_ratio_range": _spread(
+            results["bloom_every_block"], results["bloom_off"]
+        ),
+        "rpc_calls": {name: dict(sorted(sent.items())) for name, sent in calls.items()},
     }
     print(f"indexer / raw   = {summary['ratio_vs_raw']:.2f}  (target >= 0.6)")
     print(f"indexer / raw_fast = {summary['ratio_vs_raw_fast']:.2f}  (the stricter limit)")
     print(f"indexer / naive = {summary['ratio_vs_naive']:.2f}  (target >= 4)")
+    print(f"bloom check: indexer / indexer without it = {summary['bloom_check_ratio']:.3f}")
+    print(f"headers of every block / without = {summary['bloom_every_block_ratio']:.3f}")
+    for name, sent in summary["rpc_calls"].items():
+        print(f"rpc calls, {name}: {sent}")
     print(json.dumps(summary))
     return 0
 

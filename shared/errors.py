@@ -15,6 +15,7 @@ tenacity can decide by *type* whether something is worth retrying::
     │   ├── RpcRangeTooLargeError   the node refused the getLogs range or result size
     │   │   └── RpcResponseTooLargeError  the answer outgrew the size cap; cut off unread
     │   ├── StaleNodeError          the node is behind what we already know
+    │   ├── LogDataConflictError    other logs than stored under an unchanged block hash
     │   ├── LlmTransportError       LLM timeout, 429, 5xx, connection refused
     │   │   ├── LlmAccessError      the LLM endpoint refuses this node (401/403/404)
     │   │   └── LlmBusyError        429/503-like "come back later": about us, not the request
@@ -99,6 +100,11 @@ class RpcResponseTooLargeError(RpcRangeTooLargeError):
 
 class StaleNodeError(RetryableError):
     """The node answered from a view of the chain older than one we have already seen."""
+
+
+class LogDataConflictError(RetryableError):
+    """The node answered other log data for a block whose hash is unchanged: a block hash
+    commits to its logs, so that answer is wrong. Retryable: ask elsewhere (fail over)."""
 
 
 class LlmTransportError(RetryableError):

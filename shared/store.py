@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from shared import request_id as rid
 from shared import state
 from shared.db import atomic
-from shared.errors import LeaseLostError
+from shared.errors import InvalidRequestError, LeaseLostError
 from workers.oracle.machine import ALLOWED, NON_TERMINAL, REQUESTS, SETTABLE, TERMINAL, Status
 
 __all__ = ["ALLOWED", "NON_TERMINAL", "REQUESTS", "SETTABLE", "TERMINAL", "Status"]
@@ -43,6 +43,9 @@ class NewRequest:
     block_hash: str
     tx_hash: str
     log_index: int
+    #: the text fields are not exactly what the event carried (invalid UTF-8 replaced by
+    #: U+FFFD, or undecodable data stored empty); such a request is never answered
+    content_lossy: bool = False
 
 
 def transition(
@@ -98,6 +101,7 @@ def insert_requests(
             "action_set": encode_action_set(list(r.action_set)),
             "content_hash": r.content_hash, "block_number": r.block_number,
             "block_hash": r.block_hash, "tx_hash": r.tx_hash, "log_index": r.log_index,
+            "content_lossy": int(r.content_lossy),
         }
         for r, generation in requests
     ]  # fmt: skip
@@ -249,7 +253,20 @@ def history(conn: sqlite3.Connection, request_id: int | str) -> list[sqlite3.Row
 
 
 def retry(conn: sqlite3.Connection, request_id: int | str, *, actor: str = "operator") -> None:
-    """Re-open a FAILED request: back to PENDING with a fresh attempt budget and no answer."""
+    """Re-open a FAILED request: back to PENDING with a fresh attempt budget and no answer.
+
+    Refused (InvalidRequestError) for a request whose stored text is not what the vault sent
+    (``content_lossy``): answering it would answer text the vault never sent."""
+    row = conn.execute(
+        "SELECT content_lossy, fail_reason FROM requests WHERE request_id = ?",
+        (_key(request_id),),
+    ).fetchone()
+    if row is not None and row["content_lossy"]:
+        raise InvalidRequestError(
+            f"request {_key(request_id)} cannot be retried: its text is not what the vault "
+            f"sent ({row['fail_reason'] or 'not valid UTF-8'}); the node stores it only "
+            "lossily, so any answer would be to altered text"
+        )
     transition(
         conn, request_id, Status.FAILED, Status.PENDING, actor=actor, note="operator retry",
         set_columns={

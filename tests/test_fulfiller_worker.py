@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
+from shared import halt
 from shared.db import connect
 from shared.tx.simulation import GasRule
 from tests.chain_fixtures import DeployedStack
@@ -198,3 +199,23 @@ async def test_a_node_refusing_for_insufficient_funds_pauses_sending_until_funde
         await fulfiller.close()
     assert not fulfiller.manager.funds_short
     assert all(n == 1 for n in chain.fulfilled_counts().values())
+
+
+async def test_nothing_new_is_signed_while_the_indexer_is_halted(
+    deployed: DeployedStack, db_path: Path
+) -> None:
+    chain = Chain(deployed)
+    ids = chain.ask(2)
+    conn = connect(db_path)
+    answer(conn, ids, requester=chain.vault.address)
+    assert halt.halt(conn, "the RPC reports chain 56, this database is for 31337")
+    fulfiller = make_fulfiller(deployed, db_path)
+    try:
+        for _ in range(10):
+            await fulfiller.step()
+        assert tx_rows(conn) == []  # the halt holds every new fulfilment back
+        assert statuses(conn, ids) == {i: "ANSWERED" for i in ids}
+        halt.resume(conn, by="operator")
+        await fulfiller.run_until(lambda: chain.fulfilled_counts() == {i: 1 for i in ids})
+    finally:
+        await fulfiller.close()

@@ -134,7 +134,8 @@ def test_replaced_content_of_a_fulfilled_request_stays_fulfilled(
 ) -> None:
     _apply(conn, _decoded([make_request(4, state_string="old", block_number=10)],
                           [_fulfilled(4, 11)]))  # fmt: skip
-    _apply(conn, _decoded([make_request(4, state_string="new", block_number=10)]))
+    # The request's block was replaced by a reorg: the new content comes from another hash.
+    _apply(conn, _decoded([make_request(4, state_string="new", block_number=12)]))
     row = _row(conn, 4)
     assert (row["status"], row["generation"], row["state_string"]) == ("FULFILLED", 2, "new")
     assert row["fulfilled_block"] == 11

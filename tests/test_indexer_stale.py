@@ -197,12 +197,12 @@ async def test_backup_rescan_finds_requests_a_batch_split_across_backends_hid(
     deployed: DeployedStack, driver: ChainDriver, db_path: Path
 ) -> None:
     # eth_getLogs alone is answered 3 blocks behind the rest of its batch: with no
-    # confirmations the newest blocks' logs are missing from the accepted range, and only
-    # re-reading accepted blocks later brings them in.
+    # confirmations the newest blocks' logs are missing from the accepted range. With the
+    # bloom check off, only re-reading accepted blocks later brings them in.
     with RpcProxy(deployed.rpc_url, logs_lag=3) as proxy:
         target: dict[str, int] = {}
         settings = indexer_settings(db_path, [proxy.url], deployed.deployment,
-                                    indexer_rescan_every=2)  # fmt: skip
+                                    indexer_rescan_every=2, indexer_bloom_window=0)  # fmt: skip
         with capture_logs() as logs:
             indexer = asyncio.create_task(
                 run_indexer(settings, until=lambda ix: ix.totals.inserted >= target.get("n", 99))
@@ -217,3 +217,32 @@ async def test_backup_rescan_finds_requests_a_batch_split_across_backends_hid(
     assert set(stored_requests(connect(db_path))) == driver.requested_ids()
     found = [e for e in logs if e["event"] == "backup_rescan_found"]
     assert found and sum(e["inserted"] for e in found) >= 1
+
+
+async def test_a_split_batch_that_hides_logs_is_detected_and_those_requests_are_indexed(
+    deployed: DeployedStack, driver: ChainDriver, db_path: Path
+) -> None:
+    # As above, but no backup re-scan ever runs: the blocks' logsBloom alone must reveal
+    # what the lagging eth_getLogs left out.
+    with RpcProxy(deployed.rpc_url, logs_lag=3) as proxy:
+        target: dict[str, int] = {}
+        settings = indexer_settings(db_path, [proxy.url], deployed.deployment,
+                                    indexer_rescan_every=10**6)  # fmt: skip
+        with capture_logs() as logs:
+            indexer = asyncio.create_task(
+                run_indexer(
+                    settings, until=lambda ix: ix.anchor.number >= target.get("head", 1 << 62)
+                )
+            )
+            for i in range(6):
+                await _ask(driver, 1, f"hidden {i}")
+                await asyncio.sleep(0.15)  # let the indexer accept each block as it comes
+            await asyncio.to_thread(driver.mine, 5)
+            target["head"] = driver.head()
+            await asyncio.wait_for(indexer, CATCH_UP_LIMIT_S)
+        assert proxy.stats["split_answers"] > 0
+    assert set(stored_requests(connect(db_path))) == driver.requested_ids()
+    assert set(creations_per_id(connect(db_path)).values()) == {1}
+    found = [e for e in logs if e["event"] == "hidden_logs_found"]
+    assert found and sum(e["logs"] for e in found) >= 1
+    assert not any(e["event"] == "backup_rescan_found" for e in logs)

@@ -2,7 +2,8 @@
 
 Each :meth:`FulfillerWorker.step`:
 
-1. checks ORACLE_ROLE and the balance when due (pausing sending while either is missing);
+1. checks ORACLE_ROLE and the balance when due (pausing sending while either is missing),
+   and whether the indexer is halted for an operator (signing nothing new meanwhile);
 2. lets the transaction manager follow what is in flight (receipts, re-broadcasts, bumps,
    cancels) and returns stranded PROCESSED rows to ANSWERED;
 3. if the window has room: claims ANSWERED rows under a lease, simulates them in one batch,
@@ -31,8 +32,8 @@ from typing import Final
 import structlog
 from eth_utils.address import to_checksum_address
 
+from shared import halt, store
 from shared import request_id as rid
-from shared import store
 from shared.db import AsyncDatabase
 from shared.errors import FeeCapExceededError, HodlaiError, RetryableError, TransitionConflict
 from shared.rpc import RpcClient
@@ -111,6 +112,7 @@ class FulfillerWorker:
         #: why sending is paused (role or balance), None while sending
         self.paused: str | None = None
         self._fee_cap_logged = False
+        self._halt_logged: str | None = None
 
     @property
     def oracle(self) -> str:
@@ -127,6 +129,8 @@ class FulfillerWorker:
             self._next_sweep = now + ORPHAN_SWEEP_S
             await self._db.run(return_orphans, now=self._clock())
         if self.paused is not None or self.manager.funds_short:
+            return self.config.poll_s
+        if await self._indexer_halted():
             return self.config.poll_s
         room = min(self.manager.room, self.config.batch)
         if room == 0:
@@ -218,6 +222,19 @@ class FulfillerWorker:
             balance_wei if self._short_floor is None else min(self._short_floor, balance_wei)
         )
         return "a node refused a transaction for insufficient funds; waiting for a top-up"
+
+    async def _indexer_halted(self) -> bool:
+        """While the indexer is halted for an operator (another chain, a reorg too deep to
+        trust), nothing new is signed on the strength of its data; what is in flight is
+        still followed."""
+        reason = await self._db.run(halt.halted)
+        if reason != self._halt_logged:
+            if reason is None:
+                log.info("fulfiller_resumed", after="indexer halt cleared")
+            else:
+                log.error("fulfiller_paused", reason=f"the indexer is halted: {reason}")
+            self._halt_logged = reason
+        return reason is not None
 
     async def _fees(self) -> Fees | None:
         try:

@@ -9,14 +9,27 @@ Guarantees:
 - Applying the same logs again changes nothing (no row, no audit entry): a request id already
   stored with the same content is left alone, or only gets its new block position when a
   reorg re-included it elsewhere.
-- A request id that arrives with other content than stored is the chain's new truth: the row
-  takes the new content, generation + 1, and starts again from PENDING with its answer,
-  attempts, lease and failure cleared (``store.transition`` with ``set_columns``).
+- A request id that arrives with other content than stored, from *another block hash* than
+  the stored row's, is the chain's new truth (a reorg): the row takes the new content,
+  generation + 1, and starts again from PENDING with its answer, attempts, lease and failure
+  cleared (``store.transition`` with ``set_columns``).
+- Logs are never rewritten under an unchanged block hash: a block hash commits to the
+  block's logs, so a request or fulfilment that arrives from the *same* block hash as stored
+  but with other content or another position is a wrong answer of the node.
+  :class:`LogDataConflictError` is raised inside the transaction, so nothing of that answer
+  is stored, and the caller distrusts the URL (issue 10: one bad answer during a re-scan set
+  57 good rows FAILED and moved FULFILLED rows back to PENDING).
 - A fulfilled event moves any PENDING / ANSWERED / PROCESSED / FAILED row to FULFILLED and
   records where the row was in ``fulfillments.prior_status``; one seen before its request is
   kept in ``fulfillments`` and applied when the request arrives. Either order ends in the
   same row.
-- A request whose content could not be decoded is stored and moved to FAILED with the reason.
+- A request whose content could not be decoded is stored and moved to FAILED with the reason,
+  flagged ``content_lossy`` (its stored text is not what the vault sent; never retried).
+- A row that becomes FULFILLED with an action outside its current action set is an alarm:
+  an error log ``fulfilled_action_not_in_action_set``, ``IngestStats.wrong_answers`` and
+  ``answer_outside_set = 1`` on the row, which ``v_stuck`` lists (through a partial index, so
+  the view does not parse every fulfilled row's action set); the row stays FULFILLED, since
+  the chain says so.
 
 New requests are inserted in bulk through ``store.insert_requests`` (one ``executemany`` for
 the batch, plus its audit rows): per-row ``store.insert_request`` calls measured ~10k rows/s
@@ -25,6 +38,7 @@ against ~20k for the bulk path on this machine, and ingestion is the indexer's s
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
@@ -35,7 +49,7 @@ import structlog
 from shared import request_id as rid
 from shared import store
 from shared.db import atomic
-from shared.errors import TransitionConflict
+from shared.errors import LogDataConflictError, TransitionConflict
 from shared.store import NewRequest, Status
 from workers.indexer.logs_decode import DecodedLogs, FulfilledLog, MalformedRequest
 from workers.indexer.reorg import ACTOR, CURSOR_NAME, generation_after_removal
@@ -51,7 +65,7 @@ _RESET_COLUMNS: dict[str, object] = {
     "attempts": 0, "answer_action": None, "answer_cid": None, "reasoning": None,
     "answered_at": None, "fail_reason": None, "lease_owner": None, "lease_until": None,
     "fulfilled_block": None, "fulfilled_tx_hash": None, "fulfilled_action": None,
-    "fulfilled_cid": None,
+    "fulfilled_cid": None, "answer_outside_set": 0,
 }  # fmt: skip
 
 
@@ -67,6 +81,8 @@ class IngestStats:
     fulfilments_new: int = 0
     fulfilments_applied: int = 0
     fulfilments_waiting: int = 0
+    #: rows that became FULFILLED with an action outside their action set (alarm)
+    wrong_answers: int = 0
 
     @property
     def changed(self) -> int:
@@ -139,9 +155,11 @@ def apply_range(
     range_end: BlockHeader,
     decoded: DecodedLogs,
     history_blocks: int,
+    headers: Sequence[BlockHeader] = (),
     now: float | None = None,
 ) -> IngestStats:
-    """Store one accepted range's logs, its block hashes and the new cursor, atomically."""
+    """Store one accepted range's logs, its block hashes (its last header, ``headers`` of
+    the bloom window, and every log's block) and the new cursor, atomically."""
     at = time.time() if now is None else now
     with atomic(conn):
         stored = _stored_cursor(conn)
@@ -151,7 +169,7 @@ def apply_range(
                 "indexer writing to this database?"
             )
         stats = apply_logs(conn, decoded, now=at)
-        _store_blocks(conn, decoded.log_blocks, range_end, at)
+        _store_blocks(conn, decoded.log_blocks, [*headers, range_end], at)
         _write_cursor(conn, new_cursor, at)
         conn.execute("DELETE FROM blocks WHERE number < ?", (new_cursor - history_blocks,))
     return stats
@@ -172,21 +190,20 @@ def apply_rescan(
         if stored != cursor:
             raise TransitionConflict(f"indexer cursor moved to {stored} during a re-scan")
         stats = apply_logs(conn, decoded, now=at)
-        _store_blocks(conn, decoded.log_blocks, None, at)
+        _store_blocks(conn, decoded.log_blocks, [], at)
     return stats
 
 
 def _store_blocks(
     conn: sqlite3.Connection,
     log_blocks: dict[int, str],
-    range_end: BlockHeader | None,
+    headers: Sequence[BlockHeader],
     at: float,
 ) -> None:
     rows: list[tuple[int, str, str | None, float]] = [
         (number, block_hash, None, at) for number, block_hash in log_blocks.items()
     ]
-    if range_end is not None:
-        rows.append((range_end.number, range_end.hash, range_end.parent_hash, at))
+    rows += [(h.number, h.hash, h.parent_hash, at) for h in headers]
     conn.executemany(
         "INSERT INTO blocks (number, hash, parent_hash, seen_at) VALUES (?, ?, ?, ?) "
         "ON CONFLICT (number) DO UPDATE SET hash = excluded.hash, "
@@ -281,6 +298,7 @@ def _content_columns(request: NewRequest) -> dict[str, object]:
         "block_hash": request.block_hash,
         "tx_hash": request.tx_hash,
         "log_index": request.log_index,
+        "content_lossy": int(request.content_lossy),
     }
 
 
@@ -309,12 +327,15 @@ def _merge(
             _fail(conn, key, reason, now)
             stats.failed += 1
         return
+    same_block = request.block_hash == row["block_hash"]
     if row["content_hash"] == request.content_hash:
         position = (request.block_number, request.block_hash, request.tx_hash, request.log_index)
         stored = (row["block_number"], row["block_hash"], row["tx_hash"], row["log_index"])
         if position == stored:
             stats.unchanged += 1
             return
+        if same_block:
+            raise _conflict(key, request.block_number, request.block_hash, "another position")
         # Same request re-included elsewhere (a reorg moved its transaction): keep its state.
         conn.execute(
             "UPDATE requests SET block_number = ?, block_hash = ?, tx_hash = ?, log_index = ?, "
@@ -324,6 +345,8 @@ def _merge(
         stats.moved += 1
         log.info("request_moved", request_id=key, block_number=request.block_number)
         return
+    if same_block:
+        raise _conflict(key, request.block_number, request.block_hash, "other content")
     _replace(conn, key, request, row, now)
     stats.replaced += 1
     arrivals.append(key)
@@ -359,6 +382,13 @@ def _replace(
     )
 
 
+def _conflict(key: str, block: int, block_hash: str, what: str) -> LogDataConflictError:
+    return LogDataConflictError(
+        f"the node's log of request {key} in block {block} ({block_hash}) has {what} than "
+        "stored under that same block hash; the stored data is kept"
+    )
+
+
 def _fail(conn: sqlite3.Connection, key: str, reason: str, now: float) -> None:
     store.transition(
         conn, key, Status.PENDING, Status.FAILED, actor=ACTOR, note=reason,
@@ -386,9 +416,18 @@ def _record_fulfilment(
 ) -> None:
     key = rid.encode(event.request_id)
     stored = conn.execute(
-        "SELECT block_hash, tx_hash, log_index FROM fulfillments WHERE request_id = ?", (key,)
+        "SELECT block_hash, tx_hash, log_index, requester, result_action, reasoning_cid "
+        "FROM fulfillments WHERE request_id = ?",
+        (key,),
     ).fetchone()
     position = (event.block_number, event.block_hash, event.tx_hash, event.log_index)
+    if stored is not None and stored["block_hash"] == event.block_hash:
+        seen = (stored["tx_hash"], stored["log_index"], stored["requester"],
+                stored["result_action"], stored["reasoning_cid"])  # fmt: skip
+        now_seen = (event.tx_hash, event.log_index, event.requester, event.result_action,
+                    event.reasoning_cid)  # fmt: skip
+        if seen != now_seen:
+            raise _conflict(key, event.block_number, event.block_hash, "another fulfilment")
     if stored is None:
         conn.execute(
             "INSERT INTO fulfillments (request_id, requester, result_action, reasoning_cid, "
@@ -415,7 +454,9 @@ def _apply_fulfilment(conn: sqlite3.Connection, key: str, stats: IngestStats, no
         "FROM fulfillments WHERE request_id = ?",
         (key,),
     ).fetchone()
-    row = conn.execute("SELECT status FROM requests WHERE request_id = ?", (key,)).fetchone()
+    row = conn.execute(
+        "SELECT status, action_set, generation FROM requests WHERE request_id = ?", (key,)
+    ).fetchone()
     if row is None:
         stats.fulfilments_waiting += 1
         log.info("fulfilment_before_request", request_id=key, block_number=event[0])
@@ -427,13 +468,15 @@ def _apply_fulfilment(conn: sqlite3.Connection, key: str, stats: IngestStats, no
                 "UPDATE fulfillments SET prior_status = 'FULFILLED' WHERE request_id = ?", (key,)
             )
         return
+    actions = json.loads(row["action_set"])
+    outside = event["result_action"] not in actions
     store.transition(
         conn, key, status, Status.FULFILLED, actor=ACTOR,
         note=f"fulfilled on chain in block {event['block_number']} ({event['tx_hash']})",
         set_columns={
             "fulfilled_block": event["block_number"], "fulfilled_tx_hash": event["tx_hash"],
             "fulfilled_action": event["result_action"], "fulfilled_cid": event["reasoning_cid"],
-            "lease_owner": None, "lease_until": None,
+            "lease_owner": None, "lease_until": None, "answer_outside_set": int(outside),
         },
         now=now,
     )  # fmt: skip
@@ -441,3 +484,13 @@ def _apply_fulfilment(conn: sqlite3.Connection, key: str, stats: IngestStats, no
         "UPDATE fulfillments SET prior_status = ? WHERE request_id = ?", (status.value, key)
     )
     stats.fulfilments_applied += 1
+    if outside:
+        stats.wrong_answers += 1
+        log.error(
+            "fulfilled_action_not_in_action_set",
+            request_id=key,
+            fulfilled_action=event["result_action"],
+            action_set=actions,
+            generation=row["generation"],
+            tx_hash=event["tx_hash"],
+        )

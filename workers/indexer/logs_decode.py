@@ -65,7 +65,8 @@ class MalformedRequest:
     """A request log with a readable id whose content cannot be used; stored as FAILED.
 
     The text fields hold what could be recovered (invalid UTF-8 replaced by U+FFFD) so that an
-    operator can see what was sent.
+    operator can see what was sent; ``request.content_lossy`` is set, because that text is not
+    what the vault sent, and such a request must never be answered (store.retry refuses it).
     """
 
     request: NewRequest
@@ -332,6 +333,7 @@ def _add_request(
         block_hash=where.block_hash,
         tx_hash=where.tx_hash,
         log_index=where.log_index,
+        content_lossy=True,
     )
     out.malformed.append(MalformedRequest(request=recovered, reason=reason))
     log.warning(

@@ -10,9 +10,16 @@ away and the in-memory cursor falls back to the committed one, so the pipeline n
 the cursor run ahead of what is stored.
 
 Failures: a stale or inconsistent answer is asked again at once (and, repeated, fails over
-to the next RPC URL); a range the node refuses is halved; every other error propagates to
-shared.runtime.run_loop, which backs off (honouring Retry-After) and calls the step again.
-Nothing but a signal ends the loop (``--once`` ends it when caught up).
+to the next RPC URL); a range the node refuses is halved; an answer whose logs differ from
+stored ones under an unchanged block hash is refused whole and its URL distrusted
+(ingest.py); a rollback no ordinary reorg explains halts the indexer for an operator
+(guard.py); every other error propagates to shared.runtime.run_loop, which backs off
+(honouring Retry-After) and calls the step again. Nothing but a signal ends the loop
+(``--once`` ends it when caught up).
+
+Progress (for /healthz, health.py): a step progresses when it accepts a range, confirms the
+head or handles a reorg; ``HODLAI_INDEXER_UNHEALTHY_AFTER_POLLS`` steps in a row without
+progress, or a halt, make :meth:`Indexer.progress_problem` report why.
 """
 
 from __future__ import annotations
@@ -33,18 +40,22 @@ from shared.db import AsyncDatabase, check_identity, connect
 from shared.errors import (
     ConfigError,
     HodlaiError,
+    LogDataConflictError,
     RetryableError,
     RpcRangeTooLargeError,
     StaleNodeError,
 )
 from shared.instance import hold_role
 from shared.logs import configure_logging
-from shared.metrics import ERRORS, INDEXER_CURSOR, INDEXER_LAG, REQUESTS, Health, serve
+from shared.metrics import ERRORS, INDEXER_CURSOR, INDEXER_LAG, REQUESTS, serve
 from shared.rpc import RpcClient
 from shared.runtime import install_stop_handlers, run_loop, sleep_or_stop
-from workers.indexer import ingest, reorg
+from workers.indexer import bloom, ingest, reorg
+from workers.indexer.guard import Guard
+from workers.indexer.health import ProgressHealth
 from workers.indexer.ingest import Anchor, IngestStats
 from workers.indexer.logs_decode import DecodedLogs, decode_logs
+from workers.indexer.metrics import LOG_CONFLICTS, NO_PROGRESS_POLLS, WRONG_ANSWERS
 from workers.indexer.progress import BackfillProgress
 from workers.indexer.scanner import (
     BlockHeader,
@@ -83,6 +94,8 @@ SQLITE_CACHE_KIB = 65_536
 # failed over to the next URL by then), doubled per attempt up to the cap.
 STARTUP_RETRY_S = 0.2
 STARTUP_RETRY_CAP_S = 10.0
+# Seconds between "start_block_above_head" warnings while waiting for the start block.
+START_WAIT_LOG_EVERY_S = 60.0
 
 
 @dataclass(slots=True)
@@ -99,6 +112,7 @@ class _InFlight:
 class _Prefetch:
     range: LogRange
     anchor: int | None
+    bloom_first: int | None
     task: asyncio.Task[PollAnswer]
 
 
@@ -122,6 +136,7 @@ class Indexer:
         self.rpc = rpc
         self.db = db
         self.scanner = ChainScanner(rpc, settings.provider_address)
+        self.events = bloom.EventBloom(settings.provider_address)
         self.sizer = RangeSizer(settings.indexer_max_range, settings.indexer_target_logs)
         self.confirmations = settings.confirmations
         self.progress = progress
@@ -142,11 +157,43 @@ class Indexer:
         self._events = 0
         self._last_status_metrics = float("-inf")
         self._last_progress_log = float("-inf")
+        #: the halt state, and what a rollback may do (guard.py)
+        self.guard = Guard(db, self.scanner, max_reorg_depth=settings.max_reorg_depth, clock=clock)
+        #: HODLAI_START_BLOCK while it is above the chain head (waiting for it), else None
+        self.waiting_for_start: int | None = None
+        self._last_start_log = float("-inf")
+        # Progress, for /healthz: a step progresses when it accepts a range, confirms the
+        # head, or handles a reorg; anything else (stale, inconsistent, halted) does not.
+        self._progressed = False
+        self._polls_without_progress = 0
+        self._last_problem = ""
+        #: answers refused because their logs differed under an unchanged block hash
+        self.log_conflicts = 0
 
     @property
     def stale_streak(self) -> int:
         """Stale or inconsistent answers in a row (0 after a good step)."""
         return self._stale_streak
+
+    @property
+    def halt_reason(self) -> str | None:
+        """Why the indexer is halted for an operator (shared/halt.py), None while running."""
+        return self.guard.reason
+
+    @property
+    def polls_without_progress(self) -> int:
+        return self._polls_without_progress
+
+    def progress_problem(self) -> str | None:
+        """Why the indexer is not making progress, or None (for /healthz; ProgressSource)."""
+        if self.guard.reason is not None:
+            return f"halted: {self.guard.reason} (hodlai indexer-resume)"
+        if self._polls_without_progress >= self.settings.indexer_unhealthy_after_polls:
+            return (
+                f"no progress for {self._polls_without_progress} polls at cursor "
+                f"{self.anchor.number}: {self._last_problem or 'no range accepted'}"
+            )
+        return None
 
     # --- start and stop -------------------------------------------------------------------
 
@@ -160,18 +207,15 @@ class Indexer:
             )
         provider = self.scanner.provider_address
         await self.db.run(check_identity, chain_id=chain_id, provider_address=provider)
-        anchor = await self.db.run(ingest.read_anchor, self.settings.start_block)
-        if anchor.number < self.settings.start_block - 1:
-            log.warning(
-                "start_block_above_cursor",
-                cursor=anchor.number,
-                start_block=self.settings.start_block,
-            )
-            await self.db.run(
-                ingest.move_cursor_forward, self.settings.start_block - 1, now=self.clock()
-            )
-            anchor = await self.db.run(ingest.read_anchor, self.settings.start_block)
-        self._set_anchor(anchor)
+        self._set_anchor(await self.db.run(ingest.read_anchor, self.settings.start_block))
+        await self.guard.load(chain_id, self.anchor.number)
+        head = (await self.scanner.probe(None)).head
+        if self.settings.start_block - 1 > head:
+            self.waiting_for_start = self.settings.start_block
+            self._warn_start_above_head(head)
+        else:
+            await self._skip_to_start_block()
+        anchor = self.anchor
         log.info(
             "indexer_started",
             chain_id=chain_id,
@@ -181,6 +225,37 @@ class Indexer:
             max_range=self.sizer.max_range,
             rpc_urls=len(self.rpc.urls),
         )
+
+    async def _skip_to_start_block(self) -> None:
+        """HODLAI_START_BLOCK above the stored cursor (and not above the head): skip ahead."""
+        if self.anchor.number >= self.settings.start_block - 1:
+            return
+        log.warning(
+            "start_block_above_cursor",
+            cursor=self.anchor.number,
+            start_block=self.settings.start_block,
+        )
+        await self.db.run(
+            ingest.move_cursor_forward, self.settings.start_block - 1, now=self.clock()
+        )
+        self._set_anchor(await self.db.run(ingest.read_anchor, self.settings.start_block))
+
+    def _warn_start_above_head(self, head: int) -> None:
+        self._last_problem = (
+            f"HODLAI_START_BLOCK {self.settings.start_block} is above the chain head {head}"
+        )
+        now = self.clock()
+        if now - self._last_start_log >= START_WAIT_LOG_EVERY_S:
+            self._last_start_log = now
+            # Not moved for good: a typo, or an RPC of a shorter chain, must not make the
+            # indexer skip the blocks it has yet to read once the setting is corrected.
+            log.warning(
+                "start_block_above_head",
+                start_block=self.settings.start_block,
+                head=head,
+                cursor=self.anchor.number,
+                action="waiting; check HODLAI_START_BLOCK and HODLAI_RPC_URLS",
+            )
 
     async def close(self) -> None:
         """Let a commit in flight finish (it is never abandoned half-way) and drop the rest."""
@@ -196,10 +271,33 @@ class Indexer:
 
     async def step(self) -> float:
         """One poll. Returns the seconds to wait before the next one (0 while behind)."""
+        self._progressed = False
+        try:
+            return await self._step()
+        finally:
+            self._polls_without_progress = (
+                0 if self._progressed else self._polls_without_progress + 1
+            )
+            NO_PROGRESS_POLLS.set(self._polls_without_progress)
+
+    async def _step(self) -> float:
+        if self.guard.reason is not None:
+            return await self._while_halted()
+        if self.waiting_for_start is not None:
+            head = (await self.scanner.probe(None)).head
+            if self.waiting_for_start - 1 > head:
+                self._warn_start_above_head(head)
+                return self.settings.indexer_poll_interval_s
+            log.info("start_block_reached", start_block=self.waiting_for_start, head=head)
+            self.waiting_for_start = None
+            await self._skip_to_start_block()
         try:
             delay = await self._advance()
         except StaleNodeError as exc:
+            self._last_problem = f"stale or inconsistent answers ({exc})"
             return self._on_stale(exc)
+        except LogDataConflictError as exc:
+            return self._on_log_conflict(exc)
         except BaseException:
             self._drop_prefetch()
             raise
@@ -250,7 +348,7 @@ class Indexer:
         if judgement.verdict is Verdict.REORG_SUSPECTED:
             log.warning("reorg_suspected", reason=judgement.reason, cursor=self._cursor)
             await self._settle()
-            return await self._walk_back()
+            return await self._walk_back(judgement.reason)
         if judgement.verdict is Verdict.INCONSISTENT:
             raise StaleNodeError(f"inconsistent batch: {judgement.reason}")
         if judgement.verdict is Verdict.SHRINK:
@@ -264,8 +362,9 @@ class Indexer:
         self.head = max(self.head or 0, answer.head)
         assert answer.range_end is not None  # judge() accepted it
         self.sizer.succeeded(rng.size, len(answer.logs))
+        logs = await self._with_hidden_logs(answer)
         await self._settle()
-        self._begin_commit(rng, answer.range_end, answer.logs)
+        self._begin_commit(rng, answer.range_end, logs, answer.checked_headers())
         next_rng = self._next_range()
         if next_rng is not None:
             self.caught_up = False
@@ -284,8 +383,9 @@ class Indexer:
             if probe.head < anchor.number:
                 return await self._head_below_cursor(f"head {probe.head} < {anchor.number}")
             if probe.anchor is not None and probe.anchor.hash != anchor.hash:
-                log.warning("reorg_suspected", head=probe.head, cursor=anchor.number)
-                return await self._walk_back()
+                reason = f"block {anchor.number} is now {probe.anchor.hash}, was {anchor.hash}"
+                log.warning("reorg_suspected", reason=reason, head=probe.head)
+                return await self._walk_back(reason)
             if probe.anchor is None:
                 raise StaleNodeError(f"node reports head {probe.head} but lacks {anchor.number}")
         self.head = probe.head
@@ -300,27 +400,55 @@ class Indexer:
 
     # --- the pipeline ---------------------------------------------------------------------
 
+    def _bloom_first(self, rng: LogRange) -> int | None:
+        """The first block of ``rng`` whose header the batch carries for the bloom check:
+        those within HODLAI_INDEXER_BLOOM_WINDOW of the head (bloom.py says why), and the
+        range's last in any case. None when the check is off."""
+        window = self.settings.indexer_bloom_window
+        if window == 0:
+            return None
+        head = self.head if self.head is not None else rng.last
+        return min(rng.last, max(rng.first, head - window + 1))
+
+    async def _with_hidden_logs(self, answer: PollAnswer) -> list[dict[str, Any]]:
+        """The answer's logs, plus any its blocks' blooms show it left out (bloom.py)."""
+        if self.settings.indexer_bloom_window == 0:
+            return answer.logs
+        return await bloom.with_hidden_logs(self.scanner, self.events, answer)
+
     async def _fetch(self, rng: LogRange, anchor: int | None) -> PollAnswer:
         prefetch, self._prefetch = self._prefetch, None
+        bloom_first = self._bloom_first(rng)
         if prefetch is not None:
-            if prefetch.range == rng and prefetch.anchor == anchor:
+            # A prefetch planned with an older (lower) head checked at least these blocks.
+            covers = bloom_first is None or (
+                prefetch.bloom_first is not None and prefetch.bloom_first <= bloom_first
+            )
+            if prefetch.range == rng and prefetch.anchor == anchor and covers:
                 return await prefetch.task
             prefetch.task.cancel()
-        return await self.scanner.poll(rng, anchor)
+        return await self.scanner.poll(rng, anchor, bloom_first)
 
     def _start_prefetch(self, rng: LogRange, anchor: int) -> None:
         self._drop_prefetch()
-        task = asyncio.ensure_future(self.scanner.poll(rng, anchor))
+        bloom_first = self._bloom_first(rng)
+        task = asyncio.ensure_future(self.scanner.poll(rng, anchor, bloom_first))
         # An error is picked up when the result is awaited; do not warn about it otherwise.
         task.add_done_callback(_consume_exception)
-        self._prefetch = _Prefetch(range=rng, anchor=anchor, task=task)
+        self._prefetch = _Prefetch(range=rng, anchor=anchor, bloom_first=bloom_first, task=task)
 
     def _drop_prefetch(self) -> None:
         prefetch, self._prefetch = self._prefetch, None
         if prefetch is not None:
             prefetch.task.cancel()
 
-    def _begin_commit(self, rng: LogRange, header: BlockHeader, logs: list[dict[str, Any]]) -> None:
+    def _begin_commit(
+        self,
+        rng: LogRange,
+        header: BlockHeader,
+        logs: list[dict[str, Any]],
+        headers: list[BlockHeader],
+    ) -> None:
         task = asyncio.ensure_future(
             self.db.run(
                 _decode_and_apply,
@@ -329,10 +457,12 @@ class Indexer:
                 new_cursor=rng.last,
                 range_end=header,
                 history_blocks=self.settings.indexer_block_history,
+                headers=headers,
                 now=self.clock(),
             )
         )
         task.add_done_callback(_consume_exception)
+        self._progressed = True
         self._inflight = _InFlight(task=task, range=rng, header=header, logs=len(logs))
         self._cursor = rng.last
         self._cursor_header = header
@@ -349,7 +479,7 @@ class Indexer:
             self._set_anchor(await self.db.run(ingest.read_anchor, self.settings.start_block))
             raise
         self.anchor = Anchor(inflight.range.last, inflight.header)
-        self.totals.add(stats)
+        self._count(stats)
         self._events += inflight.logs
         self._after_commit(inflight.range, stats, inflight.logs)
 
@@ -381,7 +511,13 @@ class Indexer:
                     range_blocks=self.sizer.size,
                 )
 
+    def _count(self, stats: IngestStats) -> None:
+        self.totals.add(stats)
+        if stats.wrong_answers:
+            WRONG_ANSWERS.inc(stats.wrong_answers)
+
     def _mark_caught_up(self) -> None:
+        self._progressed = True
         if not self.caught_up:
             log.info("indexer_caught_up", cursor=self._cursor, head=self.head)
         self.caught_up = True
@@ -414,10 +550,11 @@ class Indexer:
         if self._stale_streak + 1 < WALK_BACK_AFTER_STALE:
             raise StaleNodeError(reason)
         log.warning("reorg_suspected", reason=reason, cursor=self.anchor.number)
-        return await self._walk_back()
+        return await self._walk_back(reason)
 
-    async def _walk_back(self) -> float:
-        """The stored chain and the node disagree: find out how, and roll back if needed."""
+    async def _walk_back(self, suspicion: str) -> float:
+        """The stored chain and the node disagree: find out how, and roll back if needed.
+        A rollback that cannot be an ordinary reorg halts instead (:meth:`_refusal`)."""
         self._drop_prefetch()
         cursor = self.anchor.number
         candidates = await self.db.run(reorg.stored_blocks, cursor)
@@ -432,11 +569,19 @@ class Indexer:
             )
         if search.ancestor is not None:
             ancestor = search.ancestor.number
+            beyond_history = False
         else:
             lowest = search.lowest_checked if search.lowest_checked is not None else cursor
             ancestor = lowest - 1
+            beyond_history = True
             log.error("reorg_deeper_than_history", lowest_stored=lowest, cursor=cursor)
         ancestor = max(ancestor, self.settings.start_block - 1)
+        orphaned = search.lowest_replaced if search.lowest_replaced is not None else cursor
+        refusal = await self._refusal(ancestor, orphaned, beyond_history=beyond_history)
+        if refusal is not None:
+            return await self._halt(
+                f"{refusal} ({suspicion}; {search.mismatched} stored block hash(es) differ)"
+            )
         known_head = max(self.head or cursor, cursor)
         depth = known_head - ancestor
         deeper = depth > self.confirmations
@@ -462,7 +607,51 @@ class Indexer:
         self._set_anchor(await self.db.run(ingest.read_anchor, self.settings.start_block))
         self.head = None
         self.caught_up = False
+        self._progressed = True
         return 0.0
+
+    async def _refusal(
+        self, ancestor: int, orphaned: int, *, beyond_history: bool = False
+    ) -> str | None:
+        return await self.guard.refusal(
+            cursor=self.anchor.number,
+            ancestor=ancestor,
+            orphaned=orphaned,
+            beyond_history=beyond_history,
+        )
+
+    async def _halt(self, reason: str) -> float:
+        """Stop ingesting until an operator resumes (guard.py); nothing is removed."""
+        self._drop_prefetch()
+        ERRORS.labels(process=PROCESS, kind="IndexerHalted").inc()
+        await self.guard.halt(reason, self.anchor.number)
+        self.head = None
+        self.caught_up = False
+        return self.settings.indexer_poll_interval_s
+
+    async def _while_halted(self) -> float:
+        """A halted step: only look whether an operator resumed."""
+        if not await self.guard.resumed(self.anchor.number):
+            return self.settings.indexer_poll_interval_s
+        self._last_problem = ""
+        self._stale_streak = 0
+        self.head = None
+        self.caught_up = False
+        self._set_anchor(await self.db.run(ingest.read_anchor, self.settings.start_block))
+        return 0.0
+
+    def _on_log_conflict(self, exc: LogDataConflictError) -> float:
+        """The answer's logs differ from stored ones under the same block hash: nothing of
+        it was stored (ingest raised inside the transaction); distrust this URL."""
+        self._drop_prefetch()
+        self.log_conflicts += 1
+        LOG_CONFLICTS.inc()
+        ERRORS.labels(process=PROCESS, kind="LogDataConflictError").inc()
+        self._last_problem = str(exc)
+        log.error("log_data_conflict", error=str(exc), cursor=self.anchor.number)
+        self.rpc.failover("log data differs under an unchanged hash")
+        self.head = None
+        return STALE_RETRY_S
 
     async def _backup_rescan(self) -> None:
         """Read recent accepted blocks again; ingest whatever a lagging backend hid."""
@@ -473,6 +662,8 @@ class Indexer:
             self.settings.start_block, anchor.number - self.settings.indexer_rescan_blocks + 1
         )
         rng = LogRange(first, anchor.number)
+        # No bloom window here: every accepted block's bloom was checked when it was
+        # accepted, and a re-scan only ever adds what it finds.
         answer = await self.scanner.poll(rng, None)
         judgement = judge(
             answer, anchor=None, confirmations=0, provider_address=self.scanner.provider_address
@@ -481,8 +672,9 @@ class Indexer:
             log.info("backup_rescan_skipped", reason=judgement.reason or judgement.verdict.value)
             return
         if answer.range_end.hash != anchor.header.hash:
-            log.warning("reorg_suspected", reason="re-scan sees another hash for the cursor")
-            await self._walk_back()
+            reason = "re-scan sees another hash for the cursor"
+            log.warning("reorg_suspected", reason=reason)
+            await self._walk_back(reason)
             return
         decoded = decode_logs(answer.logs)
         verified = await self._verify_log_blocks(rng, decoded)
@@ -491,7 +683,7 @@ class Indexer:
         stats = await self.db.run(
             ingest.apply_rescan, cursor=anchor.number, decoded=decoded, now=self.clock()
         )
-        self.totals.add(stats)
+        self._count(stats)
         if stats.changed:
             log.warning(
                 "backup_rescan_found", first_block=rng.first, last_block=rng.last, **stats.fields()
@@ -524,6 +716,10 @@ class Indexer:
 
     async def _rollback_for_rescan(self, ancestor: int, blocks: int) -> None:
         cursor = self.anchor.number
+        refusal = await self._refusal(max(ancestor, self.settings.start_block - 1), ancestor + 1)
+        if refusal is not None:
+            await self._halt(f"{refusal} ({blocks} stored log block(s) not on the chain)")
+            return
         stats = await self.db.run(
             reorg.rollback_to,
             max(ancestor, self.settings.start_block - 1),
@@ -542,6 +738,7 @@ class Indexer:
         )
         self._set_anchor(await self.db.run(ingest.read_anchor, self.settings.start_block))
         self.caught_up = False
+        self._progressed = True
 
     async def _publish_metrics(self) -> None:
         now = self.clock()
@@ -593,7 +790,7 @@ async def run(settings: IndexerSettings, *, once: bool = False) -> int:
 async def _run_locked(settings: IndexerSettings, db: AsyncDatabase, *, once: bool) -> int:
     stop = asyncio.Event()
     install_stop_handlers(stop)
-    health = Health(stale_after_s=HEALTH_STALE_AFTER_S)
+    health = ProgressHealth(stale_after_s=HEALTH_STALE_AFTER_S)
     try:
         server = serve(settings.metrics_port, health) if settings.metrics_port else None
     except BaseException:
@@ -607,6 +804,7 @@ async def _run_locked(settings: IndexerSettings, db: AsyncDatabase, *, once: boo
         progress=BackfillProgress(),
         publish_status_metrics=server is not None,
     )
+    health.watch(indexer)
     try:
         if not await start_when_reachable(indexer, stop):
             return 0

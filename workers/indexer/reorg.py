@@ -52,6 +52,10 @@ class AncestorSearch:
     unknown: int
     #: the lowest stored block looked at (for a search that found no ancestor)
     lowest_checked: int | None
+    #: the lowest stored block above the ancestor (the chain has it with another hash, or
+    #: not at all): certainly not on the chain as stored, so a rollback undoes at least
+    #: ``cursor - lowest_replaced + 1`` blocks, whatever the stored hashes below it say
+    lowest_replaced: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +84,7 @@ async def find_common_ancestor(
     """Walk ``candidates`` (stored blocks, newest first) until the chain agrees with one."""
     mismatched = unknown = 0
     lowest: int | None = None
+    replaced: int | None = None
     for start in range(0, len(candidates), HEADER_BATCH):
         chunk = candidates[start : start + HEADER_BATCH]
         chain = await scanner.headers([c.number for c in chunk])
@@ -89,10 +94,11 @@ async def find_common_ancestor(
             if header is None:
                 unknown += 1
             elif header.hash == stored.hash:
-                return AncestorSearch(stored, mismatched, unknown, lowest)
+                return AncestorSearch(stored, mismatched, unknown, lowest, replaced)
             else:
                 mismatched += 1
-    return AncestorSearch(None, mismatched, unknown, lowest)
+            replaced = stored.number
+    return AncestorSearch(None, mismatched, unknown, lowest, replaced)
 
 
 def removal_note(first_orphaned: int, generation: int) -> str:
@@ -134,7 +140,7 @@ def rollback_to(
                     note=f"fulfilment in orphaned block {f['block_number']} undone by reorg",
                     set_columns={
                         "fulfilled_block": None, "fulfilled_tx_hash": None,
-                        "fulfilled_action": None, "fulfilled_cid": None,
+                        "fulfilled_action": None, "fulfilled_cid": None, "answer_outside_set": 0,
                     },
                     now=at,
                 )  # fmt: skip

@@ -22,7 +22,13 @@ The indexer's guarantees (after Chainlink's LogPoller) and where each one is kep
 4. **Every log of an accepted range is from the accepted chain, as far as one batch can
    tell.** Logs must come from the provider, lie inside the range, agree on one hash per
    block, and the logs of the range's last block must carry that header's hash.
-   Logs a lagging backend hid below that are caught by the periodic backup re-scan.
+4b. **No log is hidden by a batch split across backends.** A load balancer may answer the
+   batch's eth_getLogs from a lagging backend and its headers from a fresh one: the newest
+   blocks' logs are then simply missing. The batch also carries the headers of the range's
+   blocks within ``HODLAI_INDEXER_BLOOM_WINDOW`` of the head (they must link up to the
+   range's last header); a block whose ``logsBloom`` may hold a provider event but that
+   returned no log is read again by its hash (bloom.py). The periodic backup re-scan stays
+   as a second line.
 5. **Progress is adaptive.** A range the node refuses as too large is halved (down to one
    block) and grows back after successes (:class:`RangeSizer`); a range that returned many
    logs also shrinks, so one poll stays a bounded amount of memory and work.
@@ -32,7 +38,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -51,6 +57,8 @@ HEADER_BATCH = 50
 INITIAL_RANGE = 16
 # Successful polls during which the range stays below the size a node last refused.
 CEILING_POLLS = 100
+# Size of a block header's logsBloom (2,048 bits, yellow paper section 4.3.1).
+BLOOM_BYTES = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +68,8 @@ class BlockHeader:
     number: int
     hash: str
     parent_hash: str | None
+    #: the 256-byte logs bloom (None when the node did not send it, or not known)
+    logs_bloom: bytes | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +97,13 @@ class PollAnswer:
     logs: list[dict[str, Any]]
     range_end: BlockHeader | None
     anchor: BlockHeader | None
+    #: headers of the range's blocks below its end whose blooms are checked (bloom window)
+    headers: dict[int, BlockHeader | None] = field(default_factory=dict)
+
+    def checked_headers(self) -> list[BlockHeader]:
+        """The headers whose blooms are checked, the range end included, in chain order."""
+        out = [h for _, h in sorted(self.headers.items()) if h is not None]
+        return [*out, self.range_end] if self.range_end is not None else out
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +148,17 @@ def parse_header(raw: object) -> BlockHeader | None:
         number=hex_int(number),
         hash=block_hash.lower(),
         parent_hash=parent.lower() if isinstance(parent, str) else None,
+        logs_bloom=_bloom_bytes(raw.get("logsBloom")),
     )
+
+
+def _bloom_bytes(value: object) -> bytes | None:
+    if not isinstance(value, str) or len(value) != 2 + 2 * BLOOM_BYTES:
+        return None
+    try:
+        return bytes.fromhex(value[2:])
+    except ValueError:
+        return None
 
 
 def judge(
@@ -148,9 +175,35 @@ def judge(
     return (
         _judge_anchor(answer, anchor)
         or _judge_range(answer, anchor, confirmations)
+        or _judge_headers(answer)
         or _judge_logs(answer, provider_address)
         or Judgement(Verdict.ACCEPT)
     )
+
+
+def _judge_headers(answer: PollAnswer) -> Judgement | None:
+    # Invariant 4b: the bloom window's headers are all there and form one chain up to the
+    # range's last header, so their blooms describe the blocks whose logs are accepted.
+    if not answer.headers:
+        return None
+    previous: BlockHeader | None = None
+    for number in sorted(answer.headers):
+        header = answer.headers[number]
+        if header is None:
+            return Judgement(Verdict.INCONSISTENT, f"no header {number} in the bloom window")
+        if header.number != number:
+            raise RpcTransportError(f"asked for block {number}, got header {header.number}")
+        if previous is not None and header.parent_hash != previous.hash:
+            return Judgement(
+                Verdict.INCONSISTENT, f"header {number} does not follow {previous.number}"
+            )
+        previous = header
+    end = answer.range_end
+    if previous is not None and end is not None and end.parent_hash != previous.hash:
+        return Judgement(
+            Verdict.INCONSISTENT, f"header {end.number} does not follow {previous.number}"
+        )
+    return None
 
 
 def _judge_anchor(answer: PollAnswer, anchor: BlockHeader | None) -> Judgement | None:
@@ -287,8 +340,12 @@ class ChainScanner:
     async def chain_id(self) -> int:
         return hex_int(await self.rpc.call("eth_chainId"))
 
-    async def poll(self, rng: LogRange, anchor: int | None) -> PollAnswer:
-        """One batch: head, the range's logs, its last header, and the anchor's header."""
+    async def poll(
+        self, rng: LogRange, anchor: int | None, bloom_first: int | None = None
+    ) -> PollAnswer:
+        """One batch: head, the range's logs, its last header, the anchor's header, and the
+        headers of blocks ``bloom_first`` to the range's last (the bloom window; None: none
+        besides the last)."""
         calls = [
             RpcCall("eth_blockNumber", []),
             self._logs_call(rng),
@@ -296,6 +353,10 @@ class ChainScanner:
         ]
         if anchor is not None:
             calls.append(RpcCall("eth_getBlockByNumber", [hex(anchor), False]))
+        window = (
+            range(max(bloom_first, rng.first), rng.last) if bloom_first is not None else range(0)
+        )
+        calls += [RpcCall("eth_getBlockByNumber", [hex(n), False]) for n in window]
         results = await self.rpc.batch_settled(calls)
         head = _ok(results[0])
         logs = results[1]
@@ -310,7 +371,30 @@ class ChainScanner:
             logs=logs,
             range_end=parse_header(_ok(results[2])),
             anchor=parse_header(_ok(results[3])) if anchor is not None else None,
+            headers={
+                n: parse_header(_ok(raw))
+                for n, raw in zip(window, results[len(calls) - len(window) :], strict=True)
+            },
         )
+
+    async def logs_by_hash(self, headers: Sequence[BlockHeader]) -> dict[int, list[dict[str, Any]]]:
+        """The provider's logs of each block, asked for by block hash (EIP-234), one batch.
+        A node that does not have a hash answers an error (EIP-234), never an empty list,
+        so an empty answer means the block has no such log (a bloom false positive)."""
+        calls = [
+            RpcCall(
+                "eth_getLogs",
+                [{"address": self.provider_address, "blockHash": h.hash, "topics": self._topics}],
+            )
+            for h in headers
+        ]
+        results = await self.rpc.batch(calls)
+        out: dict[int, list[dict[str, Any]]] = {}
+        for header, logs in zip(headers, results, strict=True):
+            if not isinstance(logs, list):
+                raise RpcTransportError(f"eth_getLogs answered {type(logs).__name__}, not a list")
+            out[header.number] = logs
+        return out
 
     async def probe(self, anchor: int | None) -> Probe:
         calls = [RpcCall("eth_blockNumber", [])]

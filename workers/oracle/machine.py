@@ -62,7 +62,7 @@ SETTABLE: Final = frozenset(
         "content_hash", "block_number", "block_hash", "tx_hash", "log_index",
         "attempts", "answer_action", "answer_cid", "reasoning", "answered_at",
         "fulfilled_block", "fulfilled_tx_hash", "fulfilled_action", "fulfilled_cid",
-        "fail_reason", "lease_owner", "lease_until",
+        "fail_reason", "lease_owner", "lease_until", "content_lossy", "answer_outside_set",
     }
 )  # fmt: skip
 

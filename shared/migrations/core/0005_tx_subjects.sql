@@ -1,4 +1,4 @@
--- Core migration 4: the transaction ledger serves any executor. A purpose names (kind,
+-- Core migration 5: the transaction ledger serves any executor. A purpose names (kind,
 -- subject, version, fingerprint) instead of (request id, generation, content hash), and
 -- every intended transaction has an idempotency key, unique in txs (shared/tx/ledger.py).
 -- (Renaming a column also rewrites the views that use it.)

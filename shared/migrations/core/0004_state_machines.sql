@@ -1,4 +1,4 @@
--- Core migration 3: one audit table and one count table for every declared state machine
+-- Core migration 4: one audit table and one count table for every declared state machine
 -- (shared/state). The oracle's requests, created by core migration 1 before executors had
 -- sets of their own, become the machine 'oracle.request'.
 

@@ -1,4 +1,4 @@
--- Core migration 5: one owner per sending key. A process signs with a key only while it holds
+-- Core migration 6: one owner per sending key. A process signs with a key only while it holds
 -- the key's OS lock on this database file and its row here (shared/tx/senders.py): the lock
 -- excludes a second process on this machine, the row (with its heartbeat) names the owner
 -- for operators and for processes elsewhere.

@@ -1,0 +1,141 @@
+"""Finding logs a batch hid, from the blocks' own ``logsBloom`` (issue 9 item 5).
+
+A load balancer may answer one batch's ``eth_getLogs`` from a backend that lags while the
+head and headers come from a fresh one; with ``HODLAI_CONFIRMATIONS`` below that lag the
+newest blocks' logs are simply absent, and the range is accepted without them (4 requests
+were never indexed). Every header commits to a 2,048-bit bloom of the addresses and topics of
+its block's logs. For every checked block whose bloom may hold a provider event (the
+provider's address *and* one of our two topics) and for which the batch returned no log,
+the logs are asked for again by block hash (EIP-234: answered for exactly that block, or an
+error if the node lacks it; never a lagging view of it).
+
+Guarantees:
+- A bloom never has false negatives: a block with a provider event always passes
+  :meth:`EventBloom.may_contain`, so a block the check does not re-read holds no such event.
+- Which headers are checked, and what it costs (measured by scripts/bench_indexer.py, see
+  docs/BENCHMARKS.md): the range's last header is in every batch already, so its bloom is
+  checked for free. Besides it, a batch carries the headers of the range's blocks within
+  ``HODLAI_INDEXER_BLOOM_WINDOW`` (64) blocks of the head, because only there can backends
+  disagree. Each block is in one range only, so a backfill fetches at most 64 extra headers
+  in total (once, on its way into the head) and not one header per block of every 2,000-block
+  range; once caught up a range is usually one block, whose header is the range end: no
+  extra call at all. Re-reads happen only for blocks whose bloom matches without a returned
+  log: a bloom false positive (busy mainnet blocks saturate blooms, so up to one small
+  ``eth_getLogs`` by hash per such block near the head) or a hidden log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import structlog
+from eth_utils.crypto import keccak
+
+from shared.contracts import REASONING_FULFILLED_TOPIC0, REASONING_REQUESTED_TOPIC0
+from shared.errors import RpcTransportError
+from shared.rpc import hex_int
+from workers.indexer.metrics import HIDDEN_LOGS
+from workers.indexer.scanner import BLOOM_BYTES, BlockHeader, ChainScanner, PollAnswer
+
+log = structlog.get_logger(__name__)
+
+# The bits one item sets in a bloom: (byte index, bit mask) of 3 of the 2,048 bits.
+_Bits = tuple[tuple[int, int], ...]
+
+
+def bloom_bits(item: bytes) -> _Bits:
+    """The three bits ``item`` (an address or a topic) sets: the low 11 bits of each of the
+    first three byte pairs of its keccak, bit 0 being the last byte's lowest (yellow paper
+    M3:2048)."""
+    digest = keccak(item)
+    bits = []
+    for pair in range(3):
+        index = int.from_bytes(digest[2 * pair : 2 * pair + 2], "big") & 0x7FF
+        bits.append((BLOOM_BYTES - 1 - index // 8, 1 << (index % 8)))
+    return tuple(bits)
+
+
+def _has(bloom: bytes, bits: _Bits) -> bool:
+    return all(bloom[byte] & mask for byte, mask in bits)
+
+
+class EventBloom:
+    """The provider's address and our two event topics, as bloom bits."""
+
+    def __init__(self, provider_address: str) -> None:
+        self._address = bloom_bits(bytes.fromhex(provider_address[2:]))
+        self._topics = [
+            bloom_bits(bytes.fromhex(t[2:]))
+            for t in (REASONING_REQUESTED_TOPIC0, REASONING_FULFILLED_TOPIC0)
+        ]
+
+    def may_contain(self, bloom: bytes | None) -> bool:
+        """False only when the block certainly has no provider event (None: unknown)."""
+        if bloom is None or len(bloom) != BLOOM_BYTES:
+            return True
+        return _has(bloom, self._address) and any(_has(bloom, t) for t in self._topics)
+
+
+def suspects(answer: PollAnswer, events: EventBloom) -> list[BlockHeader]:
+    """Checked blocks whose bloom may hold a provider event but that returned no log."""
+    maybe = [h for h in answer.checked_headers() if events.may_contain(h.logs_bloom)]
+    if not maybe:
+        return []
+    with_logs = {hex_int(entry.get("blockNumber")) for entry in answer.logs}
+    return [header for header in maybe if header.number not in with_logs]
+
+
+def found_logs(
+    found: dict[int, list[dict[str, Any]]], headers: Sequence[BlockHeader], provider: str
+) -> list[dict[str, Any]]:
+    """The logs a re-read by block hash returned, checked to be of that block and the
+    provider (anything else is the node's error: the poll is asked again)."""
+    address = provider.lower()
+    out: list[dict[str, Any]] = []
+    for header in headers:
+        for entry in found.get(header.number, []):
+            number = hex_int(entry.get("blockNumber"))
+            block_hash = str(entry.get("blockHash", "")).lower()
+            if number != header.number or block_hash != header.hash:
+                raise RpcTransportError(
+                    f"eth_getLogs by hash {header.hash} answered a log of block {number}"
+                )
+            if str(entry.get("address", "")).lower() != address:
+                raise RpcTransportError(
+                    f"eth_getLogs by hash answered a log of {entry.get('address')}"
+                )
+            if entry.get("removed") is not True:
+                out.append(entry)
+    return out
+
+
+def merged(logs: list[dict[str, Any]], extra: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``logs`` and ``extra`` in chain order (block, then log index)."""
+    return sorted(
+        [*logs, *extra],
+        key=lambda e: (hex_int(e.get("blockNumber")), hex_int(e.get("logIndex"))),
+    )
+
+
+async def with_hidden_logs(
+    scanner: ChainScanner, events: EventBloom, answer: PollAnswer
+) -> list[dict[str, Any]]:
+    """The answer's logs, plus those of checked blocks whose bloom shows a provider event
+    the batch did not return (read again by block hash), in chain order."""
+    candidates = suspects(answer, events)
+    if not candidates:
+        return answer.logs
+    found = found_logs(await scanner.logs_by_hash(candidates), candidates, scanner.provider_address)
+    if not found:
+        return answer.logs  # bloom false positives
+    HIDDEN_LOGS.inc(len(found))
+    log.warning(
+        "hidden_logs_found",
+        logs=len(found),
+        blocks=sorted({hex_int(e.get("blockNumber")) for e in found})[:10],
+        first_block=answer.range.first,
+        last_block=answer.range.last,
+        action="raise HODLAI_CONFIRMATIONS above the lag of this RPC's backends",
+    )
+    return merged(answer.logs, found)
