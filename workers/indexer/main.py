@@ -36,12 +36,14 @@ import structlog
 
 from shared import store
 from shared.config import load_settings
-from shared.db import AsyncDatabase, check_identity, connect
+from shared.db import AsyncDatabase, check_identity, connect, stored_identity
 from shared.errors import (
     ConfigError,
+    DatabaseMismatchError,
     HodlaiError,
     LogDataConflictError,
     RetryableError,
+    RpcChainMismatchError,
     RpcRangeTooLargeError,
     StaleNodeError,
 )
@@ -198,7 +200,18 @@ class Indexer:
     # --- start and stop -------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Check the chain and the database belong together; load the cursor."""
+        """Check the chain and the database belong together; load the cursor. Every RPC URL
+        is checked to serve the database's chain before any of its answers is used: a URL of
+        another chain is quarantined (shared/rpc.py), never read into this database."""
+        stored = await self.db.run(stored_identity)
+        if stored is not None:
+            try:
+                await self.rpc.expect_chain(stored[0])
+            except RpcChainMismatchError as exc:
+                raise DatabaseMismatchError(
+                    f"this database was created for chain {stored[0]}, but {exc}; fix "
+                    "HODLAI_RPC_URLS or use another HODLAI_DB_PATH"
+                ) from None
         chain_id = await self.scanner.chain_id()
         configured = self.settings.chain_id
         if configured is not None and configured != chain_id:
@@ -207,6 +220,8 @@ class Indexer:
             )
         provider = self.scanner.provider_address
         await self.db.run(check_identity, chain_id=chain_id, provider_address=provider)
+        if stored is None:
+            await self.rpc.expect_chain(chain_id)
         self._set_anchor(await self.db.run(ingest.read_anchor, self.settings.start_block))
         await self.guard.load(chain_id, self.anchor.number)
         head = (await self.scanner.probe(None)).head
@@ -283,6 +298,15 @@ class Indexer:
     async def _step(self) -> float:
         if self.guard.reason is not None:
             return await self._while_halted()
+        try:
+            return await self._ingest_step()
+        except RpcChainMismatchError as exc:
+            # Every URL now serves another chain (the client quarantined them): nothing of
+            # theirs is read; wait for an operator, as for any other chain the node cannot
+            # trust (and the fulfiller signs nothing new meanwhile).
+            return await self._halt(f"{exc}; nothing was rolled back")
+
+    async def _ingest_step(self) -> float:
         if self.waiting_for_start is not None:
             head = (await self.scanner.probe(None)).head
             if self.waiting_for_start - 1 > head:
@@ -796,6 +820,7 @@ async def _run_locked(settings: IndexerSettings, db: AsyncDatabase, *, once: boo
     except BaseException:
         db.close()
         raise
+    # Pinned to the database's chain in Indexer.start (expect_chain), before any answer is used.
     rpc = RpcClient(settings.rpc_urls, timeout=settings.indexer_rpc_timeout_s)
     indexer = Indexer(
         settings,
