@@ -5,12 +5,13 @@ across processes, and the operator commands."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing
 import os
 import sqlite3
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,6 @@ from eth_account import Account
 
 from shared.db import atomic, connect
 from shared.errors import ConfigError, KeyFileError, PermanentError
-from shared.keys import cli as vault_cli
 from shared.keys import generate_key_file
 from shared.keys.vault import (
     VAULT_KEY_FILE_ENV,
@@ -430,58 +430,66 @@ def test_malformed_typed_data_is_refused_before_any_key_is_used(tmp_path: Path) 
 
 
 # --- the operator commands ------------------------------------------------------------------
+# Run as real processes: the commands configure the process's logging, as `hodlai` does.
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_vault_command(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="hodlai")
-    vault_cli.register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["vault", *argv])
-    result: int = args.func(args)
-    return result
+def run_vault_cli(work: Path, *argv: str, **settings: str) -> subprocess.CompletedProcess[str]:
+    """``hodlai vault ARGV`` (as ``python -m shared.keys.cli``) in ``work`` with only the
+    given HODLAI_ settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HODLAI_")}
+    env.update(settings, PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        [sys.executable, "-m", "shared.keys.cli", "vault", *argv],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
-def test_the_vault_commands_create_import_list_and_check(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.chdir(tmp_path)  # no stray .env is read
-    monkeypatch.setenv("HODLAI_DB_PATH", str(tmp_path / "node.db"))
-    monkeypatch.setenv(VAULT_KEY_FILE_ENV, str(tmp_path / "vault.key"))
-    assert run_vault_command("init-key") == 0
-    assert "Back it up" in capsys.readouterr().out
-    with pytest.raises(KeyFileError, match="already exists"):
-        run_vault_command("init-key")
-    assert run_vault_command("create", "--label", "mint-agent", "--owner", "u1") == 0
-    created = capsys.readouterr().out.strip()
+def test_the_vault_commands_create_import_list_and_check(tmp_path: Path) -> None:
+    settings = {"HODLAI_DB_PATH": "node.db", VAULT_KEY_FILE_ENV: "vault.key"}
+    init = run_vault_cli(tmp_path, "init-key", **settings)
+    assert init.returncode == 0, init.stderr
+    assert "Back it up" in init.stdout
+    assert stat.S_IMODE((tmp_path / "vault.key").stat().st_mode) == 0o600
+    created = run_vault_cli(
+        tmp_path, "create", "--label", "mint-agent", "--owner", "u1", **settings
+    )
+    assert created.returncode == 0, created.stderr
     key_file = tmp_path / "distribution.json"
     imported = generate_key_file(key_file)
-    assert run_vault_command("import", str(key_file), "--label", "distribution") == 0
-    assert capsys.readouterr().out.strip() == imported
-    assert run_vault_command("list", "--json") == 0
-    listed = json.loads(capsys.readouterr().out)
+    result = run_vault_cli(tmp_path, "import", str(key_file), "--label", "distribution", **settings)
+    assert result.stdout.strip() == imported
+    listing = run_vault_cli(tmp_path, "list", "--json", **settings)
+    listed = json.loads(listing.stdout)
     assert [(w["address"], w["label"], w["owner"]) for w in listed] == [
-        (created, "mint-agent", "u1"),
+        (created.stdout.strip(), "mint-agent", "u1"),
         (imported, "distribution", None),
     ]
     assert set(listed[0]) == {"address", "label", "owner", "created_at"}
-    assert run_vault_command("check") == 0
-    assert "all 2 wallet(s) decrypt" in capsys.readouterr().out
-    # The same database under a fresh master key: check names the first wallet.
-    monkeypatch.setenv(VAULT_KEY_FILE_ENV, str(tmp_path / "other.key"))
-    run_vault_command("init-key")
-    with pytest.raises(WalletDecryptError, match=created):
-        run_vault_command("check")
+    check = run_vault_cli(tmp_path, "check", **settings)
+    assert "all 2 wallet(s) decrypt" in check.stdout
+    # The same database under another master key: check refuses, naming the first wallet.
+    generate_master_key_file(tmp_path / "other.key")
+    wrong = run_vault_cli(tmp_path, "check", **{**settings, VAULT_KEY_FILE_ENV: "other.key"})
+    assert wrong.returncode == 1
+    assert created.stdout.strip() in wrong.stderr
+    assert "Traceback" not in wrong.stderr
 
 
-def test_the_vault_commands_name_a_missing_setting(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv(VAULT_KEY_FILE_ENV, raising=False)
-    monkeypatch.setenv("HODLAI_DB_PATH", str(tmp_path / "node.db"))
-    with pytest.raises(ConfigError, match=VAULT_KEY_FILE_ENV):
-        run_vault_command("init-key")
-    with pytest.raises(ConfigError, match=VAULT_KEY_FILE_ENV):
-        run_vault_command("create", "--label", "x")
+def test_the_vault_commands_name_a_missing_setting_in_one_line(tmp_path: Path) -> None:
+    missing = run_vault_cli(tmp_path, "create", "--label", "x", HODLAI_DB_PATH="node.db")
+    assert missing.returncode == 2
+    assert missing.stderr.count("\n") == 1 and VAULT_KEY_FILE_ENV in missing.stderr
     assert not (tmp_path / "node.db").exists()  # a refused command leaves no new database
-    with pytest.raises(ConfigError, match="HODLAI_DB_PATH: no database"):
-        run_vault_command("list")
+    absent = run_vault_cli(
+        tmp_path, "create", "--label", "x", HODLAI_DB_PATH="node.db", HODLAI_VAULT_KEY_FILE="no.key"
+    )
+    assert absent.returncode == 2
+    assert f"{VAULT_KEY_FILE_ENV}: master key file no.key does not exist" in absent.stderr
+    assert not (tmp_path / "node.db").exists()

@@ -6,6 +6,10 @@ key file belong together?). Nothing here prints or accepts key material on the c
 an imported key comes from a 0600 key file or keystore (its passphrase from
 ``HODLAI_KEY_PASSPHRASE`` / ``HODLAI_KEY_PASSPHRASE_FILE``), so it never reaches the process
 list or shell history.
+
+Until ``shared.keys.cli`` is listed in ``shared.cli.WORKER_COMMANDS`` the same commands run
+as ``python -m shared.keys.cli vault ...``, with the ``hodlai`` exit codes (0 success, 1 a
+refusal, 2 bad usage or settings).
 """
 
 from __future__ import annotations
@@ -13,10 +17,12 @@ from __future__ import annotations
 import argparse
 import json
 import sqlite3
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shared.errors import ConfigError
+from shared.errors import ConfigError, HodlaiError
 
 if TYPE_CHECKING:
     from shared.keys.vault import VaultSettings
@@ -53,6 +59,22 @@ def register(subparsers: Any) -> None:
 
     check = sub.add_parser("check", help="decrypt every wallet with the master key")
     check.set_defaults(func=cmd_check)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``vault ...`` as its own command line, with the exit codes of ``hodlai``."""
+    parser = argparse.ArgumentParser(prog="python -m shared.keys.cli")
+    register(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    args = parser.parse_args(argv)
+    try:
+        result: int = args.func(args)
+    except ConfigError as exc:
+        print(f"hodlai: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except HodlaiError as exc:
+        print(f"hodlai: {exc}", file=sys.stderr)
+        return 1
+    return result
 
 
 def _wallet_names(parser: argparse.ArgumentParser) -> None:
@@ -163,3 +185,7 @@ def _connect(db_path: Path, *, must_exist: bool) -> sqlite3.Connection:
     if must_exist and not db_path.exists():
         raise ConfigError(f"HODLAI_DB_PATH: no database at {db_path}")
     return connect(db_path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
