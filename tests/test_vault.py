@@ -493,3 +493,10 @@ def test_the_vault_commands_name_a_missing_setting_in_one_line(tmp_path: Path) -
     assert absent.returncode == 2
     assert f"{VAULT_KEY_FILE_ENV}: master key file no.key does not exist" in absent.stderr
     assert not (tmp_path / "node.db").exists()
+
+
+def test_a_master_key_file_that_cannot_be_created_is_a_clear_refusal(tmp_path: Path) -> None:
+    not_a_directory = tmp_path / "a-file"
+    not_a_directory.write_text("")
+    with pytest.raises(KeyFileError, match=f"{VAULT_KEY_FILE_ENV}: cannot create .*a-file"):
+        generate_master_key_file(not_a_directory / "vault.key")

@@ -37,7 +37,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import structlog
 from cryptography.exceptions import InvalidTag
@@ -61,7 +61,6 @@ VAULT_KEY_FILE_ENV: Final = "HODLAI_VAULT_KEY_FILE"
 MASTER_KEY_BYTES: Final = 32  # AES-256
 NONCE_BYTES: Final = 12  # 96 bits: the nonce size GCM uses directly, without hashing it
 PRIVATE_KEY_BYTES: Final = 32
-TAG_BYTES: Final = 16  # GCM's full-length tag; AESGCM appends it to the ciphertext
 # Bytes of SHA-256 shown as a master key's id: enough to tell two keys apart, useless for
 # guessing one (it is a hash of 256 random bits).
 KEY_ID_BYTES: Final = 8
@@ -174,6 +173,11 @@ def generate_master_key_file(path: Path | str) -> str:
         _write_secret_file(target, key.hex(), overwrite=False)
     except KeyFileError as exc:
         raise KeyFileError(f"{VAULT_KEY_FILE_ENV}: {exc}") from None
+    except OSError as exc:  # a missing permission, a parent that is a file, a full disk
+        raise KeyFileError(
+            f"{VAULT_KEY_FILE_ENV}: cannot create master key file {target}: {exc.strerror} "
+            f"({exc.filename})"
+        ) from None
     key_id = MasterKey(key).key_id
     log.info("vault_master_key_created", path=str(target), key_id=key_id)
     return key_id
@@ -288,7 +292,9 @@ class Vault:
         self, *, label: str, owner: str | None = None, now: float | None = None
     ) -> ChecksumAddress:
         """A new wallet with a random key; returns its address only."""
-        return self._store(_random_key(), label=label, owner=owner, now=now)
+        address = self._insert(_random_key(), label=label, owner=owner, now=now)
+        log.info("vault_wallet_created", address=address, label=label, owner=owner)
+        return address
 
     def ensure_wallet(self, *, label: str, owner: str, now: float | None = None) -> ChecksumAddress:
         """The address of ``owner``'s wallet for ``label``, created on first use. Concurrent
@@ -300,7 +306,9 @@ class Vault:
             found = wallet_of(self._conn, label=label, owner=owner)
             if found is not None:
                 return found.address
-            return self._store(key, label=label, owner=owner, now=now)
+            address = self._insert(key, label=label, owner=owner, now=now)
+        log.info("vault_wallet_created", address=address, label=label, owner=owner)
+        return address
 
     def import_key(
         self,
@@ -314,9 +322,9 @@ class Vault:
         An address already in the vault is refused, never re-encrypted or replaced."""
         if not isinstance(private_key, bytes) or len(private_key) != PRIVATE_KEY_BYTES:
             raise VaultError(f"a private key to import is {PRIVATE_KEY_BYTES} bytes")
-        return self._store(
-            private_key, label=label, owner=owner, now=now, event="vault_wallet_imported"
-        )
+        address = self._insert(private_key, label=label, owner=owner, now=now)
+        log.info("vault_wallet_imported", address=address, label=label, owner=owner)
+        return address
 
     def signer(self, address: str, *, chain_id: int) -> LocalSigner:
         """A transaction signer for the wallet ``address`` on ``chain_id`` (what
@@ -363,15 +371,11 @@ class Vault:
 
     # --- internals ----------------------------------------------------------------------
 
-    def _store(
-        self,
-        private_key: bytes,
-        *,
-        label: str,
-        owner: str | None,
-        now: float | None,
-        event: Literal["vault_wallet_created", "vault_wallet_imported"] = "vault_wallet_created",
+    def _insert(
+        self, private_key: bytes, *, label: str, owner: str | None, now: float | None
     ) -> ChecksumAddress:
+        """Encrypt and insert one row (in the caller's transaction, if it has one); the
+        caller logs once its transaction has committed."""
         _check_name(label, what="label")
         if owner is not None:
             _check_name(owner, what="owner")
@@ -391,7 +395,6 @@ class Vault:
                 " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (address, label, owner, self._master.key_id, nonce, ciphertext, created_at),
             )
-        log.info(event, address=address, label=label, owner=owner)
         return address
 
     def _private_key(self, address: str) -> bytes:
