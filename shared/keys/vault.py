@@ -1,0 +1,451 @@
+"""The key vault: wallets whose private keys the node holds, encrypted at rest in the state
+store (table ``wallets``), for executors that create a wallet per user (the mint executor's
+agent wallets) or send from configured wallets (distribution).
+
+Each row holds one secp256k1 private key encrypted with AES-256-GCM under the vault's master
+key: 32 random bytes, hex, in the file named by ``HODLAI_VAULT_KEY_FILE`` (mode 0600).
+
+Guarantees:
+
+- Every encryption uses a fresh random 96-bit nonce (``secrets``), and ``wallets.nonce`` is
+  UNIQUE, so the database itself refuses a nonce used twice under one master key. Random
+  nonces stay safe for about 2^32 encryptions under one key (NIST SP 800-38D), far beyond
+  any number of wallets.
+- The associated data is the wallet's 20 address bytes: a ciphertext (with its nonce) copied
+  into another row does not decrypt, so a row cannot be made to sign for another address.
+- A row that does not decrypt raises :class:`WalletDecryptError` naming the address and
+  saying why: another master key (the row records its key id, a hash of the master key) or an
+  altered row. A decrypted key must also derive the row's address.
+- Key material (a wallet's private key, the master key) is never returned by a public
+  function, never logged and never in an exception message: callers get addresses,
+  :class:`~shared.tx.signer.LocalSigner` objects (``repr``/``str`` show the address only; the
+  key is behind a private attribute) and signatures. A malformed address is not quoted back,
+  as it may be a private key passed by mistake.
+- Every write is one :func:`shared.db.atomic` transaction; :meth:`Vault.ensure_wallet` gives
+  two processes asking for the same ``(label, owner)`` the same wallet.
+- The master key file is created atomically with mode 0600 and never overwritten
+  (:func:`generate_master_key_file`); one that group or others may read is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import sqlite3
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import structlog
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from eth_abi.exceptions import EncodingError
+from eth_account import Account
+from eth_account.messages import encode_typed_data
+from eth_typing import ChecksumAddress
+from eth_utils.address import is_hex_address, to_canonical_address, to_checksum_address
+from pydantic import Field, SecretStr
+
+from shared.config import CoreSettings
+from shared.db import atomic
+from shared.errors import ConfigError, KeyFileError, PermanentError
+from shared.keys.files import _check_private, _write_secret_file
+from shared.tx.signer import LocalSigner
+
+log = structlog.get_logger(__name__)
+
+VAULT_KEY_FILE_ENV: Final = "HODLAI_VAULT_KEY_FILE"
+MASTER_KEY_BYTES: Final = 32  # AES-256
+NONCE_BYTES: Final = 12  # 96 bits: the nonce size GCM uses directly, without hashing it
+PRIVATE_KEY_BYTES: Final = 32
+# Bytes of SHA-256 shown as a master key's id: enough to tell two keys apart, useless for
+# guessing one (it is a hash of 256 random bits).
+KEY_ID_BYTES: Final = 8
+_KEY_ID_CONTEXT: Final = b"hodlai vault master key id v1\x00"
+# Characters a label or owner may have at most: they are identifiers, not documents.
+MAX_NAME_CHARS: Final = 200
+
+_MASTER_KEY_HEX: Final = re.compile(rb"[0-9a-fA-F]{%d}" % (MASTER_KEY_BYTES * 2))
+_COLUMNS: Final = "address, label, owner, key_id, created_at"
+
+
+# --- errors ---------------------------------------------------------------------------------
+# Kept next to the vault until the integrator files them into shared/errors.py's tree.
+
+
+class VaultError(PermanentError):
+    """A vault operation that fails the same way whenever it is retried."""
+
+
+class UnknownWalletError(VaultError):
+    """No wallet with that address is in the vault."""
+
+
+class WalletExistsError(VaultError):
+    """The wallet (address, or label and owner) is already in the vault."""
+
+
+class WalletDecryptError(VaultError):
+    """A row does not decrypt: another master key, or the row was altered or moved."""
+
+
+class TypedDataError(VaultError):
+    """EIP-712 typed data that cannot be encoded, so it is not signed."""
+
+
+# --- settings and values --------------------------------------------------------------------
+
+
+class VaultSettings(CoreSettings):
+    """Settings of a process that signs with vault wallets (executors extend this)."""
+
+    # The vault's master key: 32 random bytes as hex, mode 0600 (`hodlai vault init-key`).
+    # Losing it loses every wallet in the vault: back it up apart from the database.
+    vault_key_file: Path | None = None
+    # For `hodlai vault import` of an encrypted keystore (same meaning as the fulfiller's).
+    key_passphrase: SecretStr | None = None
+    key_passphrase_file: Path | None = None
+    # Wallets listed by `hodlai vault list` at most.
+    vault_list_limit: int = Field(default=1000, ge=1)
+
+
+@dataclass(frozen=True)
+class Wallet:
+    """What the vault tells about a wallet: never its key."""
+
+    address: ChecksumAddress
+    label: str  # what it is for: 'mint-agent', 'distribution', ...
+    owner: str | None  # whom it serves (a user's address or id); None for the node's own
+    key_id: str  # the id of the master key its key is encrypted under
+    created_at: float  # Unix seconds
+
+
+@dataclass(frozen=True)
+class TypedDataSignature:
+    """An EIP-712 signature (what ``transferWithAuthorization`` takes as v, r, s)."""
+
+    signer: ChecksumAddress
+    digest: bytes  # the 32-byte EIP-712 hash that was signed
+    v: int
+    r: int
+    s: int
+    signature: bytes  # 65 bytes: r || s || v
+
+
+class MasterKey:
+    """The vault's AES-256-GCM key. Holds only the cipher object and the key's id: the raw
+    bytes are not kept, and neither ``repr`` nor ``vars`` can show them."""
+
+    __slots__ = ("_aead", "key_id")
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != MASTER_KEY_BYTES:
+            raise KeyFileError(f"a vault master key is {MASTER_KEY_BYTES} bytes, got {len(key)}")
+        self._aead = AESGCM(key)
+        self.key_id = hashlib.sha256(_KEY_ID_CONTEXT + key).digest()[:KEY_ID_BYTES].hex()
+
+    def __repr__(self) -> str:
+        return f"MasterKey(key_id={self.key_id})"
+
+    __str__ = __repr__
+
+    def _seal(self, address: ChecksumAddress, private_key: bytes) -> tuple[bytes, bytes]:
+        nonce = secrets.token_bytes(NONCE_BYTES)
+        return nonce, self._aead.encrypt(nonce, private_key, to_canonical_address(address))
+
+    def _open(self, address: ChecksumAddress, nonce: bytes, ciphertext: bytes) -> bytes:
+        return self._aead.decrypt(nonce, ciphertext, to_canonical_address(address))
+
+
+# --- the master key file --------------------------------------------------------------------
+
+
+def generate_master_key_file(path: Path | str) -> str:
+    """Create a new master key in ``path`` (64 hex characters, mode 0600, written under a
+    temporary name and linked into place, so never half-written and never replacing an
+    existing file); return its key id."""
+    key = secrets.token_bytes(MASTER_KEY_BYTES)
+    target = Path(path)
+    try:
+        _write_secret_file(target, key.hex(), overwrite=False)
+    except KeyFileError as exc:
+        raise KeyFileError(f"{VAULT_KEY_FILE_ENV}: {exc}") from None
+    except OSError as exc:  # a missing permission, a parent that is a file, a full disk
+        raise KeyFileError(
+            f"{VAULT_KEY_FILE_ENV}: cannot create master key file {target}: {exc.strerror} "
+            f"({exc.filename})"
+        ) from None
+    key_id = MasterKey(key).key_id
+    log.info("vault_master_key_created", path=str(target), key_id=key_id)
+    return key_id
+
+
+def load_master_key(path: Path | str | None) -> MasterKey:
+    """The master key in ``path`` (the value of ``HODLAI_VAULT_KEY_FILE``), after checking that
+    only its owner may read it. Every refusal names the setting and never quotes the file."""
+    if path is None or str(path) == "":
+        raise ConfigError(
+            f"missing required setting {VAULT_KEY_FILE_ENV}: the vault's master key file "
+            "(create one with `hodlai vault init-key`)"
+        )
+    source = Path(path)
+    if not source.exists():
+        raise ConfigError(
+            f"{VAULT_KEY_FILE_ENV}: master key file {source} does not exist; restore it from "
+            "its backup, or create a new one with `hodlai vault init-key` for a new vault "
+            "(wallets encrypted under another master key cannot be opened with it)"
+        )
+    try:
+        _check_private(source, what="vault master key file")
+        raw = source.read_bytes()
+    except KeyFileError as exc:
+        raise KeyFileError(f"{VAULT_KEY_FILE_ENV}: {exc}") from None
+    except OSError as exc:
+        raise KeyFileError(
+            f"{VAULT_KEY_FILE_ENV}: cannot read master key file {source}: {exc.strerror}"
+        ) from None
+    text = raw.removesuffix(b"\n").removesuffix(b"\r")
+    # Exactly the hex digits: bytes.fromhex alone would also take spaces and newlines inside.
+    if not _MASTER_KEY_HEX.fullmatch(text):
+        raise KeyFileError(
+            f"{VAULT_KEY_FILE_ENV}: master key file {source} does not hold "
+            f"{MASTER_KEY_BYTES * 2} hex characters ({MASTER_KEY_BYTES} bytes)"
+        )
+    return MasterKey(bytes.fromhex(text.decode("ascii")))
+
+
+def open_vault(conn: sqlite3.Connection, key_file: Path | str | None) -> Vault:
+    """The vault of the database ``conn``, under the master key in ``key_file``."""
+    return Vault(conn, load_master_key(key_file))
+
+
+# --- reading the table (no master key needed) -----------------------------------------------
+
+
+def parse_address(address: str) -> ChecksumAddress:
+    """``address`` checksummed; a malformed one is refused without being quoted."""
+    if not isinstance(address, str) or not is_hex_address(address):
+        size = len(address) if isinstance(address, str) else type(address).__name__
+        raise VaultError(f"not a 20-byte hex address (got {size} characters)")
+    return to_checksum_address(address)
+
+
+def list_wallets(
+    conn: sqlite3.Connection, *, label: str | None = None, limit: int | None = None
+) -> list[Wallet]:
+    """Wallets in creation order, optionally only those with ``label``."""
+    sql = f"SELECT {_COLUMNS} FROM wallets"
+    params: list[object] = []
+    if label is not None:
+        sql += " WHERE label = ?"
+        params.append(label)
+    sql += " ORDER BY created_at, address"
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(limit)
+    return [_wallet(row) for row in conn.execute(sql, params)]
+
+
+def find_wallet(conn: sqlite3.Connection, address: str) -> Wallet | None:
+    row = conn.execute(
+        f"SELECT {_COLUMNS} FROM wallets WHERE address = ?", (parse_address(address),)
+    ).fetchone()
+    return None if row is None else _wallet(row)
+
+
+def wallet_of(conn: sqlite3.Connection, *, label: str, owner: str) -> Wallet | None:
+    """The wallet ``owner`` has for ``label`` (at most one: a unique index says so)."""
+    row = conn.execute(
+        f"SELECT {_COLUMNS} FROM wallets WHERE label = ? AND owner = ?", (label, owner)
+    ).fetchone()
+    return None if row is None else _wallet(row)
+
+
+def _wallet(row: sqlite3.Row | tuple[Any, ...]) -> Wallet:
+    address, label, owner, key_id, created_at = tuple(row)
+    return Wallet(to_checksum_address(address), label, owner, key_id, float(created_at))
+
+
+# --- the vault ------------------------------------------------------------------------------
+
+
+class Vault:
+    """Creates, imports and signs with the wallets of one database under one master key."""
+
+    def __init__(self, conn: sqlite3.Connection, master_key: MasterKey) -> None:
+        self._conn = conn
+        self._master = master_key
+
+    def __repr__(self) -> str:
+        return f"Vault(key_id={self._master.key_id})"
+
+    __str__ = __repr__
+
+    @property
+    def key_id(self) -> str:
+        return self._master.key_id
+
+    def create_wallet(
+        self, *, label: str, owner: str | None = None, now: float | None = None
+    ) -> ChecksumAddress:
+        """A new wallet with a random key; returns its address only."""
+        address = self._insert(_random_key(), label=label, owner=owner, now=now)
+        log.info("vault_wallet_created", address=address, label=label, owner=owner)
+        return address
+
+    def ensure_wallet(self, *, label: str, owner: str, now: float | None = None) -> ChecksumAddress:
+        """The address of ``owner``'s wallet for ``label``, created on first use. Concurrent
+        callers (other processes included) get the same wallet."""
+        _check_name(label, what="label")
+        _check_name(owner, what="owner")
+        key = _random_key()  # before the write lock, which is then held for two statements
+        with atomic(self._conn):
+            found = wallet_of(self._conn, label=label, owner=owner)
+            if found is not None:
+                return found.address
+            address = self._insert(key, label=label, owner=owner, now=now)
+        log.info("vault_wallet_created", address=address, label=label, owner=owner)
+        return address
+
+    def import_key(
+        self,
+        private_key: bytes,
+        *,
+        label: str,
+        owner: str | None = None,
+        now: float | None = None,
+    ) -> ChecksumAddress:
+        """Add an existing key (an operator's distribution wallet, say); returns its address.
+        An address already in the vault is refused, never re-encrypted or replaced."""
+        if not isinstance(private_key, bytes) or len(private_key) != PRIVATE_KEY_BYTES:
+            raise VaultError(f"a private key to import is {PRIVATE_KEY_BYTES} bytes")
+        address = self._insert(private_key, label=label, owner=owner, now=now)
+        log.info("vault_wallet_imported", address=address, label=label, owner=owner)
+        return address
+
+    def signer(self, address: str, *, chain_id: int) -> LocalSigner:
+        """A transaction signer for the wallet ``address`` on ``chain_id`` (what
+        :class:`shared.tx.manager.TxManager` takes)."""
+        return LocalSigner(self._private_key(address), chain_id=chain_id)
+
+    def sign_typed_data(self, address: str, typed: Mapping[str, Any]) -> TypedDataSignature:
+        """Sign EIP-712 typed data (the ``eth_signTypedData_v4`` structure: ``types``,
+        ``primaryType``, ``domain``, ``message``) with the wallet ``address``; e.g. an
+        EIP-3009 ``TransferWithAuthorization``."""
+        wallet = parse_address(address)
+        _check_typed_shape(wallet, typed)
+        try:
+            signable = encode_typed_data(full_message=dict(typed))
+        except (ValueError, TypeError, KeyError, AttributeError, EncodingError) as exc:
+            raise TypedDataError(
+                f"typed data for {wallet} cannot be encoded: {str(exc)[:200]}"
+            ) from exc
+        signed = Account.sign_message(signable, private_key=self._private_key(wallet))
+        log.info(
+            "vault_typed_data_signed",
+            address=wallet,
+            primary_type=typed["primaryType"],
+            digest="0x" + bytes(signed.message_hash).hex(),
+        )
+        return TypedDataSignature(
+            signer=wallet,
+            digest=bytes(signed.message_hash),
+            v=signed.v,
+            r=signed.r,
+            s=signed.s,
+            signature=bytes(signed.signature),
+        )
+
+    def check(self) -> int:
+        """Decrypt every wallet, in creation order, and check each key derives its address;
+        return how many. Raises WalletDecryptError at the first that does not: after restoring
+        a database or a master key file, this says whether the two belong together."""
+        addresses = [r[0] for r in self._conn.execute("SELECT address FROM wallets ORDER BY rowid")]
+        for address in addresses:
+            self._private_key(address)
+        log.info("vault_checked", wallets=len(addresses), key_id=self._master.key_id)
+        return len(addresses)
+
+    # --- internals ----------------------------------------------------------------------
+
+    def _insert(
+        self, private_key: bytes, *, label: str, owner: str | None, now: float | None
+    ) -> ChecksumAddress:
+        """Encrypt and insert one row (in the caller's transaction, if it has one); the
+        caller logs once its transaction has committed."""
+        _check_name(label, what="label")
+        if owner is not None:
+            _check_name(owner, what="owner")
+        try:
+            address = to_checksum_address(Account.from_key(private_key).address)
+        except ValueError:
+            raise VaultError("the key is not a valid secp256k1 private key") from None
+        nonce, ciphertext = self._master._seal(address, private_key)
+        created_at = time.time() if now is None else now
+        with atomic(self._conn):
+            if find_wallet(self._conn, address) is not None:
+                raise WalletExistsError(f"wallet {address} is already in the vault")
+            if owner is not None and wallet_of(self._conn, label=label, owner=owner):
+                raise WalletExistsError(f"{owner!r} already has a {label!r} wallet")
+            self._conn.execute(
+                "INSERT INTO wallets (address, label, owner, key_id, nonce, ciphertext,"
+                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (address, label, owner, self._master.key_id, nonce, ciphertext, created_at),
+            )
+        return address
+
+    def _private_key(self, address: str) -> bytes:
+        wallet = parse_address(address)
+        row = self._conn.execute(
+            "SELECT key_id, nonce, ciphertext FROM wallets WHERE address = ?", (wallet,)
+        ).fetchone()
+        if row is None:
+            raise UnknownWalletError(f"no wallet {wallet} in the vault")
+        key_id, nonce, ciphertext = row
+        if key_id != self._master.key_id:
+            raise WalletDecryptError(
+                f"wallet {wallet} is encrypted under master key {key_id}, but "
+                f"{VAULT_KEY_FILE_ENV} holds master key {self._master.key_id}: point it at the "
+                "master key file this database's wallets were created with"
+            )
+        try:
+            key = self._master._open(wallet, bytes(nonce), bytes(ciphertext))
+        except (InvalidTag, ValueError, TypeError):
+            raise WalletDecryptError(
+                f"wallet {wallet}: its encrypted key does not authenticate under master key "
+                f"{key_id} (the row was altered, or copied from another address); restore "
+                "the row from a backup"
+            ) from None
+        if to_checksum_address(Account.from_key(key).address) != wallet:
+            raise WalletDecryptError(
+                f"wallet {wallet}: its decrypted key belongs to another address (the row was "
+                "forged with the master key); restore the row from a backup"
+            )
+        return key
+
+
+def _random_key() -> bytes:
+    # eth-account draws from os.urandom and keeps only keys inside the curve's order.
+    return bytes(Account.create().key)
+
+
+def _check_name(value: object, *, what: str) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise VaultError(f"a wallet's {what} must be a non-empty string")
+    if len(value) > MAX_NAME_CHARS or not value.isprintable():
+        raise VaultError(f"a wallet's {what} must be at most {MAX_NAME_CHARS} printable characters")
+
+
+def _check_typed_shape(address: ChecksumAddress, typed: object) -> None:
+    # eth-account guesses a missing primaryType; the vault signs only what the caller named.
+    if not isinstance(typed, Mapping):
+        raise TypedDataError(f"typed data for {address} must be a mapping")
+    missing = [k for k in ("types", "primaryType", "domain", "message") if k not in typed]
+    if missing:
+        raise TypedDataError(f"typed data for {address} lacks {', '.join(missing)}")
+    types, primary = typed["types"], typed["primaryType"]
+    if not isinstance(types, Mapping) or not isinstance(primary, str) or primary not in types:
+        raise TypedDataError(f"typed data for {address}: primaryType must name one of its types")
