@@ -33,6 +33,7 @@ WORKER_COMMANDS = (
     "workers.inference.cli",
     "workers.fulfiller.cli",
     "workers.mockllm.cli",
+    "shared.api.cli",
 )
 
 
