@@ -30,7 +30,7 @@ def test_systemd_units_verify_cleanly(tmp_path: Path) -> None:
         text = unit.read_text().replace("/opt/hodlai/.venv/bin/hodlai", hodlai)
         (tmp_path / unit.name).write_text(text)
     names = ["hodlai-indexer.service", "hodlai-inference@0.service",
-             "hodlai-fulfiller.service", "hodlai.target"]  # fmt: skip
+             "hodlai-fulfiller.service", "hodlai-api.service", "hodlai.target"]  # fmt: skip
     proc = subprocess.run(
         ["systemd-analyze", "verify", *names], cwd=tmp_path, capture_output=True, text=True,
         check=False,
@@ -41,7 +41,7 @@ def test_systemd_units_verify_cleanly(tmp_path: Path) -> None:
 
 def test_units_restart_on_failure_with_environment_file_and_dedicated_user() -> None:
     for name in ("hodlai-indexer.service", "hodlai-inference@.service",
-                 "hodlai-fulfiller.service"):  # fmt: skip
+                 "hodlai-fulfiller.service", "hodlai-api.service"):  # fmt: skip
         text = (UNITS / name).read_text()
         assert "Restart=on-failure" in text
         assert "EnvironmentFile=/etc/hodlai/hodlai.env" in text

@@ -11,6 +11,7 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from fastapi.telemetry import TelemetryConfig
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -28,6 +29,17 @@ log = structlog.get_logger(__name__)
 # Seconds a browser may cache a CORS preflight answer: 10 minutes, so a console does not
 # send an OPTIONS before every call, and a changed setting is seen within that time.
 CORS_MAX_AGE_S = 600
+
+
+# FastAPI's OpenTelemetry, off: the node has its own logs and metrics, and it would export
+# request data (exception messages included) wherever OTEL_* environment variables point.
+NO_TELEMETRY: TelemetryConfig = {
+    "tracing": False,
+    "metrics": False,
+    "logs": False,
+    "operation_spans": False,
+    "auto_configure": False,
+}
 
 
 class Health(BaseModel):
@@ -50,6 +62,7 @@ def create_app(
         docs_url="/docs",
         redoc_url=None,
         openapi_url="/openapi.json",
+        telemetry=NO_TELEMETRY,
     )
     app.state.settings = settings
     app.state.operator_tokens = OperatorTokens(tokens)
