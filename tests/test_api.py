@@ -177,8 +177,11 @@ def test_listing_filters_by_status_and_limits_newest_first(api: Api) -> None:
         everything = client.get("/api/oracle/requests").json()["requests"]
         failed = client.get("/api/oracle/requests", params={"status": "FAILED"}).json()
         two = client.get("/api/oracle/requests", params={"limit": 2}).json()
+        lower = client.get("/api/oracle/requests", params={"status": "failed"}).json()
+        empty = client.get("/api/oracle/requests?status=&limit=3").json()["requests"]
     assert [r["request_id"] for r in everything] == [str(BIG), "4", "3", "2", "1"]
     assert [r["request_id"] for r in failed["requests"]] == [str(BIG), "4", "3"]
+    assert lower == failed and [r["request_id"] for r in empty] == [str(BIG), "4", "3"]
     assert failed["requests"][0]["fail_reason"] == f"bad answer {BIG}"
     assert [r["request_id"] for r in two["requests"]] == [str(BIG), "4"]
 
@@ -187,7 +190,7 @@ def test_listing_filters_by_status_and_limits_newest_first(api: Api) -> None:
     ("params", "named"),
     [
         ({"status": "LOST"}, "query.status"),
-        ({"status": "failed"}, "query.status"),
+        ({"status": "FAILED,PENDING"}, "query.status"),
         ({"limit": 0}, "query.limit"),
         ({"limit": 1001}, "query.limit"),
         ({"limit": "ten"}, "query.limit"),

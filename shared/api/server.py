@@ -48,7 +48,11 @@ def main() -> int:
     # The checks that need nothing else come first, so a refusal is the only line printed.
     sock = bind(settings.api_host, settings.api_port)
     try:
-        app = create_app(settings, discover_routers())
+        routers = discover_routers()
+        if not routers:
+            log.warning("api_no_routers", hint="pip install -e . records the entry points "
+                        "of group hodlai.routers; only /healthz and /docs are served")  # fmt: skip
+        app = create_app(settings, routers)
         _prepare_database(settings)
     except BaseException:
         sock.close()

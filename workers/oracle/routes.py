@@ -14,7 +14,7 @@ import time
 from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Path, Query
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field
 
 from shared import request_id as rid
 from shared import store
@@ -43,6 +43,21 @@ RequestIdPath = Annotated[
         description="the request id: a uint256 in decimal",
         examples=["42"],
     ),
+]
+
+
+def _status_filter(value: object) -> object:
+    """``status=failed`` as ``hodlai requests --status failed`` takes it; ``status=`` (what a
+    form sends for "any") as no filter."""
+    if isinstance(value, str):
+        return value.strip().upper() or None
+    return value
+
+
+StatusFilter = Annotated[
+    Status | None,
+    BeforeValidator(_status_filter),
+    Query(description="only requests in this status (any case); empty or absent: all"),
 ]
 
 
@@ -131,7 +146,7 @@ def get_status(conn: Database) -> OracleStatus:
 @router.get("/requests", response_model=RequestList, responses=INVALID, summary="list requests")
 def list_requests(
     conn: Database,
-    status: Annotated[Status | None, Query(description="only requests in this status")] = None,
+    status: StatusFilter = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT)] = DEFAULT_LIST_LIMIT,
 ) -> RequestList:
     rows = store.list_requests(conn, status=status, limit=limit)
