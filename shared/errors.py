@@ -28,6 +28,7 @@ tenacity can decide by *type* whether something is worth retrying::
         │   └── SchemaVersionError  the database's schema is newer (or older) than this code
         ├── TransitionConflict      the row was not in the expected state (someone moved it)
         ├── LeaseLostError          a worker completed work it no longer holds (fenced off)
+        ├── NotFoundError           no such entity (a request id, a task): asked for by name
         ├── InvalidRequestError     a request that can never be answered (empty actions, ...)
         ├── BadAnswerError          the model answered outside the permitted set
         │   └── LlmAnswerTooLargeError  the answer was larger than the node reads; cut there
@@ -133,6 +134,10 @@ class SchemaVersionError(DatabaseMismatchError):
 
 class TransitionConflict(PermanentError):
     """A state transition found the row in another state than expected."""
+
+
+class NotFoundError(PermanentError):
+    """The entity asked for by its key (a request id, a task id) does not exist."""
 
 
 class LeaseLostError(TransitionConflict):

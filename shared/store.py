@@ -252,6 +252,25 @@ def history(conn: sqlite3.Connection, request_id: int | str) -> list[sqlite3.Row
     return state.history(conn, REQUESTS, _key(request_id))
 
 
+def list_requests(
+    conn: sqlite3.Connection, *, status: Status | None = None, limit: int = 50
+) -> list[sqlite3.Row]:
+    """Up to ``limit`` requests (of ``status``, or any), newest on chain first: the summary
+    columns an operator scans (``hodlai requests``, ``GET /api/oracle/requests``). One status
+    is read through idx_requests_status_order, so a page costs O(limit) at any table size."""
+    sql = (
+        "SELECT request_id, status, model, answer_action, attempts, block_number, "
+        "fail_reason, updated_at FROM requests"
+    )
+    params: list[object] = []
+    if status is not None:
+        sql += " WHERE status = ?"
+        params.append(status.value)
+    sql += " ORDER BY block_number DESC, log_index DESC LIMIT ?"
+    params.append(limit)
+    return conn.execute(sql, params).fetchall()
+
+
 def retry(conn: sqlite3.Connection, request_id: int | str, *, actor: str = "operator") -> None:
     """Re-open a FAILED request: back to PENDING with a fresh attempt budget and no answer.
 

@@ -12,7 +12,10 @@ from honcho.environ import parse_procfile
 
 ROOT = Path(__file__).resolve().parent.parent
 UNITS = ROOT / "deploy" / "systemd"
-SERVICES = ("hodlai-indexer.service", "hodlai-inference@.service", "hodlai-fulfiller.service")
+SERVICES = (
+    "hodlai-indexer.service", "hodlai-inference@.service", "hodlai-fulfiller.service",
+    "hodlai-api.service",
+)  # fmt: skip
 # systemd-analyze security's exposure score (0 safest, 10 worst) each unit must stay within.
 MAX_EXPOSURE = 3.0
 HARDENING = (
@@ -44,7 +47,7 @@ def test_procfile_runs_every_process_through_exec() -> None:
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not here")
 def test_systemd_units_verify_cleanly(tmp_path: Path) -> None:
     names = ["hodlai-indexer.service", "hodlai-inference@0.service",
-             "hodlai-fulfiller.service", "hodlai.target"]  # fmt: skip
+             "hodlai-fulfiller.service", "hodlai-api.service", "hodlai.target"]  # fmt: skip
     proc = subprocess.run(
         ["systemd-analyze", "verify", *names], cwd=_units_in(tmp_path), capture_output=True,
         text=True, check=False,
@@ -88,8 +91,13 @@ def test_only_the_signer_sees_the_oracle_key_and_only_inference_the_llm_key() ->
         if name == "hodlai-fulfiller.service":
             assert "LoadCredential=oracle-key:/etc/hodlai/oracle-key.json" in text
             assert "Environment=HODLAI_KEY_FILE=%d/oracle-key" in text
+        elif name == "hodlai-api.service":  # the operator tokens, and no key
+            assert re.findall(r"^LoadCredential=(\S+)$", text, re.M) == [
+                "api-tokens:/etc/hodlai/api-tokens"
+            ]
+            assert "oracle-key" not in text
         else:
-            assert "oracle-key" not in text and "CREDENTIALS" not in text
+            assert "oracle-key" not in text and "LoadCredential" not in text
         has_llm_env = "EnvironmentFile=-/etc/hodlai/inference.env" in text
         assert has_llm_env == (name == "hodlai-inference@.service")
-    assert len(set(users.values())) == 3, users  # one user per kind of process
+    assert len(set(users.values())) == len(SERVICES), users  # one user per kind of process

@@ -1,0 +1,151 @@
+"""The app factory: one FastAPI app, the core's routes (``/healthz``, ``/docs``) and every
+executor's router, behind one error boundary, one access log and (when set) CORS."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Sequence
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from fastapi.telemetry import TelemetryConfig
+from pydantic import BaseModel
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from shared import __version__
+from shared.api.auth import OperatorTokens
+from shared.api.errors import ErrorBody, error_response, install_error_handlers, unexpected_error
+from shared.api.routers import NamedRouter, RouterSource, add_router
+from shared.api.settings import ApiSettings
+from shared.api.tokens import load_tokens
+from shared.db import connect
+from shared.errors import HodlaiError
+
+log = structlog.get_logger(__name__)
+
+# Seconds a browser may cache a CORS preflight answer: 10 minutes, so a console does not
+# send an OPTIONS before every call, and a changed setting is seen within that time.
+CORS_MAX_AGE_S = 600
+
+
+# FastAPI's OpenTelemetry, off: the node has its own logs and metrics, and it would export
+# request data (exception messages included) wherever OTEL_* environment variables point.
+NO_TELEMETRY: TelemetryConfig = {
+    "tracing": False,
+    "metrics": False,
+    "logs": False,
+    "operation_spans": False,
+    "auto_configure": False,
+}
+
+
+class Health(BaseModel):
+    ok: bool
+
+
+def create_app(
+    settings: ApiSettings, routers: Sequence[NamedRouter | RouterSource] = ()
+) -> FastAPI:
+    """The API with ``routers`` added (see shared.api.routers.discover_routers).
+
+    Reads the operator tokens file now, so a bad one stops the process before it listens
+    (ConfigError naming HODLAI_API_TOKENS_FILE)."""
+    tokens = load_tokens(settings.api_tokens_file) if settings.api_tokens_file else ()
+    app = FastAPI(
+        title="hodlai node API",
+        version=__version__,
+        description="The node's executors: their state, and operator actions. "
+        "Errors are JSON {error, message}; write routes need an operator bearer token.",
+        docs_url="/docs",
+        redoc_url=None,
+        openapi_url="/openapi.json",
+        telemetry=NO_TELEMETRY,
+    )
+    app.state.settings = settings
+    app.state.operator_tokens = OperatorTokens(tokens)
+    install_error_handlers(app)
+    if settings.api_cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.api_cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+            # Bearer tokens travel in a header, never in cookies: no credentialed requests.
+            allow_credentials=False,
+            max_age=CORS_MAX_AGE_S,
+        )
+    app.add_middleware(RequestBoundary)
+    app.add_api_route(
+        "/healthz",
+        healthz,
+        methods=["GET"],
+        response_model=Health,
+        responses={503: {"model": ErrorBody, "description": "the database cannot be opened"}},
+        tags=["core"],
+        summary="200 while the database opens",
+    )
+    for router in routers:
+        add_router(app, router)
+    log.info(
+        "api_created",
+        routers=[r.name for r in routers if isinstance(r, NamedRouter)],
+        operator_tokens=len(tokens),
+        cors_origins=settings.api_cors_origins,
+    )
+    return app
+
+
+def healthz(request: Request) -> Health | JSONResponse:
+    try:
+        conn = connect(request.app.state.settings.db_path)
+        try:
+            conn.execute("SELECT 1 FROM request_counts LIMIT 1").fetchall()
+        finally:
+            conn.close()
+    except (sqlite3.Error, HodlaiError) as exc:
+        log.error("api_health_failed", kind=type(exc).__name__, error=str(exc))
+        return error_response(503, "unavailable", "the database cannot be opened")
+    return Health(ok=True)
+
+
+class RequestBoundary:
+    """The boundary of every HTTP request: one ``api_request`` event (method, path, status,
+    milliseconds; never the query string or headers, where tokens travel), and the one place
+    that catches broadly: an error no handler translated becomes the generic 500 of
+    shared.api.errors, logged with its traceback, and the server goes on."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status: int | None = None
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        except Exception as exc:  # the request boundary: log, answer 500, go on
+            log.error("api_request_crashed", path=scope["path"], kind=type(exc).__name__,
+                      exc_info=exc)  # fmt: skip
+            if status is not None:
+                raise  # the answer has begun: only cutting the connection is left
+            await unexpected_error()(scope, receive, send_and_note)
+        finally:
+            log.info(
+                "api_request",
+                method=scope["method"],
+                path=scope["path"],
+                status=status,
+                ms=round((time.perf_counter() - started) * 1000, 1),
+            )
