@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from importlib.metadata import entry_points
 from typing import Final
 
 from shared.errors import SchemaVersionError
@@ -104,9 +105,22 @@ def core_set() -> MigrationSet:
     return load_set("core", "shared.migrations.core")
 
 
+#: Entry point group through which an executor declares its migration set: the value is a
+#: package of ``NNNN_name.sql`` files; the entry point's name is the set's name.
+MIGRATIONS_GROUP: Final = "hodlai.migrations"
+
+
+@cache
+def executor_sets() -> tuple[MigrationSet, ...]:
+    """The sets the installed executors declare (entry points ``hodlai.migrations``)."""
+    found = sorted(entry_points(group=MIGRATIONS_GROUP), key=lambda ep: ep.name)
+    return tuple(load_set(ep.name, ep.value) for ep in found if ep.name != "core")
+
+
 def all_sets() -> tuple[MigrationSet, ...]:
-    """Every set this installation knows, core first."""
-    return (core_set(),)
+    """Every set this installation knows, core first (an executor's tables may refer to the
+    core's, never the other way round)."""
+    return (core_set(), *executor_sets())
 
 
 def applied(conn: sqlite3.Connection) -> dict[str, set[int]]:
