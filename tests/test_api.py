@@ -123,7 +123,7 @@ def _row(db_path: Path, request_id: int) -> tuple[str, list[tuple[str | None, st
         "SELECT status FROM requests WHERE request_id = ?", (str(request_id),)
     ).fetchone()[0]
     audit = conn.execute(
-        "SELECT from_status, to_status, actor FROM transitions WHERE request_id = ? ORDER BY id",
+        "SELECT from_status, to_status, actor FROM transitions WHERE entity_id = ? ORDER BY id",
         (str(request_id),),
     ).fetchall()
     conn.close()
@@ -422,14 +422,16 @@ def test_a_broken_database_gives_a_generic_500_and_an_unhealthy_healthz(tmp_path
             health = client.get("/healthz")
     finally:
         assert api.stop() == 0
+    # The database layer names the problem (a file that is not SQLite: HODLAI_DB_PATH) in the
+    # operator's log; the client gets the generic answer, with no path in it.
     assert status.status_code == 500
     assert status.json() == {
-        "error": "internal",
-        "message": "internal error; the operator's log has the details",
+        "error": "misconfigured",
+        "message": "the node is misconfigured; the operator's log says which setting",
     }
     assert health.status_code == 503 and health.json()["error"] == "unavailable"
     assert str(tmp_path) not in status.text + health.text
-    assert "api_request_crashed" in api.log()
+    assert "api_request_failed" in api.log() and "HODLAI_DB_PATH" in api.log()
 
 
 # --- settings that stop the process before it serves --------------------------------------

@@ -102,7 +102,7 @@ def healthz(request: Request) -> Health | JSONResponse:
     try:
         conn = connect(request.app.state.settings.db_path)
         try:
-            conn.execute("SELECT 1 FROM request_counts LIMIT 1").fetchall()
+            conn.execute("SELECT 1 FROM schema_migrations LIMIT 1").fetchall()
         finally:
             conn.close()
     except (sqlite3.Error, HodlaiError) as exc:
