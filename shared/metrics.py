@@ -21,7 +21,15 @@ import time
 from http import HTTPStatus
 from typing import Final
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.metrics_core import Metric
 
 from shared.errors import ConfigError
 
@@ -33,6 +41,36 @@ READ_TIMEOUT_S: Final = 5.0
 MAX_CONNECTIONS: Final = 256
 # Bytes of request head accepted (request line + headers); scrapers send a few hundred.
 MAX_REQUEST_BYTES: Final = 16 * 1024
+
+
+class ExecutorLabelled:
+    """The process's metrics as /metrics serves them: every sample carries the label
+    ``executor`` (oracle, mint, distribution, dispatch) of the process that serves it, set
+    once by shared.runtime.run_worker, so one Prometheus job can tell the executors apart
+    while the code names each metric once, without that label."""
+
+    def __init__(self) -> None:
+        self.executor: str | None = None
+
+    def collect(self) -> list[Metric]:
+        families = list(REGISTRY.collect())
+        if self.executor is None:
+            return families
+        for family in families:
+            family.samples = [
+                sample._replace(labels={**sample.labels, "executor": self.executor})
+                for sample in family.samples
+            ]
+        return families
+
+
+EXPOSITION = ExecutorLabelled()
+
+
+def label_executor(executor: str) -> None:
+    """Name the executor this process serves metrics for (see ExecutorLabelled)."""
+    EXPOSITION.executor = executor
+
 
 REQUESTS = Gauge("hodlai_requests", "Requests in the state store by status", ["status"])
 INDEXER_LAG = Gauge("hodlai_indexer_lag_blocks", "Chain head minus the indexer cursor")
@@ -174,7 +212,7 @@ class MetricsServer:
         if method not in ("GET", "HEAD"):
             code, content_type, body = 405, "text/plain", b"method not allowed\n"
         elif path.startswith("/metrics"):
-            code, content_type, body = 200, CONTENT_TYPE_LATEST, generate_latest()
+            code, content_type, body = 200, CONTENT_TYPE_LATEST, generate_latest(EXPOSITION)
         elif path.startswith("/healthz"):
             ok, detail = self.health.check()
             payload = json.dumps({"ok": ok, "detail": detail}).encode()

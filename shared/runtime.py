@@ -11,6 +11,10 @@
   other process looks, so it propagates to the composition root, which exits with code 2.
 - Every failure is reported to the health check, so ``/healthz`` turns 503 when steps keep
   failing permanently, not only when they stop.
+- :func:`run_worker` is the one composition of every long-running process: settings (loaded
+  by the caller) → logging → the role lock and the database → the loop with its stop
+  handlers → health and metrics → the executor's service → clean shutdown on SIGTERM, even
+  one that arrives while the process is still starting.
 """
 
 from __future__ import annotations
@@ -18,11 +22,17 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
 
 import structlog
 
+from shared.db import AsyncDatabase, connect
 from shared.errors import DatabaseMismatchError, PermanentError, RetryableError
-from shared.metrics import ERRORS, Health
+from shared.instance import hold_role
+from shared.metrics import ERRORS, Health, label_executor, serve
 
 log = structlog.get_logger(__name__)
 
@@ -104,3 +114,116 @@ async def run_loop(
         if await sleep_or_stop(stop, delay):
             break
     log.info("loop_stopped", process=process)
+
+
+# --- one way to run a long-lived process ---------------------------------------------------
+
+
+class Service(Protocol):
+    """What an executor's long-running process does, built by its ``build`` function."""
+
+    async def start(self, stop: asyncio.Event) -> bool:
+        """Get ready (reach the chain, check identities, reconcile); False when ``stop`` was
+        set before it could. Permanent problems raise and end the process."""
+        ...
+
+    async def step(self) -> float:
+        """One round of work; returns the seconds to sleep before the next."""
+        ...
+
+    async def stop(self) -> None:
+        """Shut down cleanly (give back leases, drain work in flight, close clients)."""
+        ...
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """How a process runs: its names, its database and its health."""
+
+    process: str  # in logs and hodlai_errors_total{process}: 'indexer', 'inference-0/2', ...
+    executor: str  # the executor label of its metrics: 'oracle', 'mint', ...
+    db_path: Path
+    health: Health
+    metrics_port: int = 0  # 0: no metrics server
+    role: str | None = None  # one process of this role per database file (shared.instance)
+    durable: bool = False  # synchronous=FULL (a process that records what it signs)
+
+
+Build = Callable[[AsyncDatabase, asyncio.Event], AbstractAsyncContextManager[Service]]
+
+
+class _EarlyStop:
+    """SIGTERM / SIGINT before the event loop runs (while the lock is taken, the database
+    opened): remembered, so the process still stops cleanly, with exit code 0, once the loop
+    is up instead of dying half-started."""
+
+    def __init__(self) -> None:
+        self.signal: signal.Signals | None = None
+        self._previous: dict[signal.Signals, Any] = {}
+
+    def __enter__(self) -> _EarlyStop:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._record)
+        return self
+
+    def _record(self, signum: int, _frame: object) -> None:
+        self.signal = signal.Signals(signum)
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+
+
+def run_worker(spec: WorkerSpec, build: Build, *, log_level: str) -> int:
+    """Run a long-lived process: logging → (role lock) → database → event loop with stop
+    handlers → health and metrics server → ``build`` the service → start → the loop (each
+    step first checks the database file is still the one opened) → clean shutdown. Returns
+    the exit code; errors a start-up cannot get past propagate (the CLI turns a ConfigError
+    or DatabaseMismatchError into one line and exit code 2)."""
+    from shared.logs import configure_logging
+
+    configure_logging(log_level)
+    label_executor(spec.executor)
+    with _EarlyStop() as early:
+        lock = hold_role(spec.db_path, spec.role) if spec.role else None
+        try:
+            conn = connect(spec.db_path, durable=spec.durable)
+            try:
+                if lock is not None:
+                    lock.verify(conn)
+                db = AsyncDatabase(conn)
+            except BaseException:
+                conn.close()
+                raise
+            return asyncio.run(_serve(spec, db, build, early))
+        finally:
+            if lock is not None:
+                lock.release()
+
+
+async def _serve(spec: WorkerSpec, db: AsyncDatabase, build: Build, early: _EarlyStop) -> int:
+    stop = asyncio.Event()
+    install_stop_handlers(stop)
+    if early.signal is not None:
+        _on_signal(stop, early.signal)
+    server = None
+    try:
+        if spec.metrics_port:
+            server = serve(spec.metrics_port, spec.health)
+        async with build(db, stop) as service:
+            try:
+                if await service.start(stop):
+
+                    async def step() -> float:
+                        await db.check_file()
+                        return await service.step()
+
+                    await run_loop(spec.process, step, stop=stop, health=spec.health)
+            finally:
+                await service.stop()
+        log.info("process_stopped", process=spec.process, executor=spec.executor)
+        return 0
+    finally:
+        if server is not None:
+            server.shutdown()
+        db.close()

@@ -27,7 +27,8 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,11 +48,9 @@ from shared.errors import (
     RpcRangeTooLargeError,
     StaleNodeError,
 )
-from shared.instance import hold_role
-from shared.logs import configure_logging
-from shared.metrics import ERRORS, INDEXER_CURSOR, INDEXER_LAG, REQUESTS, serve
+from shared.metrics import ERRORS, INDEXER_CURSOR, INDEXER_LAG, REQUESTS
 from shared.rpc import RpcClient
-from shared.runtime import install_stop_handlers, run_loop, sleep_or_stop
+from shared.runtime import WorkerSpec, run_worker, sleep_or_stop
 from workers.indexer import bloom, ingest, reorg
 from workers.indexer.guard import Guard
 from workers.indexer.health import ProgressHealth
@@ -73,6 +72,7 @@ from workers.indexer.settings import IndexerSettings
 log = structlog.get_logger(__name__)
 
 PROCESS = "indexer"
+EXECUTOR = "oracle"
 # Stale answers in a row before moving to the next RPC URL: one stale answer from a load
 # balancer is normal; three in a row means this endpoint is behind.
 STALE_FAILOVER_AFTER = 3
@@ -788,38 +788,38 @@ def _consume_exception(future: asyncio.Future[Any]) -> None:
 # --- composition root ---------------------------------------------------------------------
 
 
-async def run(settings: IndexerSettings, *, once: bool = False) -> int:
-    """Run the indexer until a signal (or, with ``once``, until caught up). Returns the exit
-    code.
+class IndexerService:
+    """The indexer as shared.runtime.run_worker runs it."""
 
-    Start-up order: the indexer lock on the database file (shared.instance), so that a second
-    indexer is refused naming the first before it touches anything (the database and the
-    metrics port included); the database, migrated; metrics, the RPC client and the loop.
-    Each step checks that the database file is still the one opened
-    (shared.db.AsyncDatabase.check_file)."""
-    settings.require("rpc_urls", "provider_address")
-    lock = hold_role(settings.db_path, PROCESS)
-    try:
-        db = open_database(settings.db_path)
-        try:
-            lock.verify(db.conn)
-        except BaseException:
-            db.close()
-            raise
-        return await _run_locked(settings, db, once=once)
-    finally:
-        lock.release()
+    def __init__(self, indexer: Indexer, rpc: RpcClient, *, once: bool) -> None:
+        self.indexer = indexer
+        self._rpc = rpc
+        self._once = once
+        self._stop: asyncio.Event | None = None
+
+    async def start(self, stop: asyncio.Event) -> bool:
+        self._stop = stop
+        return await start_when_reachable(self.indexer, stop)
+
+    async def step(self) -> float:
+        delay = await self.indexer.step()
+        if self._once and self.indexer.caught_up and self._stop is not None:
+            self._stop.set()
+        return delay
+
+    async def stop(self) -> None:
+        await self.indexer.close()
+        await self._rpc.aclose()
+        log.info(
+            "indexer_stopped", cursor=self.indexer.anchor.number, **self.indexer.totals.fields()
+        )
 
 
-async def _run_locked(settings: IndexerSettings, db: AsyncDatabase, *, once: bool) -> int:
-    stop = asyncio.Event()
-    install_stop_handlers(stop)
-    health = ProgressHealth(stale_after_s=HEALTH_STALE_AFTER_S)
-    try:
-        server = serve(settings.metrics_port, health) if settings.metrics_port else None
-    except BaseException:
-        db.close()
-        raise
+@asynccontextmanager
+async def indexer_service(
+    settings: IndexerSettings, db: AsyncDatabase, health: ProgressHealth, *, once: bool
+) -> AsyncIterator[IndexerService]:
+    await db.run(lambda conn: conn.execute(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}"))
     # Pinned to the database's chain in Indexer.start (expect_chain), before any answer is used.
     rpc = RpcClient(settings.rpc_urls, timeout=settings.indexer_rpc_timeout_s)
     indexer = Indexer(
@@ -827,29 +827,10 @@ async def _run_locked(settings: IndexerSettings, db: AsyncDatabase, *, once: boo
         rpc=rpc,
         db=db,
         progress=BackfillProgress(),
-        publish_status_metrics=server is not None,
+        publish_status_metrics=bool(settings.metrics_port),
     )
     health.watch(indexer)
-    try:
-        if not await start_when_reachable(indexer, stop):
-            return 0
-
-        async def step() -> float:
-            await db.check_file()
-            delay = await indexer.step()
-            if once and indexer.caught_up:
-                stop.set()
-            return delay
-
-        await run_loop(PROCESS, step, stop=stop, health=health)
-    finally:
-        await indexer.close()
-        await rpc.aclose()
-        db.close()
-        if server is not None:
-            server.shutdown()
-    log.info("indexer_stopped", cursor=indexer.anchor.number, **indexer.totals.fields())
-    return 0
+    yield IndexerService(indexer, rpc, once=once)
 
 
 def open_database(path: Path) -> AsyncDatabase:
@@ -877,7 +858,22 @@ async def start_when_reachable(indexer: Indexer, stop: asyncio.Event) -> bool:
 
 
 def main(*, once: bool = False) -> int:
-    """Entry point of ``hodlai indexer``: settings, logging, then the loop."""
+    """Entry point of ``hodlai indexer`` (or, with ``once``, until caught up). The indexer
+    lock on the database file comes first (shared.instance), so that a second indexer is
+    refused naming the first before it touches anything, the metrics port included."""
     settings = load_settings(IndexerSettings)
-    configure_logging(settings.log_level)
-    return asyncio.run(run(settings, once=once))
+    settings.require("rpc_urls", "provider_address")
+    health = ProgressHealth(stale_after_s=HEALTH_STALE_AFTER_S)
+    spec = WorkerSpec(
+        process=PROCESS,
+        executor=EXECUTOR,
+        db_path=settings.db_path,
+        health=health,
+        metrics_port=settings.metrics_port,
+        role=PROCESS,
+    )
+    return run_worker(
+        spec,
+        lambda db, _stop: indexer_service(settings, db, health, once=once),
+        log_level=settings.log_level,
+    )
