@@ -18,17 +18,18 @@ Order of start-up, each step refusing to go on with a clear message when it fail
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import structlog
 
 from shared import keys
-from shared.db import AsyncDatabase, check_identity, connect
+from shared.db import AsyncDatabase, check_identity
 from shared.errors import ConfigError
-from shared.instance import hold_role
 from shared.logs import configure_logging
-from shared.metrics import Health, serve
+from shared.metrics import Health
 from shared.rpc import RpcClient, hex_int
-from shared.runtime import install_stop_handlers, run_loop
+from shared.runtime import WorkerSpec, run_worker
 from shared.tx.fees import FeePolicy
 from shared.tx.manager import TxManager, TxPolicy
 from shared.tx.senders import claim_sender
@@ -42,6 +43,7 @@ from workers.fulfiller.worker import FulfillerConfig, FulfillerWorker
 log = structlog.get_logger(__name__)
 
 ROLE = "fulfiller"
+EXECUTOR = "oracle"
 
 # Health turns 503 when no loop iteration succeeded for this many poll intervals (at least
 # HEALTH_MIN_S seconds): long enough to ride out an RPC back-off, short enough to alert.
@@ -61,20 +63,46 @@ def run(settings: FulfillerSettings) -> int:
         passphrase_file=settings.key_passphrase_file,
     )
     private_key = keys.load_private_key(settings.key_file, passphrase)
-    lock = hold_role(settings.db_path, ROLE)
-    try:
-        conn = connect(settings.db_path, durable=True)
-        try:
-            lock.verify(conn)
-        except BaseException:
-            conn.close()
-            raise
-        return asyncio.run(_serve(settings, private_key, AsyncDatabase(conn)))
-    finally:
-        lock.release()
+    spec = WorkerSpec(
+        process=ROLE,
+        executor=EXECUTOR,
+        db_path=settings.db_path,
+        health=Health(stale_after_s=max(HEALTH_MIN_S, HEALTH_POLLS * settings.fulfiller_poll_s)),
+        metrics_port=settings.metrics_port,
+        role=ROLE,
+        durable=True,  # a recorded transaction survives a power cut (fsync on every commit)
+    )
+    return run_worker(
+        spec,
+        lambda db, _stop: fulfiller_service(settings, private_key, db),
+        log_level=settings.log_level,
+    )
 
 
-async def _serve(settings: FulfillerSettings, private_key: bytes, db: AsyncDatabase) -> int:
+class FulfillerService:
+    """The fulfiller as shared.runtime.run_worker runs it."""
+
+    def __init__(self, worker: FulfillerWorker, manager: TxManager) -> None:
+        self.worker = worker
+        self.manager = manager
+
+    async def start(self, stop: asyncio.Event) -> bool:
+        return True  # the first step reconciles nonces and re-broadcasts what is in flight
+
+    async def step(self) -> float:
+        return await self.worker.step()
+
+    async def stop(self) -> None:
+        await self.worker.stop()
+        await self.manager.close()
+
+
+@asynccontextmanager
+async def fulfiller_service(
+    settings: FulfillerSettings, private_key: bytes, db: AsyncDatabase
+) -> AsyncIterator[FulfillerService]:
+    """Checks the chain, the database and the key belong together, claims the key, then
+    yields the service (steps 5 and 6 of the module docstring)."""
     assert settings.provider_address is not None
     rpc = RpcClient(settings.rpc_urls, chain_id=settings.chain_id)
     try:
@@ -91,83 +119,71 @@ async def _serve(settings: FulfillerSettings, private_key: bytes, db: AsyncDatab
         claim = await db.run(
             lambda conn: claim_sender(settings.db_path, conn, signer.address, owner=ROLE)
         )
-        readiness = await await_role(
-            rpc,
-            provider=settings.provider_address,
-            oracle=signer.address,
-            min_balance_wei=settings.min_balance_wei,
-            wait_s=settings.fulfiller_startup_wait_s,
-        )
-        if not readiness.has_role:
-            raise ConfigError(
-                f"the oracle address {signer.address} (from HODLAI_KEY_FILE) does not hold "
-                f"ORACLE_ROLE on provider {settings.provider_address}; an admin must call "
-                f"grantRole(ORACLE_ROLE, {signer.address}) first"
-            )
-        fees = FeePolicy(
-            max_fee_per_gas=settings.max_fee_wei,
-            max_priority_fee_per_gas=settings.max_priority_fee_wei,
-        )
-        manager = TxManager(
-            db=db,
-            rpc=rpc,
-            signer=signer,
-            policy=TxPolicy(
-                fees=fees,
-                window=settings.fulfiller_window,
-                stuck_after_s=settings.fulfiller_stuck_after_s,
-                rebroadcast_after_s=settings.fulfiller_rebroadcast_after_s,
-                confirmations=settings.confirmations,
-            ),
-            handlers={FULFIL_PURPOSE: FulfilmentPurpose()},
-            claim=claim,
-        )
-        worker = FulfillerWorker(
-            db=db,
-            rpc=rpc,
-            manager=manager,
-            config=FulfillerConfig(
-                provider=settings.provider_address,
-                batch=settings.fulfiller_batch,
-                gas=GasRule(
-                    margin_percent=settings.fulfiller_gas_margin_percent,
-                    cap=settings.fulfiller_gas_cap,
-                ),
-                fees=fees,
-                min_balance_wei=settings.min_balance_wei,
-                poll_s=settings.fulfiller_poll_s,
-                checks_s=settings.fulfiller_checks_s,
-                lease_s=settings.fulfiller_lease_s,
-                recheck_s=settings.fulfiller_recheck_s,
-                fault_point=settings.fault_point,
-            ),
-        )
-        if settings.fault_point:
-            log.warning("fault_point_armed", point=settings.fault_point, test_only=True)
-        health = Health(stale_after_s=max(HEALTH_MIN_S, HEALTH_POLLS * settings.fulfiller_poll_s))
-        if settings.metrics_port:
-            serve(settings.metrics_port, health)
-        stop = asyncio.Event()
-        install_stop_handlers(stop)
-        log.info(
-            "fulfiller_starting",
-            oracle=signer.address,
-            chain_id=chain_id,
-            provider=settings.provider_address,
-            window=settings.fulfiller_window,
-            balance_wei=readiness.balance_wei,
-        )
-
-        async def step() -> float:
-            await db.check_file()  # a deleted or replaced database stops the signer
-            return await worker.step()
-
         try:
-            await run_loop(ROLE, step, stop=stop, health=health)
-        finally:
-            await worker.stop()
-            await manager.close()
-        return 0
+            readiness = await await_role(
+                rpc,
+                provider=settings.provider_address,
+                oracle=signer.address,
+                min_balance_wei=settings.min_balance_wei,
+                wait_s=settings.fulfiller_startup_wait_s,
+            )
+            if not readiness.has_role:
+                raise ConfigError(
+                    f"the oracle address {signer.address} (from HODLAI_KEY_FILE) does not hold "
+                    f"ORACLE_ROLE on provider {settings.provider_address}; an admin must call "
+                    f"grantRole(ORACLE_ROLE, {signer.address}) first"
+                )
+            fees = FeePolicy(
+                max_fee_per_gas=settings.max_fee_wei,
+                max_priority_fee_per_gas=settings.max_priority_fee_wei,
+            )
+            manager = TxManager(
+                db=db,
+                rpc=rpc,
+                signer=signer,
+                policy=TxPolicy(
+                    fees=fees,
+                    window=settings.fulfiller_window,
+                    stuck_after_s=settings.fulfiller_stuck_after_s,
+                    rebroadcast_after_s=settings.fulfiller_rebroadcast_after_s,
+                    confirmations=settings.confirmations,
+                ),
+                handlers={FULFIL_PURPOSE: FulfilmentPurpose()},
+                claim=claim,
+            )
+            worker = FulfillerWorker(
+                db=db,
+                rpc=rpc,
+                manager=manager,
+                config=FulfillerConfig(
+                    provider=settings.provider_address,
+                    batch=settings.fulfiller_batch,
+                    gas=GasRule(
+                        margin_percent=settings.fulfiller_gas_margin_percent,
+                        cap=settings.fulfiller_gas_cap,
+                    ),
+                    fees=fees,
+                    min_balance_wei=settings.min_balance_wei,
+                    poll_s=settings.fulfiller_poll_s,
+                    checks_s=settings.fulfiller_checks_s,
+                    lease_s=settings.fulfiller_lease_s,
+                    recheck_s=settings.fulfiller_recheck_s,
+                    fault_point=settings.fault_point,
+                ),
+            )
+            if settings.fault_point:
+                log.warning("fault_point_armed", point=settings.fault_point, test_only=True)
+            log.info(
+                "fulfiller_starting",
+                oracle=signer.address,
+                chain_id=chain_id,
+                provider=settings.provider_address,
+                window=settings.fulfiller_window,
+                balance_wei=readiness.balance_wei,
+            )
+        except BaseException:
+            await db.run(claim.release)  # nothing was signed: give the key back
+            raise
+        yield FulfillerService(worker, manager)
     finally:
         await rpc.aclose()
-        db.close()

@@ -7,7 +7,6 @@ Runs until SIGTERM/SIGINT, then finishes or releases its in-flight work and exit
 from __future__ import annotations
 
 import argparse
-import asyncio
 from typing import Any
 
 from shared.config import load_settings
@@ -42,4 +41,4 @@ def run(args: argparse.Namespace) -> int:
     settings.check_backend()
     from workers.inference.main import serve_inference
 
-    return asyncio.run(serve_inference(settings))
+    return serve_inference(settings)

@@ -13,21 +13,24 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import structlog
 
-from shared.db import AsyncDatabase, check_identity, connect, stored_identity
+from shared.db import AsyncDatabase, check_identity, stored_identity
 from shared.llm import LlmBackend
 from shared.llm.backends import LocalBackend, OpenAIBackend
-from shared.metrics import serve
 from shared.rpc import RpcClient
-from shared.runtime import install_stop_handlers, run_loop, sleep_or_stop
+from shared.runtime import WorkerSpec, run_worker, sleep_or_stop
 from workers.inference.health import InferenceHealth
 from workers.inference.limits import ContractStringLimits
 from workers.inference.settings import InferenceSettings
 from workers.inference.worker import PROCESS, InferenceWorker, WorkerConfig
 
 log = structlog.get_logger(__name__)
+
+EXECUTOR = "oracle"
 
 # Seconds between checks for the chain identity while no indexer has recorded it yet.
 IDENTITY_POLL_S = 1.0
@@ -85,25 +88,52 @@ async def resolve_chain_id(
         waited += IDENTITY_POLL_S
 
 
-async def serve_inference(settings: InferenceSettings) -> int:
-    stop = asyncio.Event()
-    install_stop_handlers(stop)
-    adb = AsyncDatabase(connect(settings.db_path))
-    metrics = None
-    rpc = RpcClient(settings.rpc_urls) if settings.rpc_urls else None
-    try:
-        chain_id = await resolve_chain_id(adb, settings, stop)
+def serve_inference(settings: InferenceSettings) -> int:
+    """Run one inference shard until SIGTERM (shared.runtime.run_worker); the exit code."""
+    health = InferenceHealth(stale_after_s=max(30.0, settings.inference_lease_s))
+    spec = WorkerSpec(
+        process=PROCESS,
+        executor=EXECUTOR,
+        db_path=settings.db_path,
+        health=health,
+        # Shards share one HODLAI_METRICS_PORT (one env file, one systemd template): each
+        # serves on that port plus its worker id.
+        metrics_port=settings.metrics_port + settings.worker_id if settings.metrics_port else 0,
+    )
+    return run_worker(
+        spec, lambda db, stop: inference_service(settings, db, stop, health),
+        log_level=settings.log_level,
+    )  # fmt: skip
+
+
+class InferenceService:
+    """One inference shard as shared.runtime.run_worker runs it."""
+
+    def __init__(
+        self,
+        settings: InferenceSettings,
+        adb: AsyncDatabase,
+        stop: asyncio.Event,
+        health: InferenceHealth,
+        rpc: RpcClient | None,
+    ) -> None:
+        self._settings = settings
+        self._adb = adb
+        self._stop = stop
+        self._health = health
+        self._rpc = rpc
+        self.worker: InferenceWorker | None = None
+        self._backend: LlmBackend | None = None
+
+    async def start(self, stop: asyncio.Event) -> bool:
+        settings = self._settings
+        chain_id = await resolve_chain_id(self._adb, settings, stop)
         if chain_id is None:
-            return 0
+            return False
         assert settings.provider_address is not None
-        health = InferenceHealth(stale_after_s=max(30.0, settings.inference_lease_s))
-        if settings.metrics_port:
-            # Shards share one HODLAI_METRICS_PORT (one env file, one systemd template): each
-            # serves on that port plus its worker id.
-            metrics = serve(settings.metrics_port + settings.worker_id, health)
-        backend = build_backend(settings)
+        self._backend = backend = build_backend(settings)
         limits = ContractStringLimits(
-            rpc, settings.provider_address, refresh_s=settings.inference_limits_refresh_s
+            self._rpc, settings.provider_address, refresh_s=settings.inference_limits_refresh_s
         )
         await limits.refresh()
         config = WorkerConfig(
@@ -119,8 +149,8 @@ async def serve_inference(settings: InferenceSettings) -> int:
             poll_s=settings.inference_poll_s,
             ipfs_api_url=settings.ipfs_api_url,
         )
-        worker = InferenceWorker(
-            config, adb=adb, backend=backend, stop=stop, health=health, limits=limits
+        self.worker = InferenceWorker(
+            config, adb=self._adb, backend=backend, stop=stop, health=self._health, limits=limits
         )
         log.info(
             "inference_started", owner=config.owner, shard=config.shard,
@@ -128,16 +158,27 @@ async def serve_inference(settings: InferenceSettings) -> int:
             models=sorted(settings.served_models()), max_concurrency=config.max_concurrency,
             constrained=settings.llm_constrained, ipfs=bool(settings.ipfs_api_url),
         )  # fmt: skip
-        try:
-            await run_loop(PROCESS, worker.step, stop=stop)
-        finally:
-            await worker.drain(settings.inference_shutdown_grace_s)
-            await backend.aclose()
-        log.info("inference_stopped", owner=config.owner)
-        return 0
+        return True
+
+    async def step(self) -> float:
+        assert self.worker is not None  # start() returned True
+        return await self.worker.step()
+
+    async def stop(self) -> None:
+        if self.worker is not None:
+            await self.worker.drain(self._settings.inference_shutdown_grace_s)
+            log.info("inference_stopped", owner=self.worker.config.owner)
+        if self._backend is not None:
+            await self._backend.aclose()
+
+
+@asynccontextmanager
+async def inference_service(
+    settings: InferenceSettings, adb: AsyncDatabase, stop: asyncio.Event, health: InferenceHealth
+) -> AsyncIterator[InferenceService]:
+    rpc = RpcClient(settings.rpc_urls) if settings.rpc_urls else None
+    try:
+        yield InferenceService(settings, adb, stop, health, rpc)
     finally:
-        if metrics is not None:
-            metrics.shutdown()
         if rpc is not None:
             await rpc.aclose()
-        adb.close()
