@@ -34,7 +34,8 @@ def encode(request_id: int) -> str:
 def decode(stored: str) -> int:
     """Parse a stored (or operator-typed) request id."""
     text = stored.strip()
-    if not text.isdigit():
+    # isdigit() alone accepts superscripts and other scripts' digits, which int() refuses.
+    if not (text.isascii() and text.isdigit()):
         raise InvalidRequestError(f"request id is not a non-negative decimal integer: {stored!r}")
     value = int(text)
     if value > UINT256_MAX:

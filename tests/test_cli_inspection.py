@@ -86,3 +86,25 @@ def test_migrate_creates_the_schema_and_inspection_never_does(tmp_path: Path) ->
     status = _hodlai(db, "status", "--json")
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["counts"]["PENDING"] == 0
+
+
+def test_show_refuses_an_id_with_superscript_digits_in_one_line(tmp_path: Path) -> None:
+    # str.isdigit() is True for '²', which int() then refuses: once a traceback.
+    done = _hodlai(_database(tmp_path), "show", "²")
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "hodlai: request id is not a non-negative decimal integer: '²'"
+    ]
+
+
+def test_status_json_exits_1_like_the_text_form_after_a_deep_reorg(tmp_path: Path) -> None:
+    db = _database(tmp_path)
+    conn = connect(db)
+    conn.execute(
+        "INSERT INTO reorgs (detected_at, at_block, depth, deeper_than_confirmations, note) "
+        "VALUES (1.0, 5, 9, 1, 'test')"
+    )
+    conn.close()
+    text, as_json = _hodlai(db, "status"), _hodlai(db, "status", "--json")
+    assert (text.returncode, as_json.returncode) == (1, 1)
+    assert json.loads(as_json.stdout)["deep_reorgs"] == 1

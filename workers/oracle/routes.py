@@ -21,10 +21,10 @@ from shared import store
 from shared.api.auth import Operator
 from shared.api.deps import Database
 from shared.api.errors import CONFLICT, INVALID, NOT_FOUND, UNAUTHORIZED
-from shared.cli import collect_status
 from shared.db import read_transaction
 from shared.errors import NotFoundError
 from shared.store import Status
+from workers.oracle.inspect import collect_status
 
 # Rows one listing returns at most: a page an operator or a console reads; a larger limit
 # would let one call hold a connection for seconds.
