@@ -3,8 +3,9 @@
 Guarantees:
 
 - Artifacts come from ``contracts/out`` of this checkout (the parent of ``shared/``), written
-  by ``scripts/compile_contracts.js``; nothing is compiled or fetched at run time, and nothing
-  is read at import time.
+  by ``scripts/compile_contracts.js``, or, in a wheel install, from the copy the wheel puts
+  under ``<prefix>/share/hodlai/contracts`` (pyproject.toml ``data-files``); nothing is
+  compiled or fetched at run time, and nothing is read at import time.
 - The topic0 constants are computed from the event signatures of the integration plan, and
   a test pins them to the compiled ABI, so the indexer never depends on artifacts to filter.
 - :func:`decode_revert` turns any revert data into one readable line and never raises: it
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sysconfig
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +32,16 @@ from eth_utils.crypto import keccak
 from shared.errors import InvalidRequestError, PermanentError
 
 PROJECT_ROOT: Final = Path(__file__).resolve().parent.parent
-ARTIFACTS_DIR: Final = PROJECT_ROOT / "contracts" / "out"
+
+
+def _artifacts_dir() -> Path:
+    checkout = PROJECT_ROOT / "contracts" / "out"
+    if checkout.is_dir():
+        return checkout
+    return Path(sysconfig.get_path("data")) / "share" / "hodlai" / "contracts"
+
+
+ARTIFACTS_DIR: Final = _artifacts_dir()
 
 PROVIDER_CONTRACT: Final = "HoldAIProvider"
 VAULT_CONTRACT: Final = "ExampleDecisionVault"

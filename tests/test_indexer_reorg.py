@@ -13,7 +13,6 @@ import pytest
 from structlog.testing import capture_logs
 
 from shared import store
-from shared.cli import collect_status
 from shared.db import connect
 from shared.keys import load_private_key
 from shared.store import Status
@@ -25,6 +24,7 @@ from tests.test_indexer_support import (
     stored_requests,
 )
 from workers.indexer.logs_decode import decode_logs
+from workers.oracle.inspect import collect_status
 
 
 @pytest.fixture
