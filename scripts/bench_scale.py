@@ -29,8 +29,8 @@ from subprocess import DEVNULL
 
 from shared import request_id as rid
 from shared import store
-from shared.cli import collect_status
 from shared.db import atomic, connect
+from workers.oracle.inspect import collect_status
 
 # Mixed states roughly as a busy node looks: most work done, a backlog, some failures.
 MIX = (("FULFILLED", 0.80), ("PENDING", 0.10), ("ANSWERED", 0.04), ("PROCESSED", 0.04),

@@ -31,7 +31,7 @@ import asyncio
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -95,7 +95,12 @@ def opened_file(conn: sqlite3.Connection) -> OpenedFile | None:
     return conn.opened if isinstance(conn, Connection) else None
 
 
-def connect(path: Path | str, *, durable: bool = False) -> Connection:
+def connect(
+    path: Path | str,
+    *,
+    durable: bool = False,
+    extra_sets: Sequence[migrations.MigrationSet] = (),
+) -> Connection:
     """Open the database (creating it), apply pending migrations, return the connection.
 
     ``synchronous``: in WAL mode NORMAL never corrupts the database and a committed
@@ -134,7 +139,7 @@ def connect(path: Path | str, *, durable: bool = False) -> Connection:
             raise translated from exc
         if not in_memory:
             conn.opened = OpenedFile.of(Path(path))
-        migrate(conn, where=str(path))
+        migrate(conn, where=str(path), extra_sets=extra_sets)
     except BaseException:
         conn.close()
         raise
@@ -395,13 +400,19 @@ def _translate(exc: sqlite3.OperationalError) -> Exception:
     return exc
 
 
-def migrate(conn: sqlite3.Connection, *, where: str = "the database") -> dict[str, int]:
-    """Apply every migration of every known set not yet recorded (shared/migrations); each
-    one commits with its record. Refuses a database written by a newer hodlai, and tables no
-    migration recorded. Returns the schema version per set."""
+def migrate(
+    conn: sqlite3.Connection,
+    *,
+    where: str = "the database",
+    extra_sets: Sequence[migrations.MigrationSet] = (),
+) -> dict[str, int]:
+    """Apply every migration of every known set not yet recorded (shared/migrations), plus
+    ``extra_sets`` (an executor that is not installed, as in a test); each one commits with
+    its record. Refuses a database written by a newer hodlai, and tables no migration
+    recorded. Returns the schema version per set."""
     _refuse_unmigrated_tables(conn, where=where)
     _ensure_migrations_table(conn)
-    sets = migrations.all_sets()
+    sets = (*migrations.all_sets(), *extra_sets)
     migrations.check_versions(migrations.applied(conn), sets, where=where)
     done_sql = "SELECT 1 FROM schema_migrations WHERE set_name = ? AND version = ?"
     for migration_set in sets:

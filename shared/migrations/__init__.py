@@ -106,7 +106,8 @@ def core_set() -> MigrationSet:
 
 
 #: Entry point group through which an executor declares its migration set: the value is a
-#: package of ``NNNN_name.sql`` files; the entry point's name is the set's name.
+#: package of ``NNNN_name.sql`` files (the entry point's name is the set's name), or
+#: ``module:attribute`` naming a MigrationSet.
 MIGRATIONS_GROUP: Final = "hodlai.migrations"
 
 
@@ -114,7 +115,15 @@ MIGRATIONS_GROUP: Final = "hodlai.migrations"
 def executor_sets() -> tuple[MigrationSet, ...]:
     """The sets the installed executors declare (entry points ``hodlai.migrations``)."""
     found = sorted(entry_points(group=MIGRATIONS_GROUP), key=lambda ep: ep.name)
-    return tuple(load_set(ep.name, ep.value) for ep in found if ep.name != "core")
+    sets: list[MigrationSet] = []
+    for ep in found:
+        if ep.name == "core":
+            continue
+        loaded = ep.load() if ":" in ep.value else load_set(ep.name, ep.value)
+        if not isinstance(loaded, MigrationSet):
+            raise TypeError(f"entry point {ep.name} in {MIGRATIONS_GROUP} is not a MigrationSet")
+        sets.append(loaded)
+    return tuple(sets)
 
 
 def all_sets() -> tuple[MigrationSet, ...]:
