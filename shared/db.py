@@ -36,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, NoReturn, ParamSpec, TypeVar
+from typing import Concatenate, Final, NoReturn, ParamSpec, TypeVar
 from urllib.parse import quote
 
 import structlog
@@ -514,9 +514,17 @@ class AsyncDatabase:
         self._checked_at = time.monotonic()
         self._lost: DatabaseMismatchError | None = None
 
-    async def run(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
+    async def run(
+        self,
+        fn: Callable[Concatenate[sqlite3.Connection, P], T],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> T:
+        """``fn(conn, *args, **kwargs)`` on the database thread, with its types checked."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, lambda: self._call(fn, args, kwargs))
+        return await loop.run_in_executor(
+            self._thread, lambda: self._call(lambda conn: fn(conn, *args, **kwargs))
+        )
 
     async def check_file(self) -> None:
         """Raise DatabaseMismatchError if the path no longer names the opened file. One
@@ -527,11 +535,11 @@ class AsyncDatabase:
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(self._thread, self._lose, problem)
 
-    def _call(self, fn: Callable[..., T], args: tuple[object, ...], kwargs: dict[str, object]) -> T:
+    def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         problem = self._file_problem()
         if problem is not None:
             self._lose(problem)
-        return fn(self.conn, *args, **kwargs)
+        return fn(self.conn)
 
     def _file_problem(self) -> str | None:
         if self._lost is not None:

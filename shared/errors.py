@@ -2,7 +2,8 @@
 
 Errors of the libraries below (sqlite3, httpx, web3, pydantic) are translated into these at
 the boundary that meets them (``raise ChainError(...) from exc``), so that callers and
-tenacity can decide by *type* whether something is worth retrying::
+the worker loop (shared.runtime.run_loop) can decide by *type* whether something is worth
+retrying::
 
     HodlaiError
     ├── RetryableError              the same call may succeed later: back off and retry

@@ -774,7 +774,7 @@ class Indexer:
 
 
 def _decode_and_apply(
-    conn: sqlite3.Connection, logs: list[dict[str, Any]], **kwargs: Any
+    conn: sqlite3.Connection, /, logs: list[dict[str, Any]], **kwargs: Any
 ) -> IngestStats:
     """Runs on the database thread: decode one range's logs, then commit them."""
     return ingest.apply_range(conn, decoded=decode_logs(logs), **kwargs)
