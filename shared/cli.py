@@ -43,6 +43,7 @@ WORKER_COMMANDS = (
     "workers.fulfiller.cli",
     "workers.mockllm.cli",
     "shared.api.cli",
+    "workers.dispatch.cli",
 )
 
 
