@@ -135,7 +135,7 @@ class AgentBook:
         self.overall.setdefault(agent_id, Record()).add(verdict, now, h)
         self.category_calls.setdefault(category, Decayed()).add(1.0, now, h)
         if verdict == "success" and latency_ms is not None:
-            window = deque(maxlen=LATENCY_WINDOW)
+            window: deque[float] = deque(maxlen=LATENCY_WINDOW)
             self.category_latency.setdefault(category, window).append(latency_ms)
             self.agent_latency.setdefault(agent_id, deque(maxlen=LATENCY_WINDOW)).append(latency_ms)
 

@@ -70,7 +70,7 @@ class Dispatcher:
             for row in orphans:
                 if row["status"] == "WORKING" and row["endpoint"]:
                     ctx.spawn(agent_client.cancel(ctx.http, row["endpoint"], row["work_id"],
-                                                  row["job_id"]), name="cancel-orphan")  # type: ignore[arg-type] # fmt: skip
+                                                  row["job_id"]), name="cancel-orphan")  # fmt: skip
         replayed = await ctx.db.run(ctx.book.rebuild)
         await self.refresh_agents()
         log.info("dispatcher_started", owner=ctx.owner, leases_adopted=adopted,
@@ -175,7 +175,7 @@ class Dispatcher:
         if bad:
             rows = await ctx.db.run(_rows, bad)
             for row in rows:
-                ctx.spawn(deliver_row(ctx, row), name="deliver-invalid")  # type: ignore[arg-type]
+                ctx.spawn(deliver_row(ctx, row), name="deliver-invalid")
         return len(items)
 
     async def _ack(self, receipts: list[str], job_ids: list[str]) -> None:
@@ -256,7 +256,7 @@ class Dispatcher:
         busy = delivering() | set(self.in_flight)
         for row in await ctx.db.run(store.undelivered, limit=SWEEP_BATCH):
             if row["job_id"] not in busy:
-                ctx.spawn(deliver_row(ctx, row), name="deliver-sweep")  # type: ignore[arg-type]
+                ctx.spawn(deliver_row(ctx, row), name="deliver-sweep")
 
     # ---- agents ----------------------------------------------------------------------------
 

@@ -230,9 +230,10 @@ class JobExecutor:
                     if can_hedge and self._launch_backup(job, backups, running, "hedge"):
                         hedge_at = time.monotonic() + (delay_ms or 0) / 1000
                     continue
-                for task in done:
-                    call = running.pop(task)  # type: ignore[arg-type]
-                    end = await self._answered(job, call, task.result(), calls, running)
+                for finished in done:
+                    call = running.pop(finished)  # type: ignore[arg-type]
+                    answer: agent_client.Answer = finished.result()  # type: ignore[assignment]
+                    end = await self._answered(job, call, answer, calls, running)
                     if end is not None:
                         return end
                 if not running and backups and job.extra_left > 0 and delay_ms is not None:

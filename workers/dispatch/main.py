@@ -44,7 +44,8 @@ def build_http() -> aiohttp.ClientSession:
     )
 
 
-async def run(settings: DispatchSettings) -> None:
+async def run(settings: DispatchSettings, stop: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM/SIGINT (or until ``stop`` is set, when given: tests)."""
     settings.require_queue()
     role = hold_role(settings.db_path, "dispatcher")
     conn = connect(settings.db_path)
@@ -62,8 +63,9 @@ async def run(settings: DispatchSettings) -> None:
     )  # fmt: skip
     health = Health(STALE_AFTER_S)
     server = serve(settings.metrics_port, health) if settings.metrics_port else None
-    stop = asyncio.Event()
-    install_stop_handlers(stop)
+    if stop is None:
+        stop = asyncio.Event()
+        install_stop_handlers(stop)
     dispatcher = Dispatcher(ctx)
     try:
         await dispatcher.start()

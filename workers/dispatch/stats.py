@@ -34,7 +34,7 @@ _LATENCY: Final = (
 
 
 def _figures(row: sqlite3.Row, latencies: list[float]) -> dict[str, Any]:
-    out = {k: int(row[k] or 0) for k in
+    out: dict[str, Any] = {k: int(row[k] or 0) for k in
            ("calls", "successes", "errors", "timeouts", "wins", "late_results")}  # fmt: skip
     decided = out["successes"] + out["errors"] + out["timeouts"]
     for name in ("success", "error", "timeout"):

@@ -114,7 +114,7 @@ class MockAgent:
             if key == "script":
                 self.script.extend(str(v) for v in value)
             elif key == "latency":
-                self.behaviour.latency = [tuple(part) for part in value]  # type: ignore[misc]
+                self.behaviour.latency = [tuple(part) for part in value]
             elif hasattr(self.behaviour, key):
                 setattr(self.behaviour, key, type(getattr(self.behaviour, key))(value))
 

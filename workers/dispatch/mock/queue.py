@@ -93,7 +93,7 @@ class MockQueue:
         limit = max(0, min(int(body.get("max", 10)), 1000))
         visibility = max(0.1, float(body.get("visibility_s", 30.0)))
         now = self.clock()
-        out = []
+        out: list[dict[str, Any]] = []
         for job in self.jobs.values():
             if len(out) >= limit:
                 break
@@ -106,7 +106,7 @@ class MockQueue:
                         "job": job.body})  # fmt: skip
         self.stats["fetches"] += 1
         self.stats["handed_out"] += len(out)
-        self.stats["redelivered"] += sum(1 for j in out if j["deliveries"] > 1)
+        self.stats["redelivered"] += sum(1 for j in out if int(j["deliveries"]) > 1)
         return Response(200, {"jobs": out})
 
     def _ack(self, body: dict[str, Any]) -> Response:
