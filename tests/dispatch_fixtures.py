@@ -68,7 +68,7 @@ class World:
             stop = asyncio.Event()
             task = asyncio.create_task(run(settings, stop))
             deadline = time.monotonic() + timeout
-            while not done() and time.monotonic() < deadline and not task.done():
+            while not done() and time.monotonic() < deadline and not task.done():  # noqa: ASYNC110 -- polls another thread's state
                 await asyncio.sleep(0.05)
             stop.set()
             await task

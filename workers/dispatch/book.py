@@ -168,7 +168,7 @@ class AgentBook:
         return len(rows)
 
 
-def verdict_of(
+def verdict_of(  # noqa: PLR0911 -- one return per rule reads as the table it is
     outcome: str | None, late_outcome: str | None
 ) -> tuple[Verdict | None, Literal["on_time", "late"]]:
     """The verdict a finished call counts as for its agent (None: no verdict), and whether

@@ -171,9 +171,11 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     for r in rows:
-        print(f"{r['job_id'][:28]:<28} {r['status']:<11} {r['category'][:10]:<10} "
-              f"{(r['winner_agent_id'] or r['fail_code'] or '-')[:20]:<20} "
-              f"{'delivered' if r['delivered_at'] else 'pending' if r['delivery_key'] else '-'}")  # fmt: skip
+        print(
+            f"{r['job_id'][:28]:<28} {r['status']:<11} {r['category'][:10]:<10} "
+            f"{(r['winner_agent_id'] or r['fail_code'] or '-')[:20]:<20} "
+            f"{'delivered' if r['delivered_at'] else 'pending' if r['delivery_key'] else '-'}"
+        )
     return 0
 
 

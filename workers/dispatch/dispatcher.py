@@ -227,8 +227,14 @@ class Dispatcher:
         keys = list(self.in_flight)
         if not keys:
             return
-        lost = await ctx.writer.run(state.extend, JOBS, keys, owner=ctx.owner,
-                                    lease_seconds=ctx.settings.dispatch_lease_s, now=now)  # fmt: skip
+        lost = await ctx.writer.run(
+            state.extend,
+            JOBS,
+            keys,
+            owner=ctx.owner,
+            lease_seconds=ctx.settings.dispatch_lease_s,
+            now=now,
+        )
         live = [k for k in lost if k in self.in_flight]
         still = await ctx.db.run(_live_of, live) if live else []
         if still:
@@ -267,8 +273,14 @@ class Dispatcher:
     async def check_health(self) -> None:
         """GET {endpoint}/health of every active agent, at once; results on the agents' rows."""
         ctx, s = self.ctx, self.ctx.settings
-        rows = await ctx.db.run(state.claim, AGENTS, owner=ctx.owner, status=AgentStatus.ACTIVE,
-                                limit=100_000, lease_seconds=s.dispatch_health_timeout_s * 2)  # fmt: skip
+        rows = await ctx.db.run(
+            state.claim,
+            AGENTS,
+            owner=ctx.owner,
+            status=AgentStatus.ACTIVE,
+            limit=100_000,
+            lease_seconds=s.dispatch_health_timeout_s * 2,
+        )
         problems = await asyncio.gather(
             *(agent_client.health(ctx.http, r["endpoint"], s.dispatch_health_timeout_s)
               for r in rows)

@@ -19,6 +19,7 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -119,8 +120,12 @@ class JobExecutor:
             planned = self._plan(job, ranking, now)
             if not planned:
                 if tried:
-                    await self._end(job, J.FAILED, "agents_failed",
-                                    self._with_reasons(job, "no untried agent is left"))  # fmt: skip
+                    await self._end(
+                        job,
+                        J.FAILED,
+                        "agents_failed",
+                        self._with_reasons(job, "no untried agent is left"),
+                    )
                     return
                 # Nobody can take it now (breakers open, unhealthy): match again shortly.
                 await _wait(job.cancel, min(ctx.settings.dispatch_rematch_s, job.deadline - now))
@@ -198,7 +203,9 @@ class JobExecutor:
         ]
         return await self._execute(job, calls, delay_ms)
 
-    async def _execute(self, job: JobRun, calls: list[Call], delay_ms: float | None) -> RoundEnd:
+    async def _execute(  # noqa: PLR0912 -- one wait loop: answers, hedge timer, deadline, cancel
+        self, job: JobRun, calls: list[Call], delay_ms: float | None
+    ) -> RoundEnd:
         ctx = self.ctx
         self._called = set()
         running: dict[asyncio.Task[agent_client.Answer], Call] = {}
@@ -224,8 +231,14 @@ class JobExecutor:
                     return "ended"
                 if not done:
                     if ctx.clock() >= job.deadline:
-                        await self._stop_round(job, calls, running, J.EXPIRED, "expired",
-                                               self._with_reasons(job, "the deadline passed"))  # fmt: skip
+                        await self._stop_round(
+                            job,
+                            calls,
+                            running,
+                            J.EXPIRED,
+                            "expired",
+                            self._with_reasons(job, "the deadline passed"),
+                        )
                         return "ended"
                     if can_hedge and self._launch_backup(job, backups, running, "hedge"):
                         hedge_at = time.monotonic() + (delay_ms or 0) / 1000
@@ -270,9 +283,15 @@ class JobExecutor:
                           actor=ctx.actor, now=now)  # fmt: skip
         job.status, call.status, call.started = J.IN_PROGRESS, W.WORKING, time.monotonic()
         self._called.add(call.agent_id)
-        payload = {"job_id": job.job_id, "work_id": call.work_id, "category": job.category,
-                   "tags": list(job.tags), "input": job.input,
-                   "result_schema": json.loads(job.schema_text), "deadline": job.deadline}  # fmt: skip
+        payload = {
+            "job_id": job.job_id,
+            "work_id": call.work_id,
+            "category": job.category,
+            "tags": list(job.tags),
+            "input": job.input,
+            "result_schema": json.loads(job.schema_text),
+            "deadline": job.deadline,
+        }
         timeout = min(s.dispatch_default_agent_timeout_s, job.deadline - now)
         task = asyncio.create_task(agent_client.execute(
             ctx.http, call.endpoint, payload, timeout_s=timeout,
@@ -476,7 +495,5 @@ async def _cancel_quietly(ctx: Context, call: Call, job_id: str) -> None:
 
 
 async def _wait(event: asyncio.Event, seconds: float) -> None:
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(event.wait(), max(0.0, seconds))
-    except TimeoutError:
-        pass

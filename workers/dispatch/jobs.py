@@ -81,7 +81,9 @@ def parse_envelope(item: Any) -> Envelope:
     return Envelope(job_id, receipt, deliveries, item.get("job"))
 
 
-def validate(envelope: Envelope, *, now: float, max_deadline_s: float, max_input_bytes: int) -> Job:
+def validate(  # noqa: PLR0912 -- one check per rule, each with its own message
+    envelope: Envelope, *, now: float, max_deadline_s: float, max_input_bytes: int
+) -> Job:
     body = envelope.body
     if not isinstance(body, dict):
         raise InvalidJobError("the job is not a JSON object")

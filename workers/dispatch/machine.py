@@ -8,7 +8,7 @@ would mislead the operator and the queue.
 | status | meaning | who moves it on |
 |---|---|---|
 | OPEN | fetched from the remote queue, validated, recorded, acknowledged | dispatcher: match |
-| DISTRIBUTED | agents matched; its JobDistributionRecord and agent rows exist | dispatcher: first call |
+| DISTRIBUTED | agents matched; JobDistributionRecord and agent rows exist | first call |
 | IN_PROGRESS | at least one agent was called | the first valid result, the deadline, a cancel |
 | COMPLETED | a valid result won; it is (or will be) posted to the queue | — |
 | FAILED | invalid job, or every agent of every round failed; reasons posted | — |

@@ -161,12 +161,20 @@ def begin_round(
             log = json.loads(record["explain"])
             log["rounds"].append(explain)
             conn.execute(
-                "UPDATE job_distributions SET explain = ?, updated_at = ? WHERE distribution_id = ?",
+                "UPDATE job_distributions SET explain = ?, updated_at = ?"
+                " WHERE distribution_id = ?",
                 (json.dumps(log), now, distribution_id),
             )
         ids = [new_key() for _ in planned]
-        rows = [(_work_row(w, distribution_id, job_id, job["category"], round_no, p, owner,
-                           lease_until), p.status) for w, p in zip(ids, planned, strict=True)]  # fmt: skip
+        rows = [
+            (
+                _work_row(
+                    w, distribution_id, job_id, job["category"], round_no, p, owner, lease_until
+                ),
+                p.status,
+            )
+            for w, p in zip(ids, planned, strict=True)
+        ]
         _insert_work(conn, rows, actor=actor, now=now)
         to = J.DISTRIBUTED if frm == J.OPEN else frm
         note = f"round {round_no}: " + ", ".join(p.agent_id for p in planned)
@@ -190,8 +198,17 @@ def start_calls(
                              lease_owner=owner, set_columns=keep, now=now)  # fmt: skip
         for work_id, frm in work:
             if frm == W.IDLE:
-                state.transition(conn, DISTRIBUTION_AGENTS, work_id, W.IDLE, W.ASSIGNED,
-                                 actor=actor, lease_owner=owner, set_columns=keep, now=now)  # fmt: skip
+                state.transition(
+                    conn,
+                    DISTRIBUTION_AGENTS,
+                    work_id,
+                    W.IDLE,
+                    W.ASSIGNED,
+                    actor=actor,
+                    lease_owner=owner,
+                    set_columns=keep,
+                    now=now,
+                )
             state.transition(conn, DISTRIBUTION_AGENTS, work_id, W.ASSIGNED, W.WORKING,
                              actor=actor, lease_owner=owner,
                              set_columns={**keep, "started_at": now}, now=now)  # fmt: skip
@@ -219,7 +236,8 @@ def count_for_agent(conn: sqlite3.Connection, f: AgentFigures, *, now: float) ->
         "UPDATE agents SET calls = calls + ?, successes = successes + ?, errors = errors + ?,"
         " timeouts = timeouts + ?, wins = wins + ?, late_results = late_results + ?,"
         " breaker = ?, consecutive_failures = ?, breaker_open_until = ?,"
-        " latency_p50_ms = COALESCE(?, latency_p50_ms), latency_p95_ms = COALESCE(?, latency_p95_ms),"
+        " latency_p50_ms = COALESCE(?, latency_p50_ms),"
+        " latency_p95_ms = COALESCE(?, latency_p95_ms),"
         " updated_at = ? WHERE agent_id = ?",
         (int(f.called), int(v == "success"), int(v == "error"), int(v == "timeout"), int(f.won),
          int(f.late and v in ("success", "error")), f.breaker, f.consecutive_failures,

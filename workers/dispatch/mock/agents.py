@@ -14,6 +14,7 @@ behaviour at run time; ``POST /reset`` clears counters and script.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections import Counter, OrderedDict, deque
 from dataclasses import asdict, dataclass, field
@@ -81,7 +82,7 @@ class MockAgent:
                 self.cancelled.popitem(last=False)
         return event
 
-    async def handle(self, request: Request) -> Response:
+    async def handle(self, request: Request) -> Response:  # noqa: PLR0911 -- one route each
         # Only the last segment counts: one server can stand for several registered
         # endpoints (``{url}/summarize``, ``{url}/translate``), as an agent with several skills.
         path = "/" + request.path.rstrip("/").rsplit("/", 1)[-1]
@@ -133,10 +134,8 @@ class MockAgent:
             if kind == "hang":
                 await asyncio.sleep(self.behaviour.hang_s)
                 return Response(504, {"error": "hung"})
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), latency_ms / 1000)
-            except TimeoutError:
-                pass
             if event.is_set():
                 call["cancelled"] = True
                 if not self.behaviour.late_after_cancel:

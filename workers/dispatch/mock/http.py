@@ -119,7 +119,7 @@ class HttpServer:
     ) -> bool:
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), IDLE_TIMEOUT_S)
         request_line, *header_lines = head.decode("latin-1").split("\r\n")
-        method, target, version = (request_line.split(" ") + ["", "", ""])[:3]
+        method, target, version = [*request_line.split(" "), "", "", ""][:3]
         headers: dict[str, str] = {}
         for line in header_lines:
             name, sep, value = line.partition(":")
