@@ -257,3 +257,14 @@ def test_hedged_mode_calls_the_backup_only_after_the_categorys_delay(world: Worl
     assert rows["first"]["won"] == 1
     assert (rows["second"]["status"], rows["second"]["outcome"]) == ("CANCELLED", "not_called")
     assert len(world.agents["second"].calls) == 1
+
+
+def test_without_a_crash_every_outcome_is_posted_once_not_replayed(world: World) -> None:
+    # The delivery sweep runs every 10 ms here: it must leave outcomes whose first post is
+    # still under way to the task that decided them (a replay is harmless, but double load).
+    world.add_agents([{"name": f"quick{i}", "latency": [[1.0, 20, 10]], "seed": i}
+                      for i in range(6)])  # fmt: skip
+    world.enqueue([job(n) for n in range(300)])
+    world.run_until(lambda: len(outcomes(world)) == 300, dispatch_delivery_retry_s=0.01)
+    assert world.queue.stats["replays"] == 0
+    assert world.queue.stats["second_deliveries"] == 0

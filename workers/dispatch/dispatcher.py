@@ -259,8 +259,10 @@ class Dispatcher:
 
     async def sweep_deliveries(self) -> None:
         ctx = self.ctx
-        busy = delivering() | set(self.in_flight)
-        for row in await ctx.db.run(store.undelivered, limit=SWEEP_BATCH):
+        before = ctx.clock() - ctx.settings.dispatch_delivery_retry_s
+        rows = await ctx.db.run(store.undelivered, limit=SWEEP_BATCH, decided_before=before)
+        busy = delivering() | set(self.in_flight)  # read after the rows: no race with them
+        for row in rows:
             if row["job_id"] not in busy:
                 ctx.spawn(deliver_row(ctx, row), name="deliver-sweep")
 

@@ -383,11 +383,15 @@ def note_delivery_failure(conn: sqlite3.Connection, job_id: str, error: str) -> 
         )
 
 
-def undelivered(conn: sqlite3.Connection, *, limit: int) -> list[sqlite3.Row]:
+def undelivered(
+    conn: sqlite3.Connection, *, limit: int, decided_before: float
+) -> list[sqlite3.Row]:
+    """Outcomes decided before ``decided_before`` and not delivered yet (the newer ones are
+    still being posted by the task that decided them)."""
     return conn.execute(
         "SELECT * FROM jobs WHERE delivery_key IS NOT NULL AND delivered_at IS NULL"
-        " ORDER BY updated_at LIMIT ?",
-        (limit,),
+        " AND updated_at < ? ORDER BY updated_at LIMIT ?",
+        (decided_before, limit),
     ).fetchall()
 
 
