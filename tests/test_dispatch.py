@@ -9,7 +9,7 @@ from typing import Any
 
 from shared.db import connect
 from tests.dispatch_fixtures import World, job, outcomes, world  # noqa: F401 -- the fixture
-from workers.dispatch import stats
+from workers.dispatch import stats, views
 from workers.dispatch.breaker import Breaker
 
 
@@ -268,3 +268,18 @@ def test_without_a_crash_every_outcome_is_posted_once_not_replayed(world: World)
     world.run_until(lambda: len(outcomes(world)) == 300, dispatch_delivery_retry_s=0.01)
     assert world.queue.stats["replays"] == 0
     assert world.queue.stats["second_deliveries"] == 0
+
+
+def test_a_huge_answer_outside_the_schema_is_stored_readably(world: World) -> None:
+    world.add_agents([{"name": "verbose", "script": ["ok:5"]}])
+    schema = {"type": "object", "required": ["answer"],
+              "properties": {"answer": {"type": "string", "maxLength": 10}}}  # fmt: skip
+    world.enqueue([{**job(1, schema=schema), "input": {"text": "x"}}])
+    # the mock answers "verbose:job-1" (13 characters): outside the schema; make it huge
+    world.agents["verbose"].name = "v" * 100_000
+    world.run_until(lambda: bool(outcomes(world)), dispatch_execution_retry_count=0)
+    conn = connect(world.db)
+    detail = views.job_detail(conn, "job-1")
+    (row,) = detail["agents"]
+    assert row["outcome"] == "invalid"
+    assert row["result"]["truncated"] is True and row["result"]["chars"] > 100_000

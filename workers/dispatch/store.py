@@ -265,7 +265,14 @@ def finish_call(
 
 
 def _text(value: Any) -> str | None:
-    return None if value is None else json.dumps(value)[:RESULT_CHARS]
+    """An answer as stored: its JSON, or, past RESULT_CHARS, a JSON note with its start (cut
+    JSON text would no longer parse, and every reader of the row would fail on it)."""
+    if value is None:
+        return None
+    text = json.dumps(value)
+    if len(text) <= RESULT_CHARS:
+        return text
+    return json.dumps({"truncated": True, "chars": len(text), "start": text[: RESULT_CHARS // 2]})
 
 
 def _close_rows(
