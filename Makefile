@@ -10,7 +10,7 @@ PYTHON  ?= python3
 STAMP   := $(VENV)/.installed
 NPMSTAMP := node_modules/.installed
 
-.PHONY: help setup test lint typecheck unit demo bench chaos compile check-artifacts clean
+.PHONY: help setup test lint typecheck unit demo bench bench-dispatch chaos compile check-artifacts clean
 
 help:
 	@echo "make demo   - run the whole node end to end on a local chain with the local model"
@@ -62,6 +62,10 @@ bench: setup
 	$(PY) -m scripts.bench_fulfiller
 	$(PY) -m scripts.bench_e2e
 	$(PY) -m scripts.bench_scale
+	$(PY) -m scripts.bench_dispatch
+
+bench-dispatch: setup
+	$(PY) -m scripts.bench_dispatch
 
 clean:
 	rm -rf $(VENV) node_modules .devnet .pytest_cache

@@ -8,7 +8,9 @@
 5. prints the answers the vault recorded;
 6. shuts everything down (SIGTERM to honcho, which stops every process).
 
-Exits 0 only when every request was fulfilled exactly once, with an action from its own set.
+Then the agent job dispatcher's part (scripts/demo_dispatch.py). Exits 0 only when every
+request was fulfilled exactly once, with an action from its own set, and every dispatcher
+job reached its queue exactly once.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import subprocess
 import sys
 import time
 
+from scripts import demo_dispatch
 from scripts.localnode import BIN, ROOT, Ask, LocalNode
 from shared import store
 
@@ -148,7 +151,8 @@ def main() -> int:
         ok = report(node, ids) and fulfilled == len(ids)
         print(f"== {'every request fulfilled exactly once' if ok else 'NOT all fulfilled'}")
         print(f"   logs in {WORKDIR / 'logs'}; try: HODLAI_DB_PATH={node.db_path} hodlai status")
-        return 0 if ok else 1
+        dispatched = demo_dispatch.run(WORKDIR / "dispatch")  # the agent job dispatcher
+        return 0 if ok and dispatched else 1
     finally:
         print("== shutting down")
         if honcho is not None:

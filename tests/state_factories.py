@@ -21,7 +21,33 @@ def _oracle_request(n: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _dispatch_job(n: int) -> dict[str, Any]:
+    return {
+        "job_id": f"job-{n}", "category": "summarize", "tags": '["en"]', "skill_level": 1,
+        "input": '{"text": "x"}', "result_schema": '{"type": "object"}',
+        "deadline": 2e9 + n, "fetched_at": 1e9 + n,
+    }  # fmt: skip
+
+
+def _dispatch_distribution_agent(n: int) -> dict[str, Any]:
+    return {
+        "work_id": f"work-{n}", "distribution_id": f"dist-{n // 3}", "job_id": f"job-{n // 3}",
+        "agent_id": f"agent-{n % 3}", "category": "summarize", "round": 0, "rank": n % 3,
+        "score": 0.5, "role": "concurrent",
+    }  # fmt: skip
+
+
+def _dispatch_agent(n: int) -> dict[str, Any]:
+    return {
+        "agent_id": f"agent-{n}", "name": f"agent {n}", "endpoint": f"http://127.0.0.1:1/{n}",
+        "tags": '["en"]', "category": "summarize", "skill_level": 3, "reputation": 0.5,
+    }  # fmt: skip
+
+
 #: machine name -> (key of entity n, the insert columns of entity n)
 FACTORIES: dict[str, Callable[[int], dict[str, Any]]] = {
     "oracle.request": _oracle_request,
+    "dispatch.job": _dispatch_job,
+    "dispatch.distribution_agent": _dispatch_distribution_agent,
+    "dispatch.agent": _dispatch_agent,
 }
