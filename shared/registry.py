@@ -3,8 +3,9 @@
 Each executor declares in pyproject.toml what it adds, so the core never names an executor:
 
 - ``hodlai.machines``: its state machines (:class:`shared.state.Machine` constants);
-- ``hodlai.migrations``: its migration set (a zero-argument function returning a
-  :class:`shared.migrations.MigrationSet`);
+- ``hodlai.migrations``: its migration set (a package of ``NNNN_name.sql`` files, or
+  ``module:attribute`` naming a :class:`shared.migrations.MigrationSet`; read by
+  shared.migrations.executor_sets);
 - ``hodlai.commands``: a ``register(subparsers)`` function adding its ``hodlai`` subcommands;
 - ``hodlai.routers``: its FastAPI router for ``hodlai api``.
 
