@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from shared.db import connect
+from shared.logs import configure_logging
 from workers.dispatch import agents as registry
 from workers.dispatch import stats
 from workers.dispatch.mock.agents import start_agents
@@ -48,6 +49,7 @@ def run(workdir: Path) -> bool:
     server = HttpServer(queue.handle)
     thread.run(server.start())
     started = thread.run(start_agents(list(AGENTS)))
+    configure_logging("WARNING")  # the printout is the demo's; the processes keep their logs
     conn = connect(db)
     for agent, agent_server in started:
         for category in CATEGORIES:
