@@ -54,17 +54,18 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
 from shared.chain import bloom, history, reorg, rescan
-from shared.chain.filters import Log, LogFilter, LogSink, Registration, SinkStats, merged_stats
+from shared.chain.config import PollerConfig, ProgressReporter
+from shared.chain.filters import Log, LogFilter, LogSink, Registration, merged_stats
 from shared.chain.guard import Guard
 from shared.chain.history import Anchor
 from shared.chain.metrics import PollerMetrics
 from shared.chain.pipeline import Committing, Pipeline
+from shared.chain.report import ProgressReport
 from shared.chain.scan import (
     BlockHeader,
     ChainScanner,
@@ -74,6 +75,7 @@ from shared.chain.scan import (
     Verdict,
     judge,
 )
+from shared.chain.stale import STALE_RETRY_S, StaleStreak
 from shared.db import AsyncDatabase
 from shared.errors import (
     HodlaiError,
@@ -87,59 +89,8 @@ from shared.rpc import RpcClient
 
 log = structlog.get_logger(__name__)
 
-# Stale answers in a row before moving to the next RPC URL: one stale answer from a load
-# balancer is normal; three in a row means this endpoint is behind.
-STALE_FAILOVER_AFTER = 3
-# Answers in a row reporting a head below the cursor before the stored hashes are compared
-# with the chain (to tell a lagging node from a chain that got shorter).
-WALK_BACK_AFTER_STALE = 3
-# Seconds before asking again after a stale answer, doubled per repetition up to the cap: a
-# lagging backend catches up within a block or two.
-STALE_RETRY_S = 0.05
-STALE_RETRY_CAP_S = 5.0
-# Seconds between "indexer_progress" log lines while backfilling.
-PROGRESS_LOG_EVERY_S = 10.0
 # Seconds between "start_block_above_head" warnings while waiting for the start block.
 START_WAIT_LOG_EVERY_S = 60.0
-
-
-@dataclass(frozen=True, slots=True)
-class PollerConfig:
-    """A poller's tunables (the indexer's come from HODLAI_INDEXER_*: its settings.py says
-    why each default is what it is)."""
-
-    #: the poller's cursor (``cursors.name``), halt (``halts.worker``) and resume command
-    name: str
-    #: blocks below the head a range's end must be
-    confirmations: int
-    #: blocks per eth_getLogs at most
-    max_range: int
-    #: logs one poll should carry at most (larger answers shrink the next range)
-    target_logs: int
-    #: seconds between polls once caught up
-    poll_interval_s: float
-    #: polls between backup re-scans once caught up
-    rescan_every: int
-    #: accepted blocks a backup re-scan reads again
-    rescan_blocks: int
-    #: blocks below the cursor whose hashes are kept
-    block_history: int
-    #: blocks below the head whose headers' blooms each poll checks (0: off)
-    bloom_window: int
-    #: accepted blocks a rollback may undo without an operator
-    max_reorg_depth: int
-    #: polls in a row without progress before the health check fails
-    unhealthy_after_polls: int
-    #: the setting that moves the filters' start block (named in warnings)
-    start_setting: str = "HODLAI_START_BLOCK"
-
-
-class ProgressReporter(Protocol):
-    """A backfill progress display (workers/indexer/progress.py draws one on a terminal)."""
-
-    def update(self, cursor: int, head: int | None, events: int) -> None: ...
-
-    def close(self) -> None: ...
 
 
 class LogPoller:
@@ -162,7 +113,6 @@ class LogPoller:
         self.rpc = rpc
         self.db = db
         self.metrics = metrics
-        self.progress = progress
         self.clock = clock
         self.scanner = ChainScanner(rpc)
         self.pipeline = Pipeline(self.scanner, db)
@@ -179,9 +129,8 @@ class LogPoller:
         self.head: int | None = None
         self.caught_up = False
         self._steps_since_rescan = 0
-        self._stale_streak = 0
-        self._events = 0
-        self._last_progress_log = float("-inf")
+        self._stale = StaleStreak()
+        self.report = ProgressReport(metrics, progress, clock)
         #: the halt state, and what a rollback may do (guard.py)
         self.guard = Guard(db, self.scanner, worker=config.name, clock=clock,
                            max_reorg_depth=config.max_reorg_depth,
@@ -219,7 +168,7 @@ class LogPoller:
     @property
     def stale_streak(self) -> int:
         """Stale or inconsistent answers in a row (0 after a good step)."""
-        return self._stale_streak
+        return self._stale.count
 
     @property
     def halt_reason(self) -> str | None:
@@ -314,8 +263,7 @@ class LogPoller:
             await self._settle()
         except (HodlaiError, sqlite3.Error) as exc:
             log.warning("final_commit_failed", error=str(exc), kind=type(exc).__name__)
-        if self.progress is not None:
-            self.progress.close()
+        self.report.close()
 
     # --- the step -------------------------------------------------------------------------
 
@@ -364,7 +312,7 @@ class LogPoller:
         except BaseException:
             self.pipeline.drop_prefetch()
             raise
-        self._stale_streak = 0
+        self._stale.reset()
         await self.after_advance()
         return delay
 
@@ -513,8 +461,9 @@ class LogPoller:
         committed, stats = done
         self.anchor = Anchor(committed.range.last, committed.header)
         self._count(stats)
-        self._events += committed.logs
-        self._after_commit(committed.range, stats, committed.logs)
+        self.report.committed(
+            committed.range, stats, committed.logs, head=self.head, range_blocks=self.sizer.size
+        )
 
     def _set_anchor(self, anchor: Anchor) -> None:
         self.anchor = anchor
@@ -527,36 +476,10 @@ class LogPoller:
         for registration, own in zip(self._registrations, stats, strict=True):
             registration.sink.committed(own)
 
-    def _after_commit(self, rng: LogRange, stats: Sequence[SinkStats], logs: int) -> None:
-        self.metrics.cursor.set(rng.last)
-        if self.head is not None:
-            self.metrics.lag.set(max(0, self.head - rng.last))
-        changed, fields = merged_stats(stats)
-        if changed:
-            log.info("range_ingested", first_block=rng.first, last_block=rng.last, **fields)
-        else:
-            log.debug("range_ingested", first_block=rng.first, last_block=rng.last, logs=logs)
-        now = self.clock()
-        if self.progress is not None:
-            self.progress.update(rng.last, self.head, self._events)
-        if self.head is not None and now - self._last_progress_log >= PROGRESS_LOG_EVERY_S:
-            self._last_progress_log = now
-            if self.head - rng.last > self.sizer.size:
-                log.info(
-                    "indexer_progress",
-                    cursor=rng.last,
-                    head=self.head,
-                    events=self._events,
-                    range_blocks=self.sizer.size,
-                )
-
     def _mark_caught_up(self) -> None:
         self._progressed = True
-        if not self.caught_up:
-            log.info("indexer_caught_up", cursor=self._cursor, head=self.head)
+        self.report.caught_up(self._cursor, self.head, newly=not self.caught_up)
         self.caught_up = True
-        if self.head is not None:
-            self.metrics.lag.set(max(0, self.head - self._cursor))
 
     # --- stale answers, reorgs, halts, re-scans -------------------------------------------------
 
@@ -565,26 +488,17 @@ class LogPoller:
 
     def _on_stale(self, exc: StaleNodeError) -> float:
         self.pipeline.drop_prefetch()
-        self._stale_streak += 1
+        retry = self._stale.record(str(exc))
         self._error("StaleNodeError")
-        failover = self._stale_streak % STALE_FAILOVER_AFTER == 0
-        delay = min(STALE_RETRY_CAP_S, STALE_RETRY_S * 2.0 ** min(self._stale_streak - 1, 10))
-        # One stale answer behind a load balancer is routine (debug); a streak is news.
-        (log.warning if failover else log.debug)(
-            "rpc_answer_stale", reason=str(exc), streak=self._stale_streak, retry_in_s=delay
-        )
-        if failover:
+        if retry.failover:
             self.rpc.failover("stale")
             self.head = None  # trust the next probe's head, even if lower
-        return delay
+        return retry.delay
 
     async def _head_below_cursor(self, reason: str) -> float:
         """The node says its head is below the last accepted block: usually a lagging
-        backend, so it counts as a stale answer and is asked again with a single request.
-        Only when that repeats is it looked into (a chain that really got shorter). Walking
-        back at once would cost a second request per step, and a round-robin load balancer
-        over a fresh and a lagging backend then hands every poll to the lagging one."""
-        if self._stale_streak + 1 < WALK_BACK_AFTER_STALE:
+        backend, so it counts as a stale answer; only a repeat is looked into (stale.py)."""
+        if not self._stale.walk_back_due():
             raise StaleNodeError(reason)
         log.warning("reorg_suspected", reason=reason, cursor=self.anchor.number)
         return await self._walk_back(reason)
@@ -595,38 +509,26 @@ class LogPoller:
         self.pipeline.drop_prefetch()
         cursor = self.anchor.number
         candidates = await self.db.run(reorg.stored_blocks, cursor)
-        search = await reorg.find_common_ancestor(self.scanner, candidates)
-        if search.ancestor is not None and search.ancestor.number == cursor:
-            # The suspicious answer came from another view than this one: a stale answer.
-            log.info("reorg_suspicion_cleared", cursor=cursor)
-            raise StaleNodeError(f"block {cursor} is unchanged; the earlier answer was stale")
-        if search.mismatched == 0:
-            raise StaleNodeError(
-                f"node lacks {search.unknown} accepted block(s) up to {cursor}: behind"
-            )
-        if search.ancestor is not None:
-            ancestor = search.ancestor.number
-            beyond_history = False
-        else:
-            lowest = search.lowest_checked if search.lowest_checked is not None else cursor
-            ancestor = lowest - 1
-            beyond_history = True
-            log.error("reorg_deeper_than_history", lowest_stored=lowest, cursor=cursor)
-        ancestor = max(ancestor, self.start_block - 1)
-        orphaned = search.lowest_replaced if search.lowest_replaced is not None else cursor
+        plan = await reorg.plan_rollback(
+            self.scanner, candidates, cursor=cursor, start_block=self.start_block
+        )
+        ancestor = plan.ancestor
         refusal = await self.guard.refusal(
-            cursor=cursor, ancestor=ancestor, orphaned=orphaned, beyond_history=beyond_history
+            cursor=cursor,
+            ancestor=ancestor,
+            orphaned=plan.orphaned,
+            beyond_history=plan.beyond_history,
         )
         if refusal is not None:
             return await self._halt(
-                f"{refusal} ({suspicion}; {search.mismatched} stored block hash(es) differ)"
+                f"{refusal} ({suspicion}; {plan.mismatched} stored block hash(es) differ)"
             )
         known_head = max(self.head or cursor, cursor)
         depth = known_head - ancestor
         deeper = depth > self.confirmations
         fields = await self._roll_back(
             ancestor, depth=depth, deeper=deeper,
-            note=f"{search.mismatched} stored block(s) replaced; cursor {cursor} -> {ancestor}",
+            note=f"{plan.mismatched} stored block(s) replaced; cursor {cursor} -> {ancestor}",
         )  # fmt: skip
         (log.error if deeper else log.warning)(
             "reorg_rolled_back",
@@ -668,7 +570,7 @@ class LogPoller:
         if not await self.guard.resumed(self.anchor.number):
             return self.config.poll_interval_s
         self._last_problem = ""
-        self._stale_streak = 0
+        self._stale.reset()
         self.head = None
         self.caught_up = False
         self._set_anchor(await self._read_anchor())
@@ -702,19 +604,11 @@ class LogPoller:
             assert found.ancestor is not None
             await self._rollback_for_rescan(found.ancestor, found.replaced)
             return
-        if found.verdict is not rescan.RescanVerdict.VERIFIED or found.range is None:
-            return
-        rng, registrations, now = found.range, self._registrations, self.clock()
-        stats = await self.db.run(
-            history.write_rescan, registrations, found.logs, name=self.name,
-            cursor=anchor.number, rng=rng, now=now,
-        )  # fmt: skip
-        self._count(stats)
-        changed, fields = merged_stats(stats)
-        if changed:
-            log.warning("backup_rescan_found", first_block=rng.first, last_block=rng.last, **fields)
-        else:
-            log.debug("backup_rescan_clean", first_block=rng.first, last_block=rng.last)
+        if found.verdict is rescan.RescanVerdict.VERIFIED:
+            await rescan.store(
+                self.db, self._registrations, found, name=self.name, cursor=anchor.number,
+                now=self.clock(),
+            )  # fmt: skip
 
     async def _rollback_for_rescan(self, ancestor: int, blocks: int) -> None:
         cursor = self.anchor.number

@@ -15,7 +15,8 @@ Guarantees (:func:`read_again` decides; the poller acts on its :class:`RescanRea
   of the chain skips the re-scan.
 - A stored block that the chain has with another hash (logs once stored from another fork,
   in a batch split across backends) is undone from there and read again (``REPLACED``).
-- Its writes happen only while the cursor is still where it read (history.commit_rescan).
+- Its writes (:func:`store`) happen only while the cursor is still where it read
+  (history.commit_rescan), and each sink hears of them only once they committed.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from shared.chain import history
-from shared.chain.filters import Log, Registration, route
+from shared.chain.filters import Log, Registration, merged_stats, route
 from shared.chain.history import Anchor
 from shared.chain.scan import ChainScanner, LogRange, Verdict, judge
 from shared.db import AsyncDatabase
@@ -99,3 +100,29 @@ async def read_again(
                 RescanVerdict.REPLACED, ancestor=min(replaced) - 1, replaced=len(replaced)
             )
     return RescanRead(RescanVerdict.VERIFIED, range=rng, logs=answer.logs)
+
+
+async def store(
+    db: AsyncDatabase,
+    registrations: Sequence[Registration],
+    found: RescanRead,
+    *,
+    name: str,
+    cursor: int,
+    now: float,
+) -> None:
+    """Hand a VERIFIED re-scan's logs to the sinks, in one transaction with the blocks they
+    came from; tell each sink once it committed."""
+    assert found.verdict is RescanVerdict.VERIFIED and found.range is not None
+    rng = found.range
+    stats = await db.run(
+        history.write_rescan, registrations, found.logs, name=name, cursor=cursor, rng=rng,
+        now=now,
+    )  # fmt: skip
+    for registration, own in zip(registrations, stats, strict=True):
+        registration.sink.committed(own)
+    changed, fields = merged_stats(stats)
+    if changed:
+        log.warning("backup_rescan_found", first_block=rng.first, last_block=rng.last, **fields)
+    else:
+        log.debug("backup_rescan_clean", first_block=rng.first, last_block=rng.last)

@@ -27,8 +27,9 @@ from pathlib import Path
 import structlog
 
 from shared import store
+from shared.chain.config import PollerConfig
 from shared.chain.health import ProgressHealth
-from shared.chain.poller import LogPoller, PollerConfig
+from shared.chain.poller import LogPoller
 from shared.config import load_settings
 from shared.db import AsyncDatabase, check_identity, connect, stored_identity
 from shared.errors import (
