@@ -58,6 +58,9 @@ from workers.indexer.reorg import ACTOR, CURSOR_NAME, generation_after_removal
 
 log = structlog.get_logger(__name__)
 
+# Anchor is re-exported: the indexer's readers of the cursor take it from here.
+__all__ = ["Anchor", "IngestStats", "apply_logs", "apply_range", "apply_rescan", "read_anchor"]
+
 # Ids per "WHERE request_id IN (...)" lookup: far below SQLite's 32,766 variable limit.
 _LOOKUP_CHUNK = 500
 
@@ -97,9 +100,6 @@ class IngestStats:
     def add(self, other: IngestStats) -> None:
         for name in self.__slots__:
             setattr(self, name, getattr(self, name) + getattr(other, name))
-
-
-__all__ = ["Anchor", "IngestStats", "apply_logs", "apply_range", "apply_rescan", "read_anchor"]
 
 
 # --- the oracle alone, as the poller commits it (tests and tools without a poller) ---------
