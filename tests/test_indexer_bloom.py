@@ -1,4 +1,4 @@
-"""The logsBloom check (workers/indexer/bloom.py) against real anvil headers, and what a poll
+"""The logsBloom check (shared/chain/bloom.py) against real anvil headers, and what a poll
 with bloom-window headers must look like to be accepted (scanner.judge)."""
 
 from __future__ import annotations
@@ -7,10 +7,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from shared.chain.bloom import EventBloom, suspects
+from shared.chain.scan import BlockHeader, LogRange, PollAnswer, Verdict, judge, parse_header
 from tests.chain_fixtures import DeployedStack
 from tests.test_indexer_support import ChainDriver
-from workers.indexer.bloom import EventBloom, suspects
-from workers.indexer.scanner import BlockHeader, LogRange, PollAnswer, Verdict, judge, parse_header
+from workers.indexer.sink import oracle_filter
 
 
 @pytest.fixture
@@ -33,11 +34,11 @@ def test_bloom_of_a_block_with_a_request_matches_and_others_do_not(
 ) -> None:
     asked = int(driver.wait(driver.ask("in the bloom"))["blockNumber"], 16)
     driver.mine(1)
-    provider = EventBloom(deployed.deployment.provider_address)
+    provider = EventBloom(oracle_filter(deployed.deployment.provider_address, 0))
     assert provider.may_contain(_header(driver, asked).logs_bloom)
     assert not provider.may_contain(_header(driver, asked + 1).logs_bloom)  # empty block
     # The vault's address is not the provider's: its bits are not all in this bloom.
-    assert not EventBloom(deployed.deployment.vault_address).may_contain(
+    assert not EventBloom(oracle_filter(deployed.deployment.vault_address, 0)).may_contain(
         _header(driver, asked).logs_bloom
     )
     assert provider.may_contain(None)  # no bloom sent: cannot rule the block out
@@ -64,7 +65,7 @@ def test_bloom_window_headers_must_all_be_there_and_link_up_to_the_range_end() -
     def verdict(headers: dict[int, BlockHeader | None]) -> Verdict:
         answer = PollAnswer(range=LogRange(10, 15), head=15, logs=[], range_end=chain[15],
                             anchor=None, headers=headers)  # fmt: skip
-        return judge(answer, anchor=None, confirmations=0, provider_address=provider).verdict
+        return judge(answer, anchor=None, confirmations=0, addresses=[provider]).verdict
 
     assert verdict({n: chain[n] for n in range(12, 15)}) is Verdict.ACCEPT
     assert verdict({12: chain[12], 13: None, 14: chain[14]}) is Verdict.INCONSISTENT

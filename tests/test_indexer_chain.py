@@ -15,6 +15,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from shared import store
+from shared.chain.scan import LogRange
 from shared.db import atomic, connect
 from shared.keys import load_private_key
 from tests.chain_fixtures import DeployedStack
@@ -27,7 +28,6 @@ from tests.test_indexer_support import (
 )
 from workers.indexer import ingest
 from workers.indexer.logs_decode import decode_logs
-from workers.indexer.scanner import LogRange
 
 MAX_MODEL = "m" * 64
 # Maximal fields measured in bytes, built from multi-byte characters.

@@ -20,6 +20,7 @@ from structlog.testing import capture_logs
 
 from shared import halt
 from shared.anvil import Anvil
+from shared.chain.health import ProgressHealth
 from shared.db import connect
 from shared.deploy import deploy_stack
 from shared.errors import DatabaseMismatchError
@@ -33,7 +34,6 @@ from tests.test_indexer_support import (
     run_indexer,
     stored_requests,
 )
-from workers.indexer.health import ProgressHealth
 
 
 @pytest.fixture

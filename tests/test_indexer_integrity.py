@@ -13,6 +13,7 @@ from eth_abi.abi import encode as abi_encode
 from structlog.testing import capture_logs
 
 from shared import store
+from shared.chain.scan import BlockHeader
 from shared.contracts import REASONING_REQUESTED_TOPIC0
 from shared.db import atomic, connect
 from shared.errors import InvalidRequestError, LogDataConflictError
@@ -21,7 +22,6 @@ from shared.store import NewRequest, Status
 from tests.conftest import make_request
 from workers.indexer import ingest
 from workers.indexer.logs_decode import DecodedLogs, FulfilledLog, decode_logs
-from workers.indexer.scanner import BlockHeader
 
 NOW = 1_700_000_000.0
 

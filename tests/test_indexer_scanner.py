@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
+from shared.chain.scan import BlockHeader, LogRange, PollAnswer, RangeSizer, Verdict, judge
 from shared.errors import RpcTransportError
-from workers.indexer.scanner import BlockHeader, LogRange, PollAnswer, RangeSizer, Verdict, judge
 
 PROVIDER = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
 
@@ -43,7 +43,7 @@ def _answer(
 
 
 def _judge(answer: PollAnswer, anchor: BlockHeader | None = None, confirmations: int = 3) -> Any:
-    return judge(answer, anchor=anchor, confirmations=confirmations, provider_address=PROVIDER)
+    return judge(answer, anchor=anchor, confirmations=confirmations, addresses=[PROVIDER])
 
 
 def test_a_consistent_answer_with_enough_confirmations_is_accepted() -> None:

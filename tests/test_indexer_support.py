@@ -22,6 +22,7 @@ from eth_abi.abi import encode as abi_encode
 from eth_account import Account
 from eth_utils.crypto import keccak
 
+from shared.chain.filters import LogFilter, LogSink
 from shared.contracts import REASONING_FULFILLED_TOPIC0, REASONING_REQUESTED_TOPIC0
 from shared.deploy import Deployment
 from shared.rpc import RpcClient
@@ -308,12 +309,16 @@ async def run_indexer(
     until: Callable[[Indexer], bool] | None = None,
     limit_s: float = 60.0,
     rpc_timeout: float = 5.0,
+    sinks: Sequence[tuple[LogFilter, LogSink[Any, Any]]] = (),
 ) -> Indexer:
     """Run a real indexer in this event loop (the production run_loop, with its back-off)
-    until ``until(indexer)`` holds after a step (default: caught up). Returns it, closed."""
+    until ``until(indexer)`` holds after a step (default: caught up). Returns it, closed.
+    ``sinks`` are registered on its poller beside the oracle's."""
     db = open_database(settings.db_path)
     rpc = RpcClient(settings.rpc_urls, timeout=rpc_timeout)
     indexer = Indexer(settings, rpc=rpc, db=db)
+    for log_filter, sink in sinks:
+        indexer.register(log_filter, sink)
     done = until or (lambda ix: ix.caught_up)
     stop = asyncio.Event()
 

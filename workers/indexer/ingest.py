@@ -1,11 +1,10 @@
-"""Applying decoded logs to the state store: requests, fulfilments, block hashes and the
-cursor, all in ONE transaction per accepted range.
+"""Applying the oracle's decoded logs to the state store: requests and fulfilments. This is
+the oracle sink's write (workers/indexer/sink.py); the poller runs it inside the transaction
+that also stores the range's block hashes and moves the cursor, ONE transaction per accepted
+range (shared/chain/history.py), so a process killed at any instant resumes from a cursor
+whose logs are all stored.
 
 Guarantees:
-- :func:`apply_range` commits the range's logs, the hashes of its blocks and the new cursor
-  together, or nothing: a process killed at any instant resumes from a cursor whose logs are
-  all stored. It refuses (TransitionConflict) if the stored cursor is not where this process
-  believes it is, so two indexers on one database cannot interleave.
 - Applying the same logs again changes nothing (no row, no audit entry): a request id already
   stored with the same content is left alone, or only gets its new block position when a
   reorg re-included it elsewhere.
@@ -48,14 +47,19 @@ import structlog
 
 from shared import request_id as rid
 from shared import store
+from shared.chain import history
+from shared.chain.history import Anchor
+from shared.chain.scan import BlockHeader
 from shared.db import atomic
-from shared.errors import LogDataConflictError, TransitionConflict
+from shared.errors import LogDataConflictError
 from shared.store import NewRequest, Status
 from workers.indexer.logs_decode import DecodedLogs, FulfilledLog, MalformedRequest
 from workers.indexer.reorg import ACTOR, CURSOR_NAME, generation_after_removal
-from workers.indexer.scanner import BlockHeader
 
 log = structlog.get_logger(__name__)
+
+# Anchor is re-exported: the indexer's readers of the cursor take it from here.
+__all__ = ["Anchor", "IngestStats", "apply_logs", "apply_range", "apply_rescan", "read_anchor"]
 
 # Ids per "WHERE request_id IN (...)" lookup: far below SQLite's 32,766 variable limit.
 _LOOKUP_CHUNK = 500
@@ -98,53 +102,12 @@ class IngestStats:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
-@dataclass(frozen=True, slots=True)
-class Anchor:
-    """The last accepted block as stored: the cursor and its hash (None if not stored)."""
-
-    number: int
-    header: BlockHeader | None
+# --- the oracle alone, as the poller commits it (tests and tools without a poller) ---------
 
 
 def read_anchor(conn: sqlite3.Connection, start_block: int) -> Anchor:
     """Where the indexer resumes. Before the first acceptance: ``start_block - 1``."""
-    row = conn.execute("SELECT block_number FROM cursors WHERE name = ?", (CURSOR_NAME,)).fetchone()
-    number = int(row[0]) if row is not None else start_block - 1
-    block = conn.execute(
-        "SELECT number, hash, parent_hash FROM blocks WHERE number = ?", (number,)
-    ).fetchone()
-    header = BlockHeader(block[0], block[1], block[2]) if block is not None else None
-    return Anchor(number=number, header=header)
-
-
-def stored_hashes(conn: sqlite3.Connection, first: int, last: int) -> dict[int, str]:
-    """Stored block hashes of blocks ``first`` to ``last``."""
-    return {
-        int(row[0]): str(row[1])
-        for row in conn.execute(
-            "SELECT number, hash FROM blocks WHERE number BETWEEN ? AND ?", (first, last)
-        )
-    }
-
-
-def move_cursor_forward(conn: sqlite3.Connection, to_block: int, *, now: float) -> None:
-    """Set the cursor to ``to_block`` (used when HODLAI_START_BLOCK is above it)."""
-    with atomic(conn):
-        _write_cursor(conn, to_block, now)
-
-
-def _write_cursor(conn: sqlite3.Connection, number: int, now: float) -> None:
-    conn.execute(
-        "INSERT INTO cursors (name, block_number, updated_at) VALUES (?, ?, ?) "
-        "ON CONFLICT (name) DO UPDATE SET block_number = excluded.block_number, "
-        "updated_at = excluded.updated_at",
-        (CURSOR_NAME, number, now),
-    )
-
-
-def _stored_cursor(conn: sqlite3.Connection) -> int | None:
-    row = conn.execute("SELECT block_number FROM cursors WHERE name = ?", (CURSOR_NAME,)).fetchone()
-    return int(row[0]) if row is not None else None
+    return history.read_anchor(conn, CURSOR_NAME, start_block)
 
 
 def apply_range(
@@ -158,21 +121,15 @@ def apply_range(
     headers: Sequence[BlockHeader] = (),
     now: float | None = None,
 ) -> IngestStats:
-    """Store one accepted range's logs, its block hashes (its last header, ``headers`` of
-    the bloom window, and every log's block) and the new cursor, atomically."""
+    """Store one accepted range's decoded logs, its block hashes (its last header,
+    ``headers`` of the bloom window, and every log's block) and the indexer's new cursor,
+    atomically: what the poller does with the oracle sink (shared.chain.history)."""
     at = time.time() if now is None else now
-    with atomic(conn):
-        stored = _stored_cursor(conn)
-        if stored is not None and stored != expected_cursor:
-            raise TransitionConflict(
-                f"indexer cursor is at {stored}, expected {expected_cursor}: is another "
-                "indexer writing to this database?"
-            )
-        stats = apply_logs(conn, decoded, now=at)
-        _store_blocks(conn, decoded.log_blocks, [*headers, range_end], at)
-        _write_cursor(conn, new_cursor, at)
-        conn.execute("DELETE FROM blocks WHERE number < ?", (new_cursor - history_blocks,))
-    return stats
+    return history.commit_range(
+        conn, name=CURSOR_NAME, expected_cursor=expected_cursor, new_cursor=new_cursor,
+        range_end=range_end, headers=headers, log_blocks=decoded.log_blocks,
+        history_blocks=history_blocks, now=at, apply=lambda: apply_logs(conn, decoded, now=at),
+    )  # fmt: skip
 
 
 def apply_rescan(
@@ -185,33 +142,13 @@ def apply_rescan(
     """Store what a backup re-scan of accepted blocks found; the cursor does not move (and
     must still be ``cursor``: a rollback in between makes the re-scan's answer void)."""
     at = time.time() if now is None else now
-    with atomic(conn):
-        stored = _stored_cursor(conn)
-        if stored != cursor:
-            raise TransitionConflict(f"indexer cursor moved to {stored} during a re-scan")
-        stats = apply_logs(conn, decoded, now=at)
-        _store_blocks(conn, decoded.log_blocks, [], at)
-    return stats
+    return history.commit_rescan(
+        conn, name=CURSOR_NAME, cursor=cursor, log_blocks=decoded.log_blocks, now=at,
+        apply=lambda: apply_logs(conn, decoded, now=at),
+    )  # fmt: skip
 
 
-def _store_blocks(
-    conn: sqlite3.Connection,
-    log_blocks: dict[int, str],
-    headers: Sequence[BlockHeader],
-    at: float,
-) -> None:
-    rows: list[tuple[int, str, str | None, float]] = [
-        (number, block_hash, None, at) for number, block_hash in log_blocks.items()
-    ]
-    rows += [(h.number, h.hash, h.parent_hash, at) for h in headers]
-    conn.executemany(
-        "INSERT INTO blocks (number, hash, parent_hash, seen_at) VALUES (?, ?, ?, ?) "
-        "ON CONFLICT (number) DO UPDATE SET hash = excluded.hash, "
-        "parent_hash = COALESCE(excluded.parent_hash, "
-        "  CASE WHEN blocks.hash = excluded.hash THEN blocks.parent_hash END), "
-        "seen_at = excluded.seen_at",
-        rows,
-    )
+# --- the oracle sink's write --------------------------------------------------------------
 
 
 def apply_logs(conn: sqlite3.Connection, decoded: DecodedLogs, *, now: float) -> IngestStats:

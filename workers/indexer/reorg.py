@@ -1,16 +1,15 @@
-"""Undoing what a reorg orphaned.
+"""Undoing what a reorg orphaned of the oracle's rows: the oracle sink's rollback.
+
+The poller finds the common ancestor and runs every sink's rollback in the transaction that
+also moves the cursor back, deletes the stored hashes above it and records the reorg
+(shared/chain/history.py, shared/chain/reorg.py). The oracle's part (:func:`undo_above`):
 
 Guarantees:
-- The common ancestor is the newest *stored* block (a range end or a block an accepted log
-  came from) whose hash the chain still has. Because a block hash commits to every block
-  below it, everything at or below the ancestor is unchanged, and everything the indexer
-  stored above it is suspect: all of it is undone, and the range is read again.
-- The rollback is one transaction: fulfilments from orphaned blocks are deleted and their
-  request rows return to the status they had before (``fulfillments.prior_status``, through
-  ``store.transition``); requests from orphaned blocks that are not FULFILLED are taken back
-  (``store.remove_request``: the audit row 'REMOVED' stays); the orphaned block hashes go; the
-  cursor moves back to the ancestor; and a row in ``reorgs`` records it. A crash at any point
-  leaves either none or all of it.
+- Everything above the ancestor is undone in that one transaction: fulfilments from
+  orphaned blocks are deleted and their request rows return to the status they had before
+  (``fulfillments.prior_status``, through ``store.transition``); requests from orphaned
+  blocks that are not FULFILLED are taken back (``store.remove_request``: the audit row
+  'REMOVED' stays). A crash at any point leaves either none or all of it.
 - An answer prepared for orphaned content can never be sent for the new content: the row is
   removed (or, if the id comes back with other content, replaced with generation + 1), so the
   fulfiller's generation/content-hash fence no longer matches. A request id that is created
@@ -21,15 +20,14 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import structlog
 
 from shared import store
+from shared.chain import history
 from shared.db import atomic
 from shared.store import Status
-from workers.indexer.scanner import HEADER_BATCH, BlockHeader, ChainScanner
 
 log = structlog.get_logger(__name__)
 
@@ -41,64 +39,35 @@ _REMOVED_NOTE = "orphaned by a reorg (blocks from {first}); generation={generati
 
 
 @dataclass(frozen=True, slots=True)
-class AncestorSearch:
-    """Where the chain and the stored hashes part."""
+class UndoStats:
+    """What :func:`undo_above` took back (a SinkStats of shared/chain/filters.py)."""
 
-    #: newest stored block the chain still has; None when no stored block matched
-    ancestor: BlockHeader | None
-    #: stored blocks above the ancestor that the chain has with another hash
-    mismatched: int
-    #: stored blocks above the ancestor that the node does not have (behind, or shorter chain)
-    unknown: int
-    #: the lowest stored block looked at (for a search that found no ancestor)
-    lowest_checked: int | None
-    #: the lowest stored block above the ancestor (the chain has it with another hash, or
-    #: not at all): certainly not on the chain as stored, so a rollback undoes at least
-    #: ``cursor - lowest_replaced + 1`` blocks, whatever the stored hashes below it say
-    lowest_replaced: int | None = None
+    requests_removed: int
+    fulfillments_undone: int
+    #: orphaned requests kept because they are FULFILLED by a fulfilment not orphaned
+    kept_fulfilled: int
+
+    @property
+    def changed(self) -> int:
+        return self.requests_removed + self.fulfillments_undone
+
+    def fields(self) -> dict[str, int]:
+        """The counters of the ``reorg_rolled_back`` / ``rescan_rolled_back`` lines."""
+        return {
+            "requests_removed": self.requests_removed,
+            "fulfilments_undone": self.fulfillments_undone,
+        }
 
 
 @dataclass(frozen=True, slots=True)
 class RollbackStats:
+    """What :func:`rollback_to` did."""
+
     ancestor: int
     old_cursor: int
     requests_removed: int
     fulfillments_undone: int
     kept_fulfilled: int
-
-
-def stored_blocks(conn: sqlite3.Connection, up_to: int) -> list[BlockHeader]:
-    """Stored block hashes at or below ``up_to``, newest first."""
-    return [
-        BlockHeader(number=row[0], hash=row[1], parent_hash=row[2])
-        for row in conn.execute(
-            "SELECT number, hash, parent_hash FROM blocks WHERE number <= ? ORDER BY number DESC",
-            (up_to,),
-        )
-    ]
-
-
-async def find_common_ancestor(
-    scanner: ChainScanner, candidates: Sequence[BlockHeader]
-) -> AncestorSearch:
-    """Walk ``candidates`` (stored blocks, newest first) until the chain agrees with one."""
-    mismatched = unknown = 0
-    lowest: int | None = None
-    replaced: int | None = None
-    for start in range(0, len(candidates), HEADER_BATCH):
-        chunk = candidates[start : start + HEADER_BATCH]
-        chain = await scanner.headers([c.number for c in chunk])
-        for stored in chunk:
-            lowest = stored.number
-            header = chain[stored.number]
-            if header is None:
-                unknown += 1
-            elif header.hash == stored.hash:
-                return AncestorSearch(stored, mismatched, unknown, lowest, replaced)
-            else:
-                mismatched += 1
-            replaced = stored.number
-    return AncestorSearch(None, mismatched, unknown, lowest, replaced)
 
 
 def removal_note(first_orphaned: int, generation: int) -> str:
@@ -121,8 +90,27 @@ def rollback_to(
     note: str,
     now: float | None = None,
 ) -> RollbackStats:
-    """Undo everything stored above block ``ancestor``, in one transaction."""
+    """Undo everything the oracle stored above block ``ancestor`` with the indexer's cursor,
+    block hashes and reorg record, in one transaction: the oracle alone as the poller rolls
+    back (shared.chain.history.roll_back), for tests and tools without a poller."""
     at = time.time() if now is None else now
+    undone = history.roll_back(
+        conn, name=CURSOR_NAME, ancestor=ancestor, depth=depth,
+        deeper_than_confirmations=deeper_than_confirmations, note=note, now=at,
+        undo=lambda: undo_above(conn, ancestor, now=at),
+    )  # fmt: skip
+    return RollbackStats(
+        ancestor=ancestor,
+        old_cursor=old_cursor,
+        requests_removed=undone.requests_removed,
+        fulfillments_undone=undone.fulfillments_undone,
+        kept_fulfilled=undone.kept_fulfilled,
+    )
+
+
+def undo_above(conn: sqlite3.Connection, ancestor: int, *, now: float) -> UndoStats:
+    """Take back the oracle's rows from blocks above ``ancestor`` (see the module
+    guarantees), inside the caller's transaction."""
     first = ancestor + 1
     undone = removed = kept = 0
     with atomic(conn):
@@ -142,7 +130,7 @@ def rollback_to(
                         "fulfilled_block": None, "fulfilled_tx_hash": None,
                         "fulfilled_action": None, "fulfilled_cid": None, "answer_outside_set": 0,
                     },
-                    now=at,
+                    now=now,
                 )  # fmt: skip
             conn.execute("DELETE FROM fulfillments WHERE request_id = ?", (f["request_id"],))
             undone += 1
@@ -158,25 +146,7 @@ def rollback_to(
                 continue
             store.remove_request(
                 conn, r["request_id"], actor=ACTOR, note=removal_note(first, r["generation"]),
-                now=at,
+                now=now,
             )  # fmt: skip
             removed += 1
-        conn.execute("DELETE FROM blocks WHERE number > ?", (ancestor,))
-        conn.execute(
-            "INSERT INTO cursors (name, block_number, updated_at) VALUES (?, ?, ?) "
-            "ON CONFLICT (name) DO UPDATE SET block_number = excluded.block_number, "
-            "updated_at = excluded.updated_at",
-            (CURSOR_NAME, ancestor, at),
-        )
-        conn.execute(
-            "INSERT INTO reorgs (detected_at, at_block, depth, deeper_than_confirmations, note) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (at, first, depth, int(deeper_than_confirmations), note),
-        )
-    return RollbackStats(
-        ancestor=ancestor,
-        old_cursor=old_cursor,
-        requests_removed=removed,
-        fulfillments_undone=undone,
-        kept_fulfilled=kept,
-    )
+    return UndoStats(requests_removed=removed, fulfillments_undone=undone, kept_fulfilled=kept)

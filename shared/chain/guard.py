@@ -1,4 +1,4 @@
-"""When the indexer stops for an operator instead of rolling back (issue 10 item 1).
+"""When a log poller stops for an operator instead of rolling back (issue 10 item 1).
 
 A failover URL of another chain made the indexer log ``reorg_suspected head 13 < 764`` and
 ``reorg_deeper_than_history``, roll back 757 blocks, remove 535 requests, undo 480 fulfilments
@@ -13,10 +13,12 @@ and index chain 56's requests. Real reorgs are shallow and stay on one chain, so
   common ancestor can lie further down than the fork; that lowest replaced block is what
   the rollback certainly undoes.
 
-Then the indexer halts (shared/halt.py: a row in ``halts``, so a restart stays halted and the
-fulfiller signs nothing), logs ``indexer_halted`` at error level and sets
-``hodlai_indexer_halted``. Nothing is removed. ``hodlai indexer-resume`` clears it; with
-``--allow-rollback`` the next refused rollback goes through once.
+Then the poller halts (shared/halt.py: a row in ``halts`` under the poller's name, so a
+restart stays halted and a signer that depends on it, like the oracle's fulfiller, signs
+nothing), logs ``indexer_halted`` at error level and sets its halted gauge (the indexer's:
+``hodlai_indexer_halted``). Nothing is removed. ``hodlai <name>-resume`` (``hodlai
+indexer-resume``) clears it; with ``--allow-rollback`` the next refused rollback goes
+through once.
 """
 
 from __future__ import annotations
@@ -24,11 +26,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import structlog
+from prometheus_client import Gauge
 
 from shared import halt
+from shared.chain.scan import ChainScanner
 from shared.db import AsyncDatabase
-from workers.indexer.metrics import HALTED
-from workers.indexer.scanner import ChainScanner
 
 log = structlog.get_logger(__name__)
 
@@ -37,23 +39,28 @@ HALT_REMINDER_EVERY_S = 300.0
 
 
 class Guard:
-    """The indexer's halt state and the rule that decides it."""
+    """A poller's halt state and the rule that decides it."""
 
     def __init__(
         self,
         db: AsyncDatabase,
         scanner: ChainScanner,
         *,
+        worker: str,
         max_reorg_depth: int,
         clock: Callable[[], float],
+        halted_gauge: Gauge,
     ) -> None:
         self.db = db
         self.scanner = scanner
+        #: the name its halts are recorded under (shared/halt.py): the poller's
+        self.worker = worker
         self.max_reorg_depth = max_reorg_depth
         self.clock = clock
+        self._gauge = halted_gauge
         #: the chain id the RPC reported at start
         self.chain_id: int | None = None
-        #: why the indexer is halted, None while it runs
+        #: why the poller is halted, None while it runs
         self.reason: str | None = None
         self._last_log = float("-inf")
         self._rollback_allowed = False
@@ -62,12 +69,12 @@ class Guard:
     async def load(self, chain_id: int, cursor: int) -> None:
         """At start: remember the chain, and stay halted if the database says so."""
         self.chain_id = chain_id
-        self._resolution_seen = (await self.db.run(halt.last_resolution))[0]
-        reason = await self.db.run(halt.halted)
+        self._resolution_seen = (await self.db.run(halt.last_resolution, self.worker))[0]
+        reason = await self.db.run(halt.halted, self.worker)
         if reason is not None:
             self._enter(reason, cursor)
         else:
-            HALTED.set(0)
+            self._gauge.set(0)
 
     async def refusal(
         self, *, cursor: int, ancestor: int, orphaned: int, beyond_history: bool
@@ -100,13 +107,14 @@ class Guard:
 
     async def halt(self, reason: str, cursor: int) -> None:
         """Record the halt (the first reason stays if one is recorded already)."""
-        await self.db.run(halt.halt, reason, at_block=cursor, now=self.clock())
-        recorded = await self.db.run(halt.halted)
+        await self.db.run(halt.halt, reason, worker=self.worker, at_block=cursor,
+                          now=self.clock())  # fmt: skip
+        recorded = await self.db.run(halt.halted, self.worker)
         self._enter(recorded if recorded is not None else reason, cursor)
 
     async def resumed(self, cursor: int) -> bool:
         """While halted: True once an operator has resumed (the halt is then cleared here)."""
-        reason = await self.db.run(halt.halted)
+        reason = await self.db.run(halt.halted, self.worker)
         if reason is not None:
             self.reason = reason
             now = self.clock()
@@ -114,7 +122,7 @@ class Guard:
                 self._last_log = now
                 log.error("indexer_still_halted", reason=reason, cursor=cursor)
             return False
-        resolution_id, resolution = await self.db.run(halt.last_resolution)
+        resolution_id, resolution = await self.db.run(halt.last_resolution, self.worker)
         if resolution_id > self._resolution_seen:
             self._resolution_seen = resolution_id
             self._rollback_allowed = resolution is halt.Resolution.ALLOW_ROLLBACK
@@ -125,16 +133,21 @@ class Guard:
             cursor=cursor,
         )
         self.reason = None
-        HALTED.set(0)
+        self._gauge.set(0)
         return True
 
     def _enter(self, reason: str, cursor: int) -> None:
         self.reason = reason
         self._last_log = self.clock()
-        HALTED.set(1)
+        self._gauge.set(1)
         log.error(
             "indexer_halted",
             reason=reason,
             cursor=cursor,
-            action="check HODLAI_RPC_URLS and the chain, then run hodlai indexer-resume",
+            action=f"check HODLAI_RPC_URLS and the chain, then run {self.resume_command}",
         )
+
+    @property
+    def resume_command(self) -> str:
+        """The operator's command that clears this poller's halt."""
+        return f"hodlai {self.worker}-resume"

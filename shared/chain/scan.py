@@ -1,49 +1,36 @@
-"""Reading the chain for the indexer: one JSON-RPC batch per poll, and the rules that decide
-what of its answer may be accepted.
+"""Reading the chain for a log poller: one JSON-RPC batch per poll, and the rules that decide
+what of its answer may be accepted (the poller's guarantees: shared/chain/poller.py).
 
-The indexer's guarantees (after Chainlink's LogPoller) and where each one is kept:
+:func:`judge` is pure: it sees one batch's answer and the last accepted block, and says
+whether the range may be accepted. Its rules, numbered as the poller's guarantees:
 
-1. **No log is missed.** Blocks are accepted strictly in order from ``HODLAI_START_BLOCK``;
-   the cursor names the last block whose logs are all stored, and it moves only in the same
-   SQLite transaction as those logs (ingest.apply_range). A range is accepted only when the
-   *same* batch that returned its logs also reported a head at least ``confirmations`` above
-   the range's end and returned the range's last header (:func:`judge`): a backend behind a
-   load balancer that has not seen the range yet cannot make us skip it, because its answer
-   fails these checks and is asked again. A separate ``eth_blockNumber`` followed by
-   ``eth_getLogs`` (the naive loop) would trust a head one backend saw and logs another
-   backend returned, and lose the difference forever.
-2. **No log is stored twice, and re-reading changes nothing.** Ingestion is idempotent per
-   request id and content (ingest.py), so a crash between the commit and anything after it,
-   a re-scan or an overlapping range only re-confirms what is there.
-3. **Reorgs are undone.** The hashes of accepted blocks are stored; every poll re-fetches the
-   header of the last accepted block in the same batch and compares (:func:`judge`). A
-   mismatch walks back to the newest stored block the chain still has (reorg.py) and undoes,
-   in one transaction, everything above it; the range is then read again.
-4. **Every log of an accepted range is from the accepted chain, as far as one batch can
-   tell.** Logs must come from the provider, lie inside the range, agree on one hash per
+1. A range is accepted only when the *same* batch that returned its logs also reported a
+   head at least ``confirmations`` above the range's end and returned the range's last
+   header: a backend behind a load balancer that has not seen the range yet cannot make
+   the poller skip it, because its answer fails these checks and is asked again.
+3. The batch re-fetches the header of the last accepted block; another hash than stored is
+   a suspected reorg (and a one-block range whose parent is not that block).
+4. Logs must come from a registered address, lie inside the range, agree on one hash per
    block, and the logs of the range's last block must carry that header's hash.
-4b. **No log is hidden by a batch split across backends.** A load balancer may answer the
-   batch's eth_getLogs from a lagging backend and its headers from a fresh one: the newest
-   blocks' logs are then simply missing. The batch also carries the headers of the range's
-   blocks within ``HODLAI_INDEXER_BLOOM_WINDOW`` of the head (they must link up to the
-   range's last header); a block whose ``logsBloom`` may hold a provider event but that
-   returned no log is read again by its hash (bloom.py). The periodic backup re-scan stays
-   as a second line.
-5. **Progress is adaptive.** A range the node refuses as too large is halved (down to one
-   block) and grows back after successes (:class:`RangeSizer`); a range that returned many
-   logs also shrinks, so one poll stays a bounded amount of memory and work.
+4b. The bloom window's headers (bloom.py) are all there and link up to the range's last
+   header, so their blooms describe the blocks whose logs are accepted.
+5. :class:`RangeSizer` is the adaptive range: halved on a refusal, grown back after
+   successes, shrunk when a poll returns many logs.
+
+:class:`ChainScanner` builds and sends the batches (one ``eth_getLogs`` per filter; why:
+shared/chain/filters.py) and parses them; it decides nothing.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
-from shared.contracts import REASONING_FULFILLED_TOPIC0, REASONING_REQUESTED_TOPIC0
+from shared.chain.filters import Log, LogFilter
 from shared.errors import HodlaiError, RpcRangeTooLargeError, RpcTransportError
 from shared.rpc import RpcCall, RpcClient, hex_int
 
@@ -63,7 +50,7 @@ BLOOM_BYTES = 256
 
 @dataclass(frozen=True, slots=True)
 class BlockHeader:
-    """The part of a block header the indexer needs."""
+    """The part of a block header a poller needs."""
 
     number: int
     hash: str
@@ -94,7 +81,8 @@ class PollAnswer:
 
     range: LogRange
     head: int
-    logs: list[dict[str, Any]]
+    #: every filter's logs, in chain order
+    logs: list[Log]
     range_end: BlockHeader | None
     anchor: BlockHeader | None
     #: headers of the range's blocks below its end whose blooms are checked (bloom window)
@@ -166,17 +154,18 @@ def judge(
     *,
     anchor: BlockHeader | None,
     confirmations: int,
-    provider_address: str,
+    addresses: Collection[str],
 ) -> Judgement:
     """Decide what one poll's answer allows. Pure: everything it needs is in the arguments.
 
-    ``anchor`` is the last accepted block as stored (None before the first acceptance).
+    ``anchor`` is the last accepted block as stored (None before the first acceptance);
+    ``addresses`` are the registered filters' addresses (logs from any other are wrong).
     """
     return (
         _judge_anchor(answer, anchor)
         or _judge_range(answer, anchor, confirmations)
         or _judge_headers(answer)
-        or _judge_logs(answer, provider_address)
+        or _judge_logs(answer, frozenset(a.lower() for a in addresses))
         or Judgement(Verdict.ACCEPT)
     )
 
@@ -250,11 +239,10 @@ def _judge_range(
     return None
 
 
-def _judge_logs(answer: PollAnswer, provider_address: str) -> Judgement | None:
-    # Invariant 4: every log inside the range, from the provider, one hash per block, and the
-    # last block's logs carrying the accepted header's hash.
+def _judge_logs(answer: PollAnswer, addresses: frozenset[str]) -> Judgement | None:
+    # Invariant 4: every log inside the range, from a registered address, one hash per
+    # block, and the last block's logs carrying the accepted header's hash.
     rng, end = answer.range, answer.range_end
-    address = provider_address.lower()
     seen: dict[int, str] = {}
     problem = ""
     for entry in answer.logs:
@@ -262,7 +250,7 @@ def _judge_logs(answer: PollAnswer, provider_address: str) -> Judgement | None:
         block_hash = str(entry.get("blockHash", "")).lower()
         if not rng.first <= block <= rng.last:
             problem = f"log from block {block} outside the range"
-        elif str(entry.get("address", "")).lower() != address:
+        elif str(entry.get("address", "")).lower() not in addresses:
             problem = f"log from {entry.get('address')}"
         elif seen.setdefault(block, block_hash) != block_hash:
             problem = f"two hashes for block {block} among logs"
@@ -317,25 +305,23 @@ class RangeSizer:
 
 
 class ChainScanner:
-    """Builds and sends the indexer's batches; parsing only, no decisions."""
+    """Builds and sends a poller's batches; parsing only, no decisions."""
 
-    def __init__(self, rpc: RpcClient, provider_address: str) -> None:
+    def __init__(self, rpc: RpcClient, filters: Sequence[LogFilter] = ()) -> None:
         self.rpc = rpc
-        self.provider_address = provider_address
-        self._topics = [[REASONING_REQUESTED_TOPIC0, REASONING_FULFILLED_TOPIC0]]
+        self.filters: tuple[LogFilter, ...] = tuple(filters)
 
-    def _logs_call(self, rng: LogRange) -> RpcCall:
-        return RpcCall(
-            "eth_getLogs",
-            [
-                {
-                    "address": self.provider_address,
-                    "fromBlock": hex(rng.first),
-                    "toBlock": hex(rng.last),
-                    "topics": self._topics,
-                }
-            ],
-        )
+    @property
+    def addresses(self) -> frozenset[str]:
+        """Every filter's addresses, lowercase."""
+        return frozenset(a for f in self.filters for a in f.lowercase_addresses)
+
+    def _logs_calls(self, rng: LogRange) -> list[RpcCall]:
+        return [
+            RpcCall("eth_getLogs", [f.query(rng.first, rng.last)])
+            for f in self.filters
+            if f.start_block <= rng.last
+        ]
 
     async def chain_id(self) -> int:
         return hex_int(await self.rpc.call("eth_chainId"))
@@ -343,12 +329,13 @@ class ChainScanner:
     async def poll(
         self, rng: LogRange, anchor: int | None, bloom_first: int | None = None
     ) -> PollAnswer:
-        """One batch: head, the range's logs, its last header, the anchor's header, and the
-        headers of blocks ``bloom_first`` to the range's last (the bloom window; None: none
-        besides the last)."""
+        """One batch: head, the range's logs (one eth_getLogs per filter), its last header,
+        the anchor's header, and the headers of blocks ``bloom_first`` to the range's last
+        (the bloom window; None: none besides the last)."""
+        logs_calls = self._logs_calls(rng)
         calls = [
             RpcCall("eth_blockNumber", []),
-            self._logs_call(rng),
+            *logs_calls,
             RpcCall("eth_getBlockByNumber", [hex(rng.last), False]),
         ]
         if anchor is not None:
@@ -359,42 +346,31 @@ class ChainScanner:
         calls += [RpcCall("eth_getBlockByNumber", [hex(n), False]) for n in window]
         results = await self.rpc.batch_settled(calls)
         head = _ok(results[0])
-        logs = results[1]
-        if isinstance(logs, RpcRangeTooLargeError):
-            raise logs
-        logs = _ok(logs)
-        if not isinstance(logs, list):
-            raise RpcTransportError(f"eth_getLogs answered {type(logs).__name__}, not a list")
+        answers = results[1 : 1 + len(logs_calls)]
+        for logs in answers:
+            if isinstance(logs, RpcRangeTooLargeError):
+                raise logs
+        end = 1 + len(logs_calls)
         return PollAnswer(
             range=rng,
             head=hex_int(head),
-            logs=logs,
-            range_end=parse_header(_ok(results[2])),
-            anchor=parse_header(_ok(results[3])) if anchor is not None else None,
+            logs=merged([_log_list(_ok(logs)) for logs in answers]),
+            range_end=parse_header(_ok(results[end])),
+            anchor=parse_header(_ok(results[end + 1])) if anchor is not None else None,
             headers={
                 n: parse_header(_ok(raw))
                 for n, raw in zip(window, results[len(calls) - len(window) :], strict=True)
             },
         )
 
-    async def logs_by_hash(self, headers: Sequence[BlockHeader]) -> dict[int, list[dict[str, Any]]]:
-        """The provider's logs of each block, asked for by block hash (EIP-234), one batch.
-        A node that does not have a hash answers an error (EIP-234), never an empty list,
-        so an empty answer means the block has no such log (a bloom false positive)."""
-        calls = [
-            RpcCall(
-                "eth_getLogs",
-                [{"address": self.provider_address, "blockHash": h.hash, "topics": self._topics}],
-            )
-            for h in headers
-        ]
-        results = await self.rpc.batch(calls)
-        out: dict[int, list[dict[str, Any]]] = {}
-        for header, logs in zip(headers, results, strict=True):
-            if not isinstance(logs, list):
-                raise RpcTransportError(f"eth_getLogs answered {type(logs).__name__}, not a list")
-            out[header.number] = logs
-        return out
+    async def logs_by_hash(
+        self, wanted: Sequence[tuple[LogFilter, BlockHeader]]
+    ) -> list[list[Log]]:
+        """Each (filter, block)'s logs, asked for by block hash (EIP-234), one batch. A node
+        that does not have a hash answers an error (EIP-234), never an empty list, so an
+        empty answer means the block has no such log (a bloom false positive)."""
+        calls = [RpcCall("eth_getLogs", [f.by_hash(h.hash)]) for f, h in wanted]
+        return [_log_list(logs) for logs in await self.rpc.batch(calls)]
 
     async def probe(self, anchor: int | None) -> Probe:
         calls = [RpcCall("eth_blockNumber", [])]
@@ -427,3 +403,25 @@ def _ok(result: object) -> Any:
     if isinstance(result, HodlaiError):
         raise result
     return result
+
+
+def _log_list(logs: object) -> list[Log]:
+    if not isinstance(logs, list):
+        raise RpcTransportError(f"eth_getLogs answered {type(logs).__name__}, not a list")
+    return logs
+
+
+def merged(answers: Sequence[list[Log]]) -> list[Log]:
+    """Several eth_getLogs answers as one list in chain order (block, then log index), each
+    log once (filters may overlap). One answer is returned as it is."""
+    if len(answers) == 1:
+        return answers[0]
+    unique: dict[tuple[str, str], Log] = {}
+    for logs in answers:
+        for entry in logs:
+            key = (str(entry.get("blockHash", "")).lower(), str(entry.get("logIndex")))
+            unique.setdefault(key, entry)
+    return sorted(
+        unique.values(),
+        key=lambda e: (hex_int(e.get("blockNumber")), hex_int(e.get("logIndex"))),
+    )
