@@ -49,13 +49,13 @@ from eth_utils.crypto import keccak
 
 from shared import store
 from shared.anvil import Anvil
+from shared.chain.rpc import RpcClient
 from shared.contracts import REASONING_FULFILLED_TOPIC0
 from shared.db import AsyncDatabase, atomic, connect
 from shared.deploy import Deployment, deploy_stack
 from shared.errors import HodlaiError
 from shared.keys import generate_key_file, load_private_key
 from shared.logs import configure_logging
-from shared.rpc import RpcClient
 from shared.store import NewRequest, Status
 from shared.tx.fees import FeePolicy
 from shared.tx.manager import TxManager, TxPolicy

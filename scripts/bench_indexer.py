@@ -55,6 +55,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from shared.anvil import Anvil  # noqa: E402 -- after the path fix, so the script runs as a file
+from shared.chain.rpc import RpcCall, RpcClient  # noqa: E402
 from shared.contracts import (  # noqa: E402
     PROVIDER_CONTRACT,
     REASONING_FULFILLED_TOPIC0,
@@ -63,7 +64,6 @@ from shared.contracts import (  # noqa: E402
 )
 from shared.deploy import Deployment, deploy_stack  # noqa: E402
 from shared.logs import configure_logging  # noqa: E402
-from shared.rpc import RpcCall, RpcClient  # noqa: E402
 from shared.runtime import run_loop  # noqa: E402
 from workers.indexer.logs_decode import decode_logs  # noqa: E402
 from workers.indexer.main import Indexer, open_database  # noqa: E402

@@ -27,9 +27,9 @@ from shared.chain.config import PollerConfig
 from shared.chain.filters import Log, LogFilter
 from shared.chain.metrics import PollerMetrics
 from shared.chain.poller import LogPoller
+from shared.chain.rpc import RpcClient, hex_int
 from shared.db import connect
 from shared.keys import load_private_key
-from shared.rpc import RpcClient, hex_int
 from shared.runtime import run_loop
 from tests.chain_fixtures import DeployedStack
 from tests.rpc_proxy import RpcProxy

@@ -23,6 +23,7 @@ from web3 import Web3
 from web3.contract import Contract
 
 from shared import store
+from shared.chain.rpc import RpcClient
 from shared.contracts import (
     ORACLE_ROLE,
     PROJECT_ROOT,
@@ -32,7 +33,6 @@ from shared.contracts import (
 )
 from shared.db import AsyncDatabase, connect
 from shared.keys import load_private_key
-from shared.rpc import RpcClient
 from shared.store import Status
 from shared.tx.fees import FeePolicy
 from shared.tx.manager import TxManager, TxPolicy

@@ -23,9 +23,9 @@ from eth_account import Account
 from eth_utils.crypto import keccak
 
 from shared.chain.filters import LogFilter, LogSink
+from shared.chain.rpc import RpcClient
 from shared.contracts import REASONING_FULFILLED_TOPIC0, REASONING_REQUESTED_TOPIC0
 from shared.deploy import Deployment
-from shared.rpc import RpcClient
 from shared.runtime import run_loop
 from workers.indexer.main import Indexer, open_database, start_when_reachable
 from workers.indexer.settings import IndexerSettings

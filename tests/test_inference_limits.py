@@ -19,10 +19,10 @@ from eth_utils.crypto import keccak
 from structlog.testing import capture_logs
 
 from shared import store
+from shared.chain.rpc import RpcClient
 from shared.contracts import artifact, decode_reasoning_requested
 from shared.errors import RpcResponseError
 from shared.llm.validate import DEFAULT_LIMITS, StringLimits
-from shared.rpc import RpcClient
 from shared.store import NewRequest
 from tests.chain_fixtures import DeployedStack
 from tests.conftest import make_request

@@ -18,8 +18,8 @@ import httpx
 
 from shared import state
 from shared.anvil import Anvil
+from shared.chain.rpc import RpcClient
 from shared.db import AsyncDatabase, connect
-from shared.rpc import RpcClient
 from shared.tx.fees import GWEI, FeePolicy, Fees
 from shared.tx.ledger import Purpose
 from shared.tx.manager import Submission, TxManager, TxPolicy

@@ -1,4 +1,4 @@
-"""shared/rpc.py: error classification of real providers' messages, batches, failover and
+"""shared/chain/rpc.py: error classification of real providers' messages, batches, failover and
 Retry-After, against httpx.MockTransport and real loopback servers (tests/rpc_proxy.py,
 tests/bad_rpc.py); the chain check of every URL, the total deadline and the size cap."""
 
@@ -18,6 +18,14 @@ from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
 from shared.anvil import Anvil
+from shared.chain.rpc import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    MAX_JSON_DEPTH,
+    RpcCall,
+    RpcClient,
+    classify_error,
+    hex_int,
+)
 from shared.errors import (
     ConfigError,
     ExecutionRevertedError,
@@ -33,14 +41,6 @@ from shared.errors import (
     RpcServerError,
     RpcTransportError,
     StaleNodeError,
-)
-from shared.rpc import (
-    DEFAULT_MAX_RESPONSE_BYTES,
-    MAX_JSON_DEPTH,
-    RpcCall,
-    RpcClient,
-    classify_error,
-    hex_int,
 )
 from tests.bad_rpc import BadRpc, Mode
 from tests.rpc_proxy import Fault, RpcProxy

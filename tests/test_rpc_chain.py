@@ -16,10 +16,10 @@ import httpx
 import pytest
 
 from shared.anvil import Anvil
+from shared.chain.rpc import RpcCall, RpcClient, hex_int
 from shared.db import connect
 from shared.deploy import Deployment, deploy_stack
 from shared.errors import RetryableError
-from shared.rpc import RpcCall, RpcClient, hex_int
 from tests.bad_rpc import BadRpc, Mode
 from tests.chain_fixtures import DeployedStack
 from tests.test_indexer_support import ChainDriver, indexer_settings, run_indexer

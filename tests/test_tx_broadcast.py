@@ -9,8 +9,8 @@ import httpx
 import pytest
 
 from shared.anvil import Anvil
+from shared.chain.rpc import RpcClient
 from shared.errors import RpcResponseError
-from shared.rpc import RpcClient
 from shared.tx.broadcast import BroadcastOutcome, broadcast, classify_send_error
 from shared.tx.fees import GWEI, Fees
 from shared.tx.signer import Call, LocalSigner

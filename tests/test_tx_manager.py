@@ -16,8 +16,8 @@ import pytest_asyncio
 from structlog.testing import capture_logs
 
 from shared.anvil import Anvil
+from shared.chain.rpc import RpcClient
 from shared.db import AsyncDatabase, atomic, connect
-from shared.rpc import RpcClient
 from shared.tx import ledger
 from shared.tx.fees import GWEI, FeePolicy, Fees
 from shared.tx.ledger import Purpose, TxRecord

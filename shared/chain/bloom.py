@@ -34,9 +34,9 @@ import structlog
 from eth_utils.crypto import keccak
 
 from shared.chain.filters import Log, LogFilter
+from shared.chain.rpc import hex_int
 from shared.chain.scan import BLOOM_BYTES, BlockHeader, ChainScanner, PollAnswer, merged
 from shared.errors import RpcTransportError
-from shared.rpc import hex_int
 
 log = structlog.get_logger(__name__)
 

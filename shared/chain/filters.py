@@ -50,8 +50,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
+from shared.chain.rpc import hex_int
 from shared.errors import RpcTransportError
-from shared.rpc import hex_int
 
 #: A log as eth_getLogs returns it (JSON object, hex strings).
 Log = dict[str, Any]

@@ -66,6 +66,7 @@ from shared.chain.history import Anchor
 from shared.chain.metrics import PollerMetrics
 from shared.chain.pipeline import Committing, Pipeline
 from shared.chain.report import ProgressReport
+from shared.chain.rpc import RpcClient
 from shared.chain.scan import (
     BlockHeader,
     ChainScanner,
@@ -85,7 +86,6 @@ from shared.errors import (
     StaleNodeError,
 )
 from shared.metrics import ERRORS
-from shared.rpc import RpcClient
 
 log = structlog.get_logger(__name__)
 
@@ -218,7 +218,7 @@ class LogPoller:
         )
 
     async def verify_chain(self) -> tuple[int, dict[str, object]]:
-        """The chain id every RPC URL is pinned to (shared/rpc.py quarantines a URL of
+        """The chain id every RPC URL is pinned to (shared/chain/rpc.py quarantines a URL of
         another chain), and fields for the ``indexer_started`` line. Here: the chain of the
         first URL that answers; a subclass checks it against its database (the indexer)."""
         chain_id = await self.scanner.chain_id()

@@ -31,8 +31,8 @@ from typing import Any
 import structlog
 
 from shared.chain.filters import Log, LogFilter
+from shared.chain.rpc import RpcCall, RpcClient, hex_int
 from shared.errors import HodlaiError, RpcRangeTooLargeError, RpcTransportError
-from shared.rpc import RpcCall, RpcClient, hex_int
 
 log = structlog.get_logger(__name__)
 

@@ -22,8 +22,8 @@ from typing import Final
 
 import structlog
 
+from shared.chain.rpc import RpcCall, RpcClient
 from shared.errors import HodlaiError, RetryableError
-from shared.rpc import RpcCall, RpcClient
 
 log = structlog.get_logger(__name__)
 

@@ -21,8 +21,8 @@ from typing import Final
 
 import structlog
 
+from shared.chain.rpc import RpcCall, RpcClient, hex_int
 from shared.errors import HodlaiError
-from shared.rpc import RpcCall, RpcClient, hex_int
 
 log = structlog.get_logger(__name__)
 

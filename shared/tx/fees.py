@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Final
 
+from shared.chain.rpc import RpcCall, RpcClient, hex_int
 from shared.errors import FeeCapExceededError, HodlaiError, RpcTransportError
-from shared.rpc import RpcCall, RpcClient, hex_int
 
 GWEI: Final = 10**9
 # Multiple of the current base fee that maxFeePerGas covers: the base fee can rise 12.5 % per

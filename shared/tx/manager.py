@@ -45,10 +45,10 @@ from typing import Any, Final
 
 import structlog
 
+from shared.chain.rpc import RpcCall, RpcClient, hex_int
 from shared.db import AsyncDatabase, atomic
 from shared.errors import HodlaiError, PermanentError, StaleNodeError, TransitionConflict
 from shared.metrics import TXS, TXS_IN_FLIGHT
-from shared.rpc import RpcCall, RpcClient, hex_int
 from shared.tx import ledger, replacements, watch
 from shared.tx.broadcast import BroadcastOutcome, BroadcastResult, broadcast
 from shared.tx.evidence import Absences, HeadTracker, NonceUser, find_nonce_user

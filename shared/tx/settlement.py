@@ -25,8 +25,8 @@ from typing import Any, Protocol
 
 import structlog
 
+from shared.chain.rpc import hex_int
 from shared.db import atomic
-from shared.rpc import hex_int
 from shared.tx import ledger
 from shared.tx.evidence import NonceUser
 from shared.tx.ledger import TxRecord, TxStatus

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from shared.chain.rpc import RpcCall, hex_int
 from shared.contracts import decode_revert, error_selectors
 from shared.errors import ExecutionRevertedError, HodlaiError, StaleNodeError
-from shared.rpc import RpcCall, hex_int
 from shared.tx.signer import Call
 
 

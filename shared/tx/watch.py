@@ -24,8 +24,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared.chain.rpc import RpcCall
 from shared.db import read_transaction
-from shared.rpc import RpcCall
 from shared.tx import ledger
 from shared.tx.ledger import TxRecord
 from shared.tx.settlement import PurposeHandler, SubjectAnchor

@@ -24,11 +24,11 @@ from contextlib import asynccontextmanager
 import structlog
 
 from shared import keys
+from shared.chain.rpc import RpcClient, hex_int
 from shared.db import AsyncDatabase, check_identity
 from shared.errors import ConfigError
 from shared.logs import configure_logging
 from shared.metrics import Health
-from shared.rpc import RpcClient, hex_int
 from shared.runtime import WorkerSpec, run_worker
 from shared.tx.fees import FeePolicy
 from shared.tx.manager import TxManager, TxPolicy

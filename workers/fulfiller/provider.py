@@ -16,9 +16,9 @@ from eth_abi.exceptions import DecodingError
 from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 
+from shared.chain.rpc import RpcCall
 from shared.contracts import ORACLE_ROLE
 from shared.errors import RpcTransportError
-from shared.rpc import RpcCall
 
 FULFIL_SIGNATURE: Final = "fulfillNodeReasoning(uint256,string,string)"
 FULFIL_SELECTOR: Final = keccak(text=FULFIL_SIGNATURE)[:4]

@@ -20,8 +20,8 @@ from typing import Final
 
 import structlog
 
+from shared.chain.rpc import RpcCall, RpcClient, hex_int
 from shared.errors import RetryableError
-from shared.rpc import RpcCall, RpcClient, hex_int
 from workers.fulfiller.provider import decode_bool, has_oracle_role_call
 
 log = structlog.get_logger(__name__)

@@ -33,8 +33,8 @@ from typing import Any
 
 from eth_utils.address import to_checksum_address
 
+from shared.chain.rpc import RpcClient
 from shared.errors import HodlaiError, StaleNodeError
-from shared.rpc import RpcClient
 from shared.store import Claimed
 from shared.tx.signer import Call
 from shared.tx.simulation import GasRule, Outcome, Simulation, judge, simulation_calls

@@ -34,9 +34,9 @@ from eth_utils.address import to_checksum_address
 
 from shared import halt, store
 from shared import request_id as rid
+from shared.chain.rpc import RpcClient
 from shared.db import AsyncDatabase
 from shared.errors import FeeCapExceededError, HodlaiError, RetryableError, TransitionConflict
-from shared.rpc import RpcClient
 from shared.store import Claimed, Status
 from shared.tx.fees import FeePolicy, Fees, fetch_market, price
 from shared.tx.ledger import Purpose

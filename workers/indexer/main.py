@@ -31,6 +31,7 @@ from shared import store
 from shared.chain.config import PollerConfig
 from shared.chain.health import ProgressHealth
 from shared.chain.poller import LogPoller
+from shared.chain.rpc import RpcClient
 from shared.config import load_settings
 from shared.db import AsyncDatabase, check_identity, connect, stored_identity
 from shared.errors import (
@@ -40,7 +41,6 @@ from shared.errors import (
     RpcChainMismatchError,
 )
 from shared.metrics import REQUESTS
-from shared.rpc import RpcClient
 from shared.runtime import WorkerSpec, run_worker, sleep_or_stop
 from workers.indexer.ingest import IngestStats
 from workers.indexer.metrics import POLLER_METRICS
@@ -123,7 +123,7 @@ class Indexer(LogPoller):
     async def verify_chain(self) -> tuple[int, dict[str, object]]:
         """Check the chain and the database belong together. Every RPC URL is checked to
         serve the database's chain before any of its answers is used: a URL of another chain
-        is quarantined (shared/rpc.py), never read into this database."""
+        is quarantined (shared/chain/rpc.py), never read into this database."""
         stored = await self.db.run(stored_identity)
         if stored is not None:
             try:

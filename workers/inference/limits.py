@@ -26,9 +26,9 @@ from eth_abi.abi import decode as abi_decode
 from eth_abi.exceptions import DecodingError
 from eth_utils.crypto import keccak
 
+from shared.chain.rpc import RpcClient
 from shared.errors import HodlaiError, RpcResponseError
 from shared.llm.validate import DEFAULT_LIMITS, StringLimits
-from shared.rpc import RpcClient
 
 log = structlog.get_logger(__name__)
 

@@ -18,10 +18,10 @@ from contextlib import asynccontextmanager
 
 import structlog
 
+from shared.chain.rpc import RpcClient
 from shared.db import AsyncDatabase, check_identity, stored_identity
 from shared.llm import LlmBackend
 from shared.llm.backends import LocalBackend, OpenAIBackend
-from shared.rpc import RpcClient
 from shared.runtime import WorkerSpec, run_worker, sleep_or_stop
 from workers.inference.health import InferenceHealth
 from workers.inference.limits import ContractStringLimits

@@ -56,7 +56,7 @@ STATUS_RPC_DEADLINE_S = 5.0
 
 
 async def _chain_head(urls: list[str]) -> int | None:
-    from shared.rpc import RpcClient, hex_int
+    from shared.chain.rpc import RpcClient, hex_int
 
     # A short total deadline: `hodlai status` must answer even when an RPC trickles.
     async with RpcClient(urls, timeout=3.0, deadline_s=STATUS_RPC_DEADLINE_S) as client:
