@@ -1,9 +1,11 @@
 """Composition root of ``hodlai inference``: settings in, a running worker out.
 
 Nothing here connects at import time. Order: settings (validated by the caller), database,
-the chain identity (the provider address is required; the chain id comes from
+the backend (for ``llama`` the model is checked and loaded here, so a missing or damaged
+model stops the worker at once with a message naming HODLAI_LOCAL_MODEL_PATH), the chain
+identity (the provider address is required; the chain id comes from
 ``HODLAI_CHAIN_ID`` or from the database, where the indexer records it; with neither, the
-worker waits and says so), the backend, metrics, the contract's string limits (read once
+worker waits and says so), metrics, the contract's string limits (read once
 over ``HODLAI_RPC_URLS`` before the first claim, when set), signal handlers, the loop, and on
 the way out the drain that finishes or releases in-flight work.
 """
@@ -19,6 +21,7 @@ import structlog
 from shared.db import AsyncDatabase, check_identity, connect, stored_identity
 from shared.llm import LlmBackend
 from shared.llm.backends import LocalBackend, OpenAIBackend
+from shared.llm.backends.llama import LlamaBackend
 from shared.metrics import serve
 from shared.rpc import RpcClient
 from shared.runtime import install_stop_handlers, run_loop, sleep_or_stop
@@ -36,9 +39,16 @@ IDENTITY_NAG_S = 15.0
 
 
 def build_backend(settings: InferenceSettings) -> LlmBackend:
+    """The configured backend, ready to answer (blocking: llama loads its model here)."""
     models = settings.served_models()
     if settings.llm_backend == "local":
         return LocalBackend(models)
+    if settings.llm_backend == "llama":
+        path, expected_sha256 = settings.model_source()
+        return LlamaBackend.load(
+            path, params=settings.load_params(), model_map=models,
+            expected_sha256=expected_sha256,
+        )  # fmt: skip
     assert settings.llm_base_url is not None  # check_backend() ran in the CLI
     key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
     return OpenAIBackend(
@@ -91,7 +101,9 @@ async def serve_inference(settings: InferenceSettings) -> int:
     adb = AsyncDatabase(connect(settings.db_path))
     metrics = None
     rpc = RpcClient(settings.rpc_urls) if settings.rpc_urls else None
+    backend: LlmBackend | None = None
     try:
+        backend = await asyncio.to_thread(build_backend, settings)
         chain_id = await resolve_chain_id(adb, settings, stop)
         if chain_id is None:
             return 0
@@ -101,7 +113,6 @@ async def serve_inference(settings: InferenceSettings) -> int:
             # Shards share one HODLAI_METRICS_PORT (one env file, one systemd template): each
             # serves on that port plus its worker id.
             metrics = serve(settings.metrics_port + settings.worker_id, health)
-        backend = build_backend(settings)
         limits = ContractStringLimits(
             rpc, settings.provider_address, refresh_s=settings.inference_limits_refresh_s
         )
@@ -132,10 +143,11 @@ async def serve_inference(settings: InferenceSettings) -> int:
             await run_loop(PROCESS, worker.step, stop=stop)
         finally:
             await worker.drain(settings.inference_shutdown_grace_s)
-            await backend.aclose()
         log.info("inference_stopped", owner=config.owner)
         return 0
     finally:
+        if backend is not None:
+            await backend.aclose()
         if metrics is not None:
             metrics.shutdown()
         if rpc is not None:
