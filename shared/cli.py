@@ -42,6 +42,7 @@ WORKER_COMMANDS = (
     "workers.inference.cli",
     "workers.fulfiller.cli",
     "workers.mockllm.cli",
+    "workers.replay.cli",
     "shared.api.cli",
 )
 

@@ -141,8 +141,9 @@ class ModelFile:
         expected = None if expected_sha256 is None else expected_sha256.lower()
         if expected is not None and sha256 != expected:
             raise ConfigError(
-                f"{MODEL_PATH_SETTING}={path} has SHA-256 {sha256}, expected {expected}:"
-                " the file is damaged or not the model it should be"
+                f"{MODEL_PATH_SETTING}={path} has SHA-256 {sha256}, not the expected {expected}"
+                " (HODLAI_LOCAL_MODEL_SHA256, or the packaged model's known hash): the file is"
+                " damaged or is another model"
             )
         return cls(path=path, sha256=sha256, size=size)
 
@@ -293,10 +294,8 @@ class LlamaBackend:
                 " (HODLAI_LOCAL_MODEL_CONTEXT)",
                 status=413,  # what an HTTP endpoint answers to a request too large for it
             )
-        try:
-            compiled = LlamaGrammar.from_string(grammar, verbose=False)
-        except ValueError as exc:
-            raise LlmRejectedError(f"llama.cpp refused the grammar: {exc}", status=422) from exc
+        self.check_grammar(grammar)
+        compiled = LlamaGrammar.from_string(grammar, verbose=False)
         try:
             self._llm.reset()  # no prefix of an earlier request is reused
             out = self._llm.create_completion(
@@ -314,6 +313,18 @@ class LlamaBackend:
             "completion_tokens": int(usage.get("completion_tokens", 0)),
             "finish_reason": choice.get("finish_reason"),
         }
+
+    def check_grammar(self, grammar: str) -> None:
+        """LlmRejectedError unless llama.cpp parses ``grammar``. Sampling with a grammar it
+        cannot parse crashes the process (a NULL sampler, checked: SIGSEGV), so every grammar
+        is parsed here first."""
+        import llama_cpp
+
+        vocab = llama_cpp.llama_model_get_vocab(self._llm.model)
+        sampler = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode("utf-8"), b"root")
+        if not sampler:
+            raise LlmRejectedError("llama.cpp cannot parse the grammar", status=422)
+        llama_cpp.llama_sampler_free(sampler)
 
     async def aclose(self) -> None:
         """Wait for the generation in progress (bounded by its token budget), then free the
