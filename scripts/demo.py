@@ -1,12 +1,14 @@
-"""``make demo``: the whole node end to end on a local chain with the local model.
+"""``make demo``: the whole node end to end on a local chain with the embedded model.
 
 1. starts anvil and deploys the contracts (``hodlai devnet``);
 2. starts the node through honcho from the Procfile (indexer, two inference shards,
-   fulfiller, mock LLM) with the deterministic local model;
+   fulfiller, mock LLM); the shards answer with the embedded model (SmolLM2-135M-Instruct
+   on llama.cpp, in each shard's process, decoding held to each request's action set);
 3. submits a varied set of requests from the example vault;
 4. shows them move to FULFILLED in a live status view;
-5. prints the answers the vault recorded;
-6. shuts everything down (SIGTERM to honcho, which stops every process).
+5. prints the answers the vault recorded, each with the model's one line of reasoning;
+6. audits one of them with ``hodlai replay`` (trace CID, CID on chain, answer re-run);
+7. shuts everything down (SIGTERM to honcho, which stops every process).
 
 Then the agent job dispatcher's part (scripts/demo_dispatch.py). Exits 0 only when every
 request was fulfilled exactly once, with an action from its own set, and every dispatcher
@@ -16,6 +18,7 @@ job reached its queue exactly once.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -24,6 +27,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from scripts import demo_dispatch
 from scripts.localnode import BIN, ROOT, Ask, LocalNode
@@ -32,6 +36,10 @@ from shared import store
 # Seconds the demo waits for every request to be fulfilled before it gives up.
 DEMO_TIMEOUT_S = 180.0
 WORKDIR = ROOT / ".devnet" / "demo"
+# Settings layered over the devnet's env file for the demo's node: the embedded model.
+MODEL_ENV = {"HODLAI_LLM_BACKEND": "llama"}
+# Characters of the model's reasoning shown per answer: one terminal line.
+REASONING_SHOWN = 100
 
 ASKS = (
     Ask("BNB=612.40 USD; 24h=+4.1%; vault_nav=1.084; drawdown=0.3%"),
@@ -76,9 +84,13 @@ def start_honcho(node: LocalNode) -> subprocess.Popen[bytes]:
                      "HODLAI_FULFILLER_METRICS_PORT", "HODLAI_MOCK_LLM_PORT")
     }  # fmt: skip
     log = (WORKDIR / "logs" / "honcho.log").open("ab")
+    # honcho layers env files left to right (each over the process environment), so the
+    # model settings go in a second file after the devnet's.
+    model_env = WORKDIR / "model.env"
+    model_env.write_text("".join(f"{name}={value}\n" for name, value in MODEL_ENV.items()))
     return subprocess.Popen(
         [str(BIN / "honcho"), "start", "-f", str(ROOT / "Procfile"), "-e",
-         node.ready["env_file"], "-d", str(ROOT)],
+         f"{node.ready['env_file']},{model_env}", "-d", str(ROOT)],
         stdout=log, stderr=log, cwd=ROOT, env=node.process_env(**ports),
         start_new_session=True,
     )  # fmt: skip
@@ -106,9 +118,29 @@ def watch(node: LocalNode, honcho: subprocess.Popen[bytes], total: int) -> int:
     return fulfilled
 
 
+def model_reasoning(db_path: Path, ids: list[int]) -> dict[int, str]:
+    """The model's own reasoning for each answered request: the ``reasoning`` field of the
+    JSON object it wrote, as its trace records it."""
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
+    out = {}
+    try:
+        for request_id in ids:
+            row = conn.execute(
+                "SELECT reasoning FROM requests WHERE request_id = ?", (str(request_id),)
+            ).fetchone()
+            with contextlib.suppress(TypeError, ValueError, KeyError, IndexError):
+                raw = json.loads(row[0])["attempts"][-1]["raw"]
+                out[request_id] = str(json.loads(raw)["reasoning"])
+    finally:
+        conn.close()
+    return out
+
+
 def report(node: LocalNode, ids: list[int]) -> bool:
-    """Print what the vault recorded; True when each request got one answer from its set."""
+    """Print what the vault recorded, each answer with the model's line of reasoning; True
+    when each request got one answer from its set."""
     decisions = node.decisions(ids)
+    reasons = model_reasoning(node.db_path, ids)
     ok = True
     for request_id, ask in zip(ids, ASKS, strict=True):
         action, cid, deliveries = decisions.get(request_id, ("-", "-", 0))
@@ -116,7 +148,20 @@ def report(node: LocalNode, ids: list[int]) -> bool:
         ok &= good
         print(f"  #{request_id:<3} {action:<12} x{deliveries} {'ok ' if good else 'BAD'} "
               f"{ask.state[:48]:<48} {cid[:24]}")  # fmt: skip
+        reason = reasons.get(request_id, "-").replace("\n", " ")
+        print(f"       the model: {reason[:REASONING_SHOWN]}")
     return ok
+
+
+def audit(node: LocalNode, request_id: int) -> bool:
+    """``hodlai replay`` on one request, its output shown; True when it reproduced."""
+    proc = subprocess.run(
+        [str(BIN / "hodlai"), "replay", str(request_id)], env=node.process_env(**MODEL_ENV),
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    for line in (proc.stdout + proc.stderr).splitlines():
+        print(f"   {line}")
+    return proc.returncode == 0
 
 
 def stop_honcho(honcho: subprocess.Popen[bytes]) -> None:
@@ -139,18 +184,22 @@ def main() -> int:
         deployment = node.ready["deployment"]
         print(f"   rpc {node.rpc_url}  provider {deployment['provider_address']}")
         print(f"   vault {deployment['vault_address']}  oracle {deployment['oracle_address']}")
-        print("== starting the node with honcho (Procfile): indexer, 2 inference shards, "
-              "fulfiller, mock LLM")  # fmt: skip
+        print("== starting the node with honcho (Procfile): indexer, 2 inference shards on the "
+              "embedded model (SmolLM2-135M-Instruct, llama.cpp), fulfiller, mock LLM")  # fmt: skip
         honcho = start_honcho(node)
         print(f"== submitting {len(ASKS)} requests from the example vault")
         ids = node.submit(ASKS)
         print(f"   request ids {ids[0]}..{ids[-1]}")
         print("== live status (the node's SQLite state store)")
         fulfilled = watch(node, honcho, len(ids))
-        print("== answers the vault recorded")
+        print("== answers the vault recorded, with the model's reasoning")
         ok = report(node, ids) and fulfilled == len(ids)
         print(f"== {'every request fulfilled exactly once' if ok else 'NOT all fulfilled'}")
-        print(f"   logs in {WORKDIR / 'logs'}; try: HODLAI_DB_PATH={node.db_path} hodlai status")
+        if ok:
+            print(f"== auditing request {ids[0]}: hodlai replay re-runs it through the model")
+            ok = audit(node, ids[0])
+        print(f"   logs in {WORKDIR / 'logs'}; try: HODLAI_DB_PATH={node.db_path} hodlai status"
+              f" (or: hodlai show ID, hodlai replay ID)")  # fmt: skip
         dispatched = demo_dispatch.run(WORKDIR / "dispatch")  # the agent job dispatcher
         return 0 if ok and dispatched else 1
     finally:

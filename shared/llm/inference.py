@@ -77,10 +77,11 @@ async def execute_holdai_inference(
     """
     validate_request(request, serves=backend.serves, limits=limits)
     started_at = clock()
-    messages: tuple[ChatMessage, ...] = prompt.initial_messages(request)
+    messages: tuple[ChatMessage, ...] = prompt.initial_messages(request, backend.answer_format)
     attempts: list[Attempt] = []
     backend_model: str | None = None
     params: dict[str, object] = {}
+    runtime: dict[str, object] = {}
     for offset in range(max_attempts):
         number = prior_attempts + offset + 1
         sent = messages
@@ -100,8 +101,9 @@ async def execute_holdai_inference(
                 problem=str(exc),
             )  # fmt: skip
             messages = sent + prompt.feedback(
-                prompt.discarded_answer(exc.limit), str(exc), request.action_set
-            )
+                prompt.discarded_answer(exc.limit), str(exc), request.action_set,
+                backend.answer_format,
+            )  # fmt: skip
         except LlmRejectedError as exc:
             attempt = Attempt(number, None, "rejected", str(exc), _since(began), {})
             _observe(backend.name, "rejected", began)
@@ -112,6 +114,7 @@ async def execute_holdai_inference(
         else:
             backend_model = completion.backend_model
             params = dict(completion.params)
+            runtime = dict(completion.runtime)
             try:
                 action = match_action(completion.text, request.action_set)
             except BadAnswerError as exc:
@@ -123,7 +126,9 @@ async def execute_holdai_inference(
                     "llm_bad_answer", request_id=str(request.request_id), attempt=number,
                     problem=str(exc),
                 )  # fmt: skip
-                messages = sent + prompt.feedback(completion.text, str(exc), request.action_set)
+                messages = sent + prompt.feedback(
+                    completion.text, str(exc), request.action_set, backend.answer_format
+                )
             else:
                 attempt = Attempt(
                     number, completion.text, "answered", action, _since(began), params
@@ -132,32 +137,57 @@ async def execute_holdai_inference(
                 attempts.append(attempt)
                 if on_attempt is not None:
                     await on_attempt(attempt)
-                trace = build_trace(
+                return _result(
                     request, backend=backend.name, backend_model=backend_model, params=params,
-                    messages=sent, attempts=attempts, action=action,
-                    prior_attempts=prior_attempts, started_at=started_at, finished_at=clock(),
+                    runtime=runtime, messages=sent, attempts=attempts, action=action,
+                    raw=completion.text, prior_attempts=prior_attempts, started_at=started_at,
+                    finished_at=clock(),
                 )  # fmt: skip
-                trace_json = canonical_json(trace)
-                return InferenceResult(
-                    action=action,
-                    reasoning=completion.text,
-                    attempts=tuple(attempts),
-                    trace=trace,
-                    trace_json=trace_json,
-                    cid=cid_v1_raw(trace_json.encode("utf-8")),
-                )
         attempts.append(attempt)
         if on_attempt is not None:
             await on_attempt(attempt)
     trace = build_trace(
         request, backend=backend.name, backend_model=backend_model, params=params,
-        messages=messages, attempts=attempts, action=None, prior_attempts=prior_attempts,
+        runtime=runtime, messages=messages, attempts=attempts, action=None,
+        prior_attempts=prior_attempts,
         started_at=started_at, finished_at=clock(),
     )  # fmt: skip
     total = prior_attempts + len(attempts)
     last = attempts[-1].detail if attempts else "spent by earlier attempts"
     raise AttemptsExhaustedError(
         f"no valid answer in {total} attempt(s); last: {last}", trace_json=canonical_json(trace)
+    )
+
+
+def _result(
+    request: InferenceRequest,
+    *,
+    backend: str,
+    backend_model: str | None,
+    params: dict[str, object],
+    runtime: dict[str, object],
+    messages: tuple[ChatMessage, ...],
+    attempts: list[Attempt],
+    action: str,
+    raw: str,
+    prior_attempts: int,
+    started_at: float,
+    finished_at: float,
+) -> InferenceResult:
+    """The accepted answer with its trace and the trace's CID."""
+    trace = build_trace(
+        request, backend=backend, backend_model=backend_model, params=params, runtime=runtime,
+        messages=messages, attempts=attempts, action=action, prior_attempts=prior_attempts,
+        started_at=started_at, finished_at=finished_at,
+    )  # fmt: skip
+    trace_json = canonical_json(trace)
+    return InferenceResult(
+        action=action,
+        reasoning=raw,
+        attempts=tuple(attempts),
+        trace=trace,
+        trace_json=trace_json,
+        cid=cid_v1_raw(trace_json.encode("utf-8")),
     )
 
 

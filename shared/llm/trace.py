@@ -4,7 +4,10 @@ Guarantees:
 - The trace holds what an auditor needs to check an answer and re-run it: the request id,
   chain id and provider; a SHA-256 of the exact inputs; the model, the backend's model id
   and the decoding parameters; the messages sent; the raw answer of every attempt; the
-  chosen action; timings; the node version.
+  chosen action; timings; the node version. For a model run on this node (the ``llama``
+  backend) ``backend.runtime`` names it exactly: the weights' SHA-256 and size, the
+  llama-cpp-python and ggml versions, the CPU features the build uses, the loading
+  parameters, and the grammar decoding was held to; ``hodlai replay`` re-runs from these.
 - ``inputs_sha256`` is the SHA-256 of the ABI encoding of ``(model, systemPrompt,
   stateString, actionSet)``, which is byte for byte the ``data`` field of the
   ``HoldAI_ReasoningRequested`` log: anyone can check it against the chain without this code.
@@ -61,13 +64,20 @@ def build_trace(
     backend_model: str | None,
     params: Mapping[str, object],
     messages: Sequence[ChatMessage],
+    runtime: Mapping[str, object] | None = None,
     attempts: Sequence[Attempt],
     action: str | None,
     prior_attempts: int,
     started_at: float,
     finished_at: float,
 ) -> dict[str, object]:
-    """The trace document. ``action`` is None when no attempt gave a valid answer."""
+    """The trace document. ``action`` is None when no attempt gave a valid answer;
+    ``runtime`` (see :class:`shared.llm.types.Completion`) is recorded when not empty."""
+    backend_entry: dict[str, object] = {
+        "name": backend, "model": backend_model, "params": dict(params)
+    }  # fmt: skip
+    if runtime:
+        backend_entry["runtime"] = dict(runtime)
     return {
         "schema": TRACE_SCHEMA,
         "node_version": __version__,
@@ -82,7 +92,7 @@ def build_trace(
             "model": request.model,
             "action_set": list(request.action_set),
         },
-        "backend": {"name": backend, "model": backend_model, "params": dict(params)},
+        "backend": backend_entry,
         "messages": [message.as_json() for message in messages],
         # Attempts spent by earlier claims of this request (a crash, an LLM outage): their raw
         # answers are not in this document, only their number.

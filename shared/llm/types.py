@@ -20,6 +20,10 @@ from typing import Literal, Protocol
 Role = Literal["system", "user", "assistant"]
 #: How a backend may constrain decoding to the permitted actions.
 Constraint = Literal["json_schema", "guided_choice", "none"]
+#: What the model is asked to write: the action alone, or the JSON object
+#: ``{"reasoning": "…", "action": "…"}`` (a backend that constrains decoding to that object
+#: asks for it; :mod:`shared.llm.answer` reads the action out of either).
+AnswerFormat = Literal["action", "reasoned_json"]
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,10 @@ class Completion:
     backend_model: str
     #: decoding parameters actually used (temperature, max tokens, constraint in force, ...)
     params: Mapping[str, object] = field(default_factory=dict)
+    #: what names the model and the decoder exactly, recorded once per trace: the weights'
+    #: sha256, the runtime's versions, the grammar in force. Empty for a remote endpoint,
+    #: which tells us none of it.
+    runtime: Mapping[str, object] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -95,8 +103,10 @@ class InferenceResult:
 class LlmBackend(Protocol):
     """Anything that can answer a chat exchange for the models it serves."""
 
-    #: short name for logs, metrics and the trace ("openai", "local")
+    #: short name for logs, metrics and the trace ("llama", "openai", "local")
     name: str
+    #: what the prompt asks the model to write (see AnswerFormat)
+    answer_format: AnswerFormat
 
     def serves(self, model: str) -> bool:
         """True when ``model`` (an on-chain model name) is configured on this node."""

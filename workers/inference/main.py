@@ -1,9 +1,11 @@
 """Composition root of ``hodlai inference``: settings in, a running worker out.
 
 Nothing here connects at import time. Order: settings (validated by the caller), database,
-the chain identity (the provider address is required; the chain id comes from
+the backend (for ``llama`` the model is checked and loaded here, so a missing or damaged
+model stops the worker at once with a message naming HODLAI_LOCAL_MODEL_PATH), the chain
+identity (the provider address is required; the chain id comes from
 ``HODLAI_CHAIN_ID`` or from the database, where the indexer records it; with neither, the
-worker waits and says so), the backend, metrics, the contract's string limits (read once
+worker waits and says so), metrics, the contract's string limits (read once
 over ``HODLAI_RPC_URLS`` before the first claim, when set), signal handlers, the loop, and on
 the way out the drain that finishes or releases in-flight work.
 """
@@ -22,6 +24,7 @@ from shared.chain.rpc import RpcClient
 from shared.db import AsyncDatabase, check_identity, stored_identity
 from shared.llm import LlmBackend
 from shared.llm.backends import LocalBackend, OpenAIBackend
+from shared.llm.backends.llama import LlamaBackend
 from shared.runtime import WorkerSpec, run_worker, sleep_or_stop
 from workers.inference.health import InferenceHealth
 from workers.inference.limits import ContractStringLimits
@@ -39,9 +42,16 @@ IDENTITY_NAG_S = 15.0
 
 
 def build_backend(settings: InferenceSettings) -> LlmBackend:
+    """The configured backend, ready to answer (blocking: llama loads its model here)."""
     models = settings.served_models()
     if settings.llm_backend == "local":
         return LocalBackend(models)
+    if settings.llm_backend == "llama":
+        path, expected_sha256 = settings.model_source()
+        return LlamaBackend.load(
+            path, params=settings.load_params(), model_map=models,
+            expected_sha256=expected_sha256,
+        )  # fmt: skip
     assert settings.llm_base_url is not None  # check_backend() ran in the CLI
     key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
     return OpenAIBackend(
@@ -127,11 +137,11 @@ class InferenceService:
 
     async def start(self, stop: asyncio.Event) -> bool:
         settings = self._settings
+        self._backend = backend = await asyncio.to_thread(build_backend, settings)
         chain_id = await resolve_chain_id(self._adb, settings, stop)
         if chain_id is None:
             return False
         assert settings.provider_address is not None
-        self._backend = backend = build_backend(settings)
         limits = ContractStringLimits(
             self._rpc, settings.provider_address, refresh_s=settings.inference_limits_refresh_s
         )

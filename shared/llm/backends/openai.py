@@ -55,7 +55,7 @@ from shared.errors import (
     LlmRejectedError,
     LlmTransportError,
 )
-from shared.llm.types import Completion, CompletionCall, Constraint
+from shared.llm.types import AnswerFormat, Completion, CompletionCall, Constraint
 
 log = structlog.get_logger(__name__)
 
@@ -123,6 +123,7 @@ class OpenAIBackend:
     """One OpenAI-compatible endpoint; see the module docstring."""
 
     name = "openai"
+    answer_format: AnswerFormat = "action"
 
     def __init__(
         self,

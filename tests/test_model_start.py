@@ -1,0 +1,103 @@
+"""A real ``hodlai inference`` process with a missing or damaged model stops at start: exit 2,
+one line naming HODLAI_LOCAL_MODEL_PATH, no traceback, and no wait for the chain first."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from shared.llm.backends.llama import LlamaBackend, LoadParams, default_model_path
+
+PROVIDER = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
+# Seconds a refused worker may take: it checks the model before waiting for anything.
+START_TIMEOUT_S = 60.0
+
+
+def start_worker(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """``hodlai inference`` with no chain id and no indexer: a worker that got past the
+    model check would wait for the chain identity until the timeout."""
+    environment = {
+        **os.environ, "HODLAI_DB_PATH": str(tmp_path / "node.db"),
+        "HODLAI_PROVIDER_ADDRESS": PROVIDER, "HODLAI_LLM_BACKEND": "llama", **env,
+    }  # fmt: skip
+    environment.pop("HODLAI_CHAIN_ID", None)
+    return subprocess.run(
+        [sys.executable, "-m", "shared.cli", "inference"], env=environment, cwd=tmp_path,
+        capture_output=True, text=True, timeout=START_TIMEOUT_S, check=False,
+    )  # fmt: skip
+
+
+def refusal(proc: subprocess.CompletedProcess[str]) -> str:
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("hodlai:")]
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "HODLAI_LOCAL_MODEL_PATH" in lines[0]
+    return lines[0]
+
+
+def real_model() -> Path:
+    path = default_model_path()
+    assert path is not None, "the default model is missing: run `make setup`"
+    return path
+
+
+def test_a_missing_model_file_stops_the_worker_at_start(tmp_path: Path) -> None:
+    missing = tmp_path / "gone.gguf"
+    line = refusal(start_worker(tmp_path, HODLAI_LOCAL_MODEL_PATH=str(missing)))
+    assert str(missing) in line and "no such file" in line
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "says"),
+    [
+        ("not-gguf.gguf", b"<html>404 Not Found</html>", "not a GGUF"),
+        ("header-only.gguf", b"GGUF" + b"\x00" * 60, "llama.cpp cannot load it"),
+        ("empty.gguf", b"", "not a GGUF"),
+    ],
+)
+def test_a_file_that_is_no_model_stops_the_worker_at_start(
+    tmp_path: Path, name: str, content: bytes, says: str
+) -> None:
+    bad = tmp_path / name
+    bad.write_bytes(content)
+    assert says in refusal(start_worker(tmp_path, HODLAI_LOCAL_MODEL_PATH=str(bad)))
+
+
+def test_a_truncated_model_stops_the_worker_at_start(tmp_path: Path) -> None:
+    truncated = tmp_path / "truncated.gguf"
+    with real_model().open("rb") as source:
+        truncated.write_bytes(source.read(4 * 1024 * 1024))  # a download cut at 4 MB
+    line = refusal(start_worker(tmp_path, HODLAI_LOCAL_MODEL_PATH=str(truncated)))
+    assert "llama.cpp cannot load it" in line
+
+
+def test_a_model_with_another_hash_than_expected_stops_the_worker_at_start(
+    tmp_path: Path,
+) -> None:
+    # One flipped byte deep in the weights still loads: only the hash can tell.
+    damaged = tmp_path / "damaged.gguf"
+    data = bytearray(real_model().read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    loaded = LlamaBackend.load(damaged, params=LoadParams())
+    asyncio.run(loaded.aclose())
+    expected = hashlib.sha256(real_model().read_bytes()).hexdigest()
+    line = refusal(
+        start_worker(
+            tmp_path, HODLAI_LOCAL_MODEL_PATH=str(damaged), HODLAI_LOCAL_MODEL_SHA256=expected
+        )
+    )
+    assert expected in line and "damaged" in line
+
+
+def test_a_malformed_expected_hash_is_a_setting_error(tmp_path: Path) -> None:
+    proc = start_worker(tmp_path, HODLAI_LOCAL_MODEL_SHA256="not-a-hash")
+    assert proc.returncode == 2 and "HODLAI_LOCAL_MODEL_SHA256" in proc.stderr
+    assert "Traceback" not in proc.stderr
