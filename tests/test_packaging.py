@@ -70,3 +70,22 @@ def test_a_wheel_in_a_fresh_venv_creates_a_database_and_answers_status(tmp_path:
         cwd=work, env=env,
     )  # fmt: skip
     assert artifact.returncode == 0 and int(artifact.stdout) > 10, artifact.stderr
+
+
+def test_the_makefile_builds_the_llama_cpp_python_the_model_extra_pins() -> None:
+    """`make setup` compiles llama-cpp-python itself (a fixed instruction set, no AMX); the
+    version it builds must be the one pyproject's `model` extra pins, or pip would replace
+    the safe build with a native one from PyPI's source package."""
+    import re
+    import tomllib
+
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    built = re.search(r"^LLAMA_VERSION := (\S+)$", makefile, re.MULTILINE)
+    assert built is not None
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert project["project"]["optional-dependencies"]["model"] == [
+        f"llama-cpp-python=={built.group(1)}"
+    ]
+    flags = re.search(r"^LLAMA_CMAKE_ARGS := (.+?)(?<!\\)$", makefile, re.MULTILINE | re.DOTALL)
+    assert flags is not None
+    assert "-DGGML_NATIVE=OFF" in flags.group(1) and "-DGGML_AMX_INT8=OFF" in flags.group(1)

@@ -1,5 +1,9 @@
 """The app factory: one FastAPI app, the core's routes (``/healthz``, ``/docs``) and every
-executor's router, behind one error boundary, one access log and (when set) CORS."""
+executor's router, behind one error boundary, one access log and (when set) CORS.
+
+``/docs`` is Swagger UI served from the node itself (``fastapi-offline`` ships its
+JavaScript and CSS): FastAPI's own page loads them from a CDN, and a node on a network with
+no way out would show an operator a blank page."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.telemetry import TelemetryConfig
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -29,6 +34,10 @@ log = structlog.get_logger(__name__)
 # Seconds a browser may cache a CORS preflight answer: 10 minutes, so a console does not
 # send an OPTIONS before every call, and a changed setting is seen within that time.
 CORS_MAX_AGE_S = 600
+
+# Where /docs finds Swagger UI's files; under /docs so that a proxy that forwards /docs
+# forwards them too.
+DOCS_STATIC_URL = "/docs/static"
 
 
 # FastAPI's OpenTelemetry, off: the node has its own logs and metrics, and it would export
@@ -54,7 +63,7 @@ def create_app(
     Reads the operator tokens file now, so a bad one stops the process before it listens
     (ConfigError naming HODLAI_API_TOKENS_FILE)."""
     tokens = load_tokens(settings.api_tokens_file) if settings.api_tokens_file else ()
-    app = FastAPI(
+    app = FastAPIOffline(
         title="hodlai node API",
         version=__version__,
         description="The node's executors: their state, and operator actions. "
@@ -62,6 +71,7 @@ def create_app(
         docs_url="/docs",
         redoc_url=None,
         openapi_url="/openapi.json",
+        static_url=DOCS_STATIC_URL,
         telemetry=NO_TELEMETRY,
     )
     app.state.settings = settings

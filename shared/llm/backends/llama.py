@@ -46,6 +46,7 @@ import ctypes
 import hashlib
 import importlib.util
 import json
+import re
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -200,6 +201,7 @@ class LlamaBackend:
             raise ConfigError(
                 f"HODLAI_LLM_BACKEND=llama needs llama-cpp-python ({exc}); run `make setup`"
             ) from exc
+        refuse_unsafe_build(llama_cpp.llama_print_system_info().decode("utf-8", "replace"))
         try:
             llm = llama_cpp.Llama(
                 model_path=str(path), n_ctx=params.n_ctx, n_batch=params.n_batch,
@@ -333,6 +335,27 @@ class LlamaBackend:
         close = getattr(self._llm, "close", None)
         if close is not None:
             close()
+
+
+# How llama.cpp's system info shows a build that multiplies with AMX tiles ("AMX_INT8 = 1").
+_AMX_BUILD = re.compile(r"\bAMX_INT8\s*=\s*1\b")
+
+
+def refuse_unsafe_build(system_info: str) -> None:
+    """ConfigError if the llama.cpp we loaded was compiled to use AMX.
+
+    A native build (``-march=native``, llama-cpp-python's default) on a CPU with AMX
+    (Sapphire Rapids and later) multiplies with ggml's AMX kernels, and those segfault at the
+    first prompt (seen here with SmolLM2's Q4_1 weights; ggml-org/llama.cpp#20824). A
+    segfault cannot be caught: it would kill the shard on its first request, and again after
+    every restart. ``make setup`` compiles llama.cpp for a fixed instruction set without AMX;
+    this stops a hand-built one at start, with the fix in the message."""
+    if _AMX_BUILD.search(system_info):
+        raise ConfigError(
+            "HODLAI_LLM_BACKEND=llama: the installed llama-cpp-python was compiled with AMX"
+            " (a native build on this CPU), whose matrix multiply crashes the process"
+            " (ggml-org/llama.cpp#20824); rebuild it with `make setup` (GGML_NATIVE=OFF)"
+        )
 
 
 def _sha256(text: str) -> str:
