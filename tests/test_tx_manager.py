@@ -15,6 +15,7 @@ import pytest
 import pytest_asyncio
 from structlog.testing import capture_logs
 
+from shared import state
 from shared.anvil import Anvil
 from shared.chain.rpc import RpcClient
 from shared.db import AsyncDatabase, atomic, connect
@@ -194,6 +195,83 @@ async def test_an_invalid_purpose_is_cancelled_and_superseded_when_the_cancel_mi
     await setup.manager.poll()
     assert setup.purpose.told == [(recorded[0].signed.tx_hash, Settlement.SUPERSEDED)]  # type: ignore[union-attr]
     assert setup.rpc("eth_getTransactionCount", [setup.signer.address, "latest"]) == "0x1"
+
+
+async def test_every_status_change_of_a_transaction_has_an_audit_row(setup: Setup) -> None:
+    """The ledger moves txs rows through the core's state machine: the invalid purpose's
+    transaction and the cancel that superseded it each have their whole life, with reasons,
+    in ``transitions`` (machine core.tx)."""
+    await setup.manager.start()
+    sub = Submission(transfer(setup), Purpose(NOTE), lambda conn, tx: None, key=_key())
+    recorded = await setup.manager.record([sub], FAIR)
+    await setup.manager.broadcast(recorded)
+    assert recorded[0].tx_id is not None
+    setup.purpose.invalid_ids.add(recorded[0].tx_id)
+    await setup.manager.poll()
+    setup.rpc("evm_mine", [])
+    await setup.manager.poll()
+    original, cancel = setup.rows()
+
+    def life(row: sqlite3.Row) -> list[tuple[str | None, str, str]]:
+        history = state.history(setup.conn, ledger.TX_MACHINE, str(row["id"]))
+        assert {h["machine"] for h in history} == {"core.tx"}
+        assert {h["actor"] for h in history} == {ledger.ACTOR}
+        return [(h["from_status"], h["to_status"], h["note"] or "") for h in history]
+
+    first = life(original)
+    assert [(f, t) for f, t, _ in first] == [
+        (None, "SIGNED"), ("SIGNED", "BROADCAST"), ("BROADCAST", "CANCELLED"),
+    ]  # fmt: skip
+    assert original["tx_hash"] in first[0][2] and "test says so" in first[2][2]
+    second = life(cancel)
+    assert [(f, t) for f, t, _ in second] == [
+        (None, "SIGNED"), ("SIGNED", "BROADCAST"), ("BROADCAST", "MINED"),
+    ]  # fmt: skip
+    assert f"replacing tx {original['id']}" in second[0][2]
+
+
+def test_a_reorged_out_transaction_reopens_through_the_machine_and_a_gap_revives(
+    tmp_path: Path,
+) -> None:
+    """Reopening after a reorg and reviving a superseded row are audited moves too; a row
+    another transaction holds the nonce of is not revived, and leaves no audit row."""
+    conn = connect(tmp_path / "tx.db")
+    signer = LocalSigner(bytes.fromhex("11" * 32), chain_id=31337)
+    call = Call(to=signer.address, data=b"", value=0, gas_limit=21_000)
+    first = signer.sign(call, nonce=0, fees=FAIR)
+    with atomic(conn):
+        tx_id = ledger.insert(
+            conn, first, Purpose(NOTE), sender=signer.address, now=1.0, idempotency_key=_key()
+        )
+    ledger.mark_accepted(conn, [tx_id], now=2.0)
+    ledger.set_status(
+        conn, tx_id, ledger.TxStatus.MINED, now=3.0, mined_block=7, mined_block_hash="0xab"
+    )
+    ledger.reopen(conn, tx_id, now=4.0, reason="block 7 was reorged away", head=9)
+    row = conn.execute("SELECT * FROM txs WHERE id = ?", (tx_id,)).fetchone()
+    assert (row["status"], row["mined_block"], row["held_at_head"]) == ("BROADCAST", None, 9)
+    bumped = signer.sign(call, nonce=0, fees=Fees(max_fee_per_gas=6 * GWEI,
+                                                  max_priority_fee_per_gas=2 * GWEI))  # fmt: skip
+    old = ledger.open_txs(conn, signer.address)[0]
+    with atomic(conn):
+        new_id = ledger.insert(
+            conn, bumped, Purpose(NOTE), sender=signer.address, now=5.0, replaces=old,
+            replaced_reason="stuck", idempotency_key=ledger.replacement_key(old),
+        )  # fmt: skip
+    assert not ledger.revive(conn, tx_id, now=6.0, reason="gap")  # the nonce is held
+    ledger.set_status(conn, new_id, ledger.TxStatus.DROPPED, now=7.0, error="foreign tx")
+    assert ledger.revive(conn, tx_id, now=8.0, reason="gap at nonce 0")
+    moves = [
+        (h["from_status"], h["to_status"], h["note"], h["at"])
+        for h in state.history(conn, ledger.TX_MACHINE, str(tx_id))
+    ]
+    assert moves[1:] == [
+        ("SIGNED", "BROADCAST", "accepted by a node", 2.0),
+        ("BROADCAST", "MINED", None, 3.0),
+        ("MINED", "BROADCAST", "block 7 was reorged away", 4.0),
+        ("BROADCAST", "REPLACED", "stuck", 5.0),
+        ("REPLACED", "SIGNED", "gap at nonce 0", 8.0),
+    ]
 
 
 async def test_a_stuck_transaction_at_the_fee_cap_is_left_alone_with_a_warning(

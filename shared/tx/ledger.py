@@ -15,6 +15,11 @@ Guarantees:
 - A transaction a reorg took out is *held* (``held_at_head``): open, since a node may still
   mine it, but not broadcast again until its purpose is confirmed (shared/tx/manager.py).
 - Rows are never deleted: the table is the audit trail of everything the key signed.
+- Every status change goes through the core's transition function on :data:`TX_MACHINE`
+  (shared/state), so each one has an audit row in ``transitions`` (machine ``core.tx``, the
+  row id) with the reason: ``state.history(conn, TX_MACHINE, str(tx_id))`` is the life of a
+  transaction, creation included. Columns that are not the status (errors of a broadcast,
+  the block a re-included transaction moved to, a hold) are updated in place.
 """
 
 from __future__ import annotations
@@ -27,7 +32,10 @@ from typing import Final
 
 from eth_utils.address import to_checksum_address
 
+from shared import state
+from shared.db import atomic
 from shared.errors import TransitionConflict
+from shared.state import Machine
 from shared.tx.fees import Fees
 from shared.tx.signer import Call, SignedTx
 
@@ -43,7 +51,41 @@ class TxStatus(StrEnum):
 
 
 OPEN_STATUSES: Final = (TxStatus.SIGNED, TxStatus.BROADCAST)
+#: superseded at its nonce, but a node may still mine it (or it may be needed again)
+SUPERSEDED_STATUSES: Final = (TxStatus.REPLACED, TxStatus.CANCELLED, TxStatus.DROPPED)
+SETTLED_STATUSES: Final = (TxStatus.MINED, TxStatus.REVERTED)
 CANCEL_PURPOSE: Final = "cancel"
+#: the actor of the ledger's audit rows
+ACTOR: Final = "tx"
+
+
+def _tx_moves() -> frozenset[tuple[str, str]]:
+    moves = {(TxStatus.SIGNED.value, TxStatus.BROADCAST.value)}
+    # an open row is superseded at its nonce: by a replacement, a cancel, or a foreign tx
+    moves |= {(o.value, s.value) for o in OPEN_STATUSES for s in SUPERSEDED_STATUSES}
+    # a superseded row fills its nonce's gap again (revive)
+    moves |= {(s.value, TxStatus.SIGNED.value) for s in SUPERSEDED_STATUSES}
+    # whichever row of a nonce the chain includes settles, superseded ones too (a replaced
+    # transaction a node had kept can still be mined), and a reorg can change the verdict
+    moves |= {(t.value, s.value) for t in TxStatus for s in SETTLED_STATUSES if t != s}
+    # a reorg took a mined row out: open again (held)
+    moves.add((TxStatus.MINED.value, TxStatus.BROADCAST.value))
+    return frozenset(moves)
+
+
+#: The ``txs`` table as a state machine: not claimable (one sender owns its rows, see
+#: shared/tx/senders.py), never finished (a reorg can reopen a mined row).
+TX_MACHINE: Final = Machine(
+    name="core.tx",
+    table="txs",
+    key="id",
+    statuses=TxStatus,
+    moves=_tx_moves(),
+    settable=frozenset(
+        {"error", "mined_block", "mined_block_hash", "gas_used", "held_at_head", "broadcast_at"}
+    ),
+    claimable=False,
+)
 
 
 @dataclass(frozen=True)
@@ -170,12 +212,10 @@ def insert(
         if replaces.nonce != signed.nonce:
             raise ValueError("a replacement must use the nonce of the transaction it replaces")
         superseded = TxStatus.CANCELLED if purpose.kind == CANCEL_PURPOSE else TxStatus.REPLACED
-        cursor = conn.execute(
-            "UPDATE txs SET status = ?, error = COALESCE(?, error), updated_at = ? "
-            "WHERE id = ? AND status IN ('SIGNED', 'BROADCAST')",
-            (superseded.value, replaced_reason, now, replaces.id),
-        )
-        if cursor.rowcount != 1:
+        if not _move(
+            conn, replaces.id, superseded, now=now, note=replaced_reason or f"replaced by "
+            f"{signed.tx_hash}", error=replaced_reason, only_from=OPEN_STATUSES,
+        ):  # fmt: skip
             raise TransitionConflict(f"tx {replaces.tx_hash} is no longer open; not replacing it")
     fees = signed.fees
     cursor = conn.execute(
@@ -194,6 +234,14 @@ def insert(
         ),
     )  # fmt: skip
     assert cursor.lastrowid is not None
+    what = f"{purpose.kind} {purpose.subject}" if purpose.subject is not None else purpose.kind
+    note = f"signed {signed.tx_hash} at nonce {signed.nonce} for {what}"
+    if replaces is not None:
+        note += f", replacing tx {replaces.id}"
+    state.audit(
+        conn, TX_MACHINE, str(cursor.lastrowid), None, TxStatus.SIGNED.value, actor=ACTOR,
+        note=note, at=now,
+    )  # fmt: skip
     return cursor.lastrowid
 
 
@@ -238,14 +286,18 @@ def revive(conn: sqlite3.Connection, tx_id: int, *, now: float, reason: str) -> 
     """Make a superseded row current again (SIGNED) when its nonce has no open row: a gap is
     filled with exactly this transaction once more. False when the row is open, mined, or
     its nonce is held by another row."""
-    cursor = conn.execute(
-        "UPDATE txs SET status = 'SIGNED', error = ?, updated_at = ? "
-        "WHERE id = ? AND status IN ('REPLACED', 'CANCELLED', 'DROPPED') "
-        "AND NOT EXISTS (SELECT 1 FROM txs o WHERE o.sender = txs.sender AND o.nonce = txs.nonce"
-        " AND o.status IN ('SIGNED', 'BROADCAST'))",
-        (reason, now, tx_id),
-    )
-    return cursor.rowcount == 1
+    with atomic(conn):
+        held = conn.execute(
+            "SELECT 1 FROM txs t JOIN txs o ON o.sender = t.sender AND o.nonce = t.nonce"
+            " WHERE t.id = ? AND o.status IN ('SIGNED', 'BROADCAST')",
+            (tx_id,),
+        ).fetchone()
+        if held is not None:
+            return False
+        return _move(
+            conn, tx_id, TxStatus.SIGNED, now=now, note=reason, error=reason,
+            only_from=SUPERSEDED_STATUSES, keep_error=False,
+        )  # fmt: skip
 
 
 def _wei(value: int | None) -> str | None:
@@ -339,11 +391,55 @@ def set_status(
 ) -> None:
     """Move one row to ``status`` (call inside ``atomic`` when it must go with other writes).
     A row that settles is no longer held."""
-    conn.execute(
-        "UPDATE txs SET status = ?, error = COALESCE(?, error), mined_block = ?,"
-        " mined_block_hash = ?, gas_used = ?, held_at_head = NULL, updated_at = ? WHERE id = ?",
-        (status.value, error, mined_block, mined_block_hash, gas_used, now, tx_id),
-    )
+    _move(
+        conn, tx_id, status, now=now, note=error, error=error,
+        columns={
+            "mined_block": mined_block, "mined_block_hash": mined_block_hash,
+            "gas_used": gas_used, "held_at_head": None,
+        },
+    )  # fmt: skip
+
+
+def _move(
+    conn: sqlite3.Connection,
+    tx_id: int,
+    to: TxStatus,
+    *,
+    now: float,
+    note: str | None,
+    error: str | None = None,
+    keep_error: bool = True,
+    columns: dict[str, object] | None = None,
+    only_from: Iterable[TxStatus] | None = None,
+) -> bool:
+    """Move row ``tx_id`` to ``to`` through the state machine (audit row with ``note``),
+    setting ``columns`` and ``error`` (``keep_error``: a None ``error`` keeps the row's).
+    False, changing nothing, when the row is not in one of ``only_from``. A row already in
+    ``to`` gets the columns and no audit row: it did not change state."""
+    with atomic(conn):
+        row = conn.execute("SELECT status FROM txs WHERE id = ?", (tx_id,)).fetchone()
+        if row is None:
+            raise TransitionConflict(f"tx {tx_id} does not exist")
+        current = TxStatus(row[0])
+        if only_from is not None and current not in set(only_from):
+            return False
+        values = dict(columns or {})
+        if error is not None or not keep_error:
+            values["error"] = error
+        if current == to:
+            if values:
+                assignments = ", ".join(f"{column} = ?" for column in values)
+                TX_MACHINE.check_columns(values)
+                conn.execute(
+                    f"UPDATE txs SET {assignments}, updated_at = ? WHERE id = ?",
+                    (*values.values(), now, tx_id),
+                )
+            return True
+        state.transition(
+            conn, TX_MACHINE, str(tx_id), current.value, to.value, actor=ACTOR, note=note,
+            set_columns=values, now=now,
+        )  # fmt: skip
+        return True
 
 
 def move_mined(
@@ -359,11 +455,16 @@ def move_mined(
 
 def mark_accepted(conn: sqlite3.Connection, tx_ids: Sequence[int], *, now: float) -> None:
     """A node holds these transactions: SIGNED -> BROADCAST (first acceptance time kept)."""
-    conn.executemany(
-        "UPDATE txs SET status = CASE WHEN status = 'SIGNED' THEN 'BROADCAST' ELSE status END,"
-        " broadcast_at = COALESCE(broadcast_at, ?), updated_at = ? WHERE id = ?",
-        [(now, now, tx_id) for tx_id in tx_ids],
-    )
+    with atomic(conn):
+        for tx_id in tx_ids:
+            _move(
+                conn, tx_id, TxStatus.BROADCAST, now=now, note="accepted by a node",
+                only_from=(TxStatus.SIGNED,),
+            )  # fmt: skip
+        conn.executemany(
+            "UPDATE txs SET broadcast_at = COALESCE(broadcast_at, ?), updated_at = ? WHERE id = ?",
+            [(now, now, tx_id) for tx_id in tx_ids],
+        )
 
 
 def note_error(conn: sqlite3.Connection, tx_id: int, error: str, *, now: float) -> None:
@@ -375,12 +476,14 @@ def reopen(conn: sqlite3.Connection, tx_id: int, *, now: float, reason: str, hea
     """A MINED transaction is no longer on the chain (reorg): it is current and open again,
     and held: not broadcast again until its purpose is confirmed (``head``: the chain head
     when this was seen)."""
-    conn.execute(
-        "UPDATE txs SET status = 'BROADCAST', mined_block = NULL, mined_block_hash = NULL,"
-        " gas_used = NULL, error = ?, held_at_head = ?, updated_at = ?"
-        " WHERE id = ? AND status = 'MINED'",
-        (reason, head, now, tx_id),
-    )
+    _move(
+        conn, tx_id, TxStatus.BROADCAST, now=now, note=reason, error=reason,
+        columns={
+            "mined_block": None, "mined_block_hash": None, "gas_used": None,
+            "held_at_head": head,
+        },
+        only_from=(TxStatus.MINED,),
+    )  # fmt: skip
 
 
 def release_hold(conn: sqlite3.Connection, tx_id: int, *, now: float, note: str) -> None:
