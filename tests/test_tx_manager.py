@@ -181,19 +181,26 @@ async def test_a_transaction_no_node_accepts_is_cancelled_and_its_purpose_told(
     ]
 
 
-async def test_an_invalid_purpose_is_cancelled_and_superseded_when_the_cancel_mines(
-    setup: Setup,
-) -> None:
+async def cancel_an_invalid_purpose(setup: Setup) -> SignedTx:
+    """Send one transaction, have its purpose declare it invalid, and mine the cancel that
+    replaces it on its nonce; returns the cancelled transaction."""
     await setup.manager.start()
     sub = Submission(transfer(setup), Purpose(NOTE), lambda conn, tx: None, key=_key())
     recorded = await setup.manager.record([sub], FAIR)
     await setup.manager.broadcast(recorded)
-    assert recorded[0].tx_id is not None
+    assert recorded[0].tx_id is not None and recorded[0].signed is not None
     setup.purpose.invalid_ids.add(recorded[0].tx_id)
     await setup.manager.poll()
     setup.rpc("evm_mine", [])
     await setup.manager.poll()
-    assert setup.purpose.told == [(recorded[0].signed.tx_hash, Settlement.SUPERSEDED)]  # type: ignore[union-attr]
+    return recorded[0].signed
+
+
+async def test_an_invalid_purpose_is_cancelled_and_superseded_when_the_cancel_mines(
+    setup: Setup,
+) -> None:
+    cancelled = await cancel_an_invalid_purpose(setup)
+    assert setup.purpose.told == [(cancelled.tx_hash, Settlement.SUPERSEDED)]
     assert setup.rpc("eth_getTransactionCount", [setup.signer.address, "latest"]) == "0x1"
 
 
@@ -201,15 +208,7 @@ async def test_every_status_change_of_a_transaction_has_an_audit_row(setup: Setu
     """The ledger moves txs rows through the core's state machine: the invalid purpose's
     transaction and the cancel that superseded it each have their whole life, with reasons,
     in ``transitions`` (machine core.tx)."""
-    await setup.manager.start()
-    sub = Submission(transfer(setup), Purpose(NOTE), lambda conn, tx: None, key=_key())
-    recorded = await setup.manager.record([sub], FAIR)
-    await setup.manager.broadcast(recorded)
-    assert recorded[0].tx_id is not None
-    setup.purpose.invalid_ids.add(recorded[0].tx_id)
-    await setup.manager.poll()
-    setup.rpc("evm_mine", [])
-    await setup.manager.poll()
+    await cancel_an_invalid_purpose(setup)
     original, cancel = setup.rows()
 
     def life(row: sqlite3.Row) -> list[tuple[str | None, str, str]]:
