@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,8 @@ from shared.keys import (
     load_private_key,
     read_passphrase,
 )
+from shared.keys.files import MAX_SECRET_FILE_BYTES
+from shared.keys.vault import load_master_key
 from tests.test_fulfiller_support import HODLAI
 
 PASSPHRASE = "correct horse battery staple"
@@ -102,6 +105,35 @@ def test_a_broken_key_file_is_refused_without_quoting_its_content(tmp_path: Path
     with pytest.raises(KeyFileError, match="not valid JSON") as info:
         load_private_key(path)
     assert secret not in str(info.value)
+
+
+def test_every_secret_file_is_read_by_one_reader_that_refuses_what_is_no_key_file(
+    tmp_path: Path,
+) -> None:
+    """A directory, a FIFO (which would block a plain read forever), a file of several MB and
+    a missing file are each refused with a message naming the file, for key files,
+    passphrase files and the vault's master key alike."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo, 0o600)
+    huge = write_private(tmp_path / "huge.json", "x" * (MAX_SECRET_FILE_BYTES + 1))
+    cases = {
+        tmp_path: "is not a regular file",
+        fifo: "is not a regular file",
+        huge: f"is larger than {MAX_SECRET_FILE_BYTES} bytes",
+        tmp_path / "absent.json": "does not exist",
+    }
+    for path, reason in cases.items():
+        loaders: tuple[Callable[[Path], object], ...] = (
+            load_private_key,
+            lambda p: read_passphrase(passphrase=None, passphrase_file=p),
+            load_master_key,
+        )
+        for load in loaders:
+            with pytest.raises((KeyFileError, ConfigError)) as info:
+                load(path)
+            assert str(path) in str(info.value), info.value
+            if path.name != "absent.json":  # the vault has its own wording for a missing key
+                assert reason in str(info.value), info.value
 
 
 def test_a_keystore_whose_address_does_not_match_its_key_is_refused(tmp_path: Path) -> None:

@@ -2,9 +2,10 @@
 
 Guarantees:
 
-- A file the group or others may read or write is refused, as the node's key files are
-  (shared/keys.py): its tokens must be assumed leaked. The mode is checked on the open file
-  descriptor that is then read, so the file cannot be swapped between check and read.
+- A file the group or others may read or write is refused, by the reader of every secret
+  file of the node (shared/keys/files.py ``read_private``): its tokens must be assumed
+  leaked. The mode is checked on the open file descriptor that is then read, so the file
+  cannot be swapped between check and read.
 - Every refusal is a ConfigError naming the setting, the file and the fix; none quotes a
   line of the file, which may hold a token.
 - Blank lines and lines starting with ``#`` are ignored; every other line must be one
@@ -13,14 +14,13 @@ Guarantees:
 
 from __future__ import annotations
 
-import os
 import re
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from shared.errors import ConfigError
+from shared.errors import ConfigError, KeyFileError
+from shared.keys.files import read_private
 
 SETTING: Final = "HODLAI_API_TOKENS_FILE"
 # Characters per token at least: `openssl rand -hex 16` (128 bits) is the shortest accepted,
@@ -47,15 +47,12 @@ class OperatorToken:
 def load_tokens(path: Path) -> tuple[OperatorToken, ...]:
     """The tokens in ``path``, after checking that only its owner may read it."""
     try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        raise ConfigError(f"{SETTING}: {path} does not exist") from None
-    except OSError as exc:
-        raise ConfigError(f"{SETTING}: cannot open {path}: {exc.strerror}") from None
-    try:
-        raw = _read_private(fd, path)
-    finally:
-        os.close(fd)
+        raw = read_private(
+            path, what="tokens file", secret="its tokens", max_bytes=MAX_FILE_BYTES,
+            rotate="replace the tokens if others did read them",
+        )  # fmt: skip
+    except KeyFileError as exc:
+        raise ConfigError(f"{SETTING}: {exc}") from None
     try:
         text = raw.decode("ascii")
     except UnicodeDecodeError:
@@ -64,25 +61,6 @@ def load_tokens(path: Path) -> tuple[OperatorToken, ...]:
     if not tokens:
         raise ConfigError(f"{SETTING}: {path} holds no token (one token per line)")
     return tokens
-
-
-def _read_private(fd: int, path: Path) -> bytes:
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
-        raise ConfigError(f"{SETTING}: {path} is not a regular file")
-    mode = stat.S_IMODE(info.st_mode)
-    if mode & 0o077:
-        raise ConfigError(
-            f"{SETTING}: {path} has mode {mode:04o}: group/others may read or write it, so "
-            f"its tokens must be assumed leaked; refusing to start. Restrict it with "
-            f"`chmod 600 {path}` (and replace the tokens if others did read them)."
-        )
-    if info.st_size > MAX_FILE_BYTES:
-        raise ConfigError(f"{SETTING}: {path} is larger than {MAX_FILE_BYTES} bytes")
-    chunks: list[bytes] = []
-    while chunk := os.read(fd, MAX_FILE_BYTES):
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _parse(text: str, path: Path) -> list[OperatorToken]:

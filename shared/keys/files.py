@@ -16,6 +16,9 @@ Guarantees:
   unless the caller says ``overwrite=True`` (checked atomically, not by a racy exists()).
 - A key file, keystore or passphrase file that the group or others can read is refused with
   a message saying why and how to fix it; so is one whose address does not match its key.
+  Every secret file of the node (these, the vault's master key, the API's operator tokens)
+  is read by :func:`read_private`, which checks the mode on the open descriptor it then
+  reads, so the file cannot be swapped between the check and the read.
 - The private key and the passphrase never appear in a log event or an exception message:
   parser errors that could quote the file are replaced by our own messages.
 """
@@ -39,6 +42,9 @@ from shared.errors import ConfigError, KeyFileError
 log = structlog.get_logger(__name__)
 
 KEY_FILE_MODE: Final = 0o600
+# Bytes of a secret file at most: a keystore is ~500 bytes, a tokens file a few KiB; anything
+# larger is not one of these files, and is not read into memory.
+MAX_SECRET_FILE_BYTES: Final = 64 * 1024
 PASSPHRASE_ENV: Final = "HODLAI_KEY_PASSPHRASE"
 PASSPHRASE_FILE_ENV: Final = "HODLAI_KEY_PASSPHRASE_FILE"
 
@@ -103,11 +109,9 @@ def read_passphrase(*, passphrase: str | None, passphrase_file: Path | str | Non
     if not passphrase_file:
         return None
     source = Path(passphrase_file)
-    _check_private(source, what="passphrase file")
+    raw = read_private(source, what="passphrase file")
     try:
-        text = source.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise KeyFileError(f"cannot read passphrase file {source}: {exc.strerror}") from None
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise KeyFileError(f"passphrase file {source} is not UTF-8 text") from None
     value = text.removesuffix("\n").removesuffix("\r")
@@ -119,31 +123,58 @@ def read_passphrase(*, passphrase: str | None, passphrase_file: Path | str | Non
 # --- internals ------------------------------------------------------------------------------
 
 
-def _check_private(source: Path, *, what: str) -> None:
+def read_private(
+    source: Path,
+    *,
+    what: str,
+    secret: str = "the secret",
+    rotate: str = "rotate the key if others did read it",
+    max_bytes: int = MAX_SECRET_FILE_BYTES,
+) -> bytes:
+    """The bytes of ``source``, a file only its owner may read or write: KeyFileError if it
+    is missing, not a regular file, readable or writable by the group or others (``secret``
+    and ``rotate`` say what leaked and what to do), or larger than ``max_bytes``. The mode
+    is checked on the descriptor that is read. No message quotes the file."""
     try:
-        info = source.stat()
+        # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever;
+        # it changes nothing for the regular file that is then read.
+        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         raise KeyFileError(f"{what} {source} does not exist") from None
     except OSError as exc:
-        raise KeyFileError(f"cannot stat {what} {source}: {exc.strerror}") from None
-    if not stat.S_ISREG(info.st_mode):
-        raise KeyFileError(f"{what} {source} is not a regular file")
-    mode = stat.S_IMODE(info.st_mode)
-    if mode & 0o077:
-        raise KeyFileError(
-            f"{what} {source} has mode {mode:04o}: group/others may read or write it, so "
-            f"the secret must be assumed leaked to them; refusing to use it. "
-            f"Restrict it with `chmod 600 {source}` (and rotate the key if others did read it)."
-        )
+        raise KeyFileError(f"cannot open {what} {source}: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise KeyFileError(f"{what} {source} is not a regular file")
+        mode = stat.S_IMODE(info.st_mode)
+        if mode & 0o077:
+            raise KeyFileError(
+                f"{what} {source} has mode {mode:04o}: group/others may read or write it, so "
+                f"{secret} must be assumed leaked to them; refusing to use it. "
+                f"Restrict it with `chmod 600 {source}` (and {rotate})."
+            )
+        if info.st_size > max_bytes:
+            raise KeyFileError(f"{what} {source} is larger than {max_bytes} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := os.read(fd, max_bytes + 1 - size):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > max_bytes:  # it grew after fstat
+                raise KeyFileError(f"{what} {source} is larger than {max_bytes} bytes")
+        return b"".join(chunks)
+    except OSError as exc:
+        raise KeyFileError(f"cannot read {what} {source}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
 
 
 def _read_private_json(source: Path, *, what: str) -> Any:
-    _check_private(source, what=what)
+    raw = read_private(source, what=what)
     try:
-        return json.loads(source.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise KeyFileError(f"cannot read {what} {source}: {exc.strerror}") from None
-    except ValueError:
+        return json.loads(raw.decode("utf-8"))
+    except ValueError:  # UnicodeDecodeError included
         # The decoder's message would quote the file's content, which may hold the key.
         raise KeyFileError(f"{what} {source} is not valid JSON") from None
 

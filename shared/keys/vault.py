@@ -52,7 +52,7 @@ from pydantic import Field, SecretStr
 from shared.config import CoreSettings
 from shared.db import atomic
 from shared.errors import ConfigError, KeyFileError, PermanentError
-from shared.keys.files import _check_private, _write_secret_file
+from shared.keys.files import _write_secret_file, read_private
 from shared.tx.signer import LocalSigner
 
 log = structlog.get_logger(__name__)
@@ -199,14 +199,12 @@ def load_master_key(path: Path | str | None) -> MasterKey:
             "(wallets encrypted under another master key cannot be opened with it)"
         )
     try:
-        _check_private(source, what="vault master key file")
-        raw = source.read_bytes()
+        raw = read_private(
+            source, what="vault master key file", secret="the master key",
+            rotate="treat every vault wallet's key as exposed if others did read it",
+        )  # fmt: skip
     except KeyFileError as exc:
         raise KeyFileError(f"{VAULT_KEY_FILE_ENV}: {exc}") from None
-    except OSError as exc:
-        raise KeyFileError(
-            f"{VAULT_KEY_FILE_ENV}: cannot read master key file {source}: {exc.strerror}"
-        ) from None
     text = raw.removesuffix(b"\n").removesuffix(b"\r")
     # Exactly the hex digits: bytes.fromhex alone would also take spaces and newlines inside.
     if not _MASTER_KEY_HEX.fullmatch(text):
