@@ -3,6 +3,7 @@ refused, and that no refusal quotes the file."""
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 
@@ -74,6 +75,10 @@ def test_a_missing_file_or_a_directory_is_refused(tmp_path: Path) -> None:
     directory.mkdir(mode=0o700)
     with pytest.raises(ConfigError, match="not a regular file"):
         load_tokens(directory)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo, 0o600)  # a blocking open would wait for a writer forever
+    with pytest.raises(ConfigError, match=r"HODLAI_API_TOKENS_FILE: .* not a regular file"):
+        load_tokens(fifo)
 
 
 def test_a_presented_token_matches_only_exactly(tmp_path: Path) -> None:
