@@ -8,6 +8,8 @@ Guarantees:
   compiled or fetched at run time, and nothing is read at import time.
 - The topic0 constants are computed from the event signatures of the integration plan, and
   a test pins them to the compiled ABI, so the indexer never depends on artifacts to filter.
+- :func:`decode_reasoning_requested` / :func:`decode_reasoning_fulfilled` decode with the
+  indexer's own reader (:mod:`shared.event_data`): one decoder of each event in the node.
 - :func:`decode_revert` turns any revert data into one readable line and never raises: it
   knows ``Error(string)``, ``Panic(uint256)`` and every custom error of every compiled
   contract, and unfolds the vault's own revert data nested in ``CallbackReverted``.
@@ -30,6 +32,7 @@ from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 
 from shared.errors import InvalidRequestError, PermanentError
+from shared.event_data import DECODE_ERRORS, decode_fulfilled_data, decode_requested_data
 
 PROJECT_ROOT: Final = Path(__file__).resolve().parent.parent
 
@@ -57,10 +60,9 @@ REASONING_REQUESTED_TOPIC0: Final = "0x" + keccak(text=REASONING_REQUESTED_SIGNA
 #: topic0 of the fulfilment event
 REASONING_FULFILLED_TOPIC0: Final = "0x" + keccak(text=REASONING_FULFILLED_SIGNATURE).hex()
 
-# Non-indexed parts of the events, decoded as ``bytes`` so that invalid UTF-8 in a request
-# (calldata strings are not validated on chain) is reported instead of crashing the decoder.
-_REQUESTED_DATA_TYPES: Final = ("bytes", "bytes", "bytes", "bytes[]")
-_FULFILLED_DATA_TYPES: Final = ("bytes", "bytes")
+# The non-indexed parts of the events are decoded as ``bytes`` (shared/event_data.py, the
+# reader the indexer uses too), so that invalid UTF-8 in a request (calldata strings are not
+# validated on chain) is reported instead of crashing the decoder.
 
 DEFAULT_ADMIN_ROLE: Final = b"\x00" * 32
 ORACLE_ROLE: Final = keccak(text="ORACLE_ROLE")
@@ -217,8 +219,8 @@ def decode_reasoning_requested(
     """Decode a request log from its raw topics and data (hex strings or bytes)."""
     request_id, requester = _indexed_head(topics, REASONING_REQUESTED_TOPIC0)
     try:
-        model, prompt, state, actions = abi_decode(_REQUESTED_DATA_TYPES, _as_bytes(data))
-    except (DecodingError, ValueError) as exc:
+        model, prompt, state, actions = decode_requested_data(_as_bytes(data))
+    except DECODE_ERRORS as exc:
         raise MalformedEventError(
             f"request {request_id}: undecodable event data: {exc}", request_id=request_id
         ) from exc
@@ -240,8 +242,8 @@ def decode_reasoning_fulfilled(
     """Decode a fulfilment log from its raw topics and data (hex strings or bytes)."""
     request_id, requester = _indexed_head(topics, REASONING_FULFILLED_TOPIC0)
     try:
-        action, cid = abi_decode(_FULFILLED_DATA_TYPES, _as_bytes(data))
-    except (DecodingError, ValueError) as exc:
+        action, cid = decode_fulfilled_data(_as_bytes(data))
+    except DECODE_ERRORS as exc:
         raise MalformedEventError(
             f"request {request_id}: undecodable event data: {exc}", request_id=request_id
         ) from exc

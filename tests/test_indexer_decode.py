@@ -13,15 +13,15 @@ from eth_utils.address import to_checksum_address
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.contracts import REASONING_FULFILLED_TOPIC0, REASONING_REQUESTED_TOPIC0
-from shared.errors import RpcTransportError
-from workers.indexer.logs_decode import (
-    DECODE_ERRORS,
-    content_hash,
-    decode_fulfilled_data,
-    decode_logs,
-    decode_requested_data,
+from shared.contracts import (
+    REASONING_FULFILLED_TOPIC0,
+    REASONING_REQUESTED_TOPIC0,
+    MalformedEventError,
+    decode_reasoning_requested,
 )
+from shared.errors import RpcTransportError
+from shared.event_data import DECODE_ERRORS, decode_fulfilled_data, decode_requested_data
+from workers.indexer.logs_decode import content_hash, decode_logs
 
 REQUESTED = ("bytes", "bytes", "bytes", "bytes[]")
 REQUESTER = "0x" + "00" * 12 + "ab" * 20
@@ -80,6 +80,40 @@ def test_fast_reader_agrees_with_eth_abi_on_corrupted_data(
 @given(st.binary(max_size=600))
 def test_fast_reader_agrees_with_eth_abi_on_arbitrary_bytes(raw: bytes) -> None:
     assert _ours(raw) == _reference(raw)
+
+
+@settings(max_examples=300, deadline=None)
+@given(requests, st.data())
+def test_the_contracts_module_decodes_with_the_same_reader_and_only_raises_malformed(
+    request: tuple[str, str, str, list[str]], data: st.DataObject
+) -> None:
+    """shared.contracts reads a request log with the indexer's reader: the same values for
+    good data, and for corrupted data a MalformedEventError, never eth-abi's own error."""
+    raw = bytearray(_encode(*request))
+    topics = [REASONING_REQUESTED_TOPIC0, "0x" + "00" * 31 + "07", REQUESTER]
+    event = decode_reasoning_requested(topics, bytes(raw))
+    assert (event.model, event.system_prompt, event.state_string) == request[:3]
+    assert event.action_set == tuple(request[3])
+    for _ in range(data.draw(st.integers(1, 4))):
+        raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
+    expected = _reference(bytes(raw))
+    try:
+        decoded = decode_reasoning_requested(topics, bytes(raw))
+    except MalformedEventError:
+        assert isinstance(expected, type) or any(
+            _not_utf8(value) for value in (*expected[:3], *expected[3])
+        )
+    else:
+        assert not isinstance(expected, type)
+        assert decoded.model.encode() == expected[0]
+
+
+def _not_utf8(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
 
 
 def test_non_canonical_layout_is_decoded_by_eth_abi_the_same_way() -> None:
