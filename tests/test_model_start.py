@@ -121,7 +121,23 @@ NATIVE_AMX_SYSTEM_INFO = (
 def test_a_llama_cpp_built_with_amx_is_refused_naming_the_fix() -> None:
     with pytest.raises(ConfigError) as refused:
         refuse_unsafe_build(NATIVE_AMX_SYSTEM_INFO)
-    assert "AMX" in str(refused.value) and "make setup" in str(refused.value)
+    assert "AMX" in str(refused.value)
+    assert "rm -f .venv/.model-installed-* && make setup" in str(refused.value)
+
+
+def test_a_llama_cpp_built_for_instructions_this_cpu_lacks_is_refused_naming_them() -> None:
+    """The fixed build needs AVX2, FMA, F16C and BMI2; on a CPU (or a VM's virtual CPU)
+    without them it would die of SIGILL on the first prompt, so it is refused at start."""
+    fixed_build = (
+        "CPU : SSE3 = 1 | SSSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | BMI2 = 1 |"
+        " LLAMAFILE = 1 | OPENMP = 1 | REPACK = 1 |"
+    )
+    haswell = frozenset({"pni", "ssse3", "avx", "avx2", "f16c", "fma", "bmi2"})
+    refuse_unsafe_build(fixed_build, haswell)
+    with pytest.raises(ConfigError) as refused:
+        refuse_unsafe_build(fixed_build, frozenset({"pni", "ssse3", "avx", "f16c"}))
+    assert "(AVX2, FMA, BMI2)" in str(refused.value)
+    refuse_unsafe_build(fixed_build, frozenset())  # flags unknown (no /proc/cpuinfo): no verdict
 
 
 def test_the_llama_cpp_make_setup_built_has_no_amx_and_decodes_a_long_prompt() -> None:

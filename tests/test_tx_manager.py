@@ -246,6 +246,10 @@ def test_a_reorged_out_transaction_reopens_through_the_machine_and_a_gap_revives
     ledger.set_status(
         conn, tx_id, ledger.TxStatus.MINED, now=3.0, mined_block=7, mined_block_hash="0xab"
     )
+    # a caller whose view is stale (it thinks the row is open) changes nothing
+    assert not ledger.set_status(
+        conn, tx_id, ledger.TxStatus.DROPPED, now=3.5, only_from=ledger.OPEN_STATUSES
+    )
     ledger.reopen(conn, tx_id, now=4.0, reason="block 7 was reorged away", head=9)
     row = conn.execute("SELECT * FROM txs WHERE id = ?", (tx_id,)).fetchone()
     assert (row["status"], row["mined_block"], row["held_at_head"]) == ("BROADCAST", None, 9)

@@ -137,8 +137,9 @@ def read_private(
     is checked on the descriptor that is read. No message quotes the file."""
     try:
         # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever;
-        # it changes nothing for the regular file that is then read.
-        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK)
+        # O_NOCTTY: a terminal named by mistake does not become the service's controlling
+        # terminal. Neither changes anything for the regular file that is then read.
+        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
     except FileNotFoundError:
         raise KeyFileError(f"{what} {source} does not exist") from None
     except OSError as exc:

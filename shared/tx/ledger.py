@@ -388,15 +388,18 @@ def set_status(
     mined_block: int | None = None,
     mined_block_hash: str | None = None,
     gas_used: int | None = None,
-) -> None:
+    only_from: Iterable[TxStatus] | None = None,
+) -> bool:
     """Move one row to ``status`` (call inside ``atomic`` when it must go with other writes).
-    A row that settles is no longer held."""
-    _move(
+    A row that settles is no longer held. With ``only_from``, a row in another status is
+    left as it is (False): the caller's view of it was stale."""
+    return _move(
         conn, tx_id, status, now=now, note=error, error=error,
         columns={
             "mined_block": mined_block, "mined_block_hash": mined_block_hash,
             "gas_used": gas_used, "held_at_head": None,
         },
+        only_from=only_from,
     )  # fmt: skip
 
 

@@ -29,7 +29,7 @@ from shared.chain.rpc import hex_int
 from shared.db import atomic
 from shared.tx import ledger
 from shared.tx.evidence import NonceUser
-from shared.tx.ledger import TxRecord, TxStatus
+from shared.tx.ledger import OPEN_STATUSES, TxRecord, TxStatus
 
 log = structlog.get_logger(__name__)
 
@@ -174,8 +174,9 @@ def _mined(
             continue
         if tx.is_open:
             ledger.set_status(
-                conn, tx.id, TxStatus.REPLACED, now=now, error=f"nonce used by {detail}"
-            )
+                conn, tx.id, TxStatus.REPLACED, now=now, error=f"nonce used by {detail}",
+                only_from=OPEN_STATUSES,
+            )  # fmt: skip
         if _purpose_key(tx) not in told:
             told.add(_purpose_key(tx))
             counts["superseded"] += 1
@@ -199,8 +200,9 @@ def _dropped(
     for tx in sorted(rows, key=lambda r: -r.id):
         if tx.status in (TxStatus.MINED, TxStatus.REVERTED):
             continue  # history of an earlier settlement of this nonce (before a reorg)
-        if tx.is_open:
-            ledger.set_status(conn, tx.id, TxStatus.DROPPED, now=now, error=detail)
+        if tx.is_open and ledger.set_status(
+            conn, tx.id, TxStatus.DROPPED, now=now, error=detail, only_from=OPEN_STATUSES
+        ):
             counts["dropped"] += 1
         if _purpose_key(tx) not in told:
             told.add(_purpose_key(tx))

@@ -51,7 +51,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import structlog
 
@@ -339,23 +339,68 @@ class LlamaBackend:
 
 # How llama.cpp's system info shows a build that multiplies with AMX tiles ("AMX_INT8 = 1").
 _AMX_BUILD = re.compile(r"\bAMX_INT8\s*=\s*1\b")
+# Each instruction-set feature llama.cpp's system info reports as compiled in ("AVX2 = 1"),
+# and the flag /proc/cpuinfo shows when this CPU has it.
+_FEATURE = re.compile(r"\b([A-Z][A-Z0-9_]*)\s*=\s*1\b")
+_CPUINFO_FLAG: Final = {
+    "SSE3": "pni", "SSSE3": "ssse3", "AVX": "avx", "AVX2": "avx2", "F16C": "f16c",
+    "FMA": "fma", "BMI2": "bmi2", "AVX_VNNI": "avx_vnni", "AVX512": "avx512f",
+    "AVX512_VBMI": "avx512vbmi", "AVX512_VNNI": "avx512_vnni", "AVX512_BF16": "avx512_bf16",
+    "AMX_INT8": "amx_int8",
+}  # fmt: skip
+_REBUILD: Final = (
+    "rebuild it as make setup builds it: `rm -f .venv/.model-installed-* && make setup`"
+    " (GGML_NATIVE=OFF, AVX2/FMA/F16C/BMI2)"
+)
 
 
-def refuse_unsafe_build(system_info: str) -> None:
-    """ConfigError if the llama.cpp we loaded was compiled to use AMX.
+def refuse_unsafe_build(system_info: str, cpu_flags: frozenset[str] | None = None) -> None:
+    """ConfigError if the llama.cpp we loaded would crash this process on its first prompt.
 
-    A native build (``-march=native``, llama-cpp-python's default) on a CPU with AMX
-    (Sapphire Rapids and later) multiplies with ggml's AMX kernels, and those segfault at the
-    first prompt (seen here with SmolLM2's Q4_1 weights; ggml-org/llama.cpp#20824). A
-    segfault cannot be caught: it would kill the shard on its first request, and again after
-    every restart. ``make setup`` compiles llama.cpp for a fixed instruction set without AMX;
-    this stops a hand-built one at start, with the fix in the message."""
+    Two such builds:
+    - Compiled to use AMX. A native build (``-march=native``, llama-cpp-python's default) on
+      a CPU with AMX (Sapphire Rapids and later) multiplies with ggml's AMX kernels, and
+      those segfault at the first prompt (seen here with SmolLM2's Q4_1 weights;
+      ggml-org/llama.cpp#20824).
+    - Compiled for instructions this CPU lacks (``cpu_flags``, from /proc/cpuinfo when not
+      given; unknown on other systems, then not checked): the fixed build ``make setup``
+      makes needs AVX2, FMA, F16C and BMI2, and an older CPU or a VM that hides them dies
+      of SIGILL.
+    Neither signal can be caught: the shard would die on its first request, and again after
+    every restart. This stops it at start, with the fix in the message."""
     if _AMX_BUILD.search(system_info):
         raise ConfigError(
             "HODLAI_LLM_BACKEND=llama: the installed llama-cpp-python was compiled with AMX"
             " (a native build on this CPU), whose matrix multiply crashes the process"
-            " (ggml-org/llama.cpp#20824); rebuild it with `make setup` (GGML_NATIVE=OFF)"
+            f" (ggml-org/llama.cpp#20824); {_REBUILD}"
         )
+    flags = _cpu_flags() if cpu_flags is None else cpu_flags
+    if not flags:
+        return
+    missing = [
+        feature for feature in _FEATURE.findall(system_info)
+        if feature in _CPUINFO_FLAG and _CPUINFO_FLAG[feature] not in flags
+    ]  # fmt: skip
+    if missing:
+        raise ConfigError(
+            "HODLAI_LLM_BACKEND=llama: the installed llama-cpp-python was compiled for"
+            f" instructions this CPU does not have ({', '.join(missing)}) and would crash on"
+            " the first prompt; build it on this machine without them (CMAKE_ARGS with"
+            f" -DGGML_{missing[0]}=OFF, see docs/OPERATIONS.md), or use another backend"
+        )
+
+
+def _cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() == "flags":
+            return frozenset(value.split())
+    return frozenset()
 
 
 def _sha256(text: str) -> str:
