@@ -60,10 +60,6 @@ REASONING_REQUESTED_TOPIC0: Final = "0x" + keccak(text=REASONING_REQUESTED_SIGNA
 #: topic0 of the fulfilment event
 REASONING_FULFILLED_TOPIC0: Final = "0x" + keccak(text=REASONING_FULFILLED_SIGNATURE).hex()
 
-# The non-indexed parts of the events are decoded as ``bytes`` (shared/event_data.py, the
-# reader the indexer uses too), so that invalid UTF-8 in a request (calldata strings are not
-# validated on chain) is reported instead of crashing the decoder.
-
 DEFAULT_ADMIN_ROLE: Final = b"\x00" * 32
 ORACLE_ROLE: Final = keccak(text="ORACLE_ROLE")
 _ROLE_NAMES: Final = {DEFAULT_ADMIN_ROLE: "DEFAULT_ADMIN_ROLE", ORACLE_ROLE: "ORACLE_ROLE"}
@@ -216,7 +212,9 @@ def _utf8(value: bytes, field: str, request_id: int) -> str:
 def decode_reasoning_requested(
     topics: Sequence[bytes | str], data: bytes | str
 ) -> ReasoningRequested:
-    """Decode a request log from its raw topics and data (hex strings or bytes)."""
+    """Decode a request log from its raw topics and data (hex strings or bytes). The data
+    is read as ``bytes`` (shared/event_data.py), so that invalid UTF-8 in a request (calldata
+    strings are not validated on chain) is a MalformedEventError, not a decoder crash."""
     request_id, requester = _indexed_head(topics, REASONING_REQUESTED_TOPIC0)
     try:
         model, prompt, state, actions = decode_requested_data(_as_bytes(data))

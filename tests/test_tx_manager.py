@@ -227,6 +227,11 @@ async def test_every_status_change_of_a_transaction_has_an_audit_row(setup: Setu
         (None, "SIGNED"), ("SIGNED", "BROADCAST"), ("BROADCAST", "MINED"),
     ]  # fmt: skip
     assert f"replacing tx {original['id']}" in second[0][2]
+    # and the chain agrees with the trail: one nonce used, by the cancel, not the original
+    assert setup.rpc("eth_getTransactionCount", [setup.signer.address, "latest"]) == "0x1"
+    assert setup.rpc("eth_getTransactionReceipt", [original["tx_hash"]]) is None
+    receipt = setup.rpc("eth_getTransactionReceipt", [cancel["tx_hash"]])
+    assert isinstance(receipt, dict) and receipt["status"] == "0x1"
 
 
 def test_a_reorged_out_transaction_reopens_through_the_machine_and_a_gap_revives(

@@ -155,14 +155,13 @@ def read_private(
                 f"{secret} must be assumed leaked to them; refusing to use it. "
                 f"Restrict it with `chmod 600 {source}` (and {rotate})."
             )
-        if info.st_size > max_bytes:
-            raise KeyFileError(f"{what} {source} is larger than {max_bytes} bytes")
         chunks: list[bytes] = []
         size = 0
+        # At most one byte more than allowed is read, whatever the file's size says.
         while chunk := os.read(fd, max_bytes + 1 - size):
             chunks.append(chunk)
             size += len(chunk)
-            if size > max_bytes:  # it grew after fstat
+            if size > max_bytes:
                 raise KeyFileError(f"{what} {source} is larger than {max_bytes} bytes")
         return b"".join(chunks)
     except OSError as exc:

@@ -458,15 +458,26 @@ def move_mined(
 
 def mark_accepted(conn: sqlite3.Connection, tx_ids: Sequence[int], *, now: float) -> None:
     """A node holds these transactions: SIGNED -> BROADCAST (first acceptance time kept)."""
+    wanted = sorted(set(tx_ids))
     with atomic(conn):
-        for tx_id in tx_ids:
-            _move(
-                conn, tx_id, TxStatus.BROADCAST, now=now, note="accepted by a node",
-                only_from=(TxStatus.SIGNED,),
-            )  # fmt: skip
+        rows: list[sqlite3.Row] = []
+        for start in range(0, len(wanted), 500):  # SQLite's bound-parameter limit
+            chunk = wanted[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows += conn.execute(
+                f"SELECT id, status, broadcast_at FROM txs WHERE id IN ({marks})", chunk
+            ).fetchall()
+        for row in rows:
+            if row["status"] == TxStatus.SIGNED:
+                first = now if row["broadcast_at"] is None else row["broadcast_at"]
+                state.transition(
+                    conn, TX_MACHINE, str(row["id"]), TxStatus.SIGNED.value,
+                    TxStatus.BROADCAST.value, actor=ACTOR, note="accepted by a node",
+                    set_columns={"broadcast_at": first}, now=now,
+                )  # fmt: skip
         conn.executemany(
             "UPDATE txs SET broadcast_at = COALESCE(broadcast_at, ?), updated_at = ? WHERE id = ?",
-            [(now, now, tx_id) for tx_id in tx_ids],
+            [(now, now, row["id"]) for row in rows if row["status"] != TxStatus.SIGNED],
         )
 
 

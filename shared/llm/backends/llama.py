@@ -337,8 +337,6 @@ class LlamaBackend:
             close()
 
 
-# How llama.cpp's system info shows a build that multiplies with AMX tiles ("AMX_INT8 = 1").
-_AMX_BUILD = re.compile(r"\bAMX_INT8\s*=\s*1\b")
 # Each instruction-set feature llama.cpp's system info reports as compiled in ("AVX2 = 1"),
 # and the flag /proc/cpuinfo shows when this CPU has it.
 _FEATURE = re.compile(r"\b([A-Z][A-Z0-9_]*)\s*=\s*1\b")
@@ -368,7 +366,8 @@ def refuse_unsafe_build(system_info: str, cpu_flags: frozenset[str] | None = Non
       of SIGILL.
     Neither signal can be caught: the shard would die on its first request, and again after
     every restart. This stops it at start, with the fix in the message."""
-    if _AMX_BUILD.search(system_info):
+    features = _FEATURE.findall(system_info)
+    if "AMX_INT8" in features:
         raise ConfigError(
             "HODLAI_LLM_BACKEND=llama: the installed llama-cpp-python was compiled with AMX"
             " (a native build on this CPU), whose matrix multiply crashes the process"
@@ -378,7 +377,7 @@ def refuse_unsafe_build(system_info: str, cpu_flags: frozenset[str] | None = Non
     if not flags:
         return
     missing = [
-        feature for feature in _FEATURE.findall(system_info)
+        feature for feature in features
         if feature in _CPUINFO_FLAG and _CPUINFO_FLAG[feature] not in flags
     ]  # fmt: skip
     if missing:
