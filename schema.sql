@@ -250,6 +250,24 @@ CREATE TABLE IF NOT EXISTS wallets (
 -- One wallet per owner and label (the mint executor's one agent wallet per user).
 CREATE UNIQUE INDEX IF NOT EXISTS idx_wallets_owner ON wallets (label, owner) WHERE owner IS NOT NULL;
 
+-- [core migration 8: vault derivation — section reserved]
+
+
+-- [core migration 9: authorizations ledger — section reserved]
+
+
+-- [core migration 10: spend policy — section reserved]
+
+
+-- [core migration 11: tx finality — section reserved]
+
+
+-- [core migration 12: sender fencing — section reserved]
+
+
+-- [core migration 13: append-only history — section reserved]
+
+
 -- ==== the dispatcher's tables (migration set 'dispatch', workers/dispatch/migrations) ====
 
 

@@ -1,0 +1,2 @@
+-- Core migration 8: deterministic vault wallets (shared/keys/vault.py)
+-- (placeholder reserved for this change; filled by its work)

@@ -1,0 +1,2 @@
+-- Core migration 9: the EIP-3009 authorizations ledger (shared/tx/authorizations.py)
+-- (placeholder reserved for this change; filled by its work)

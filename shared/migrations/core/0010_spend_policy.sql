@@ -1,0 +1,2 @@
+-- Core migration 10: spend policy per sending key (shared/tx/policy.py)
+-- (placeholder reserved for this change; filled by its work)

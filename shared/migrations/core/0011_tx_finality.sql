@@ -1,0 +1,2 @@
+-- Core migration 11: final outcomes of transactions (shared/tx/settlement.py)
+-- (placeholder reserved for this change; filled by its work)

@@ -1,0 +1,2 @@
+-- Core migration 12: sender fencing (shared/tx/senders.py)
+-- (placeholder reserved for this change; filled by its work)

@@ -1,0 +1,2 @@
+-- Core migration 13: append-only history columns (txs, transitions, authorizations)
+-- (placeholder reserved for this change; filled by its work)
