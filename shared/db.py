@@ -42,7 +42,13 @@ from urllib.parse import quote
 import structlog
 
 from shared import migrations
-from shared.errors import ConfigError, DatabaseMismatchError, SchemaVersionError, StoreBusyError
+from shared.errors import (
+    ConfigError,
+    DatabaseMismatchError,
+    NotDurableError,
+    SchemaVersionError,
+    StoreBusyError,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -144,6 +150,26 @@ def connect(
         conn.close()
         raise
     return conn
+
+
+# PRAGMA synchronous values: 0 OFF, 1 NORMAL, 2 FULL, 3 EXTRA.
+_SYNCHRONOUS_FULL: Final = 2
+
+
+def require_durable(conn: sqlite3.Connection, *, who: str) -> None:
+    """Refuse (NotDurableError, naming ``who``) a connection whose ``synchronous`` is below
+    FULL. Whatever records money before it leaves the process (signed transactions, wallets,
+    EIP-3009 authorizations) calls this on the connection it is given: with NORMAL a power cut
+    after a broadcast can roll back the record and its idempotency key, and a restarted
+    process would pay again. An in-memory database has nothing to lose to a power cut, but
+    nothing of value lives there either, so it is held to the same rule."""
+    level = int(conn.execute("PRAGMA synchronous").fetchone()[0])
+    if level < _SYNCHRONOUS_FULL:
+        raise NotDurableError(
+            f"{who} needs a database connection with synchronous=FULL (got "
+            f"{('OFF', 'NORMAL')[level] if level < 2 else level}): open it with "
+            "connect(..., durable=True)"
+        )
 
 
 def open_readonly(path: Path | str) -> Connection:

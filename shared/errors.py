@@ -27,6 +27,7 @@ retrying::
         │   └── RpcChainMismatchError  no RPC URL serves the expected chain (all answered)
         ├── DatabaseMismatchError   the database belongs to another chain or provider
         │   └── SchemaVersionError  the database's schema is newer (or older) than this code
+        ├── NotDurableError         a money component was given a connection below synchronous=FULL
         ├── TransitionConflict      the row was not in the expected state (someone moved it)
         ├── LeaseLostError          a worker completed work it no longer holds (fenced off)
         ├── NotFoundError           no such entity (a request id, a task): asked for by name
@@ -131,6 +132,12 @@ class DatabaseMismatchError(PermanentError):
 class SchemaVersionError(DatabaseMismatchError):
     """The database was written by a newer hodlai (or needs migrating first); names the
     versions."""
+
+
+class NotDurableError(PermanentError):
+    """A component that records money (the transaction ledger, the vault, the authorizations
+    ledger) was handed a connection whose ``synchronous`` is below FULL: a power cut could
+    lose what it records after the money has left. Open it with ``connect(..., durable=True)``."""
 
 
 class TransitionConflict(PermanentError):
