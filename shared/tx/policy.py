@@ -198,8 +198,7 @@ class SpendPolicy:
             if limit.per_tx is not None and amount > limit.per_tx:
                 _refuse(
                     RULE_PER_TX,
-                    f"{amount} of {_name(token)} in one transaction is over its cap "
-                    f"{limit.per_tx}",
+                    f"{amount} of {_name(token)} in one transaction is over its cap {limit.per_tx}",
                 )
             if limit.per_day is not None:
                 spent = spent_since(conn, sender, token, since=now - self.window_s)
