@@ -17,8 +17,9 @@ from eth_utils.address import to_checksum_address
 
 from shared.anvil import Anvil
 from shared.chain.rpc import RpcClient
-from shared.db import AsyncDatabase, connect
+from shared.db import AsyncDatabase, atomic, connect
 from shared.errors import ConfigError, SpendPolicyError
+from shared.tx import ledger
 from shared.tx.fees import GWEI, FeePolicy, Fees
 from shared.tx.ledger import Purpose
 from shared.tx.manager import Recorded, Submission, TxManager, TxPolicy
@@ -29,6 +30,7 @@ from shared.tx.policy import (
     SpendPolicy,
     load_policies,
     movements,
+    record_spends,
     selector_of,
     selectors,
     spent_since,
@@ -42,6 +44,8 @@ OTHER_TOKEN = to_checksum_address("0x" + "34" * 20)
 DISPERSE = to_checksum_address("0x" + "56" * 20)
 RECIPIENT = to_checksum_address("0x" + "78" * 20)
 STRANGER = to_checksum_address("0x" + "9a" * 20)
+# Anvil's first development key (public): signs rows that are never sent.
+DEV_KEY = bytes.fromhex("ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcab7cbed5f02ff80a")
 FAIR = Fees(max_fee_per_gas=3 * GWEI, max_priority_fee_per_gas=GWEI)
 TX_POLICY = TxPolicy(
     fees=FeePolicy(max_fee_per_gas=100 * GWEI, max_priority_fee_per_gas=5 * GWEI), window=8
@@ -144,6 +148,32 @@ def test_the_cancel_is_always_allowed(conn: sqlite3.Connection) -> None:
     assert _rule(nothing, conn, Call(to=SENDER, data=b"", value=1, gas_limit=21_000)) == (
         "contract_not_allowed"
     )
+
+
+def _tx_row(conn: sqlite3.Connection, nonce: int) -> int:
+    signer = LocalSigner(DEV_KEY, chain_id=31337)
+    signed = signer.sign(transfer(1), nonce=nonce, fees=FAIR)
+    with atomic(conn):
+        return ledger.insert(conn, signed, Purpose("pay"), sender=SENDER, now=0.0,
+                             idempotency_key=f"pay:{nonce}")  # fmt: skip
+
+
+def test_the_window_sum_is_exact_beyond_64_bits_and_survives_a_clock_stepping_back(
+    conn: sqlite3.Connection,
+) -> None:
+    big = 2**255
+    for nonce, (amount, at) in enumerate([(big, 100.0), (3, 200.0), (big, 300.0), (5, 250.0)]):
+        with atomic(conn):
+            record_spends(conn, _tx_row(conn, nonce), sender=SENDER, moved={TOKEN: amount},
+                          now=at)  # fmt: skip
+    assert spent_since(conn, SENDER, TOKEN, since=0.0) == 2 * big + 8
+    assert spent_since(conn, SENDER, TOKEN, since=100.0) == big + 8
+    # the last spend was signed at 250 by a clock that stepped back: it keeps 300, and
+    # counts as late as the one before it (never as early as its own clock said)
+    assert spent_since(conn, SENDER, TOKEN, since=260.0) == big + 5
+    assert spent_since(conn, SENDER, TOKEN, since=300.0) == 0
+    assert spent_since(conn, SENDER, OTHER_TOKEN, since=0.0) == 0
+    assert spent_since(conn, STRANGER, TOKEN, since=0.0) == 0
 
 
 # --- through the transaction manager, on a real anvil ---------------------------------------

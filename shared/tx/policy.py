@@ -26,8 +26,9 @@ Guarantees:
   spender can take it) on the called contract as the token, and ``disperseToken``'s
   ``uint256[]`` summed for the token it names.
 - The rolling cap holds across restarts: every recorded transaction's movements are written
-  to ``tx_spends`` (append-only) in the same transaction as its ``txs`` row, and summed
-  over the window at check time. A transaction counts from the moment it is signed, mined
+  to ``tx_spends`` (append-only) in the same transaction as its ``txs`` row, each with the
+  key's running total of that token, so the window's sum is two index look-ups at check
+  time, however many spends it holds. A transaction counts from the moment it is signed, mined
   or not: a cancelled one may still have mined. A fee bump or cancel of it adds nothing.
   Within one batch, each check sees the spends of the submissions recorded before it.
 
@@ -254,21 +255,41 @@ def load_policies(path: Path, *, setting: str) -> dict[str, SpendPolicy]:
 def record_spends(
     conn: sqlite3.Connection, tx_id: int, *, sender: str, moved: Mapping[str, int], now: float
 ) -> None:
-    """Write what transaction ``tx_id`` moves (call in the transaction that inserts it)."""
-    conn.executemany(
-        "INSERT INTO tx_spends (tx_id, sender, token, amount, at) VALUES (?, ?, ?, ?, ?)",
-        [(tx_id, sender, token, str(amount), now) for token, amount in moved.items() if amount],
-    )
+    """Write what transaction ``tx_id`` moves (call in the transaction that inserts it), each
+    token's row with the key's running total of that token."""
+    for token, amount in moved.items():
+        if amount <= 0:
+            continue
+        last = _latest(conn, sender, token)
+        total, at = (amount, now) if last is None else (int(last[0]) + amount, max(now, last[1]))
+        conn.execute(
+            "INSERT INTO tx_spends (tx_id, sender, token, amount, total, at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (tx_id, sender, token, str(amount), str(total), at),
+        )
 
 
 def spent_since(conn: sqlite3.Connection, sender: str, token: str, *, since: float) -> int:
-    """What ``sender``'s recorded transactions moved of ``token`` after ``since``. Summed in
-    Python: amounts are uint256, beyond SQLite's 64-bit SUM."""
-    rows = conn.execute(
-        "SELECT amount FROM tx_spends WHERE sender = ? AND token = ? AND at > ?",
+    """What ``sender``'s recorded transactions moved of ``token`` after ``since``: the latest
+    running total minus the last one at or before ``since`` (two index look-ups)."""
+    last = _latest(conn, sender, token)
+    if last is None or last[1] <= since:
+        return 0
+    before = conn.execute(
+        "SELECT total FROM tx_spends WHERE sender = ? AND token = ? AND at <= ?"
+        " ORDER BY at DESC, id DESC LIMIT 1",
         (sender, token, since),
-    )
-    return sum(int(row[0]) for row in rows)
+    ).fetchone()
+    return int(last[0]) - (0 if before is None else int(before[0]))
+
+
+def _latest(conn: sqlite3.Connection, sender: str, token: str) -> tuple[str, float] | None:
+    row = conn.execute(
+        "SELECT total, at FROM tx_spends WHERE sender = ? AND token = ?"
+        " ORDER BY at DESC, id DESC LIMIT 1",
+        (sender, token),
+    ).fetchone()
+    return None if row is None else (str(row[0]), float(row[1]))
 
 
 def selectors(*signatures: str) -> frozenset[bytes]:
