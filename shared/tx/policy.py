@@ -31,6 +31,9 @@ Guarantees:
   time, however many spends it holds. A transaction counts from the moment it is signed, mined
   or not: a cancelled one may still have mined. A fee bump or cancel of it adds nothing.
   Within one batch, each check sees the spends of the submissions recorded before it.
+- Fee bumps and cancels of a recorded transaction are not checked again: they are
+  alternatives at a nonce the checked call already holds (at most one of them mines), and a
+  cancel moves nothing. A tightened policy applies to new submissions.
 
 Configuration. An executor builds its keys' policies from its own settings, e.g. a file named
 by ``HODLAI_MINT_SPEND_POLICY_FILE`` read with :func:`load_policies`. The file is JSON, or
