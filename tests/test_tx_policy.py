@@ -347,3 +347,18 @@ def test_a_malformed_policy_file_is_refused_naming_the_setting(
     path.write_text(content)
     with pytest.raises(ConfigError, match="HODLAI_TEST_SPEND_POLICY_FILE"):
         load_policies(path, setting="HODLAI_TEST_SPEND_POLICY_FILE")
+
+
+def test_the_oracle_key_may_only_fulfil_on_its_provider(conn: sqlite3.Connection) -> None:
+    from workers.fulfiller.provider import fulfil_calldata, spend_policy
+
+    policy = spend_policy(TOKEN.lower())  # the provider, in whatever case the setting has it
+    fulfil = Call(to=TOKEN, data=fulfil_calldata(2**200, "BUY", "bafy"), value=0,
+                  gas_limit=300_000)  # fmt: skip
+    assert policy.check(conn, fulfil, sender=SENDER, now=1e9) == {}
+    assert _rule(policy, conn, Call(to=DISPERSE, data=fulfil.data, value=0, gas_limit=1)) == (
+        "contract_not_allowed"
+    )
+    assert _rule(policy, conn, transfer(1)) == "selector_not_allowed"
+    paid = Call(to=TOKEN, data=fulfil.data, value=1, gas_limit=300_000)
+    assert _rule(policy, conn, paid) == "value_not_allowed"
