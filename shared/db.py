@@ -44,6 +44,7 @@ from urllib.parse import quote
 import structlog
 
 from shared import migrations
+from shared.config import CoreSettings, load_settings
 from shared.errors import (
     ConfigError,
     DatabaseMismatchError,
@@ -356,6 +357,8 @@ def create_file(path: Path, *, group_writable: bool | None = None) -> None:
     as separate users of one group (docs/OPERATIONS.md: the systemd units) sets
     HODLAI_DB_GROUP_WRITABLE=true. The mode is set exactly (fchmod), whatever the umask; SQLite
     gives the -wal and -shm the database file's mode."""
+    if path.exists():  # the common case, without reading the setting
+        return
     if group_writable is None:
         group_writable = group_writable_setting()
     mode = DB_FILE_MODE_GROUP if group_writable else DB_FILE_MODE
@@ -376,8 +379,6 @@ def create_file(path: Path, *, group_writable: bool | None = None) -> None:
 
 def group_writable_setting() -> bool:
     """HODLAI_DB_GROUP_WRITABLE (shared.config.CoreSettings), read when a file is created."""
-    from shared.config import CoreSettings, load_settings
-
     return load_settings(CoreSettings).db_group_writable
 
 
