@@ -7,7 +7,6 @@ from __future__ import annotations
 import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Annotated
 
 import httpx
 import pytest
@@ -77,11 +76,14 @@ def test_every_route_against_no_token_a_read_token_and_an_admin_token(
     access = EXPECTED[(method, path)]
     none, read, admin = (_call(api, method, path, t) for t in (None, TOKEN_R, TOKEN_A))
     outcome = tuple(r.status_code not in (401, 403) for r in (none, read, admin))
-    assert outcome == {
-        "public": (True, True, True),
-        "read": (False, True, True),
-        "admin": (False, False, True),
-    }[access], (none.text, read.text, admin.text)
+    assert (
+        outcome
+        == {
+            "public": (True, True, True),
+            "read": (False, True, True),
+            "admin": (False, False, True),
+        }[access]
+    ), (none.text, read.text, admin.text)
     if access != "public":
         assert none.status_code == 401 and none.json()["error"] == "unauthorized"
         assert none.headers["www-authenticate"] == "Bearer"
@@ -259,7 +261,7 @@ def test_cors_any_origin_is_refused_with_a_tokens_file_naming_the_setting(
 ) -> None:
     monkeypatch.setenv("HODLAI_API_CORS_ORIGINS", "*")
     monkeypatch.setenv("HODLAI_API_TOKENS_FILE", str(_tokens_file(tmp_path)))
-    with pytest.raises(ConfigError, match="HODLAI_API_CORS_ORIGINS: '\\*'.*credentials"):
+    with pytest.raises(ConfigError, match=r"HODLAI_API_CORS_ORIGINS: '\*'.*credentials"):
         load_settings(ApiSettings)
     monkeypatch.delenv("HODLAI_API_TOKENS_FILE")
     assert load_settings(ApiSettings).api_cors_origins == ["*"]  # public data only: allowed

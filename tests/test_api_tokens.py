@@ -32,7 +32,9 @@ def _file(tmp_path: Path, text: str | bytes, mode: int = 0o600) -> Path:
 def test_tokens_are_read_with_their_id_and_role_skipping_comments_and_blank_lines(
     tmp_path: Path,
 ) -> None:
-    text = f"# id role token\n\n  alice\tadmin  {GOOD}  \n# old one removed\nci.bot-2 read {OTHER}\r\n"
+    text = (
+        f"# id role token\n\n  alice\tadmin  {GOOD}  \n# old one removed\nci.bot-2 read {OTHER}\r\n"
+    )
     tokens = load_tokens(_file(tmp_path, text, mode=0o400))
     assert [(t.value.decode(), t.token_id, t.role) for t in tokens] == [
         (GOOD, "alice", Role.ADMIN),

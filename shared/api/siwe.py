@@ -49,7 +49,7 @@ from typing import Annotated, Any, Final
 
 import structlog
 from eth_utils.address import to_checksum_address
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Header, Request
 from pydantic import BaseModel, Field, ValidationError
 from siwe import InvalidSignature, SiweMessage, VerificationError
 
@@ -239,7 +239,9 @@ def verify_user_proof(
     except InvalidSignature:
         raise _refuse(401, "signature", "the signature is not the message's address's") from None
     except VerificationError as exc:  # a check above should have caught it first
-        raise _refuse(401, "invalid", f"the message does not verify ({type(exc).__name__})") from None
+        raise _refuse(
+            401, "invalid", f"the message does not verify ({type(exc).__name__})"
+        ) from None
     address = to_checksum_address(message.address)
     if not spend_nonce(conn, message.nonce, address=address, statement=statement, now=now):
         raise _refuse(401, "nonce", "the nonce is unknown, expired or already used: get a new "
