@@ -4,8 +4,8 @@ Access levels (:class:`Access`), declared by the dependencies a route takes:
 
 - ``admin``: :data:`Operator`, a bearer token of role ``admin`` from ``HODLAI_API_TOKENS_FILE``
   (every write an operator makes);
-- ``read``: :data:`Reader`, a token of role ``read`` or ``admin``, or nothing when
-  ``HODLAI_API_PUBLIC_READS=true``;
+- ``read``: :data:`Reader` (or ``dependencies=[READ]``), a token of role ``read`` or
+  ``admin``, or nothing when ``HODLAI_API_PUBLIC_READS=true``;
 - ``user``: :func:`shared.api.siwe.require_user_proof`, an end user's Sign-In with Ethereum
   signature, no token;
 - ``public``: :data:`PUBLIC` (``dependencies=[PUBLIC]``), no credential (``/healthz``, the
@@ -185,6 +185,9 @@ def public() -> None:
 Operator = Annotated[OperatorIdentity, Depends(require_admin)]
 Reader = Annotated[OperatorIdentity | None, Depends(require_read)]
 PUBLIC: Final[DependsParam] = Depends(public)
+# A read route's declaration when it does not need the reader's identity:
+# ``@router.get(..., dependencies=[READ])``.
+READ: Final[DependsParam] = Depends(require_read)
 
 
 def declared_access(route: APIRoute) -> Access | None:
