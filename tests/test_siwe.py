@@ -11,6 +11,7 @@ import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from importlib.metadata import version
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -272,3 +273,17 @@ async def test_a_user_route_with_no_chain_configured_is_a_generic_500(
 def test_an_action_with_a_colon_is_refused_when_the_route_is_declared() -> None:
     with pytest.raises(ValueError, match="without ':'"):
         require_user_proof("Cancel: now", "{task_id}")
+
+
+def test_the_installed_siwe_library_is_the_one_no_deps_txt_pins() -> None:
+    """`make setup` installs it from no-deps.txt (its metadata caps web3 below the node's):
+    a drift between the file and the environment would test another verifier."""
+    pins = [
+        line.split("==")
+        for line in (Path(__file__).resolve().parent.parent / "no-deps.txt")
+        .read_text()
+        .splitlines()
+        if line and not line.startswith("#")
+    ]
+    assert [name for name, _ in pins] == ["signinwithethereum"]
+    assert version("signinwithethereum") == pins[0][1]
