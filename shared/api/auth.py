@@ -148,7 +148,7 @@ def authenticate(
         log.warning("operator_refused", reason="role", token_id=token.token_id,
                     role=token.role.value, needed=needed.value, path=path)  # fmt: skip
         raise Refusal(
-            403, "forbidden", f"this route needs a {needed.value} token; "
+            403, "forbidden", f"this route needs the {needed.value} role; "
             f"token {token.token_id} has role {token.role.value}",
         )  # fmt: skip
     # Reads are many and change nothing: at debug level; every admin call at info.
