@@ -287,3 +287,9 @@ def test_the_installed_siwe_library_is_the_one_no_deps_txt_pins() -> None:
     ]
     assert [name for name, _ in pins] == ["signinwithethereum"]
     assert version("signinwithethereum") == pins[0][1]
+
+
+async def test_a_deeply_nested_json_proof_is_a_401_not_a_crash(client: httpx.AsyncClient) -> None:
+    nested = base64.b64encode(b"[" * 5000).decode()
+    answer = await _cancel(client, {siwe.HEADER: nested})
+    assert answer.status_code == 401 and answer.json()["error"] == "user_proof_malformed"

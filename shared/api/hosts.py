@@ -34,8 +34,9 @@ from shared.api.errors import error_response
 log = structlog.get_logger(__name__)
 
 SETTING: Final = "HODLAI_API_ALLOWED_HOSTS"
-# A DNS name (labels of letters, digits and hyphens) as it appears in a Host header.
-_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,62})(\.[a-z0-9]([a-z0-9-]{0,62}))*$")
+# A host name as it appears in a Host header: labels of letters, digits and hyphens, and
+# underscores, which DNS forbids but container service names (hodlai_api) use.
+_NAME = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,62})(\.[a-z0-9_]([a-z0-9_-]{0,62}))*$")
 # Characters of a refused Host header kept in the log: enough to recognise, not a flood.
 LOGGED_HOST_CHARS: Final = 100
 

@@ -27,7 +27,9 @@ something else, and one ``user_proof_refused`` event):
 - The signature recovers (EOA, EIP-191) to the message's address: that address is the user.
 - The nonce was issued by this node, is unexpired, and is **spent** by this verification, in
   one conditional UPDATE: two requests with one signed message never both pass, whichever
-  processes they reach. A nonce is spent only by a proof that passed every other check.
+  processes they reach. A nonce is spent only by a proof that passed every other check, and
+  it stays spent whatever the route then answers (e.g. 403: this user does not own the
+  subject): a new attempt signs a new message.
 
 Not covered: smart-contract wallets (EIP-1271/6492 need an RPC call per proof; a later
 change can pass a provider to the library).
@@ -175,7 +177,7 @@ def _decode(proof: str) -> tuple[str, str]:
     try:
         raw = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
         body = json.loads(raw)
-    except (binascii.Error, ValueError):
+    except (binascii.Error, ValueError, RecursionError):  # RecursionError: [[[[… nesting
         raise _refuse(401, "malformed", f"the {HEADER} header is not base64 of JSON") from None
     if (
         not isinstance(body, dict)
