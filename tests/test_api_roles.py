@@ -302,3 +302,8 @@ def test_allowed_hosts_default_to_the_bind_address_and_localhost(
     assert [tuple(h) for h in load_settings(ApiSettings).allowed_hosts()] == [
         ("node.example", 8443), ("::1", None)
     ]  # fmt: skip
+
+
+def test_a_container_service_name_may_be_an_allowed_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HODLAI_API_ALLOWED_HOSTS", "hodlai_api:8000")
+    assert [tuple(h) for h in load_settings(ApiSettings).allowed_hosts()] == [("hodlai_api", 8000)]
