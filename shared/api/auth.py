@@ -208,20 +208,22 @@ def _collect(dependant: Dependant, found: list[Access]) -> None:
 async def guard_route(request: Request) -> None:
     """The app-wide dependency that makes access declared-or-denied (module docstring)."""
     route = request.scope.get("route")
-    if not isinstance(route, APIRoute):
-        return  # not reached: FastAPI runs app dependencies for its own routes only
-    cache: dict[int, Access | None] = request.app.state.route_access
-    key = id(route)  # routes live as long as the app, so an id is never reused under it
-    if key not in cache:
-        cache[key] = declared_access(route)
-    access = cache[key]
+    access: Access | None = None
+    if isinstance(route, APIRoute):
+        cache: dict[int, Access | None] = request.app.state.route_access
+        key = id(route)  # routes live as long as the app, so an id is never reused under it
+        if key not in cache:
+            cache[key] = declared_access(route)
+        access = cache[key]
+    # else (a FastAPI that no longer names the route): nothing is declared, so fail closed
     if access is not None:
         return  # the declaring dependency checks it, next
     if request.method in SAFE_METHODS:
         authenticate(request, Role.READ, await _bearer(request))
         return
-    log.warning("api_route_undeclared", method=request.method, path=route.path)
+    path = route.path if isinstance(route, APIRoute) else request.url.path
+    log.warning("api_route_undeclared", method=request.method, path=path)
     raise Refusal(
-        403, "forbidden", f"{request.method} {route.path} declares no access level, so no one "
-        "may call it (the route needs an Operator, Reader or user-proof dependency)",
+        403, "forbidden", f"{request.method} {path} declares no access level, so no one may "
+        "call it (the route needs an Operator, Reader or user-proof dependency)",
     )  # fmt: skip
