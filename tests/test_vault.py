@@ -5,6 +5,8 @@ across processes, and the operator commands."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import multiprocessing
 import os
@@ -50,19 +52,54 @@ def new_vault(tmp_path: Path, name: str = "vault") -> tuple[Vault, Path, sqlite3
     """A vault on a fresh database file with a fresh master key file."""
     key_file = tmp_path / f"{name}.key"
     generate_master_key_file(key_file)
-    conn = connect(tmp_path / f"{name}.db")
+    conn = connect(tmp_path / f"{name}.db", durable=True)
     return open_vault(conn, key_file), key_file, conn
+
+
+def field(text: str) -> bytes:
+    raw = text.encode()
+    return len(raw).to_bytes(4, "big") + raw
+
+
+def documented_aad(
+    version: int, address: str, label: str, owner: str | None, index: int | None
+) -> bytes:
+    """The associated data as shared/keys/derivation.py documents it, written out again."""
+    if version == 1:
+        return bytes.fromhex(address[2:])
+    return (
+        b"\x02"
+        + bytes.fromhex(address[2:])
+        + (b"\x00" if index is None else b"\x01" + index.to_bytes(8, "big"))
+        + field(label)
+        + (b"\x00" if owner is None else b"\x01" + field(owner))
+    )
 
 
 def decrypt_row(conn: sqlite3.Connection, address: str, key_file: Path) -> bytes:
     """The row's key, decrypted by hand from the documented format (an operator's recovery
     script does the same): AES-256-GCM, key = the file's 64 hex characters, AAD = the 20
-    address bytes."""
-    nonce, ciphertext = conn.execute(
-        "SELECT nonce, ciphertext FROM wallets WHERE address = ?", (address,)
+    address bytes (version 1) or version, address, index, label and owner (version 2)."""
+    nonce, ciphertext, label, owner, index, version = conn.execute(
+        "SELECT nonce, ciphertext, label, owner, derivation_index, aad_version FROM wallets"
+        " WHERE address = ?",
+        (address,),
     ).fetchone()
     master = bytes.fromhex(key_file.read_text().strip())
-    return AESGCM(master).decrypt(nonce, ciphertext, bytes.fromhex(address[2:]))
+    aad = documented_aad(version, address, label, owner, index)
+    return AESGCM(master).decrypt(nonce, ciphertext, aad)
+
+
+def documented_derivation(key_file: Path, label: str, owner: str | None, index: int) -> bytes:
+    """A derived wallet's key as shared/keys/derivation.py documents it (HKDF-SHA256), with
+    the standard library's HMAC only: the format does not depend on our code."""
+    master = bytes.fromhex(key_file.read_text().strip())
+    prk = hmac.new(b"hodlai vault derivation v1", master, hashlib.sha256).digest()
+    owner_field = b"\x00" if owner is None else b"\x01" + field(owner)
+    info = b"hodlai vault wallet v1\x00" + field(label) + owner_field + index.to_bytes(8, "big")
+    info += (0).to_bytes(4, "big")  # counter 0: a candidate outside the curve order is ~2^-128
+    # HKDF-Expand for one 32-byte block: T(1) = HMAC(PRK, info || 0x01).
+    return hmac.new(prk, info + b"\x01", hashlib.sha256).digest()
 
 
 def write_private(path: Path, text: str, mode: int = 0o600) -> Path:
@@ -93,7 +130,7 @@ def test_a_created_wallet_signs_for_its_address_after_reopening(tmp_path: Path) 
     vault, key_file, conn = new_vault(tmp_path)
     address = vault.create_wallet(label="mint-agent", owner="user-1", now=1_700_000_000.0)
     conn.close()
-    reopened = open_vault(connect(tmp_path / "vault.db"), key_file)
+    reopened = open_vault(connect(tmp_path / "vault.db", durable=True), key_file)
     signer = reopened.signer(address.lower(), chain_id=CHAIN_ID)
     assert signer.address == address
     signed = signer.sign(A_CALL, nonce=0, fees=A_FEES)
@@ -182,7 +219,7 @@ def test_a_row_forged_under_the_master_key_for_another_address_is_refused(tmp_pa
     foreign = bytes(Account.create().key)
     master = AESGCM(bytes.fromhex(key_file.read_text().strip()))
     nonce = os.urandom(12)
-    forged = master.encrypt(nonce, foreign, bytes.fromhex(address[2:]))
+    forged = master.encrypt(nonce, foreign, documented_aad(2, address, "a", None, 0))
     with atomic(conn):
         conn.execute("UPDATE wallets SET nonce = ?, ciphertext = ?", (nonce, forged))
     with pytest.raises(
@@ -266,7 +303,7 @@ def test_a_missing_master_key_names_the_setting(tmp_path: Path) -> None:
         load_master_key(None)
     missing = tmp_path / "nowhere.key"
     with pytest.raises(ConfigError, match=f"{VAULT_KEY_FILE_ENV}: .*{missing} does not exist"):
-        open_vault(connect(tmp_path / "x.db"), missing)
+        open_vault(connect(tmp_path / "x.db", durable=True), missing)
 
 
 @pytest.mark.parametrize(
@@ -313,7 +350,7 @@ def test_one_wallet_per_label_and_owner(tmp_path: Path) -> None:
 
 def _ensure_in_child(db: str, key_file: str, queue: multiprocessing.Queue[str]) -> None:
     structlog.configure(processors=[structlog.processors.KeyValueRenderer()])
-    vault = open_vault(connect(db), key_file)
+    vault = open_vault(connect(db, durable=True), key_file)
     queue.put(vault.ensure_wallet(label="mint-agent", owner="racing-user"))
 
 
@@ -467,11 +504,11 @@ def test_the_vault_commands_create_import_list_and_check(tmp_path: Path) -> None
     assert result.stdout.strip() == imported
     listing = run_vault_cli(tmp_path, "list", "--json", **settings)
     listed = json.loads(listing.stdout)
-    assert [(w["address"], w["label"], w["owner"]) for w in listed] == [
-        (created.stdout.strip(), "mint-agent", "u1"),
-        (imported, "distribution", None),
+    assert [(w["address"], w["label"], w["owner"], w["derivation_index"]) for w in listed] == [
+        (created.stdout.strip(), "mint-agent", "u1", 0),
+        (imported, "distribution", None, None),  # imported: not recoverable, so no index
     ]
-    assert set(listed[0]) == {"address", "label", "owner", "created_at"}
+    assert set(listed[0]) == {"address", "label", "owner", "derivation_index", "created_at"}
     check = run_vault_cli(tmp_path, "check", **settings)
     assert "all 2 wallet(s) decrypt" in check.stdout
     # The same database under another master key: check refuses, naming the first wallet.

@@ -69,7 +69,7 @@ def run_scenario(
 
     key_file = work / "vault.key"
     generate_master_key_file(key_file)
-    conn = connect(work / "node.db")
+    conn = connect(work / "node.db", durable=True)
     vault = open_vault(conn, key_file)
     imported_key = bytes(Account.create().key)
 
