@@ -58,7 +58,7 @@ from shared.tx.nonces import NonceTracker
 from shared.tx.replacements import Replacement
 from shared.tx.senders import SenderClaim
 from shared.tx.settlement import PurposeHandler, Settlement, settle_nonces, tell
-from shared.tx.signer import Call, LocalSigner, SignedTx
+from shared.tx.signer import Call, SignedTx, Signer
 
 log = structlog.get_logger(__name__)
 
@@ -140,7 +140,7 @@ class TxManager:
         *,
         db: AsyncDatabase,
         rpc: RpcClient,
-        signer: LocalSigner,
+        signer: Signer,
         policy: TxPolicy,
         handlers: Mapping[str, PurposeHandler],
         claim: SenderClaim,
