@@ -766,7 +766,7 @@ def seal_v1_row(
     conn: sqlite3.Connection, key_file: Path, key: bytes, *, label: str, owner: str | None
 ) -> str:
     """A row as the vault wrote it before core migration 8: AAD = the 20 address bytes."""
-    address = Account.from_key(key).address
+    address: str = Account.from_key(key).address
     master_hex = key_file.read_text().strip()
     nonce = os.urandom(12)
     ciphertext = AESGCM(bytes.fromhex(master_hex)).encrypt(nonce, key, bytes.fromhex(address[2:]))
