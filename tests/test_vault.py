@@ -42,7 +42,7 @@ from shared.keys.vault import (
 )
 from shared.migrations import SCHEMA_MIGRATIONS_DDL, core_set
 from shared.tx.fees import Fees
-from shared.tx.signer import Call, LocalSigner
+from shared.tx.signer import Call, LocalSigner, Signer
 
 CHAIN_ID = 31337
 A_CALL = Call(to=Account.create().address, data=b"\x01\x02", value=7, gas_limit=50_000)
@@ -851,3 +851,16 @@ def test_the_recover_command_rebuilds_a_lost_database_from_the_master_key(tmp_pa
         (addresses[0], 0),
         (addresses[2], 1),
     }
+
+
+def test_the_vaults_signer_is_a_signer_and_signs_deterministically(tmp_path: Path) -> None:
+    vault, _, _ = new_vault(tmp_path)
+    address = vault.create_wallet(label="distribution")
+    signer = vault.signer(address, chain_id=CHAIN_ID)
+    assert isinstance(signer, Signer)
+    assert (signer.address, signer.chain_id) == (address, CHAIN_ID)
+    # What the protocol asks of every signer: the same call, nonce and fees give the same
+    # bytes, so a re-sign after a crash reproduces the recorded hash.
+    first = signer.sign(A_CALL, nonce=9, fees=A_FEES)
+    assert vault.signer(address, chain_id=CHAIN_ID).sign(A_CALL, nonce=9, fees=A_FEES) == first
+    assert Account.recover_transaction(first.raw) == address
