@@ -14,6 +14,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -864,3 +865,24 @@ def test_the_vaults_signer_is_a_signer_and_signs_deterministically(tmp_path: Pat
     first = signer.sign(A_CALL, nonce=9, fees=A_FEES)
     assert vault.signer(address, chain_id=CHAIN_ID).sign(A_CALL, nonce=9, fees=A_FEES) == first
     assert Account.recover_transaction(first.raw) == address
+
+
+def test_a_vault_under_another_master_key_adds_no_wallet_to_the_database(tmp_path: Path) -> None:
+    vault, _, conn = new_vault(tmp_path)
+    vault.ensure_wallet(label="mint-agent", owner="user-1")
+    other_file = tmp_path / "other.key"
+    generate_master_key_file(other_file)
+    wrong = open_vault(conn, other_file)
+    before = conn.execute("SELECT * FROM wallets").fetchall()
+    attempts: list[Callable[[], object]] = [
+        lambda: wrong.create_wallet(label="distribution"),
+        lambda: wrong.ensure_wallet(label="mint-agent", owner="user-2"),
+        lambda: wrong.import_key(bytes(Account.create().key), label="distribution"),
+        lambda: wrong.recover(label="mint-agent", owner="user-3", index=0),
+    ]
+    for attempt in attempts:
+        with pytest.raises(
+            ConfigError, match=f"{VAULT_KEY_FILE_ENV}: .*{vault.key_id}.*{wrong.key_id}"
+        ):
+            attempt()
+    assert conn.execute("SELECT * FROM wallets").fetchall() == before

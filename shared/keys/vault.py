@@ -559,6 +559,7 @@ class Vault:
         """Encrypt and insert one row in the caller's transaction; the caller logs once its
         transaction has committed."""
         assert self._conn.in_transaction
+        self._refuse_another_master_key()
         if find_wallet(self._conn, address) is not None:
             raise WalletExistsError(f"wallet {address} is already in the vault")
         aad = associated_data(AAD_V2, address, label=label, owner=owner, index=index)
@@ -572,6 +573,18 @@ class Vault:
                 index, AAD_V2,
             ),
         )  # fmt: skip
+
+    def _refuse_another_master_key(self) -> None:
+        """A process started with the wrong master key file must not add wallets (above all,
+        not "recover" one that belongs to no one) beside those of the right one. The first
+        row stands for the database: rows of several master keys only come from this mistake."""
+        first = self._conn.execute("SELECT key_id FROM wallets ORDER BY rowid LIMIT 1").fetchone()
+        if first is not None and first[0] != self._master.key_id:
+            raise ConfigError(
+                f"{VAULT_KEY_FILE_ENV}: this database's wallets are encrypted under master key "
+                f"{first[0]}, but the file holds master key {self._master.key_id}; point it at "
+                "the master key file of this database (no wallet was added)"
+            )
 
     def _row(self, address: ChecksumAddress) -> _SealedRow | None:
         row = self._conn.execute(
