@@ -34,6 +34,7 @@ from shared.keys.vault import (
     VaultError,
     WalletDecryptError,
     WalletExistsError,
+    WalletMissingError,
     find_wallet,
     generate_master_key_file,
     list_wallets,
@@ -630,6 +631,11 @@ def test_a_deleted_wallet_row_is_recovered_from_the_master_key_and_signs_again(
         conn.execute("DELETE FROM wallets WHERE address = ?", (address,))
     with pytest.raises(UnknownWalletError):
         vault.signer(address, chain_id=CHAIN_ID)
+    # The owner is not silently given a second address: the operator is told to recover.
+    with pytest.raises(
+        WalletMissingError, match="recover --label mint-agent --owner user-1 --index 0"
+    ):
+        vault.ensure_wallet(label="mint-agent", owner="user-1")
     # Only the master key file: a new vault object on the same database.
     recovered = open_vault(conn, key_file).recover(label="mint-agent", owner="user-1", index=0)
     assert recovered.inserted and recovered.wallet.address == address
@@ -882,3 +888,18 @@ def test_a_vault_under_another_master_key_adds_no_wallet_to_the_database(tmp_pat
         ):
             attempt()
     assert conn.execute("SELECT * FROM wallets").fetchall() == before
+
+
+def test_a_new_wallet_for_an_owner_whose_row_is_gone_is_only_made_on_purpose(
+    tmp_path: Path,
+) -> None:
+    vault, _, conn = new_vault(tmp_path)
+    retired = vault.ensure_wallet(label="mint-agent", owner="user-1")
+    with atomic(conn):  # e.g. the key was exposed and the operator retires the wallet
+        conn.execute("DELETE FROM wallets")
+    with pytest.raises(WalletMissingError, match="index 0"):
+        vault.ensure_wallet(label="mint-agent", owner="user-1")
+    assert list_wallets(conn) == []
+    fresh = vault.create_wallet(label="mint-agent", owner="user-1")
+    assert fresh != retired and find_index(conn, fresh) == 1
+    assert vault.ensure_wallet(label="mint-agent", owner="user-1") == fresh

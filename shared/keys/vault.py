@@ -116,6 +116,11 @@ class WalletExistsError(VaultError):
     """The wallet (address, or label and owner) is already in the vault."""
 
 
+class WalletMissingError(VaultError):
+    """An owner's wallet was created before but its row is gone: it is recovered, not
+    silently replaced by a new address."""
+
+
 class WalletDecryptError(VaultError):
     """A row does not decrypt: another master key, or the row was altered or moved."""
 
@@ -352,12 +357,23 @@ class Vault:
 
     def ensure_wallet(self, *, label: str, owner: str, now: float | None = None) -> ChecksumAddress:
         """The address of ``owner``'s wallet for ``label``, created (derived) on first use.
-        Concurrent callers (other processes included) get the same wallet."""
+        Concurrent callers (other processes included) get the same wallet. If the owner had
+        one whose row is gone (its index was handed out, see ``wallet_derivations``), this
+        raises WalletMissingError instead of telling the owner a second address: the
+        operator recovers it (``hodlai vault recover``) or creates a new one on purpose."""
         _check_names(label, owner)
         with atomic(self._conn):
             found = wallet_of(self._conn, label=label, owner=owner)
             if found is not None:
                 return found.address
+            issued = self._next_index(label=label, owner=owner)
+            if issued:
+                raise WalletMissingError(
+                    f"{owner!r}'s {label!r} wallet (index {issued - 1}) is missing from the "
+                    f"vault: recover it with `hodlai vault recover --label {label} --owner "
+                    f"{owner} --index {issued - 1}`, or make a new one on purpose with "
+                    f"`hodlai vault create --label {label} --owner {owner}`"
+                )
             address, index = self._insert_derived(label=label, owner=owner, now=now)
         log.info("vault_wallet_created", address=address, label=label, owner=owner, index=index)
         return address
@@ -517,15 +533,13 @@ class Vault:
         (label, owner), so a lost counter row does not hand out an index again; an address
         already in the vault (its row outlived its counter) is skipped, never replaced."""
         assert self._conn.in_transaction
-        counter = self._conn.execute(
-            "SELECT next_index FROM wallet_derivations WHERE label = ? AND owner = ?",
-            (label, _NO_OWNER if owner is None else owner),
-        ).fetchone()
         highest = self._conn.execute(
             "SELECT max(derivation_index) FROM wallets WHERE label = ? AND owner IS ?",
             (label, owner),
         ).fetchone()[0]
-        index = max(0 if counter is None else counter[0], -1 if highest is None else highest + 1)
+        index = max(
+            self._next_index(label=label, owner=owner), -1 if highest is None else highest + 1
+        )
         while True:
             if index > MAX_DERIVATION_INDEX:
                 raise VaultError(f"no derivation index left for {label!r} wallets of {owner!r}")
@@ -537,6 +551,14 @@ class Vault:
         self._insert(key, address, label=label, owner=owner, index=index, now=now)
         self._raise_counter(label=label, owner=owner, past=index)
         return address, index
+
+    def _next_index(self, *, label: str, owner: str | None) -> int:
+        """The counter of (label, owner): how many indexes were handed out (0: none)."""
+        counter = self._conn.execute(
+            "SELECT next_index FROM wallet_derivations WHERE label = ? AND owner = ?",
+            (label, _NO_OWNER if owner is None else owner),
+        ).fetchone()
+        return 0 if counter is None else int(counter[0])
 
     def _raise_counter(self, *, label: str, owner: str | None, past: int) -> None:
         self._conn.execute(
