@@ -369,8 +369,8 @@ class Vault:
             issued = self._next_index(label=label, owner=owner)
             if issued:
                 raise WalletMissingError(
-                    f"{owner!r}'s {label!r} wallet (index {issued - 1}) is missing from the "
-                    f"vault: recover it with `hodlai vault recover --label {label} --owner "
+                    f"the {label!r} wallet of {owner!r} (index {issued - 1}) is missing from "
+                    f"the vault: recover it with `hodlai vault recover --label {label} --owner "
                     f"{owner} --index {issued - 1}`, or make a new one on purpose with "
                     f"`hodlai vault create --label {label} --owner {owner}`"
                 )
