@@ -14,7 +14,9 @@ Guarantees:
   (``hodlai vault recover``). Indexes come from ``wallet_derivations``, one counter per
   (label, owner) that is only ever raised, in the same transaction as the insert: an owner's
   first wallet of a label has index 0, and an index is not handed out twice while its
-  counter lives. Imported keys (random or external) have no index and are not claimed
+  counter lives. :meth:`Vault.ensure_wallet` never tells an owner a second address because
+  the first one's row is gone: it raises :class:`WalletMissingError` naming the recover
+  command. Imported keys (random or external) have no index and are not claimed
   recoverable; they keep working as before.
 - Every encryption uses a fresh random 96-bit nonce (``secrets``), and ``wallets.nonce`` is
   UNIQUE, so the database itself refuses a nonce used twice under one master key. Random
