@@ -31,7 +31,9 @@ Guarantees:
 - A row that does not decrypt raises :class:`WalletDecryptError` naming the address and
   saying why: another master key (the row records its key id, a hash of the master key) or an
   altered row. A decrypted key must also derive the row's address, and a derived row's key
-  must be the derivation of its (label, owner, index).
+  must be the derivation of its (label, owner, index). A vault whose master key is not the
+  one of the database's wallets adds no wallet (ConfigError naming both key ids): with the
+  wrong key, "recovering" would insert an address nobody funded.
 - Key material (a wallet's private key, the master key, the derivation secret) is never
   returned by a public function, never logged and never in an exception message: callers get
   addresses, :class:`~shared.tx.signer.LocalSigner` objects (``repr``/``str`` show the address
