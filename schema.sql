@@ -237,7 +237,10 @@ CREATE TABLE IF NOT EXISTS senders (
 
 -- Wallets whose private keys the node holds, encrypted with AES-256-GCM under the master key
 -- in HODLAI_VAULT_KEY_FILE: a fresh random 12-byte nonce per row (UNIQUE: never reused under
--- one key), the address's 20 bytes as associated data. No key is ever stored in clear.
+-- one key); the associated data binds the address, label, owner and derivation index
+-- (aad_version 2; rows of version 1 bind the address only). A created wallet's key is derived
+-- from the master key and (label, owner, derivation_index), so `hodlai vault recover`
+-- re-derives a lost row. No key is ever stored in clear.
 CREATE TABLE IF NOT EXISTS wallets (
     address    TEXT PRIMARY KEY CHECK (length(address) = 42 AND address GLOB '0x*'), -- checksummed
     label      TEXT NOT NULL,             -- what it is for: 'mint-agent', 'distribution', ...
@@ -245,12 +248,21 @@ CREATE TABLE IF NOT EXISTS wallets (
     key_id     TEXT NOT NULL,             -- id (hash) of the master key it is encrypted under
     nonce      BLOB NOT NULL UNIQUE CHECK (length(nonce) = 12),
     ciphertext BLOB NOT NULL CHECK (length(ciphertext) = 48), -- 32-byte key + 16-byte GCM tag
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    derivation_index INTEGER CHECK (derivation_index >= 0), -- NULL: an imported (or pre-v2 random) key
+    aad_version INTEGER NOT NULL DEFAULT 1 CHECK (aad_version IN (1, 2)) -- 1: address only; 2: address, label, owner, index
 ) STRICT;
 -- One wallet per owner and label (the mint executor's one agent wallet per user).
 CREATE UNIQUE INDEX IF NOT EXISTS idx_wallets_owner ON wallets (label, owner) WHERE owner IS NOT NULL;
 
--- [core migration 8: vault derivation — section reserved]
+-- The next derivation index of a vault wallet per (label, owner; '' for the node's own):
+-- only ever raised, allocated in the transaction that inserts the wallet (shared/keys/vault.py).
+CREATE TABLE IF NOT EXISTS wallet_derivations (
+    label      TEXT NOT NULL,
+    owner      TEXT NOT NULL,             -- '' for wallets without an owner
+    next_index INTEGER NOT NULL CHECK (next_index >= 0),
+    PRIMARY KEY (label, owner)
+) STRICT;
 
 
 -- [core migration 9: authorizations ledger — section reserved]

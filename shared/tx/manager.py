@@ -69,7 +69,7 @@ from shared.tx.policy import SpendPolicy, movements, record_spends
 from shared.tx.replacements import Replacement
 from shared.tx.senders import SenderClaim
 from shared.tx.settlement import PurposeHandler, Settlement, settle_nonces, tell
-from shared.tx.signer import Call, LocalSigner, SignedTx
+from shared.tx.signer import Call, SignedTx, Signer
 
 log = structlog.get_logger(__name__)
 
@@ -151,7 +151,7 @@ class TxManager:
         *,
         db: AsyncDatabase,
         rpc: RpcClient,
-        signer: LocalSigner,
+        signer: Signer,
         policy: TxPolicy,
         handlers: Mapping[str, PurposeHandler],
         claim: SenderClaim,
