@@ -7,8 +7,10 @@ reproducible) or taken from its ``script`` (one token per call, first): ``ok``, 
 ``invalid`` (a result outside the job's schema), ``hang`` (no answer, cancels ignored).
 A cancelled call answers ``{"status": "cancelled"}`` at once, unless the agent has
 ``late_after_cancel`` (it finishes and answers anyway: the late results the dispatcher must
-record and never let win). ``GET /stats`` counts everything; ``POST /control`` changes the
-behaviour at run time; ``POST /reset`` clears counters and script.
+record and never let win). With ``cancel_delay_ms`` an agent takes that long to acknowledge
+(and act on) a cancel: an answer due meanwhile crosses the cancel. ``GET /stats`` counts
+everything; ``POST /control`` changes the behaviour at run time; ``POST /reset`` clears
+counters and script.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class Behaviour:
     late_after_cancel: bool = False
     healthy: bool = True
     hang_s: float = 3600.0
+    cancel_delay_ms: float = 0.0
     seed: int = 0
     script: list[str] = field(default_factory=list)
 
@@ -91,6 +94,8 @@ class MockAgent:
         if path == "/cancel" and request.method == "POST":
             work_id = str(request.json()["work_id"])
             self.stats["cancels"] += 1
+            if self.behaviour.cancel_delay_ms:
+                await asyncio.sleep(self.behaviour.cancel_delay_ms / 1000)
             if work_id in self.cancelled and not self.cancelled[work_id].is_set():
                 self.stats["cancels_in_flight"] += 1
             self._event(work_id).set()
