@@ -8,7 +8,8 @@ reproducible) or taken from its ``script`` (one token per call, first): ``ok``, 
 A cancelled call answers ``{"status": "cancelled"}`` at once, unless the agent has
 ``late_after_cancel`` (it finishes and answers anyway: the late results the dispatcher must
 record and never let win). With ``cancel_delay_ms`` an agent takes that long to acknowledge
-(and act on) a cancel: an answer due meanwhile crosses the cancel. ``GET /stats`` counts
+(and act on) a cancel: an answer due meanwhile crosses the cancel; ``health_delay_ms`` delays
+its health answers. ``GET /stats`` counts
 everything; ``POST /control`` changes the behaviour at run time; ``POST /reset`` clears
 counters and script.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from collections import Counter, OrderedDict, deque
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final
@@ -41,6 +43,7 @@ class Behaviour:
     healthy: bool = True
     hang_s: float = 3600.0
     cancel_delay_ms: float = 0.0
+    health_delay_ms: float = 0.0
     seed: int = 0
     script: list[str] = field(default_factory=list)
 
@@ -54,7 +57,8 @@ class MockAgent:
         self.cancelled: OrderedDict[str, asyncio.Event] = OrderedDict()
         self.stats: Counter[str] = Counter()
         self.in_flight = 0
-        self.calls: list[dict[str, Any]] = []  # per call: work_id, kind, cancelled, answered
+        self.calls: list[dict[str, Any]] = []  # per call: work_id, kind, at, cancelled, answered
+        self.health_at: list[float] = []  # unix seconds of each health check answered
 
     def _draw(self) -> tuple[str, float]:
         b = self.behaviour
@@ -101,7 +105,10 @@ class MockAgent:
             self._event(work_id).set()
             return Response(200, {"status": "cancelling"})
         if path == "/health":
+            if self.behaviour.health_delay_ms:
+                await asyncio.sleep(self.behaviour.health_delay_ms / 1000)
             self.stats["health_checks"] += 1
+            self.health_at.append(time.time())
             return Response(200 if self.behaviour.healthy else 503, {"ok": self.behaviour.healthy})
         if path == "/stats":
             return Response(200, self.snapshot())
@@ -112,6 +119,7 @@ class MockAgent:
             self.stats.clear()
             self.script.clear()
             self.calls.clear()
+            self.health_at.clear()
             return Response(200, {"ok": True})
         return Response(404, {"error": "not_found"})
 
@@ -128,7 +136,7 @@ class MockAgent:
         work_id = str(body["work_id"])
         kind, latency_ms = self._draw()
         call = {"work_id": work_id, "job_id": body.get("job_id"), "kind": kind,
-                "cancelled": False, "answered": False}  # fmt: skip
+                "at": time.time(), "cancelled": False, "answered": False}  # fmt: skip
         self.calls.append(call)
         self.stats["executes"] += 1
         self.stats[f"kind_{kind}"] += 1
