@@ -59,16 +59,16 @@ def _leave_an_orphan(w: World, body: dict[str, Any], agent_id: str) -> None:
     fetched = validate(parse_envelope({"id": body["id"], "receipt": "r0", "job": body}),
                        now=now, max_deadline_s=86_400.0, max_input_bytes=1 << 20)  # fmt: skip
     conn = connect(w.db)
-    dead = {"owner": "dispatcher:dead", "actor": "dispatcher", "now": now}
-    store.record_fetched(conn, [fetched], [], lease_s=60.0, **dead)  # type: ignore[arg-type]
+    dead, actor = "dispatcher:dead", "dispatcher"
+    store.record_fetched(conn, [fetched], [], owner=dead, lease_s=60.0, actor=actor, now=now)
     (work_id,) = store.begin_round(
         conn, {"job_id": fetched.job_id, "category": fetched.category}, frm="OPEN", round_no=0,
         retries=0, planned=[store.Planned(agent_id, 0, 0.5, "concurrent", "ASSIGNED")],
-        explain={}, mode="concurrent", max_agents=3, hedge_delay_ms=None,
-        lease_until=now + 60, **dead,  # type: ignore[arg-type]
+        explain={}, mode="concurrent", max_agents=3, hedge_delay_ms=None, owner=dead,
+        lease_until=now + 60, actor=actor, now=now,
     )  # fmt: skip
     store.start_calls(conn, fetched.job_id, [(work_id, "ASSIGNED")], job_from="DISTRIBUTED",
-                      lease_until=now + 60, **dead)  # type: ignore[arg-type]  # fmt: skip
+                      owner=dead, lease_until=now + 60, actor=actor, now=now)  # fmt: skip
     conn.close()
 
 
@@ -85,10 +85,7 @@ def test_a_call_cut_off_by_a_restart_is_counted_apart_from_calls(world: World) -
     by_agent, counters = _figures(world)
     want = {"calls": 1, "cut_off": 1, "wins": 1, "successes": 1, "errors": 0, "timeouts": 0}
     assert {k: by_agent["solo"][k] for k in want} == want
-    assert {k: counters["solo"][k] for k in want if k in counters["solo"]} == {
-        k: v for k, v in want.items() if k in counters["solo"]
-    }
-    assert counters["solo"]["cut_off"] == 1
+    assert {k: counters["solo"][k] for k in want} == want  # the registry's counters agree
     assert solo.stats["executes"] == 1  # the cut-off call never reached it here
 
 
