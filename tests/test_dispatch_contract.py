@@ -87,7 +87,10 @@ def test_expired_has_two_shapes_failed_at_fetch_never_dispatched_and_expired_in_
     world.add_agents([{"name": "slow", "script": ["ok:5000"] * 2}])
     world.enqueue([{**job(1), "deadline": time.time() + 0.01}, job(2, deadline_s=0.8)])
     slow = world.agents["slow"]
-    world.run_until(lambda: len(outcomes(world)) == 2 and slow.stats["cancels"] == 1)
+    # no retry round left: the call timing out with the deadline must not read as agents_failed
+    world.run_until(lambda: len(outcomes(world)) == 2 and slow.stats["cancels"] == 1,
+                    dispatch_default_agent_timeout_s=30.0,
+                    dispatch_execution_retry_count=0)  # fmt: skip
     at_fetch, in_flight = outcomes(world)["job-1"]["body"], outcomes(world)["job-2"]["body"]
     assert (at_fetch["status"], at_fetch["code"]) == ("FAILED", "expired")
     assert "before the job was fetched" in at_fetch["reason"]

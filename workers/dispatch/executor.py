@@ -144,6 +144,8 @@ class JobExecutor:
             tried |= self._called  # agents called; unused backups stay eligible
             next_round += 1
             job.retries += 1
+            if ctx.clock() >= job.deadline:
+                continue  # the calls timed out with the deadline: EXPIRED, not agents_failed
             if job.retries > ctx.settings.dispatch_execution_retry_count:
                 await self._end(job, J.FAILED, "agents_failed",
                                 self._with_reasons(job, "every agent failed"))  # fmt: skip
