@@ -99,6 +99,7 @@ def test_expired_has_two_shapes_failed_at_fetch_never_dispatched_and_expired_in_
     assert in_flight["reason"].startswith("the deadline passed")
     row = _rows(world, "job-2")["slow"]
     assert (row["status"], row["outcome"]) == ("TIMEOUT", "timeout")
+    assert row["cancel_sent_at"] is not None  # the agent may still be working: told to stop
     assert [c["job_id"] for c in world.agents["slow"].calls] == ["job-2"]
 
 

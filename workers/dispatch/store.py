@@ -286,13 +286,13 @@ def _close_rows(
     actor: str, note: str, now: float, working_to: str = W.CANCELLED,
     working_outcome: str = "cancelled",
 ) -> None:  # fmt: skip
-    """Close the other rows of a job: (work_id, status, agent_id). WORKING ones get the cancel
-    (or, at the deadline, TIMEOUT); IDLE and ASSIGNED ones were never called."""
+    """Close the other rows of a job: (work_id, status, agent_id). WORKING ones are CANCELLED
+    (or, at the deadline, TIMEOUT) and are sent a cancel by the caller; IDLE and ASSIGNED
+    ones were never called."""
     for work_id, status, _agent in open_rows:
         if status == W.WORKING:
-            columns: dict[str, Any] = {"outcome": working_outcome, "finished_at": now}
-            if working_to == W.CANCELLED:
-                columns["cancel_sent_at"] = now
+            columns: dict[str, Any] = {"outcome": working_outcome, "finished_at": now,
+                                       "cancel_sent_at": now}  # fmt: skip
             state.transition(conn, DISTRIBUTION_AGENTS, work_id, W.WORKING, working_to,
                              actor=actor, note=note, now=now, lease_owner=owner,
                              set_columns=columns)  # fmt: skip
