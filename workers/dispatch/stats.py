@@ -11,6 +11,7 @@ agent, and folding them into ``calls`` or ``late_results`` would mislead.
 from __future__ import annotations
 
 import sqlite3
+import textwrap
 from typing import Any, Final
 
 from shared import state
@@ -110,6 +111,8 @@ def collect(conn: sqlite3.Connection) -> dict[str, Any]:
     }
 
 
+# Characters per line of the legend under the table.
+LEGEND_WIDTH: Final = 100
 # The table's columns: (heading, figure, width).
 _COLUMNS: Final = (
     ("calls", "calls", 6), ("ok", "successes", 5), ("err", "errors", 5), ("t/o", "timeouts", 5),
@@ -121,7 +124,11 @@ _COLUMNS: Final = (
 
 def legend(columns: tuple[tuple[str, str, int], ...] = _COLUMNS) -> str:
     """What each column of a table means, one line each."""
-    return "\n".join(f"  {head:<6} {name}: {MEANINGS[name]}" for head, name, _ in columns)
+    return "\n".join(
+        textwrap.fill(f"{name}: {MEANINGS[name]}", LEGEND_WIDTH,
+                      initial_indent=f"  {head:<6} ", subsequent_indent=" " * 9)
+        for head, name, _ in columns
+    )  # fmt: skip
 
 
 def render_table(figures: dict[str, Any], *, with_legend: bool = True) -> str:
