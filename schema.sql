@@ -375,7 +375,11 @@ CREATE TABLE IF NOT EXISTS agents (
     lease_owner    TEXT,                      -- the health checker's lease
     lease_until    REAL,
     created_at     REAL NOT NULL,
-    updated_at     REAL NOT NULL
+    updated_at     REAL NOT NULL,
+    -- (dispatch migration 2) calls cut off by a dispatcher restart (not in calls), and
+    -- answers after a cancel that were under way before the agent had it (not in late_results)
+    cut_off        INTEGER NOT NULL DEFAULT 0,
+    crossed_cancel INTEGER NOT NULL DEFAULT 0
 ) STRICT;
 CREATE INDEX IF NOT EXISTS idx_agents_claim ON agents (status, lease_owner, last_health_at);
 CREATE INDEX IF NOT EXISTS idx_agents_lease ON agents (status, lease_until) WHERE lease_until IS NOT NULL;
@@ -469,6 +473,9 @@ CREATE TABLE IF NOT EXISTS job_distribution_agents (
     lease_until    REAL,
     created_at     REAL NOT NULL,
     updated_at     REAL NOT NULL,
+    -- (dispatch migration 2) 1: the late answer arrived before the agent acknowledged the
+    -- cancel (it crossed it); 0: after (the agent ignored the cancel)
+    late_crossed   INTEGER NOT NULL DEFAULT 0 CHECK (late_crossed IN (0, 1)),
     UNIQUE (distribution_id, agent_id, round)
 ) STRICT;
 CREATE INDEX IF NOT EXISTS idx_jda_claim ON job_distribution_agents (status, lease_owner, created_at);

@@ -57,7 +57,11 @@ class Done(BaseModel):
     status: str | None = None
 
 
-@router.get("/stats", dependencies=[READ], summary="statistics per agent and per category")
+@router.get(
+    "/stats", dependencies=[READ], summary="statistics per agent and per category",
+    description="Exact figures from the call rows; `meanings` says what each figure counts "
+    "(docs/API.md, 'What the statistics mean').",
+)  # fmt: skip
 def get_stats(conn: Database) -> dict[str, Any]:
     return stats.collect(conn)
 
