@@ -84,27 +84,6 @@ _STATEMENT = re.compile(r"^[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;= ]*$")
 _ACTION = re.compile(r"^[A-Za-z][A-Za-z0-9 _-]*$")
 _HEADER_DOC: Final = 'base64 of {"message": EIP-4361 text, "signature": "0x..."}'
 
-# INTEGRATOR: move this DDL into a migration of the core set (the spent-nonce store of
-# end-user proofs) and into schema.sql, then drop _ensure_table and its calls. Until then
-# the table is created at first use (CREATE TABLE IF NOT EXISTS), outside the migrations.
-NONCES_DDL: Final = (
-    """CREATE TABLE IF NOT EXISTS siwe_nonces (
-    nonce      TEXT PRIMARY KEY,   -- 32 hex digits from secrets.token_hex(16)
-    issued_at  REAL NOT NULL,
-    expires_at REAL NOT NULL,      -- issued_at + NONCE_TTL_S; expired rows are pruned
-    used_at    REAL,               -- NULL until a proof spends it; then never again
-    used_by    TEXT,               -- the address that proved itself with it
-    used_for   TEXT                -- the statement it was spent on
-) STRICT""",
-    "CREATE INDEX IF NOT EXISTS siwe_nonces_expiry ON siwe_nonces (expires_at)",
-)
-
-
-def _ensure_table(conn: sqlite3.Connection) -> None:
-    for statement in NONCES_DDL:
-        conn.execute(statement)
-
-
 @dataclass(frozen=True)
 class IssuedNonce:
     nonce: str
@@ -116,7 +95,6 @@ def issue_nonce(conn: sqlite3.Connection, *, now: float) -> IssuedNonce:
     """Store and return a fresh nonce; prunes expired ones in the same transaction."""
     issued = IssuedNonce(secrets.token_hex(16), now, now + NONCE_TTL_S)
     with atomic(conn):
-        _ensure_table(conn)
         conn.execute("DELETE FROM siwe_nonces WHERE expires_at <= ?", (now,))
         (outstanding,) = conn.execute("SELECT count(*) FROM siwe_nonces").fetchone()
         if outstanding >= MAX_OUTSTANDING_NONCES:
@@ -135,7 +113,6 @@ def spend_nonce(
 ) -> bool:
     """Mark ``nonce`` used by ``address``; False when it is unknown, expired or used."""
     with atomic(conn):
-        _ensure_table(conn)
         spent = conn.execute(
             "UPDATE siwe_nonces SET used_at = ?, used_by = ?, used_for = ? "
             "WHERE nonce = ? AND used_at IS NULL AND expires_at > ?",
