@@ -27,6 +27,7 @@ from shared.errors import NotDurableError
 from shared.keys.vault import MoneyTypedDataError, Vault, generate_master_key_file, open_vault
 from shared.tx.authorizations import (
     AUTHORIZATION_MACHINE,
+    Authorization,
     AuthorizationError,
     AuthorizationStatus,
     BudgetExceededError,
@@ -43,6 +44,7 @@ from shared.tx.authorizations import (
     set_budget,
     sign_authorization,
     sign_cancel,
+    sign_typed_payment,
     spent,
 )
 from shared.tx.authorizations.eip3009 import domain_separator, eip712_domain, typed_data
@@ -333,6 +335,8 @@ async def test_a_second_authorization_for_a_unit_waits_until_the_first_expired(
     await ledger.reconcile()
     assert ledger.status(first) is AuthorizationStatus.SIGNED  # still valid on chain
 
+    # a cancel signed but never submitted: it expires with its payment
+    cancel = sign_cancel(ledger.conn, ledger.vault, ledger.allowlist, ledger.domain, first)
     mine(ledger.anvil, 1, seconds=61)  # past validBefore, but not yet confirmed
     await ledger.reconcile()
     assert ledger.status(first) is AuthorizationStatus.SIGNED
@@ -341,6 +345,7 @@ async def test_a_second_authorization_for_a_unit_waits_until_the_first_expired(
     mine(ledger.anvil, CONFIRMATIONS)
     await ledger.reconcile()
     assert ledger.status(first) is AuthorizationStatus.EXPIRED
+    assert ledger.status(cancel.id) is AuthorizationStatus.EXPIRED
 
     second = ledger.sign("batch-1")  # the expired value no longer counts against the budget
     assert spent(ledger.conn, purpose=PURPOSE, subject=SUBJECT) == 10 * USDC
@@ -456,3 +461,54 @@ async def test_a_signer_killed_after_signing_finds_its_authorization_used_by_som
         for_unit(ledger.conn, purpose=PURPOSE, subject=SUBJECT, unit="batch-7")[0].used_block
         == result["rows"][0]["block"]
     )
+
+
+# --- a message built by someone else (x402's client signer) ---------------------------------
+
+
+async def test_a_proposed_message_is_signed_only_with_the_contracts_domain_and_types(
+    ledger: Ledger,
+) -> None:
+    proposed = typed_data(
+        Kind.TRANSFER,
+        ledger.token.domain(),
+        {
+            "from": ledger.wallet.lower(), "to": PAYEE, "value": str(5 * USDC), "validAfter": 0,
+            "validBefore": latest_timestamp(ledger.anvil) + 300, "nonce": "0x" + "ab" * 32,
+        },
+    )  # fmt: skip
+
+    def sign(**changes: object) -> Authorization:
+        fields: dict[str, object] = {
+            "signer": ledger.wallet, "proposed_domain": proposed["domain"],
+            "types": proposed["types"], "primary_type": proposed["primaryType"],
+            "message": proposed["message"], "purpose": PURPOSE, "subject": SUBJECT,
+            "unit": "mint-1", **changes,
+        }  # fmt: skip
+        return sign_typed_payment(
+            ledger.conn,
+            ledger.vault,
+            ledger.allowlist,
+            ledger.domain,
+            **fields,  # type: ignore[arg-type]
+        )
+
+    with pytest.raises(DomainMismatchError, match="field name"):
+        sign(proposed_domain={**proposed["domain"], "name": "USDC"})
+    with pytest.raises(AuthorizationError, match="not EIP-3009's"):
+        sign(
+            types={
+                **proposed["types"],
+                "TransferWithAuthorization": [{"name": "from", "type": "address"}],
+            }
+        )
+    with pytest.raises(AuthorizationError, match="not an EIP-3009 payment kind"):
+        sign(primary_type="CancelAuthorization")
+    with pytest.raises(AuthorizationError, match="not the signing wallet"):
+        sign(message={**proposed["message"], "from": PAYEE})
+    assert rows(ledger.conn) == 0
+
+    row = sign()
+    assert row.nonce == "0x" + "ab" * 32 and row.value == 5 * USDC and row.unit == "mint-1"
+    assert ledger.submit(row.id)["status"] == "0x1"
+    assert ledger.token.balance(PAYEE) == 5 * USDC

@@ -5,6 +5,8 @@
 - :mod:`.domains`: the allowlist of (token, chain) pairs, with each token's EIP-712 domain
   read from the contract.
 - :mod:`.reconcile`: moves SIGNED rows to USED / EXPIRED / CANCELLED from the chain.
+- :mod:`.typed`: signing a message a client built (x402's ClientEvmSigner seam), checked
+  against the token's domain and EIP-3009's types.
 - :mod:`.eip3009`: the kinds, typed data, selectors and topics.
 
 :meth:`shared.keys.vault.Vault.sign_typed_data` refuses the EIP-3009 kinds; this package is
@@ -33,6 +35,7 @@ from shared.tx.authorizations.ledger import (
     spent,
 )
 from shared.tx.authorizations.reconcile import ReconcileReport, reconcile
+from shared.tx.authorizations.typed import sign_typed_payment
 
 __all__ = [
     "AUTHORIZATION_MACHINE",
@@ -56,6 +59,7 @@ __all__ = [
     "set_budget",
     "sign_authorization",
     "sign_cancel",
+    "sign_typed_payment",
     "signed",
     "spent",
 ]

@@ -14,8 +14,8 @@ Guarantees:
   - CANCELLED when the token's ``AuthorizationCanceled`` log is found (the cancel row
     itself becomes USED);
   - EXPIRED when the nonce is unused at a block whose timestamp is at or past validBefore:
-    every later block is later still, so the token can never accept it. A cancel whose nonce
-    the payment used becomes EXPIRED too (it can never be used).
+    every later block is later still, so the token can never accept it. A cancel becomes
+    EXPIRED when its payment used the nonce, or expired unused (it has nothing to stop).
   A used nonce whose log is not found yet stays SIGNED (logged), and is looked at again.
 - Status changes go through :func:`shared.state.transition` (audit rows); a row another
   reconciler moved first is skipped.
@@ -51,6 +51,7 @@ from shared.tx.authorizations.ledger import (
     AUTHORIZATION_MACHINE,
     Authorization,
     AuthorizationStatus,
+    get,
     signed,
 )
 
@@ -140,6 +141,8 @@ async def reconcile(
             related = [r for r in rows if (r.token, r.signer, r.nonce) == key]
             outcomes[key] = await _find_outcome(rpc, key, related, confirmed, times)
 
+    cancelled_ids = {r.cancels_id for r in rows if r.cancels_id is not None}
+    deadlines = await _run(db, lambda conn: {i: get(conn, i).valid_before for i in cancelled_ids})
     moves: list[tuple[Authorization, AuthorizationStatus, _Outcome | None, str]] = []
     for row in rows:
         key = (row.token, row.signer, row.nonce)
@@ -156,16 +159,16 @@ async def reconcile(
                 )
                 continue
             moves.append((row, _status_for(row, outcome), outcome, outcome.note))
-        elif (
-            row.kind is not Kind.CANCEL
-            and row.valid_before is not None
-            and timestamp >= row.valid_before
-        ):
-            note = (
-                f"unused at block {confirmed} (timestamp {timestamp} >= validBefore "
-                f"{row.valid_before})"
-            )
-            moves.append((row, AuthorizationStatus.EXPIRED, None, note))
+        else:
+            # A payment expires at its validBefore; its cancel then has nothing left to stop.
+            deadline = row.valid_before if row.cancels_id is None else deadlines[row.cancels_id]
+            if deadline is not None and timestamp >= deadline:
+                what = "" if row.cancels_id is None else f"its payment {row.cancels_id} "
+                note = (
+                    f"{what}unused at block {confirmed} (timestamp {timestamp} >= validBefore "
+                    f"{deadline})"
+                )
+                moves.append((row, AuthorizationStatus.EXPIRED, None, note))
     done = await _run(db, lambda conn: _apply(conn, moves, actor=actor, now=at))
     report = ReconcileReport(
         at_block=confirmed,
