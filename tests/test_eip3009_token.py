@@ -159,6 +159,7 @@ def test_the_window_is_open_at_both_ends(token: Token, edge: str) -> None:
     )
     assert not token.used(message["from"], message["nonce"])
     if edge == "validAfter":  # one second later it is open
+        rpc(anvil, "evm_setNextBlockTimestamp", [at + 1])
         assert (
             send(anvil, anvil.accounts[3].address, token.address, data, gas=200_000)["status"]
             == "0x1"
