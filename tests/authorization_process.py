@@ -21,6 +21,7 @@ from shared.chain.rpc import RpcClient
 from shared.db import connect
 from shared.errors import PermanentError
 from shared.keys.vault import open_vault
+from shared.logs import configure_logging
 from shared.tx.authorizations import (
     DomainAllowlist,
     PaymentOrder,
@@ -37,6 +38,7 @@ CONFIRMATIONS = 2
 async def main(
     mode: str, db: str, key_file: str, rpc_url: str, token: str, unit: str, value: str
 ) -> None:
+    configure_logging("INFO", json=True)  # logs to stderr: stdout carries the results
     conn = connect(db, durable=True)
     vault = open_vault(conn, key_file)
     wallet = vault.ensure_wallet(label="mint-agent", owner="user-1")

@@ -11,6 +11,7 @@ import httpx
 from eth_abi.abi import encode as abi_encode
 from eth_account import Account
 from eth_account.messages import encode_typed_data
+from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 
 from shared.anvil import Anvil
@@ -149,7 +150,7 @@ def deploy_token(anvil: Anvil, *, name: str = NAME, version: str = VERSION) -> T
     )
     receipt = send(anvil, owner, None, data)
     assert receipt["status"] == "0x1"
-    return Token(anvil, receipt["contractAddress"], owner)
+    return Token(anvil, to_checksum_address(receipt["contractAddress"]), owner)
 
 
 @dataclass(frozen=True)

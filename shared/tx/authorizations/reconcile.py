@@ -136,8 +136,12 @@ async def reconcile(
     )
     outcomes: dict[_Key, _Outcome | None] = {}
     times: dict[int, int] = {confirmed: timestamp}
+    unknown: set[_Key] = set()
     for key, answer in zip(keys, states, strict=True):
-        if hex_int(answer) != 0:
+        if answer in ("0x", None):
+            # No code at that block (it predates the token): no evidence either way yet.
+            unknown.add(key)
+        elif hex_int(answer) != 0:
             related = [r for r in rows if (r.token, r.signer, r.nonce) == key]
             outcomes[key] = await _find_outcome(rpc, key, related, confirmed, times)
 
@@ -146,6 +150,8 @@ async def reconcile(
     moves: list[tuple[Authorization, AuthorizationStatus, _Outcome | None, str]] = []
     for row in rows:
         key = (row.token, row.signer, row.nonce)
+        if key in unknown:
+            continue
         if key in outcomes:
             outcome = outcomes[key]
             if outcome is None:
