@@ -22,7 +22,7 @@ import pytest_asyncio
 from shared import state
 from shared.anvil import Anvil
 from shared.chain.rpc import RpcClient
-from shared.db import atomic, connect
+from shared.db import AsyncDatabase, atomic, connect
 from shared.errors import NotDurableError
 from shared.keys.vault import MoneyTypedDataError, Vault, generate_master_key_file, open_vault
 from shared.tx.authorizations import (
@@ -512,3 +512,18 @@ async def test_a_proposed_message_is_signed_only_with_the_contracts_domain_and_t
     assert row.nonce == "0x" + "ab" * 32 and row.value == 5 * USDC and row.unit == "mint-1"
     assert ledger.submit(row.id)["status"] == "0x1"
     assert ledger.token.balance(PAYEE) == 5 * USDC
+
+
+async def test_the_reconciler_runs_on_a_workers_async_database(ledger: Ledger) -> None:
+    first = ledger.sign("batch-1")
+    receipt = ledger.submit(first)
+    mine(ledger.anvil, CONFIRMATIONS)
+    db = AsyncDatabase(ledger.conn)
+    try:
+        report = await reconcile(db, ledger.rpc, confirmations=CONFIRMATIONS)
+    finally:
+        db._thread.shutdown(wait=True)  # the fixture closes the connection
+    assert (report.checked, report.used) == (1, 1)
+    row = get(ledger.conn, first)
+    assert (row.status, row.used_tx_hash) == (AuthorizationStatus.USED, receipt["transactionHash"])
+    assert state.counts(ledger.conn, AUTHORIZATION_MACHINE)["USED"] == 1

@@ -11,6 +11,8 @@ from eth_abi.abi import encode as abi_encode
 from eth_utils.crypto import keccak
 
 from shared.anvil import Anvil
+from shared.contracts import artifact
+from shared.tx.authorizations import eip3009
 from shared.tx.authorizations.eip3009 import (
     AUTHORIZATION_CANCELED_TOPIC,
     TRANSFER_WITH_AUTHORIZATION_SELECTOR,
@@ -323,12 +325,50 @@ def test_only_a_minter_mints_and_only_the_owner_appoints_minters(token: Token) -
     assert token.balance(outsider) == 1
 
 
-def test_the_selector_constants_match_the_compiled_abi() -> None:
-    from shared.contracts import artifact
+def test_allowances_and_the_zero_address(token: Token) -> None:
+    anvil = token.anvil
+    user, spender = anvil.accounts[1].address, anvil.accounts[2].address
 
+    def call(name: str, types: list[str], args: list[Any]) -> str:
+        return "0x" + keccak(text=name).hex()[:8] + abi_encode(types, args).hex()
+
+    pull = call(
+        "transferFrom(address,address,uint256)",
+        ["address", "address", "uint256"],
+        [user, spender, 5],
+    )
+    refused(token, spender, pull, "InsufficientAllowance(address,address,uint256,uint256)")
+    approve = call("approve(address,uint256)", ["address", "uint256"], [spender, 5])
+    assert send(anvil, user, token.address, approve)["status"] == "0x1"
+    assert send(anvil, spender, token.address, pull)["status"] == "0x1"
+    assert token.balance(spender) == 5
+    refused(token, spender, pull, "InsufficientAllowance(address,address,uint256,uint256)")
+    burn = call("transfer(address,uint256)", ["address", "uint256"], ["0x" + "00" * 20, 1])
+    refused(token, user, burn, "ZeroAddress()")
+
+
+def test_the_selector_constants_match_the_compiled_abi() -> None:
     names = {
         "0x" + keccak(text=f"{e['name']}({','.join(i['type'] for i in e['inputs'])})").hex()[:8]
         for e in artifact("Eip3009Token").abi
         if e["type"] == "function"
     }
-    assert TRANSFER_WITH_AUTHORIZATION_SELECTOR in names
+    assert {
+        TRANSFER_WITH_AUTHORIZATION_SELECTOR,
+        eip3009.RECEIVE_WITH_AUTHORIZATION_SELECTOR,
+        eip3009.CANCEL_AUTHORIZATION_SELECTOR,
+        eip3009.AUTHORIZATION_STATE_SELECTOR,
+        eip3009.NAME_SELECTOR,
+        eip3009.VERSION_SELECTOR,
+        eip3009.DOMAIN_SEPARATOR_SELECTOR,
+    } <= names
+    events = {
+        "0x" + keccak(text=f"{e['name']}({','.join(i['type'] for i in e['inputs'])})").hex()
+        for e in artifact("Eip3009Token").abi
+        if e["type"] == "event"
+    }
+    assert {
+        eip3009.AUTHORIZATION_USED_TOPIC,
+        eip3009.AUTHORIZATION_CANCELED_TOPIC,
+        eip3009.TRANSFER_TOPIC,
+    } <= events
