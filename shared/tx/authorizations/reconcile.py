@@ -64,6 +64,9 @@ RECONCILER: Final = "authorizations-reconciler"
 # Blocks per eth_getLogs: providers commonly cap a range at 2,000-10,000 blocks; the topics
 # (authorizer and nonce) make each answer at most one log, so the range is the only cost.
 LOG_CHUNK_BLOCKS: Final = 2_000
+# authorizationState calls per JSON-RPC batch: public providers cap a batch at 100-1,000
+# calls; 100 fits all of them and still reads a hundred open authorizations per POST.
+STATE_CALLS_PER_BATCH: Final = 100
 # Seconds a block's timestamp may run behind this machine's clock at signing time: the log
 # search starts at the first block not older than the signature minus this.
 CLOCK_SKEW_S: Final = 900
@@ -115,25 +118,26 @@ async def reconcile(
     block_hash, timestamp = str(header["hash"]), hex_int(header["timestamp"])
 
     keys = sorted({(r.token, r.signer, r.nonce) for r in rows})
-    states = await rpc.batch(
-        [
-            RpcCall(
-                "eth_call",
-                [
-                    {
-                        "to": token,
-                        "data": encode_call(
-                            AUTHORIZATION_STATE_SELECTOR,
-                            ["address", "bytes32"],
-                            [signer, bytes.fromhex(nonce[2:])],
-                        ),
-                    },
-                    {"blockHash": block_hash},
-                ],
-            )
-            for token, signer, nonce in keys
-        ]
-    )
+    calls = [
+        RpcCall(
+            "eth_call",
+            [
+                {
+                    "to": token,
+                    "data": encode_call(
+                        AUTHORIZATION_STATE_SELECTOR,
+                        ["address", "bytes32"],
+                        [signer, bytes.fromhex(nonce[2:])],
+                    ),
+                },
+                {"blockHash": block_hash},
+            ],
+        )
+        for token, signer, nonce in keys
+    ]
+    states: list[Any] = []
+    for first in range(0, len(calls), STATE_CALLS_PER_BATCH):
+        states += await rpc.batch(calls[first : first + STATE_CALLS_PER_BATCH])
     outcomes: dict[_Key, _Outcome | None] = {}
     times: dict[int, int] = {confirmed: timestamp}
     unknown: set[_Key] = set()
@@ -147,34 +151,7 @@ async def reconcile(
 
     cancelled_ids = {r.cancels_id for r in rows if r.cancels_id is not None}
     deadlines = await _run(db, lambda conn: {i: get(conn, i).valid_before for i in cancelled_ids})
-    moves: list[tuple[Authorization, AuthorizationStatus, _Outcome | None, str]] = []
-    for row in rows:
-        key = (row.token, row.signer, row.nonce)
-        if key in unknown:
-            continue
-        if key in outcomes:
-            outcome = outcomes[key]
-            if outcome is None:
-                log.warning(
-                    "authorization_state_without_log",
-                    id=row.id,
-                    token=row.token,
-                    signer=row.signer,
-                    nonce=row.nonce,
-                    at_block=confirmed,
-                )
-                continue
-            moves.append((row, _status_for(row, outcome), outcome, outcome.note))
-        else:
-            # A payment expires at its validBefore; its cancel then has nothing left to stop.
-            deadline = row.valid_before if row.cancels_id is None else deadlines[row.cancels_id]
-            if deadline is not None and timestamp >= deadline:
-                what = "" if row.cancels_id is None else f"its payment {row.cancels_id} "
-                note = (
-                    f"{what}unused at block {confirmed} (timestamp {timestamp} >= validBefore "
-                    f"{deadline})"
-                )
-                moves.append((row, AuthorizationStatus.EXPIRED, None, note))
+    moves = _decide(rows, outcomes, unknown, deadlines, at_block=confirmed, timestamp=timestamp)
     done = await _run(db, lambda conn: _apply(conn, moves, actor=actor, now=at))
     report = ReconcileReport(
         at_block=confirmed,
@@ -195,6 +172,50 @@ async def reconcile(
     return report
 
 
+_Move = tuple[Authorization, AuthorizationStatus, _Outcome | None, str]
+
+
+def _decide(
+    rows: Sequence[Authorization],
+    outcomes: dict[_Key, _Outcome | None],
+    unknown: set[_Key],
+    deadlines: dict[int, int | None],
+    *,
+    at_block: int,
+    timestamp: int,
+) -> list[_Move]:
+    """Each row's move, from what the chain said at ``at_block`` (time ``timestamp``)."""
+    moves: list[_Move] = []
+    for row in rows:
+        key = (row.token, row.signer, row.nonce)
+        if key in unknown:
+            continue
+        if key in outcomes:
+            outcome = outcomes[key]
+            if outcome is None:
+                log.warning(
+                    "authorization_state_without_log",
+                    id=row.id,
+                    token=row.token,
+                    signer=row.signer,
+                    nonce=row.nonce,
+                    at_block=at_block,
+                )
+                continue
+            moves.append((row, _status_for(row, outcome), outcome, outcome.note))
+        else:
+            # A payment expires at its validBefore; its cancel then has nothing left to stop.
+            deadline = row.valid_before if row.cancels_id is None else deadlines[row.cancels_id]
+            if deadline is not None and timestamp >= deadline:
+                what = "" if row.cancels_id is None else f"its payment {row.cancels_id} "
+                note = (
+                    f"{what}unused at block {at_block} (timestamp {timestamp} >= validBefore "
+                    f"{deadline})"
+                )
+                moves.append((row, AuthorizationStatus.EXPIRED, None, note))
+    return moves
+
+
 def _status_for(row: Authorization, outcome: _Outcome) -> AuthorizationStatus:
     if row.kind is Kind.CANCEL:
         return AuthorizationStatus.USED if outcome.cancelled else AuthorizationStatus.EXPIRED
@@ -203,7 +224,7 @@ def _status_for(row: Authorization, outcome: _Outcome) -> AuthorizationStatus:
 
 def _apply(
     conn: sqlite3.Connection,
-    moves: Sequence[tuple[Authorization, AuthorizationStatus, _Outcome | None, str]],
+    moves: Sequence[_Move],
     *,
     actor: str,
     now: float,
