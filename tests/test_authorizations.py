@@ -226,6 +226,11 @@ async def test_the_allowlist_refuses_an_unknown_token_a_wrong_chain_and_a_wrong_
             await allowlist.resolve(rpc, other.address, anvil.chain_id, now=time.time())
         with pytest.raises(DomainMismatchError, match=f"RPC serves chain {anvil.chain_id}"):
             await allowlist.resolve(rpc, other.address, anvil.chain_id + 1, now=time.time())
+        # an allowed address that is no token (an account) has no domain to read
+        account = anvil.accounts[6].address
+        no_token = DomainAllowlist([(account, anvil.chain_id)])
+        with pytest.raises(DomainMismatchError, match="name\\(\\) did not return a string"):
+            await no_token.resolve(rpc, account, anvil.chain_id, now=time.time())
     # a domain proposed from outside (an x402 server's requirements) must be the contract's
     domain.require_matches(token.domain())
     for field, value in (

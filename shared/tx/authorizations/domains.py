@@ -196,7 +196,10 @@ def _decode_string(raw: object, *, token: str, what: str) -> str:
 
 
 def _decode_bytes32(raw: object, *, token: str) -> bytes:
-    data = bytes.fromhex(str(raw).removeprefix("0x")) if isinstance(raw, str) else b""
+    try:
+        data = bytes.fromhex(raw.removeprefix("0x")) if isinstance(raw, str) else b""
+    except ValueError:
+        data = b""
     if len(data) != 32:
         raise DomainMismatchError(f"token {token}: DOMAIN_SEPARATOR() did not return 32 bytes")
     return data
