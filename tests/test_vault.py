@@ -199,7 +199,7 @@ def test_ciphertexts_swapped_between_rows_do_not_decrypt(tmp_path: Path) -> None
             vault.signer(address, chain_id=CHAIN_ID)
         assert address in str(caught.value)
         with pytest.raises(WalletDecryptError, match="does not authenticate"):
-            vault.sign_typed_data(address, transfer_typed_data(address))
+            vault.sign_typed_data(address, order_typed_data(address))
 
 
 @pytest.mark.parametrize("column", ["ciphertext", "nonce"])
@@ -453,10 +453,20 @@ def transfer_typed_data(
     }
 
 
+def order_typed_data(from_address: str, **fields: object) -> dict[str, object]:
+    """:func:`transfer_typed_data`'s fields under a primary type that is not money: what
+    ``Vault.sign_typed_data`` signs (it refuses the EIP-3009 kinds, which only the
+    authorizations ledger signs)."""
+    typed = transfer_typed_data(from_address, **fields)  # type: ignore[arg-type]
+    types = dict(typed["types"])  # type: ignore[call-overload]
+    types["Order"] = types.pop("TransferWithAuthorization")
+    return {**typed, "types": types, "primaryType": "Order"}
+
+
 def test_malformed_typed_data_is_refused_before_any_key_is_used(tmp_path: Path) -> None:
     vault, _, _ = new_vault(tmp_path)
     address = vault.create_wallet(label="a")
-    good = transfer_typed_data(address)
+    good = order_typed_data(address)
     no_primary = {k: v for k, v in good.items() if k != "primaryType"}
     with pytest.raises(TypedDataError, match="lacks primaryType"):
         vault.sign_typed_data(address, no_primary)

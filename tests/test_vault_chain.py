@@ -83,7 +83,8 @@ def test_a_transfer_with_authorization_recovers_to_the_vault_wallet(
     vault, _, _ = new_vault(tmp_path)
     wallet = vault.ensure_wallet(label="mint-agent", owner="0x" + "ab" * 20)
     typed = transfer_typed_data(wallet, chain_id=anvil.chain_id, nonce=bytes(range(32)))
-    signature = vault.sign_typed_data(wallet, typed)
+    # The authorizations ledger's path: sign_typed_data refuses EIP-3009 kinds.
+    signature = vault._sign_money_typed_data(wallet, typed)
 
     signable = encode_typed_data(full_message=typed)
     assert Account.recover_message(signable, signature=signature.signature) == wallet

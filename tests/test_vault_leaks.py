@@ -40,7 +40,7 @@ from shared.keys.vault import (
 from shared.logs import configure_logging
 from shared.tx.fees import Fees
 from shared.tx.signer import Call
-from tests.test_vault import decrypt_row, transfer_typed_data
+from tests.test_vault import decrypt_row, order_typed_data
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAIN_ID = 31337
@@ -86,7 +86,7 @@ def run_scenario(
     for address in (agent, distribution, imported):
         signer = vault.signer(address, chain_id=CHAIN_ID)
         signer.sign(Call(to=agent, data=b"", value=0, gas_limit=21_000), nonce=0, fees=fees)
-        vault.sign_typed_data(address, transfer_typed_data(address))
+        vault.sign_typed_data(address, order_typed_data(address))
     vault.check()
     # A lost row recovered from the master key; a scan of derived addresses.
     with atomic(conn):
@@ -102,7 +102,7 @@ def run_scenario(
     generate_master_key_file(other_key)
     wrong = open_vault(conn, other_key)
     refused(lambda: wrong.signer(agent, chain_id=CHAIN_ID))
-    refused(lambda: wrong.sign_typed_data(agent, transfer_typed_data(agent)))
+    refused(lambda: wrong.sign_typed_data(agent, order_typed_data(agent)))
     refused(wrong.check)
     with _tampered(conn, agent):
         refused(lambda: vault.signer(agent, chain_id=CHAIN_ID))
@@ -111,7 +111,7 @@ def run_scenario(
         refused(lambda: vault.signer(distribution, chain_id=CHAIN_ID))
     refused(lambda: vault.import_key(imported_key, label="again"))
     refused(lambda: vault.signer("0x" + imported_key.hex(), chain_id=CHAIN_ID))
-    refused(lambda: vault.sign_typed_data(agent, {**transfer_typed_data(agent), "message": {}}))
+    refused(lambda: vault.sign_typed_data(agent, {**order_typed_data(agent), "message": {}}))
     loose = work / "loose-copy"
     loose.write_bytes(key_file.read_bytes())
     loose.chmod(0o644)

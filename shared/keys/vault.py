@@ -133,6 +133,17 @@ class TypedDataError(VaultError):
     """EIP-712 typed data that cannot be encoded, so it is not signed."""
 
 
+class MoneyTypedDataError(TypedDataError):
+    """EIP-712 typed data that is money (EIP-3009): only the authorizations ledger signs it."""
+
+
+#: EIP-712 primary types that are money once signed (EIP-3009, Circle's FiatTokenV2): the
+#: vault signs them only for shared.tx.authorizations, which records each one first.
+MONEY_TYPED_DATA_KINDS: Final = frozenset(
+    {"TransferWithAuthorization", "ReceiveWithAuthorization", "CancelAuthorization"}
+)
+
+
 # --- settings and values --------------------------------------------------------------------
 
 
@@ -452,10 +463,30 @@ class Vault:
 
     def sign_typed_data(self, address: str, typed: Mapping[str, Any]) -> TypedDataSignature:
         """Sign EIP-712 typed data (the ``eth_signTypedData_v4`` structure: ``types``,
-        ``primaryType``, ``domain``, ``message``) with the wallet ``address``; e.g. an
-        EIP-3009 ``TransferWithAuthorization``."""
+        ``primaryType``, ``domain``, ``message``) with the wallet ``address``. Money kinds
+        (EIP-3009's TransferWithAuthorization, ReceiveWithAuthorization, CancelAuthorization)
+        are refused: they are signed only through the authorizations ledger
+        (shared.tx.authorizations), which records each one before it leaves the process."""
         wallet = parse_address(address)
         _check_typed_shape(wallet, typed)
+        if typed["primaryType"] in MONEY_TYPED_DATA_KINDS:
+            raise MoneyTypedDataError(
+                f"{typed['primaryType']} for {wallet} is an EIP-3009 authorization (money): "
+                "sign it through the authorizations ledger (shared.tx.authorizations."
+                "sign_authorization / sign_cancel), which records it before it is returned"
+            )
+        return self._sign_typed(wallet, typed)
+
+    def _sign_money_typed_data(self, address: str, typed: Mapping[str, Any]) -> TypedDataSignature:
+        """Sign an EIP-3009 kind. For shared.tx.authorizations only, which calls it inside the
+        transaction that records the signature; everything else uses sign_typed_data."""
+        wallet = parse_address(address)
+        _check_typed_shape(wallet, typed)
+        if typed["primaryType"] not in MONEY_TYPED_DATA_KINDS:
+            raise TypedDataError(f"{typed['primaryType']} is not an EIP-3009 kind")
+        return self._sign_typed(wallet, typed)
+
+    def _sign_typed(self, wallet: ChecksumAddress, typed: Mapping[str, Any]) -> TypedDataSignature:
         try:
             signable = encode_typed_data(full_message=dict(typed))
         except (ValueError, TypeError, KeyError, AttributeError, EncodingError) as exc:
