@@ -182,6 +182,36 @@ def test_the_vault_refuses_to_sign_a_money_kind_outside_the_ledger(
     assert vault.sign_typed_data(wallet, mail).signer == wallet
 
 
+def test_the_vault_never_signs_an_eip2612_permit(tmp_path: Path) -> None:
+    # A Permit grants an allowance: money that no ledger of this node records.
+    _, vault, _, _ = durable_vault(tmp_path)
+    wallet = vault.create_wallet(label="mint-agent")
+    permit = {
+        "types": {
+            "EIP712Domain": [
+                {"name": "name", "type": "string"},
+                {"name": "version", "type": "string"},
+                {"name": "chainId", "type": "uint256"},
+                {"name": "verifyingContract", "type": "address"},
+            ],
+            "Permit": [
+                {"name": "owner", "type": "address"},
+                {"name": "spender", "type": "address"},
+                {"name": "value", "type": "uint256"},
+                {"name": "nonce", "type": "uint256"},
+                {"name": "deadline", "type": "uint256"},
+            ],
+        },
+        "primaryType": "Permit",
+        "domain": {"name": "USD Coin", "version": "2", "chainId": 31337,
+                   "verifyingContract": "0x" + "11" * 20},
+        "message": {"owner": wallet, "spender": PAYEE, "value": 10**6, "nonce": 0,
+                    "deadline": 2**40},
+    }  # fmt: skip
+    with pytest.raises(MoneyTypedDataError, match="allowance"):
+        vault.sign_typed_data(wallet, permit)
+
+
 def test_the_ledger_refuses_a_normal_connection(tmp_path: Path) -> None:
     key_file = tmp_path / "vault.key"
     generate_master_key_file(key_file)

@@ -721,7 +721,7 @@ def test_swapping_two_rows_owners_or_labels_makes_both_fail_to_decrypt(
         with pytest.raises(WalletDecryptError, match=f"wallet {address}: .* does not authenticate"):
             vault.signer(address, chain_id=CHAIN_ID)
         with pytest.raises(WalletDecryptError, match="does not authenticate"):
-            vault.sign_typed_data(address, transfer_typed_data(address))
+            vault.sign_typed_data(address, order_typed_data(address))
     with pytest.raises(WalletDecryptError):
         vault.check()
 

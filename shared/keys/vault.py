@@ -142,6 +142,20 @@ class MoneyTypedDataError(TypedDataError):
 MONEY_TYPED_DATA_KINDS: Final = frozenset(
     {"TransferWithAuthorization", "ReceiveWithAuthorization", "CancelAuthorization"}
 )
+#: EIP-712 primary types that grant a token allowance off chain (EIP-2612 ``Permit``, Uniswap's
+#: Permit2): money as well, and no ledger of this node records them, so the vault never signs
+#: them. An executor that needs one gets a ledger for it first, as EIP-3009 has.
+ALLOWANCE_TYPED_DATA_KINDS: Final = frozenset(
+    {
+        "Permit",
+        "PermitSingle",
+        "PermitBatch",
+        "PermitTransferFrom",
+        "PermitBatchTransferFrom",
+        "PermitWitnessTransferFrom",
+        "PermitBatchWitnessTransferFrom",
+    }
+)
 
 
 # --- settings and values --------------------------------------------------------------------
@@ -474,6 +488,11 @@ class Vault:
                 f"{typed['primaryType']} for {wallet} is an EIP-3009 authorization (money): "
                 "sign it through the authorizations ledger (shared.tx.authorizations."
                 "sign_authorization / sign_cancel), which records it before it is returned"
+            )
+        if typed["primaryType"] in ALLOWANCE_TYPED_DATA_KINDS:
+            raise MoneyTypedDataError(
+                f"{typed['primaryType']} for {wallet} grants a token allowance (money) and no "
+                "ledger of this node records it: the vault does not sign it"
             )
         return self._sign_typed(wallet, typed)
 
