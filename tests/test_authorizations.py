@@ -215,8 +215,10 @@ def test_the_vault_never_signs_an_eip2612_permit(tmp_path: Path) -> None:
 def test_the_ledger_refuses_a_normal_connection(tmp_path: Path) -> None:
     key_file = tmp_path / "vault.key"
     generate_master_key_file(key_file)
+    # The vault itself refuses NORMAL, so it is opened durable; the ledger is handed a
+    # second, NORMAL connection to the same file.
+    vault = open_vault(connect(tmp_path / "node.db", durable=True), key_file)
     conn = connect(tmp_path / "node.db")  # synchronous=NORMAL
-    vault = open_vault(conn, key_file)
     token = "0x" + "11" * 20
     domain = TokenDomain(
         token,
