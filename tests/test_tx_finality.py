@@ -1,0 +1,391 @@
+"""Final outcomes and what a purpose sees, on a real anvil and a real SQLite file: a payment is
+told MINED at its first receipt, FINAL once its block is ``confirmations`` deep and canonical
+(once, across restarts), ``reorged`` when a reorg takes it out before that (and then the same
+signed bytes go out again and land once); ``settled`` gets the receipt with its logs and gas;
+``invalid`` gets ``now`` and a chain view at a confirmed block."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+from eth_typing import ChecksumAddress
+from eth_utils.address import to_checksum_address
+from structlog.testing import capture_logs
+
+from shared import state
+from shared.anvil import Anvil
+from shared.chain.rpc import RpcClient
+from shared.db import AsyncDatabase, connect
+from shared.tx import ledger
+from shared.tx.chainview import ChainView, RpcChainView
+from shared.tx.fees import GWEI, FeePolicy, Fees
+from shared.tx.ledger import Purpose, TxRecord
+from shared.tx.manager import Submission, TxManager, TxPolicy
+from shared.tx.receipts import Receipt
+from shared.tx.senders import claim_sender
+from shared.tx.settlement import Settlement, SubjectAnchor
+from shared.tx.signer import Call, LocalSigner
+from tests.test_fulfiller_support import ManualClock
+
+CONFIRMATIONS = 3
+POLICY = TxPolicy(
+    fees=FeePolicy(max_fee_per_gas=100 * GWEI, max_priority_fee_per_gas=5 * GWEI),
+    window=4,
+    confirmations=CONFIRMATIONS,
+)
+FAIR = Fees(max_fee_per_gas=3 * GWEI, max_priority_fee_per_gas=GWEI)
+PAY = "pay"
+AMOUNT = 10**15  # wei paid per test payment
+_keys = itertools.count(1)
+
+# A contract whose every call emits LOG1(TOPIC) with the word 42 as data. Runtime:
+# PUSH1 42, PUSH1 0, MSTORE, PUSH32 TOPIC, PUSH1 32, PUSH1 0, LOG1, STOP (44 bytes); the 11
+# bytes of init code before it copy it to memory and return it.
+TOPIC = "0x" + "ab" * 32
+EMITTER_RUNTIME = "602a600052" + "7f" + "ab" * 32 + "60206000a100"
+EMITTER_INIT = "0x602c80600b6000396000f3" + EMITTER_RUNTIME
+IDENTITY = "0x0000000000000000000000000000000000000004"  # the precompile echoes its input
+
+
+@dataclass
+class Told:
+    """One thing a purpose was told."""
+
+    tx_hash: str
+    what: Settlement
+    receipt: Receipt | None = None
+    undone: Settlement | None = None  # set for a reorged() call
+
+
+@dataclass
+class PayPurpose:
+    """A money purpose: remembers everything it is told, and what its invalid() saw."""
+
+    told: list[Told] = field(default_factory=list)
+    read_chain: bool = False
+    seen: list[dict[str, Any]] = field(default_factory=list)
+
+    def invalid(
+        self, conn: sqlite3.Connection, txs: Sequence[TxRecord], *, now: float, chain: ChainView
+    ) -> dict[int, str]:
+        if self.read_chain:
+            self.seen.append({
+                "now": now, "block": chain.block_number, "timestamp": chain.block_timestamp,
+                "echo": chain.call(IDENTITY, b"authorizationState?"),
+            })  # fmt: skip
+        return {}
+
+    def anchors(
+        self, conn: sqlite3.Connection, txs: Sequence[TxRecord]
+    ) -> dict[int, SubjectAnchor | None]:
+        return {}  # an off-chain subject (an order in the database)
+
+    def settled(
+        self, conn: sqlite3.Connection, tx: TxRecord, outcome: Settlement, *, detail: str,
+        now: float, receipt: Receipt | None,
+    ) -> None:  # fmt: skip
+        assert conn.in_transaction
+        self.told.append(Told(tx.tx_hash, outcome, receipt))
+
+    def reorged(
+        self, conn: sqlite3.Connection, tx: TxRecord, *, undone: Settlement, detail: str,
+        now: float,
+    ) -> None:  # fmt: skip
+        assert conn.in_transaction
+        self.told.append(Told(tx.tx_hash, Settlement.MINED, undone=undone))
+
+    def finals(self) -> list[Told]:
+        return [t for t in self.told if t.what is Settlement.FINAL and t.undone is None]
+
+    def story(self) -> list[str]:
+        return [f"reorged:{t.undone.value}" if t.undone else t.what.value for t in self.told]
+
+
+@dataclass
+class Node:
+    anvil: Anvil
+    db_path: Path
+    signer: LocalSigner
+    clock: ManualClock = field(default_factory=ManualClock)
+
+    def rpc(self, method: str, params: list[object] | None = None) -> Any:
+        body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params or []}
+        answer = httpx.post(self.anvil.rpc_url, json=body).json()
+        assert "error" not in answer, answer
+        return answer.get("result")
+
+    def mine(self, blocks: int = 1) -> None:
+        for _ in range(blocks):
+            self.rpc("evm_mine")
+
+    def head(self) -> int:
+        return int(self.rpc("eth_blockNumber"), 16)
+
+    def balance(self, address: str) -> int:
+        return int(self.rpc("eth_getBalance", [address, "latest"]), 16)
+
+    def manager(self, purpose: PayPurpose) -> TxManager:
+        db = AsyncDatabase(connect(self.db_path, durable=True))
+        return TxManager(
+            db=db, rpc=RpcClient([self.anvil.rpc_url]), signer=self.signer, policy=POLICY,
+            handlers={PAY: purpose},
+            claim=claim_sender(self.db_path, db.conn, self.signer.address, owner="test"),
+            clock=self.clock,
+        )  # fmt: skip
+
+    def deploy_emitter(self) -> ChecksumAddress:
+        sender = self.anvil.accounts[0].address
+        tx_hash = self.rpc("eth_sendTransaction", [{"from": sender, "data": EMITTER_INIT}])
+        self.mine()
+        receipt = self.rpc("eth_getTransactionReceipt", [tx_hash])
+        return to_checksum_address(str(receipt["contractAddress"]))
+
+
+@pytest_asyncio.fixture
+async def node(tmp_path: Path) -> AsyncIterator[Node]:
+    with Anvil(no_mining=True) as anvil:
+        signer = LocalSigner(bytes.fromhex(anvil.accounts[4].private_key[2:]), chain_id=31337)
+        yield Node(anvil, tmp_path / "tx.db", signer)
+
+
+async def close(manager: TxManager) -> None:
+    await manager.close()
+    manager._db.close()  # the test built it; nothing else owns it
+
+
+async def pay(node: Node, manager: TxManager, call: Call | None = None) -> str:
+    """Record and broadcast one payment; returns its hash."""
+    recipient = node.anvil.accounts[5].address
+    call = call or Call(to=recipient, data=b"", value=AMOUNT, gas_limit=21_000)
+    sub = Submission(call, Purpose(PAY, f"order-{next(_keys)}"), lambda c, t: None,
+                     key=f"pay:{next(_keys)}")  # fmt: skip
+    recorded = await manager.record([sub], FAIR)
+    await manager.broadcast(recorded)
+    assert recorded[0].signed is not None
+    return recorded[0].signed.tx_hash
+
+
+async def polls(manager: TxManager, n: int = 2) -> None:
+    """Polls enough for a verdict: the finality step judges rows at least ``confirmations``
+    below the head seen on the poll before."""
+    for _ in range(n):
+        await manager.poll()
+
+
+def row(node: Node, tx_hash: str) -> sqlite3.Row:
+    conn = connect(node.db_path)
+    found = conn.execute("SELECT * FROM txs WHERE tx_hash = ?", (tx_hash,)).fetchone()
+    conn.close()
+    assert isinstance(found, sqlite3.Row)
+    return found
+
+
+async def test_final_is_told_once_only_when_the_block_is_confirmations_deep(node: Node) -> None:
+    purpose = PayPurpose()
+    manager = node.manager(purpose)
+    try:
+        await manager.start()
+        tx_hash = await pay(node, manager)
+        node.mine()
+        mined_in = node.head()
+        await polls(manager)
+        assert purpose.story() == ["mined"]
+        for _ in range(CONFIRMATIONS - 1):  # one block short of the depth
+            node.mine()
+            await polls(manager)
+        assert node.head() - mined_in == CONFIRMATIONS - 1
+        assert purpose.story() == ["mined"], "FINAL before the depth"
+        assert row(node, tx_hash)["final_at"] is None
+        node.mine()
+        await polls(manager)
+        assert purpose.story() == ["mined", "final"]
+        for _ in range(3):
+            node.mine()
+            await polls(manager)
+    finally:
+        await close(manager)
+    assert purpose.story() == ["mined", "final"]  # once
+    (final,) = purpose.finals()
+    assert final.tx_hash == tx_hash and final.receipt is not None and final.receipt.ok
+    assert final.receipt.block_number == mined_in
+    stored = row(node, tx_hash)
+    assert stored["final_at"] is not None and stored["final_head"] >= mined_in + CONFIRMATIONS
+    conn = connect(node.db_path)
+    notes = [h["note"] for h in state.history(conn, ledger.TX_MACHINE, str(stored["id"]))]
+    assert any(n and n.startswith("final: ") for n in notes)  # audited
+
+
+async def test_final_is_told_once_across_restarts_and_not_forgotten(node: Node) -> None:
+    first = PayPurpose()
+    manager = node.manager(first)
+    await manager.start()
+    tx_hash = await pay(node, manager)
+    node.mine()
+    await polls(manager)
+    await close(manager)  # killed after MINED, before FINAL
+    assert first.story() == ["mined"]
+
+    node.mine(CONFIRMATIONS + 2)
+    second = PayPurpose()
+    manager = node.manager(second)
+    try:
+        await manager.start()
+        await polls(manager, 3)
+    finally:
+        await close(manager)
+    assert second.story() == ["final"]  # not forgotten by a process that never saw MINED
+    assert second.finals()[0].tx_hash == tx_hash
+
+    node.mine(2)
+    third = PayPurpose()
+    manager = node.manager(third)
+    try:
+        await manager.start()
+        await polls(manager, 3)
+    finally:
+        await close(manager)
+    assert third.told == []  # never twice
+
+
+async def test_a_reorg_before_final_tells_reorged_resends_the_same_bytes_and_pays_once(
+    node: Node,
+) -> None:
+    recipient = node.anvil.accounts[5].address
+    before = node.balance(recipient)
+    purpose = PayPurpose()
+    manager = node.manager(purpose)
+    try:
+        await manager.start()
+        tx_hash = await pay(node, manager)
+        node.mine()
+        await polls(manager)
+        assert purpose.story() == ["mined"]
+        assert node.balance(recipient) == before + AMOUNT
+
+        node.rpc("anvil_reorg", [1, []])  # the payment's block is replaced; anvil drops it
+        assert node.balance(recipient) == before
+        assert node.rpc("eth_getTransactionByHash", [tx_hash]) is None
+        for _ in range(10):  # its receipt must be missing on two polls some time apart
+            await manager.poll()
+            node.clock.advance(POLICY.absent_after_s)
+            if "reorged:mined" in purpose.story():
+                break
+        assert purpose.story() == ["mined", "reorged:mined"]
+        assert row(node, tx_hash)["status"] in ("BROADCAST", "SIGNED")
+        await polls(manager)  # released (an off-chain subject) and sent again
+        resent = node.rpc("eth_getTransactionByHash", [tx_hash])
+        assert resent is not None, "the same signed bytes were not sent again"
+        node.mine()
+        await polls(manager)
+        assert purpose.story() == ["mined", "reorged:mined", "mined"]
+        for _ in range(CONFIRMATIONS + 2):
+            node.mine()
+            await polls(manager)
+    finally:
+        await close(manager)
+    assert purpose.story() == ["mined", "reorged:mined", "mined", "final"]
+    conn = connect(node.db_path)
+    assert [r["tx_hash"] for r in conn.execute("SELECT tx_hash FROM txs")] == [tx_hash]
+    # counted on chain: one transfer, by that very transaction, and one nonce used
+    assert node.balance(recipient) == before + AMOUNT
+    receipt = node.rpc("eth_getTransactionReceipt", [tx_hash])
+    assert receipt["status"] == "0x1"
+    assert int(node.rpc("eth_getTransactionCount", [node.signer.address, "latest"]), 16) == 1
+    final = purpose.finals()[0]
+    assert final.receipt is not None and final.receipt.block_hash == receipt["blockHash"].lower()
+
+
+async def test_settled_gets_the_receipt_with_its_logs_and_gas(node: Node) -> None:
+    emitter = node.deploy_emitter()
+    purpose = PayPurpose()
+    manager = node.manager(purpose)
+    try:
+        await manager.start()
+        call = Call(to=emitter, data=b"\x01", value=0, gas_limit=60_000)
+        tx_hash = await pay(node, manager, call)
+        node.mine()
+        await polls(manager)
+        node.mine(CONFIRMATIONS)
+        await polls(manager)
+    finally:
+        await close(manager)
+    chain = node.rpc("eth_getTransactionReceipt", [tx_hash])
+    mined, final = purpose.told
+    assert (mined.what, final.what) == (Settlement.MINED, Settlement.FINAL)
+    for told in (mined, final):
+        receipt = told.receipt
+        assert receipt is not None and receipt.tx_hash == tx_hash and receipt.ok
+        assert receipt.gas_used == int(chain["gasUsed"], 16) > 21_000
+        assert receipt.effective_gas_price == int(chain["effectiveGasPrice"], 16) > 0
+        assert receipt.fee_wei == receipt.gas_used * receipt.effective_gas_price
+        (entry,) = receipt.logs
+        assert entry["address"].lower() == emitter.lower()
+        assert entry["topics"] == (TOPIC,)
+        assert entry["data"] == (42).to_bytes(32, "big")
+        assert entry["logIndex"] == 0
+
+
+async def test_invalid_gets_now_and_a_chain_view_at_a_confirmed_block(node: Node) -> None:
+    node.mine(10)
+    purpose = PayPurpose(read_chain=True)
+    manager = node.manager(purpose)
+    try:
+        await manager.start()
+        await pay(node, manager)
+        node.clock.advance(1234.0)
+        await polls(manager)  # unmined: the purpose is asked whether it still holds
+        head = node.head()
+    finally:
+        await close(manager)
+    seen = purpose.seen[-1]
+    assert abs(seen["now"] - node.clock()) < 60 and seen["now"] > node.clock() - 61
+    assert seen["block"] == head - CONFIRMATIONS
+    header = node.rpc("eth_getBlockByNumber", [hex(seen["block"]), False])
+    assert seen["timestamp"] == int(header["timestamp"], 16)
+    assert seen["echo"] == b"authorizationState?"  # an eth_call at that block, answered
+
+
+async def test_a_chain_view_read_on_the_event_loop_is_refused_not_deadlocked(node: Node) -> None:
+    async with RpcClient([node.anvil.rpc_url]) as rpc:
+        view = RpcChainView.here(rpc, head=None, confirmations=1)
+        with pytest.raises(RuntimeError, match="deadlock"):
+            view.call(IDENTITY, b"x")
+        # on another thread (as on the database thread) it answers, lazily: one header read
+        echo = await asyncio.to_thread(view.call, IDENTITY, b"x")
+        assert echo == b"x"
+        assert view.reads == 3  # head, header, call
+        assert await asyncio.to_thread(lambda: view.block_number) == max(0, node.head() - 1)
+        assert view.reads == 3  # the block is fixed at the first read
+
+
+async def test_a_reorg_deeper_than_the_confirmations_undoes_final_loudly(node: Node) -> None:
+    purpose = PayPurpose()
+    manager = node.manager(purpose)
+    try:
+        await manager.start()
+        tx_hash = await pay(node, manager)
+        node.mine(CONFIRMATIONS + 1)
+        await polls(manager, 3)
+        assert purpose.story() == ["mined", "final"]
+        node.rpc("anvil_reorg", [CONFIRMATIONS + 1, []])
+        with capture_logs() as logs:
+            for _ in range(10):
+                report = await manager.poll()
+                node.clock.advance(POLICY.absent_after_s)
+                if "reorged:final" in purpose.story():
+                    break
+    finally:
+        await close(manager)
+    assert purpose.story() == ["mined", "final", "reorged:final"]
+    assert report.counts["final_reorged"] == 1
+    assert any(e["event"] == "tx_final_reorged_out" and e["log_level"] == "error" for e in logs)
+    assert row(node, tx_hash)["final_at"] is None  # a new settlement will be told FINAL again
