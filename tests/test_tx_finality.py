@@ -53,6 +53,7 @@ _keys = itertools.count(1)
 TOPIC = "0x" + "ab" * 32
 EMITTER_RUNTIME = "602a600052" + "7f" + "ab" * 32 + "60206000a100"
 EMITTER_INIT = "0x602c80600b6000396000f3" + EMITTER_RUNTIME
+REVERTER_INIT = "0x600580600b6000396000f3" + "60006000fd"  # every call: REVERT(0, 0)
 IDENTITY = "0x0000000000000000000000000000000000000004"  # the precompile echoes its input
 
 
@@ -142,9 +143,9 @@ class Node:
             clock=self.clock,
         )  # fmt: skip
 
-    def deploy_emitter(self) -> ChecksumAddress:
+    def deploy_emitter(self, init: str = EMITTER_INIT) -> ChecksumAddress:
         sender = self.anvil.accounts[0].address
-        tx_hash = self.rpc("eth_sendTransaction", [{"from": sender, "data": EMITTER_INIT}])
+        tx_hash = self.rpc("eth_sendTransaction", [{"from": sender, "data": init}])
         self.mine()
         receipt = self.rpc("eth_getTransactionReceipt", [tx_hash])
         return to_checksum_address(str(receipt["contractAddress"]))
@@ -332,6 +333,26 @@ async def test_settled_gets_the_receipt_with_its_logs_and_gas(node: Node) -> Non
         assert entry["topics"] == (TOPIC,)
         assert entry["data"] == (42).to_bytes(32, "big")
         assert entry["logIndex"] == 0
+
+
+async def test_a_reverted_payment_is_told_final_too_with_its_failed_receipt(node: Node) -> None:
+    reverter = node.deploy_emitter(REVERTER_INIT)
+    purpose = PayPurpose()
+    manager = node.manager(purpose)
+    try:
+        await manager.start()
+        tx_hash = await pay(node, manager, Call(to=reverter, data=b"", value=0, gas_limit=30_000))
+        node.mine()
+        await polls(manager)
+        node.mine(CONFIRMATIONS)
+        await polls(manager)
+    finally:
+        await close(manager)
+    assert purpose.story() == ["reverted", "final"]
+    for told in purpose.told:
+        assert told.receipt is not None and told.receipt.tx_hash == tx_hash
+        assert not told.receipt.ok and told.receipt.logs == ()
+    assert row(node, tx_hash)["status"] == "REVERTED"
 
 
 async def test_invalid_gets_now_and_a_chain_view_at_a_confirmed_block(node: Node) -> None:
