@@ -7,6 +7,7 @@ signed bytes go out again and land once); ``settled`` gets the receipt with its 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
@@ -24,7 +25,7 @@ from structlog.testing import capture_logs
 from shared import state
 from shared.anvil import Anvil
 from shared.chain.rpc import RpcClient
-from shared.db import AsyncDatabase, connect
+from shared.db import AsyncDatabase, atomic, connect
 from shared.tx import ledger
 from shared.tx.chainview import ChainView, RpcChainView
 from shared.tx.fees import GWEI, FeePolicy, Fees
@@ -457,3 +458,42 @@ def purpose_hash(node: Node) -> str:
     ]
     conn.close()
     return found
+
+
+def test_the_ledger_records_final_once_per_settlement_and_a_reorg_clears_it(
+    tmp_path: Path,
+) -> None:
+    conn = connect(tmp_path / "tx.db")
+    signer = LocalSigner(bytes.fromhex("22" * 32), chain_id=31337)
+    signed = signer.sign(Call(to=signer.address, data=b"", value=0, gas_limit=21_000),
+                         nonce=0, fees=FAIR)  # fmt: skip
+    with atomic(conn):
+        tx_id = ledger.insert(conn, signed, Purpose(PAY), sender=signer.address, now=1.0,
+                              idempotency_key="pay:ledger")  # fmt: skip
+    ledger.mark_accepted(conn, [tx_id], now=2.0)
+    ledger.set_status(conn, tx_id, ledger.TxStatus.MINED, now=3.0, mined_block=7,
+                      mined_block_hash="0xaa")  # fmt: skip
+
+    def current() -> TxRecord:
+        found = ledger.get(conn, tx_id)
+        assert found is not None
+        return found
+
+    assert [t.id for t in ledger.unfinal(conn, signer.address, up_to_block=6, limit=9)] == []
+    (candidate,) = ledger.unfinal(conn, signer.address, up_to_block=7, limit=9)
+    stale = dataclasses.replace(candidate, mined_block_hash="0xbb")  # judged on another block
+    with atomic(conn):
+        assert not ledger.mark_final(conn, stale, head=10, now=4.0, note="final: x")
+        assert ledger.mark_final(conn, candidate, head=10, now=4.0, note="final: x")
+        assert not ledger.mark_final(conn, candidate, head=11, now=5.0, note="final: y")
+    assert current().final_at == 4.0
+    assert ledger.unfinal(conn, signer.address, up_to_block=99, limit=9) == []
+    ledger.reopen(conn, tx_id, now=6.0, reason="block 7 was reorged away", head=12)
+    assert current().final_at is None and current().is_open
+    ledger.set_status(conn, tx_id, ledger.TxStatus.MINED, now=7.0, mined_block=9,
+                      mined_block_hash="0xcc")  # fmt: skip
+    (again,) = ledger.unfinal(conn, signer.address, up_to_block=9, limit=9)
+    with atomic(conn):
+        assert ledger.mark_final(conn, again, head=13, now=8.0, note="final: z")
+    notes = [h["note"] for h in state.history(conn, ledger.TX_MACHINE, str(tx_id))]
+    assert [n for n in notes if n and n.startswith("final: ")] == ["final: x", "final: z"]
