@@ -32,6 +32,9 @@ Which outcome may be undone, and which is final:
   as a separate outcome: finality is a property of the block, not of the result; the purpose
   already knows which result it got (it was told REVERTED), and one rule, "FINAL once per
   settlement", is easier to keep and to rely on than two outcomes of which exactly one comes.
+- SUPERSEDED gets no FINAL of its own (FINAL is the winner's): a money purpose that must
+  know its payment can no longer land before it pays again waits until the winning row of
+  that nonce has ``final_at`` set (:func:`shared.tx.ledger.get`), or it is told ``reorged``.
 - DROPPED (a transaction we did not sign used the nonce) is told on that evidence and not
   watched afterwards: it is an alarm about the key, not a payment outcome.
 - Money purposes act on FINAL only (and on ``reorged`` by waiting: the same signed bytes
