@@ -497,3 +497,32 @@ def test_the_ledger_records_final_once_per_settlement_and_a_reorg_clears_it(
         assert ledger.mark_final(conn, again, head=13, now=8.0, note="final: z")
     notes = [h["note"] for h in state.history(conn, ledger.TX_MACHINE, str(tx_id))]
     assert [n for n in notes if n and n.startswith("final: ")] == ["final: x", "final: z"]
+
+
+async def test_the_chain_view_costs_no_request_unless_a_purpose_reads_it(node: Node) -> None:
+    """The oracle's purpose never reads the view: its polls must cost what they did."""
+    from tests.rpc_proxy import RpcProxy
+
+    purpose = PayPurpose()
+    with RpcProxy(node.anvil.rpc_url) as proxy:
+        db = AsyncDatabase(connect(node.db_path, durable=True))
+        manager = TxManager(
+            db=db, rpc=RpcClient([proxy.url]), signer=node.signer, policy=POLICY,
+            handlers={PAY: purpose},
+            claim=claim_sender(node.db_path, db.conn, node.signer.address, owner="test"),
+            clock=node.clock,
+        )  # fmt: skip
+        try:
+            await manager.start()
+            await pay(node, manager)  # open, unmined: invalid() is asked every poll
+            costs = []
+            for reads in (False, False, True):
+                purpose.read_chain = reads
+                before = proxy.stats["http_requests"]
+                await manager.poll()
+                costs.append(proxy.stats["http_requests"] - before)
+        finally:
+            await close(manager)
+    quiet, again, reading = costs
+    assert quiet == again == 1  # the poll's one batch
+    assert reading == quiet + 2  # the confirmed block's header, then the eth_call
