@@ -526,3 +526,54 @@ async def test_the_chain_view_costs_no_request_unless_a_purpose_reads_it(node: N
     quiet, again, reading = costs
     assert quiet == again == 1  # the poll's one batch
     assert reading == quiet + 2  # the confirmed block's header, then the eth_call
+
+
+# A contract that reverts in odd blocks and executes in even ones: NUMBER, PUSH1 1, AND,
+# PUSH1 8, JUMPI, STOP, JUMPDEST, PUSH1 0, DUP1, REVERT (13 bytes).
+PARITY_INIT = "0x600d80600b6000396000f3" + "4360011660085700" + "5b600080fd"
+
+
+async def test_a_payment_a_reorg_moves_to_another_block_restarts_its_finality_clock(
+    node: Node,
+) -> None:
+    """Re-included one block later, the payment's result flips (the contract reverts in odd
+    blocks): the purpose is told ``reorged`` and the new result, and FINAL comes at the depth
+    of the new block, with its receipt."""
+    contract = node.deploy_emitter(PARITY_INIT)
+    purpose = PayPurpose()
+    manager = node.manager(purpose)
+    try:
+        await manager.start()
+        tx_hash = await pay(node, manager, Call(to=contract, data=b"", value=0, gas_limit=50_000))
+        raw = str(row(node, tx_hash)["raw_tx"])
+        node.mine()
+        first_block = node.head()
+        await polls(manager)
+        first = "mined" if first_block % 2 == 0 else "reverted"
+        second = "reverted" if first == "mined" else "mined"
+        assert purpose.story() == [first]
+        node.mine()
+        node.rpc("anvil_reorg", [2, [[raw, 1]]])  # the same bytes, one block later
+        moved = node.rpc("eth_getTransactionReceipt", [tx_hash])
+        assert int(moved["blockNumber"], 16) == first_block + 1
+        for _ in range(10):
+            await manager.poll()
+            node.clock.advance(POLICY.absent_after_s)
+            if len(purpose.told) > 1:
+                break
+        assert purpose.story() == [first, f"reorged:{first}", second]
+        assert purpose.told[-1].receipt is not None
+        assert purpose.told[-1].receipt.block_number == first_block + 1
+        while node.head() < first_block + 1 + CONFIRMATIONS:
+            assert "final" not in purpose.story(), "FINAL on the old block's clock"
+            node.mine()
+            await polls(manager)
+        await polls(manager)
+    finally:
+        await close(manager)
+    assert purpose.story() == [first, f"reorged:{first}", second, "final"]
+    final = purpose.finals()[0].receipt
+    assert final is not None and final.block_number == first_block + 1
+    assert final.ok == (second == "mined")
+    assert row(node, tx_hash)["status"] == second.upper()
+    assert int(node.rpc("eth_getTransactionCount", [node.signer.address, "latest"]), 16) == 1
