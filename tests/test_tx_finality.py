@@ -74,6 +74,7 @@ class PayPurpose:
 
     told: list[Told] = field(default_factory=list)
     read_chain: bool = False
+    cancel_all: bool = False  # an operator cancelled every payment
     seen: list[dict[str, Any]] = field(default_factory=list)
 
     def invalid(
@@ -84,7 +85,7 @@ class PayPurpose:
                 "now": now, "block": chain.block_number, "timestamp": chain.block_timestamp,
                 "echo": chain.call(IDENTITY, b"authorizationState?"),
             })  # fmt: skip
-        return {}
+        return {tx.id: "cancelled by the operator" for tx in txs if self.cancel_all}
 
     def anchors(
         self, conn: sqlite3.Connection, txs: Sequence[TxRecord]
@@ -576,4 +577,37 @@ async def test_a_payment_a_reorg_moves_to_another_block_restarts_its_finality_cl
     assert final is not None and final.block_number == first_block + 1
     assert final.ok == (second == "mined")
     assert row(node, tx_hash)["status"] == second.upper()
+    assert int(node.rpc("eth_getTransactionCount", [node.signer.address, "latest"]), 16) == 1
+
+
+async def test_a_reorg_that_takes_back_a_mined_cancel_tells_the_superseded_payment(
+    node: Node,
+) -> None:
+    recipient = node.anvil.accounts[5].address
+    before = node.balance(recipient)
+    purpose = PayPurpose()
+    manager = node.manager(purpose)
+    try:
+        await manager.start()
+        payment = await pay(node, manager)
+        purpose.cancel_all = True
+        await manager.poll()  # the cancel replaces it on its nonce
+        node.mine()
+        await polls(manager)
+        assert purpose.story() == ["superseded"]
+        node.rpc("anvil_reorg", [1, []])
+        for _ in range(10):
+            await manager.poll()
+            node.clock.advance(POLICY.absent_after_s)
+            if len(purpose.told) > 1:
+                break
+        assert purpose.story() == ["superseded", "reorged:superseded"]
+        await polls(manager)  # the cancel (no purpose to confirm) goes out again
+        node.mine()
+        await polls(manager)
+    finally:
+        await close(manager)
+    assert purpose.story() == ["superseded", "reorged:superseded", "superseded"]
+    assert all(t.tx_hash == payment and t.receipt is None for t in purpose.told)
+    assert node.balance(recipient) == before  # the cancelled payment never landed
     assert int(node.rpc("eth_getTransactionCount", [node.signer.address, "latest"]), 16) == 1
