@@ -30,10 +30,11 @@ help:
 
 setup: $(STAMP) $(MODELSTAMP) $(NPMSTAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml no-deps.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -e '.[dev]'
+	$(PIP) install --quiet --no-deps -r no-deps.txt
 	touch $@
 
 # The embedded model (HODLAI_LLM_BACKEND=llama, the default): its runtime from the `model`

@@ -239,7 +239,10 @@ CREATE TABLE IF NOT EXISTS senders (
 
 -- Wallets whose private keys the node holds, encrypted with AES-256-GCM under the master key
 -- in HODLAI_VAULT_KEY_FILE: a fresh random 12-byte nonce per row (UNIQUE: never reused under
--- one key), the address's 20 bytes as associated data. No key is ever stored in clear.
+-- one key); the associated data binds the address, label, owner and derivation index
+-- (aad_version 2; rows of version 1 bind the address only). A created wallet's key is derived
+-- from the master key and (label, owner, derivation_index), so `hodlai vault recover`
+-- re-derives a lost row. No key is ever stored in clear.
 CREATE TABLE IF NOT EXISTS wallets (
     address    TEXT PRIMARY KEY CHECK (length(address) = 42 AND address GLOB '0x*'), -- checksummed
     label      TEXT NOT NULL,             -- what it is for: 'mint-agent', 'distribution', ...
@@ -247,18 +250,117 @@ CREATE TABLE IF NOT EXISTS wallets (
     key_id     TEXT NOT NULL,             -- id (hash) of the master key it is encrypted under
     nonce      BLOB NOT NULL UNIQUE CHECK (length(nonce) = 12),
     ciphertext BLOB NOT NULL CHECK (length(ciphertext) = 48), -- 32-byte key + 16-byte GCM tag
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    derivation_index INTEGER CHECK (derivation_index >= 0), -- NULL: an imported (or pre-v2 random) key
+    aad_version INTEGER NOT NULL DEFAULT 1 CHECK (aad_version IN (1, 2)) -- 1: address only; 2: address, label, owner, index
 ) STRICT;
 -- One wallet per owner and label (the mint executor's one agent wallet per user).
 CREATE UNIQUE INDEX IF NOT EXISTS idx_wallets_owner ON wallets (label, owner) WHERE owner IS NOT NULL;
 
--- [core migration 8: vault derivation — section reserved]
+-- The next derivation index of a vault wallet per (label, owner; '' for the node's own):
+-- only ever raised, allocated in the transaction that inserts the wallet (shared/keys/vault.py).
+CREATE TABLE IF NOT EXISTS wallet_derivations (
+    label      TEXT NOT NULL,
+    owner      TEXT NOT NULL,             -- '' for wallets without an owner
+    next_index INTEGER NOT NULL CHECK (next_index >= 0),
+    PRIMARY KEY (label, owner)
+) STRICT;
 
 
--- [core migration 9: authorizations ledger — section reserved]
+-- Every EIP-3009 authorization a vault wallet signed, written in the transaction that made the
+-- signature (shared/tx/authorizations). A payment's nonce is unique per (chain, token,
+-- signer); a CancelAuthorization repeats the nonce of the payment it cancels (cancels_id).
+-- SIGNED: could still be submitted; USED: mined (a payment moved value, a cancel cancelled);
+-- EXPIRED: can never be used and was not; CANCELLED: a payment whose nonce a mined cancel took.
+CREATE TABLE IF NOT EXISTS authorizations (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind           TEXT NOT NULL CHECK (kind IN ('TransferWithAuthorization','ReceiveWithAuthorization','CancelAuthorization')),
+    signer         TEXT NOT NULL,             -- checksummed: the authorizer, a vault wallet
+    token          TEXT NOT NULL,             -- checksummed: the EIP-712 verifyingContract
+    chain_id       INTEGER NOT NULL,
+    domain_name    TEXT NOT NULL,             -- name() and version() as read from the token
+    domain_version TEXT NOT NULL,
+    from_address   TEXT,                      -- NULL for a cancel
+    to_address     TEXT,                      -- NULL for a cancel
+    value          TEXT NOT NULL,             -- decimal uint256, base units; '0' for a cancel
+    valid_after    INTEGER,                   -- Unix seconds; NULL for a cancel
+    valid_before   INTEGER,                   -- Unix seconds; NULL for a cancel
+    nonce          TEXT NOT NULL CHECK (length(nonce) = 66 AND nonce GLOB '0x*'),
+    purpose        TEXT NOT NULL,             -- who signed it: 'mint-x402', ...
+    subject        TEXT NOT NULL,             -- what it serves: a task id; carries the budget
+    unit           TEXT NOT NULL,             -- what it pays for: a task's batch
+    cancels_id     INTEGER REFERENCES authorizations(id),
+    status         TEXT NOT NULL CHECK (status IN ('SIGNED','USED','EXPIRED','CANCELLED')),
+    digest         TEXT NOT NULL,             -- the EIP-712 hash that was signed
+    signature      TEXT NOT NULL,             -- 0x r || s || v
+    created_at     REAL NOT NULL,
+    updated_at     REAL NOT NULL,
+    used_block     INTEGER,                   -- the block of the transaction that took the nonce
+    used_tx_hash   TEXT,
+    note           TEXT
+) STRICT;
+CREATE UNIQUE INDEX IF NOT EXISTS idx_authorizations_nonce ON authorizations (chain_id, token, signer, nonce) WHERE kind <> 'CancelAuthorization';
+CREATE INDEX IF NOT EXISTS idx_authorizations_unit ON authorizations (purpose, subject, unit);
+CREATE INDEX IF NOT EXISTS idx_authorizations_signed ON authorizations (chain_id) WHERE status = 'SIGNED';
+-- History is append-only: no row is deleted, and what was signed never changes.
+CREATE TRIGGER IF NOT EXISTS trg_authorizations_no_delete BEFORE DELETE ON authorizations
+BEGIN
+    SELECT RAISE(ABORT, 'authorizations are append-only: a signed authorization is never deleted');
+END;
+CREATE TRIGGER IF NOT EXISTS trg_authorizations_frozen BEFORE UPDATE OF kind, signer, token, chain_id, domain_name, domain_version, from_address, to_address, value, valid_after, valid_before, nonce, purpose, subject, unit, cancels_id, digest, signature, created_at ON authorizations
+BEGIN
+    SELECT RAISE(ABORT, 'authorizations: what was signed never changes (signer, token, chain, kind, from, to, value, validity, nonce, signature)');
+END;
+INSERT OR IGNORE INTO state_counts (machine, status, n) VALUES ('core.authorization', 'SIGNED', 0), ('core.authorization', 'USED', 0), ('core.authorization', 'EXPIRED', 0), ('core.authorization', 'CANCELLED', 0);
+CREATE TRIGGER IF NOT EXISTS trg_core_authorization_count_insert AFTER INSERT ON authorizations
+BEGIN
+    UPDATE state_counts SET n = n + 1 WHERE machine = 'core.authorization' AND status = NEW.status;
+END;
+CREATE TRIGGER IF NOT EXISTS trg_core_authorization_count_delete AFTER DELETE ON authorizations
+BEGIN
+    UPDATE state_counts SET n = n - 1 WHERE machine = 'core.authorization' AND status = OLD.status;
+END;
+CREATE TRIGGER IF NOT EXISTS trg_core_authorization_count_update AFTER UPDATE OF status ON authorizations
+WHEN OLD.status <> NEW.status
+BEGIN
+    UPDATE state_counts SET n = n - 1 WHERE machine = 'core.authorization' AND status = OLD.status;
+    UPDATE state_counts SET n = n + 1 WHERE machine = 'core.authorization' AND status = NEW.status;
+END;
+
+-- What a (purpose, subject) may authorize in total (e.g. a task's funded amount): the values
+-- of its SIGNED and USED payments plus a new one must stay within budget.
+CREATE TABLE IF NOT EXISTS authorization_budgets (
+    purpose    TEXT NOT NULL,
+    subject    TEXT NOT NULL,
+    token      TEXT NOT NULL,                 -- checksummed
+    chain_id   INTEGER NOT NULL,
+    budget     TEXT NOT NULL,                 -- decimal uint256, base units
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (purpose, subject)
+) STRICT;
 
 
--- [core migration 10: spend policy — section reserved]
+-- Core migration 10: spend policy per sending key (shared/tx/policy.py).
+-- What each recorded transaction moves, per token ('native' for the chain's own coin, else
+-- the token's checksummed address), written in the same transaction as its txs row: the
+-- rolling 24-hour cap is read from these rows at check time, so it holds across restarts. A
+-- transaction counts from the moment it is signed, mined or not (a cancelled one may still
+-- have mined); its replacements and cancels add nothing. Only amounts above zero are kept.
+-- ``total`` is the running sum of the key's spends of that token up to this row, so that
+-- what moved since a time is two index look-ups (the latest total minus the total just
+-- before it), not a sum over every row of the day; uint256 sums do not fit SQLite's SUM.
+-- ``at`` never decreases per (sender, token): a clock that steps back keeps the last time.
+CREATE TABLE IF NOT EXISTS tx_spends (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    tx_id   INTEGER NOT NULL REFERENCES txs(id),
+    sender  TEXT NOT NULL,                -- checksummed sending address
+    token   TEXT NOT NULL,                -- 'native' or the token's checksummed address
+    amount  TEXT NOT NULL CHECK (amount GLOB '[1-9]*' AND amount NOT GLOB '*[^0-9]*'), -- base units, decimal (uint256)
+    total   TEXT NOT NULL CHECK (total GLOB '[1-9]*' AND total NOT GLOB '*[^0-9]*'),   -- running sum up to this row, decimal
+    at      REAL NOT NULL                 -- when it was signed
+) STRICT;
+CREATE INDEX IF NOT EXISTS idx_tx_spends_window ON tx_spends (sender, token, at);
 
 
 -- Core migration 11: final outcomes (shared/tx/settlement.py). Settled rows whose FINAL is
@@ -271,7 +373,62 @@ CREATE INDEX IF NOT EXISTS idx_txs_settled ON txs (sender, mined_block) WHERE st
 -- [core migration 12: sender fencing — section reserved]
 
 
--- [core migration 13: append-only history — section reserved]
+-- Core migration 13: append-only history (txs, transitions, tx_spends).
+-- The ledger of what a key signed, the audit trail and the spend record are evidence: no
+-- row is ever deleted, and the columns that say what was signed, and why, never change. A
+-- fee bump re-reads to_address, calldata and value_wei, and a rewritten one would redirect
+-- the payment. Status, errors, blocks, holds and times are still updated in place (through
+-- shared/state for the status). Anyone who can write the file can drop these triggers too:
+-- they stop mistakes and careless tools, the file's mode (0600) stops the others.
+CREATE TRIGGER IF NOT EXISTS trg_txs_no_delete BEFORE DELETE ON txs
+BEGIN
+    SELECT RAISE(ABORT, 'txs is append-only: a signed transaction is never deleted');
+END;
+CREATE TRIGGER IF NOT EXISTS trg_txs_history_frozen
+BEFORE UPDATE OF purpose, subject, version, fingerprint, sender, nonce, tx_hash, raw_tx, to_address, value_wei, calldata, gas_limit, max_fee_per_gas, max_priority_fee_per_gas, gas_price, replaces_tx_id, created_at, idempotency_key ON txs
+WHEN OLD.purpose IS NOT NEW.purpose OR OLD.subject IS NOT NEW.subject
+  OR OLD.version IS NOT NEW.version OR OLD.fingerprint IS NOT NEW.fingerprint
+  OR OLD.sender IS NOT NEW.sender OR OLD.nonce IS NOT NEW.nonce
+  OR OLD.tx_hash IS NOT NEW.tx_hash OR OLD.raw_tx IS NOT NEW.raw_tx
+  OR OLD.to_address IS NOT NEW.to_address OR OLD.value_wei IS NOT NEW.value_wei
+  OR OLD.calldata IS NOT NEW.calldata OR OLD.gas_limit IS NOT NEW.gas_limit
+  OR OLD.max_fee_per_gas IS NOT NEW.max_fee_per_gas
+  OR OLD.max_priority_fee_per_gas IS NOT NEW.max_priority_fee_per_gas
+  OR OLD.gas_price IS NOT NEW.gas_price OR OLD.replaces_tx_id IS NOT NEW.replaces_tx_id
+  OR OLD.created_at IS NOT NEW.created_at OR OLD.idempotency_key IS NOT NEW.idempotency_key
+BEGIN
+    SELECT RAISE(ABORT, 'txs history columns never change (what was signed, for what, when)');
+END;
+CREATE TRIGGER IF NOT EXISTS trg_transitions_no_delete BEFORE DELETE ON transitions
+BEGIN
+    SELECT RAISE(ABORT, 'transitions is append-only: an audit row is never deleted');
+END;
+CREATE TRIGGER IF NOT EXISTS trg_transitions_no_update BEFORE UPDATE ON transitions
+BEGIN
+    SELECT RAISE(ABORT, 'transitions is append-only: an audit row never changes');
+END;
+CREATE TRIGGER IF NOT EXISTS trg_tx_spends_no_delete BEFORE DELETE ON tx_spends
+BEGIN
+    SELECT RAISE(ABORT, 'tx_spends is append-only: deleting a spend would lift the daily cap');
+END;
+CREATE TRIGGER IF NOT EXISTS trg_tx_spends_no_update BEFORE UPDATE ON tx_spends
+BEGIN
+    SELECT RAISE(ABORT, 'tx_spends is append-only: a recorded spend never changes');
+END;
+
+
+-- Sign-in nonces of end-user proofs (shared/api/siwe.py). Each Sign-In with Ethereum proof must carry a nonce the node issued and has not seen spent:
+-- issued by GET /api/auth/nonce, spent in the same transaction that accepts the proof, so a
+-- signed message can be used once. Expired rows are pruned when a new nonce is issued.
+CREATE TABLE IF NOT EXISTS siwe_nonces (
+    nonce      TEXT PRIMARY KEY,   -- 32 hex digits from secrets.token_hex(16)
+    issued_at  REAL NOT NULL,
+    expires_at REAL NOT NULL,      -- issued_at + NONCE_TTL_S; expired rows are pruned
+    used_at    REAL,               -- NULL until a proof spends it; then never again
+    used_by    TEXT,               -- the address that proved itself with it
+    used_for   TEXT                -- the statement it was spent on
+) STRICT;
+CREATE INDEX IF NOT EXISTS siwe_nonces_expiry ON siwe_nonces (expires_at);
 
 
 -- ==== the dispatcher's tables (migration set 'dispatch', workers/dispatch/migrations) ====
@@ -309,7 +466,11 @@ CREATE TABLE IF NOT EXISTS agents (
     lease_owner    TEXT,                      -- the health checker's lease
     lease_until    REAL,
     created_at     REAL NOT NULL,
-    updated_at     REAL NOT NULL
+    updated_at     REAL NOT NULL,
+    -- (dispatch migration 2) calls cut off by a dispatcher restart (not in calls), and
+    -- answers after a cancel that were under way before the agent had it (not in late_results)
+    cut_off        INTEGER NOT NULL DEFAULT 0,
+    crossed_cancel INTEGER NOT NULL DEFAULT 0
 ) STRICT;
 CREATE INDEX IF NOT EXISTS idx_agents_claim ON agents (status, lease_owner, last_health_at);
 CREATE INDEX IF NOT EXISTS idx_agents_lease ON agents (status, lease_until) WHERE lease_until IS NOT NULL;
@@ -403,6 +564,9 @@ CREATE TABLE IF NOT EXISTS job_distribution_agents (
     lease_until    REAL,
     created_at     REAL NOT NULL,
     updated_at     REAL NOT NULL,
+    -- (dispatch migration 2) 1: the late answer arrived before the agent acknowledged the
+    -- cancel (it crossed it); 0: after (the agent ignored the cancel)
+    late_crossed   INTEGER NOT NULL DEFAULT 0 CHECK (late_crossed IN (0, 1)),
     UNIQUE (distribution_id, agent_id, round)
 ) STRICT;
 CREATE INDEX IF NOT EXISTS idx_jda_claim ON job_distribution_agents (status, lease_owner, created_at);

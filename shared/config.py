@@ -65,6 +65,10 @@ class CoreSettings(BaseSettings):
     )
 
     db_path: Path = Field(default=Path("hodlai.db"), description="SQLite database file")
+    # A database file the node creates is 0600: it holds signed transactions and encrypted
+    # wallets. True makes it 0660, for processes that run as separate users of one group
+    # (the systemd units set it; docs/OPERATIONS.md).
+    db_group_writable: bool = False
     # Comma-separated; the first healthy one is used and the others are failovers.
     rpc_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
     provider_address: str | None = Field(default=None, description="HoldAIProvider address")

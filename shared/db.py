@@ -21,6 +21,8 @@ Guarantees:
   checks, at most once a second, that the path still names it, and otherwise stops every
   later call with DatabaseMismatchError after saving the process's view of the data beside
   it (the deleted file lives only as long as its last open descriptor).
+- A database file the node creates is owner-only (0600), its -wal and -shm too, unless
+  HODLAI_DB_GROUP_WRITABLE asks for 0660 (:func:`create_file`).
 - Inspection (:func:`open_readonly`) opens with ``mode=ro``: it never creates, migrates or
   switches the journal mode, and works on a read-only directory.
 """
@@ -42,6 +44,7 @@ from urllib.parse import quote
 import structlog
 
 from shared import migrations
+from shared.config import CoreSettings, load_settings
 from shared.errors import (
     ConfigError,
     DatabaseMismatchError,
@@ -60,6 +63,10 @@ BUSY_TIMEOUT_MS = 10_000
 # stat() each, so cheap; a deleted or replaced file is noticed within about a second.
 FILE_CHECK_EVERY_S = 1.0
 SETTING: Final = "HODLAI_DB_PATH"
+# Modes of a database file the node creates (create_file): owner-only by default; group
+# read/write with HODLAI_DB_GROUP_WRITABLE for processes running as users of one group.
+DB_FILE_MODE: Final = 0o600
+DB_FILE_MODE_GROUP: Final = 0o660
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -106,21 +113,29 @@ def connect(
     *,
     durable: bool = False,
     extra_sets: Sequence[migrations.MigrationSet] = (),
+    group_writable: bool | None = None,
 ) -> Connection:
-    """Open the database (creating it), apply pending migrations, return the connection.
+    """Open the database (creating it: see :func:`create_file` for its mode, which
+    ``group_writable`` overrides), apply pending migrations, return the connection.
 
     ``synchronous``: in WAL mode NORMAL never corrupts the database and a committed
     transaction survives the *process* being killed (SIGKILL); only an OS crash or power
     loss can roll back the last commits. For the indexer and inference workers that costs a
-    re-scan or a re-answer, so NORMAL's cheaper commits win. The fulfiller records a signed
-    transaction before broadcasting it and must not forget it even on power loss, so it opens
-    with ``durable=True`` (FULL: fsync the WAL on every commit).
+    re-scan or a re-answer, and for the CLI, the API's reads and the dispatcher nothing that
+    money depends on, so NORMAL's cheaper commits win and stay the default here. Whatever
+    signs or creates wallets opens with ``durable=True`` (FULL: fsync the WAL on every
+    commit), and the money components (the transaction manager, the vault, the
+    authorizations ledger) refuse anything less (:func:`require_durable`), so a forgotten
+    flag fails at start instead of losing a payment record on a power cut. (``synchronous``
+    is per connection: NORMAL and FULL connections share one file safely; a FULL commit
+    fsyncs the whole WAL, the frames of others included.) A long-running process gets FULL
+    unless its :class:`~shared.runtime.WorkerSpec` opts out.
     """
     in_memory = str(path) == ":memory:"
     if not in_memory:
         path = Path(path)
         check_path(path)
-        _create_group_writable(path)
+        create_file(path, group_writable=group_writable)
         _refuse_hard_links(path)
     conn = sqlite3.connect(
         str(path),
@@ -333,18 +348,38 @@ def _refuse_hard_links(path: Path) -> None:
         )
 
 
-def _create_group_writable(path: Path) -> None:
-    """Create an empty database file with mode 0666 minus the umask (SQLite itself would use
-    0644): the signer runs as its own user in the node's group and must write it too. SQLite
+def create_file(path: Path, *, group_writable: bool | None = None) -> None:
+    """Create an empty database file, owner-only (0600) unless ``group_writable`` (None: the
+    setting HODLAI_DB_GROUP_WRITABLE) makes it 0660; an existing file is left as it is.
+
+    Owner-only by default: the file holds signed transactions and encrypted wallets, and
+    whoever can write it can rewrite what a later step reads. A deployment whose processes run
+    as separate users of one group (docs/OPERATIONS.md: the systemd units) sets
+    HODLAI_DB_GROUP_WRITABLE=true. The mode is set exactly (fchmod), whatever the umask; SQLite
     gives the -wal and -shm the database file's mode."""
+    if path.exists():  # the common case, without reading the setting
+        return
+    if group_writable is None:
+        group_writable = group_writable_setting()
+    mode = DB_FILE_MODE_GROUP if group_writable else DB_FILE_MODE
     try:
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666))
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     except FileExistsError:
         return
     except OSError as exc:
         if path.exists():  # e.g. EROFS reported before EEXIST: it is there, SQLite opens it
             return
         raise ConfigError(f"{SETTING}: cannot create {path}: {exc.strerror}") from None
+    try:
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+    log.info("database_file_created", path=str(path), mode=oct(mode))
+
+
+def group_writable_setting() -> bool:
+    """HODLAI_DB_GROUP_WRITABLE (shared.config.CoreSettings), read when a file is created."""
+    return load_settings(CoreSettings).db_group_writable
 
 
 def _open_error(path: Path | str, exc: sqlite3.DatabaseError, *, writing: bool) -> Exception | None:

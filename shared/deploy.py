@@ -360,7 +360,7 @@ def write_env_file(
     key_file: Path | str | None,
     rpc_url: str,
     confirmations: int = 0,
-    llm_backend: str = "local",
+    llm_backend: str = "llama",
     log_level: str = "INFO",
     extra: Mapping[str, str] | None = None,
 ) -> Path:
@@ -408,7 +408,10 @@ def write_env_file(
             "" if key_file is None else str(Path(key_file).resolve()),
         ),
         (
-            "LLM backend: local (deterministic demo) or openai (any compatible HTTP API)",
+            "LLM backend: llama (the embedded SmolLM2 model, in process; the default), openai"
+            " (any OpenAI-compatible HTTP API: HodlAI router, OpenRouter, vLLM, Ollama,"
+            " llama.cpp server; set HODLAI_LLM_BASE_URL) or local (a deterministic hash rule"
+            " for tests, not a model)",
             "HODLAI_LLM_BACKEND",
             llm_backend,
         ),

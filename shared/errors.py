@@ -28,6 +28,7 @@ retrying::
         ├── DatabaseMismatchError   the database belongs to another chain or provider
         │   └── SchemaVersionError  the database's schema is newer (or older) than this code
         ├── NotDurableError         a money component was given a connection below synchronous=FULL
+        ├── SpendPolicyError        a transaction its key's spend policy forbids; names the rule
         ├── TransitionConflict      the row was not in the expected state (someone moved it)
         ├── LeaseLostError          a worker completed work it no longer holds (fenced off)
         ├── NotFoundError           no such entity (a request id, a task): asked for by name
@@ -138,6 +139,15 @@ class NotDurableError(PermanentError):
     """A component that records money (the transaction ledger, the vault, the authorizations
     ledger) was handed a connection whose ``synchronous`` is below FULL: a power cut could
     lose what it records after the money has left. Open it with ``connect(..., durable=True)``."""
+
+
+class SpendPolicyError(PermanentError):
+    """A submission its sending key's spend policy forbids (shared/tx/policy.py): an unlisted
+    contract or selector, a value over a cap. Nothing was signed; ``rule`` names the rule."""
+
+    def __init__(self, message: str, *, rule: str) -> None:
+        super().__init__(message)
+        self.rule = rule
 
 
 class TransitionConflict(PermanentError):

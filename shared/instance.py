@@ -42,7 +42,7 @@ from typing import Final
 
 import structlog
 
-from shared.db import SETTING, check_path, opened_file
+from shared.db import SETTING, check_path, create_file, opened_file
 from shared.errors import ConfigError, DatabaseMismatchError
 
 log = structlog.get_logger(__name__)
@@ -91,8 +91,9 @@ def hold_role(path: Path, role: str) -> RoleLock:
     none yet, after the checks of shared.db.check_path), or raise ConfigError naming the
     holder. Call it before opening the database; keep the result for the process's life."""
     check_path(path)
+    create_file(path)  # the database file's mode (0600 unless HODLAI_DB_GROUP_WRITABLE)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
         raise ConfigError(f"{SETTING}: cannot open {path} for writing: {exc.strerror}") from None
     try:

@@ -146,7 +146,11 @@ class WorkerSpec:
     health: Health
     metrics_port: int = 0  # 0: no metrics server
     role: str | None = None  # one process of this role per database file (shared.instance)
-    durable: bool = False  # synchronous=FULL (a process that records what it signs)
+    # synchronous=FULL, the safe default for a new executor (anything that signs or creates
+    # wallets must, and its money components refuse less: shared.db.require_durable). Only a
+    # process whose lost last commits cost a re-scan or a re-answer opts out (the oracle's
+    # indexer and inference shards).
+    durable: bool = True
 
 
 Build = Callable[[AsyncDatabase, asyncio.Event], AbstractAsyncContextManager[Service]]

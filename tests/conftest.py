@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 from eth_utils.crypto import keccak
 
 from shared.db import connect
@@ -17,6 +18,15 @@ from shared.store import NewRequest
 pytest_plugins = ["tests.chain_fixtures"]
 
 _block = itertools.count(100)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> Iterator[None]:
+    """A command run in process (``main([...])``) configures structlog to print to the
+    sys.stderr of that moment, which is pytest's capture file of that test: closed once the
+    test ends, so a later test that logs would fail with 'I/O operation on closed file'."""
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture

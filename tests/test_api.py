@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from shared import store
+from shared.api.tokens import legacy_id
 from shared.db import check_identity, connect
 from shared.store import Status
 from tests.conftest import make_request
@@ -30,8 +31,9 @@ BIG = 2**70  # an id beyond 64 bits: must come back exact, as a string
 # Seconds to wait for "hodlai api listening on ..." (imports take ~1 s on this box).
 START_TIMEOUT_S = 20.0
 
-TOKEN_A = secrets.token_hex(32)
-TOKEN_B = secrets.token_urlsafe(40)
+TOKEN_A = secrets.token_hex(32)  # admin, id "alice"
+TOKEN_B = secrets.token_urlsafe(40)  # admin, on a line of its own (the format before roles)
+TOKEN_R = secrets.token_hex(32)  # read, id "grafana"
 
 
 @dataclass
@@ -41,8 +43,10 @@ class Api:
     log_path: Path
     db_path: Path
 
-    def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=10.0)
+    def client(self, token: str | None = TOKEN_R) -> httpx.Client:
+        """A client presenting ``token`` (by default a read token) unless a call says else."""
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        return httpx.Client(base_url=self.url, timeout=10.0, headers=headers)
 
     def log(self) -> str:
         return self.log_path.read_text()
@@ -97,7 +101,9 @@ def _start(db_path: Path, **settings: str) -> Api:
 
 def _tokens_file(directory: Path, mode: int = 0o600) -> Path:
     path = directory / "operator-tokens"
-    path.write_text(f"# operators of this node\n{TOKEN_A}\n\n{TOKEN_B}\n")
+    path.write_text(
+        f"# operators of this node\nalice admin {TOKEN_A}\n\n{TOKEN_B}\ngrafana  read  {TOKEN_R}\n"
+    )
     path.chmod(mode)
     return path
 
@@ -283,7 +289,7 @@ def test_retry_without_the_operator_token_is_a_401_and_changes_nothing(
     api: Api, headers: dict[str, str]
 ) -> None:
     before = _row(api.db_path, 3)
-    with api.client() as client:
+    with api.client(token=None) as client:
         answer = client.post("/api/oracle/requests/3/retry", headers=headers)
     assert answer.status_code == 401
     assert answer.headers["www-authenticate"] == "Bearer"
@@ -292,10 +298,14 @@ def test_retry_without_the_operator_token_is_a_401_and_changes_nothing(
 
 
 def test_retry_is_refused_before_the_request_is_looked_up(api: Api) -> None:
-    with api.client() as client:
+    with api.client(token=None) as client:
         unknown = client.post("/api/oracle/requests/99/retry")
         malformed = client.post("/api/oracle/requests/abc/retry")
+    with api.client() as client:  # a read token: known, but not an admin's
+        read_only = client.post("/api/oracle/requests/abc/retry")
     assert unknown.status_code == 401 and malformed.status_code == 401
+    assert read_only.status_code == 403 and read_only.json()["error"] == "forbidden"
+    assert "grafana has role read" in read_only.json()["message"]
 
 
 def test_retry_with_an_operator_token_reopens_the_request_with_an_audit_row(api: Api) -> None:
@@ -307,8 +317,9 @@ def test_retry_with_an_operator_token_reopens_the_request_with_an_audit_row(api:
     assert answer.status_code == 200
     assert answer.json() == {"request_id": str(BIG), "status": "PENDING"}
     status, audit = _row(api.db_path, BIG)
-    # TOKEN_B is on line 4 of the tokens file: the audit names the line, never the token.
-    assert status == "PENDING" and audit[-1] == ("FAILED", "PENDING", "operator:api#4")
+    # TOKEN_B is on a line of its own: the audit names it by a digest, never by the token.
+    actor = f"operator:api:{legacy_id(TOKEN_B)}"
+    assert status == "PENDING" and audit[-1] == ("FAILED", "PENDING", actor)
     assert shown["status"] == "PENDING" and shown["attempts"] == 0 and shown["fail_reason"] is None
     assert shown["history"][-1]["note"] == "operator retry"
 
@@ -367,8 +378,9 @@ def test_cors_headers_for_the_configured_origins_only(tmp_path: Path) -> None:
     db_path = tmp_path / "node.db"
     _fill(db_path)
     api = _start(
-        db_path, HODLAI_API_CORS_ORIGINS="http://console.example:3000, https://ops.example"
-    )
+        db_path, HODLAI_API_CORS_ORIGINS="http://console.example:3000, https://ops.example",
+        HODLAI_API_PUBLIC_READS="true",
+    )  # fmt: skip
     try:
         with api.client() as client:
             preflight = client.options(
@@ -420,7 +432,7 @@ def test_sigterm_stops_it_with_exit_0_and_no_token_ever_reaches_the_log(tmp_path
     events = [json.loads(line)["event"] for line in log.splitlines()]
     assert "operator_refused" in events and "operator_authorized" in events
     assert events[-1] == "api_stopped"
-    for secret in (TOKEN_A, TOKEN_B, wrong):
+    for secret in (TOKEN_A, TOKEN_B, TOKEN_R, wrong):
         assert secret not in log
         assert secret not in "".join(r.text for r in (refused, accepted, conflict))
 
@@ -428,7 +440,7 @@ def test_sigterm_stops_it_with_exit_0_and_no_token_ever_reaches_the_log(tmp_path
 def test_a_broken_database_gives_a_generic_500_and_an_unhealthy_healthz(tmp_path: Path) -> None:
     db_path = tmp_path / "node.db"
     _fill(db_path)
-    api = _start(db_path)
+    api = _start(db_path, HODLAI_API_PUBLIC_READS="true")
     try:
         for leftover in tmp_path.glob("node.db-*"):
             leftover.unlink()

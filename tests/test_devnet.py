@@ -83,7 +83,7 @@ def test_devnet_deploys_writes_settings_and_stops_anvil_on_sigterm(
         assert env["HODLAI_CONFIRMATIONS"] == "0"
         assert env["HODLAI_KEY_FILE"] == str(key_file.resolve())
         assert env["HODLAI_DB_PATH"] == str(stale_db.resolve())
-        assert env["HODLAI_LLM_BACKEND"] == "local"
+        assert env["HODLAI_LLM_BACKEND"] == "llama"  # the embedded model the README promises
         assert env["LOG_LEVEL"] == "INFO"
         assert not stale_db.exists(), "the old chain's database must not survive"
         # The node's own settings loader accepts the file as written.

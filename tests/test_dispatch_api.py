@@ -21,8 +21,8 @@ def test_agents_are_registered_updated_and_disabled_by_operators_only(tmp_path: 
     auth = {"Authorization": f"Bearer {TOKEN_A}"}
     try:
         with api.client() as client:
-            refused = client.post("/api/dispatch/agents", json=AGENT)
-            assert refused.status_code == 401 and refused.json()["error"] == "unauthorized"
+            refused = client.post("/api/dispatch/agents", json=AGENT)  # a read token
+            assert refused.status_code == 403 and refused.json()["error"] == "forbidden"
             created = client.post("/api/dispatch/agents", json=AGENT, headers=auth)
             assert created.status_code == 200, created.text
             agent_id = created.json()["agent_id"]
@@ -48,7 +48,7 @@ def test_agents_are_registered_updated_and_disabled_by_operators_only(tmp_path: 
             missing = client.get("/api/dispatch/jobs/nope")
             assert missing.status_code == 404 and missing.json()["error"] == "not_found"
             cancel = client.post("/api/dispatch/jobs/nope/cancel")
-            assert cancel.status_code == 401
+            assert cancel.status_code == 403
             figures = client.get("/api/dispatch/stats").json()
             assert figures["jobs"]["OPEN"] == 0 and figures["agents"] == []
     finally:
@@ -57,7 +57,7 @@ def test_agents_are_registered_updated_and_disabled_by_operators_only(tmp_path: 
     trail = [(h["from_status"], h["to_status"], h["actor"], h["note"])
              for h in state.history(conn, AGENTS, agent_id)]  # fmt: skip
     assert trail == [
-        (None, "ACTIVE", "operator:api#2", "registered"),
-        ("ACTIVE", "ACTIVE", "operator:api#2", "updated: skill_level"),
-        ("ACTIVE", "DISABLED", "operator:api#2", "disabled"),
+        (None, "ACTIVE", "operator:api:alice", "registered"),
+        ("ACTIVE", "ACTIVE", "operator:api:alice", "updated: skill_level"),
+        ("ACTIVE", "DISABLED", "operator:api:alice", "disabled"),
     ]

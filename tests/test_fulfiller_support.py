@@ -41,6 +41,7 @@ from shared.tx.signer import LocalSigner
 from shared.tx.simulation import GasRule
 from tests.chain_fixtures import DeployedStack
 from tests.conftest import make_request
+from workers.fulfiller.provider import spend_policy
 from workers.fulfiller.purpose import FULFIL_PURPOSE, FulfilmentPurpose
 from workers.fulfiller.worker import FulfillerConfig, FulfillerWorker
 
@@ -318,6 +319,7 @@ def make_fulfiller(
         handlers={FULFIL_PURPOSE: FulfilmentPurpose()},
         claim=claim_sender(db_path, db.conn, signer.address, owner="test fulfiller"),
         clock=clock,
+        spend_policy=spend_policy(stack.deployment.provider_address),
     )
     worker = FulfillerWorker(
         db=db,

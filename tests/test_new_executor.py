@@ -121,7 +121,8 @@ def _nonce(rpc_url: str, address: str) -> int:
 def _check_route(env: dict[str, str]) -> None:
     """The real ``hodlai api`` serves the sample executor's route."""
     api = subprocess.Popen([sys.executable, "-m", "shared.cli", "api"], text=True,
-                           env=env | {"HODLAI_API_PORT": "0"}, stdout=subprocess.PIPE,
+                           env=env | {"HODLAI_API_PORT": "0", "HODLAI_API_PUBLIC_READS": "true"},
+                           stdout=subprocess.PIPE,
                            stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         assert api.stdout is not None

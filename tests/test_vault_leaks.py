@@ -1,7 +1,8 @@
 """Secrets never leak: every vault operation and every refusal is run once in this process
 under ``structlog.testing.capture_logs`` and once in a child process with the node's real
-logging (JSON lines on stderr, plus stdlib logging at DEBUG) written to files. Then every
-private key and master key, raw, hex and 0x-hex in either case, is searched for in the logs,
+logging (JSON lines on stderr, plus stdlib logging at DEBUG) written to files; recovery from
+the master key (``recover``, its scan and its refusals) included. Then every private key,
+master key and derivation secret, raw, hex and 0x-hex in either case, is searched for in the logs,
 the exception messages and tracebacks, the commands' output and the raw bytes of the SQLite
 database, its -wal and -shm files. None may appear."""
 
@@ -26,6 +27,7 @@ from shared.db import atomic, connect
 from shared.errors import PermanentError
 from shared.keys import cli as vault_cli
 from shared.keys import generate_key_file
+from shared.keys.derivation import derivation_prk
 from shared.keys.vault import (
     VAULT_KEY_FILE_ENV,
     find_wallet,
@@ -38,12 +40,12 @@ from shared.keys.vault import (
 from shared.logs import configure_logging
 from shared.tx.fees import Fees
 from shared.tx.signer import Call
-from tests.test_vault import decrypt_row, transfer_typed_data
+from tests.test_vault import decrypt_row, order_typed_data
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAIN_ID = 31337
 # Refusals the scenario provokes; each must happen, or the search proves less than it says.
-EXPECTED_REFUSALS = 13
+EXPECTED_REFUSALS = 17
 
 
 def run_scenario(
@@ -69,7 +71,7 @@ def run_scenario(
 
     key_file = work / "vault.key"
     generate_master_key_file(key_file)
-    conn = connect(work / "node.db")
+    conn = connect(work / "node.db", durable=True)
     vault = open_vault(conn, key_file)
     imported_key = bytes(Account.create().key)
 
@@ -84,15 +86,23 @@ def run_scenario(
     for address in (agent, distribution, imported):
         signer = vault.signer(address, chain_id=CHAIN_ID)
         signer.sign(Call(to=agent, data=b"", value=0, gas_limit=21_000), nonce=0, fees=fees)
-        vault.sign_typed_data(address, transfer_typed_data(address))
+        vault.sign_typed_data(address, order_typed_data(address))
     vault.check()
+    # A lost row recovered from the master key; a scan of derived addresses.
+    with atomic(conn):
+        conn.execute("DELETE FROM wallets WHERE address = ?", (agent,))
+    assert vault.recover(label="mint-agent", owner="user-1", index=0).inserted
+    vault.recover(label="mint-agent", owner="user-1", index=0)
+    for index in range(3):
+        vault.derived_address(label="distribution", owner=None, index=index)
+    vault.upgrade()
 
     # Every refusal.
     other_key = work / "other.key"
     generate_master_key_file(other_key)
     wrong = open_vault(conn, other_key)
     refused(lambda: wrong.signer(agent, chain_id=CHAIN_ID))
-    refused(lambda: wrong.sign_typed_data(agent, transfer_typed_data(agent)))
+    refused(lambda: wrong.sign_typed_data(agent, order_typed_data(agent)))
     refused(wrong.check)
     with _tampered(conn, agent):
         refused(lambda: vault.signer(agent, chain_id=CHAIN_ID))
@@ -101,7 +111,7 @@ def run_scenario(
         refused(lambda: vault.signer(distribution, chain_id=CHAIN_ID))
     refused(lambda: vault.import_key(imported_key, label="again"))
     refused(lambda: vault.signer("0x" + imported_key.hex(), chain_id=CHAIN_ID))
-    refused(lambda: vault.sign_typed_data(agent, {**transfer_typed_data(agent), "message": {}}))
+    refused(lambda: vault.sign_typed_data(agent, {**order_typed_data(agent), "message": {}}))
     loose = work / "loose-copy"
     loose.write_bytes(key_file.read_bytes())
     loose.chmod(0o644)
@@ -112,6 +122,10 @@ def run_scenario(
     garbled.chmod(0o600)
     refused(lambda: load_master_key(garbled))
     refused(lambda: generate_master_key_file(key_file))
+    refused(lambda: vault.recover(label="mint-agent", owner="user-1", index=1))
+    refused(lambda: wrong.recover(label="mint-agent", owner="user-1", index=0))
+    refused(lambda: vault.recover(label="mint-agent", owner="user-1", index=-1))
+    refused(lambda: open_vault(connect(work / "node.db"), key_file))  # synchronous=NORMAL
     vault.check()  # every row restored: the caller can decrypt them all to know the keys
     # The WAL as it is while the database is open (closing the last connection removes it).
     (work / "open").mkdir()
@@ -127,13 +141,19 @@ def run_scenario(
             ["import", str(plain_key_file), "--label", "distribution"],
             ["list"],
             ["list", "--json"],
-            ["check"],
+            ["check", "--upgrade"],
+            ["recover", "--label", "mint-agent", "--owner", "user-2", "--index", "0"],
+            ["recover", "--label", "distribution", "--scan", "3", "--json"],
+            ["recover", "--label", "distribution", "--scan", "3", "--address", distribution],
             ["init-key", "--path", str(work / "spare.key")],
         ]
         for argv in commands:
             assert cli(["vault", *argv]) == 0, argv
         plain_key_file.chmod(0o644)
         assert cli(["vault", "import", str(plain_key_file), "--label", "x"]) == 1
+        wrong_index = ["--label", "mint-agent", "--owner", "user-2", "--index", "1"]
+        assert cli(["vault", "recover", *wrong_index]) == 1
+        assert cli(["vault", "recover", *wrong_index[:-1], "0", "--address", agent]) == 1
         assert cli(["vault", "check"]) == 0
     return refusals
 
@@ -179,6 +199,8 @@ def secrets_of(work: Path) -> dict[str, bytes]:
     found: dict[str, bytes] = {}
     for path in sorted(work.glob("*.key")):
         found[path.name] = bytes.fromhex(path.read_text().strip())
+        # The secret every wallet key is derived from (HKDF-Extract of the master key).
+        found[f"{path.name} derivation secret"] = derivation_prk(found[path.name])
     conn = connect(work / "node.db")
     for (address,) in conn.execute("SELECT address FROM wallets"):
         found[address] = decrypt_row(conn, address, work / "vault.key")
@@ -228,11 +250,16 @@ def test_no_key_reaches_captured_logs_errors_output_or_the_database(
     output = capsys.readouterr()
     assert len(refusals) == 3 * EXPECTED_REFUSALS
     events = {entry["event"] for entry in captured}
-    assert {"vault_wallet_created", "vault_wallet_imported", "vault_typed_data_signed"} <= events
+    assert {
+        "vault_wallet_created",
+        "vault_wallet_imported",
+        "vault_typed_data_signed",
+        "vault_wallet_recovered",
+    } <= events
     assert "step_failed" in events
 
     secrets = secrets_of(tmp_path)
-    assert len(secrets) == 2 + 3  # the vault's and the wrong master key; three wallets
+    assert len(secrets) == 2 * 2 + 3  # two master keys and their derivation secrets; 3 wallets
     haystacks = {
         "captured logs": repr(captured).encode(),
         "refusals": "\n".join(refusals).encode(),
@@ -295,7 +322,7 @@ def test_no_key_reaches_real_log_files_errors_output_or_the_database(tmp_path: P
         **database_files(work),
     }
     secrets = secrets_of(work)
-    assert len(secrets) == 3 + 5  # vault, other, spare master keys; five wallets
+    assert len(secrets) == 3 * 2 + 5  # 3 master keys and their derivation secrets; 5 wallets
     assert leaks(secrets, haystacks) == []
     # ...while the same search does find the imported key in the key file that holds it.
     imported_file = {"import-me.json": (work / "import-me.json").read_bytes()}

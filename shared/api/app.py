@@ -1,5 +1,6 @@
-"""The app factory: one FastAPI app, the core's routes (``/healthz``, ``/docs``) and every
-executor's router, behind one error boundary, one access log and (when set) CORS.
+"""The app factory: one FastAPI app, the core's routes (``/healthz``, ``/docs``, the SIWE
+nonce) and every executor's router, behind one error boundary, one access log, the
+trusted-host check, the access guard (shared/api/auth.py) and (when set) CORS.
 
 ``/docs`` is Swagger UI served from the node itself (``fastapi-offline`` ships its
 JavaScript and CSS): FastAPI's own page loads them from a CDN, and a node on a network with
@@ -12,22 +13,26 @@ import time
 from collections.abc import Sequence
 
 import structlog
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.telemetry import TelemetryConfig
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared import __version__
-from shared.api.auth import OperatorTokens
+from shared.api import siwe
+from shared.api.auth import PUBLIC, SAFE_METHODS, OperatorTokens, guard_route
 from shared.api.errors import ErrorBody, error_response, install_error_handlers, unexpected_error
+from shared.api.hosts import TrustedHosts
 from shared.api.routers import NamedRouter, RouterSource, add_router
 from shared.api.settings import ApiSettings
 from shared.api.tokens import load_tokens
 from shared.db import connect
-from shared.errors import HodlaiError
+from shared.errors import ConfigError, HodlaiError
 
 log = structlog.get_logger(__name__)
 
@@ -67,15 +72,20 @@ def create_app(
         title="hodlai node API",
         version=__version__,
         description="The node's executors: their state, and operator actions. "
-        "Errors are JSON {error, message}; write routes need an operator bearer token.",
+        "Errors are JSON {error, message}; reads need a read or admin token (unless "
+        "HODLAI_API_PUBLIC_READS), writes an admin token, end-user routes a Sign-In with "
+        "Ethereum proof.",
         docs_url="/docs",
         redoc_url=None,
         openapi_url="/openapi.json",
         static_url=DOCS_STATIC_URL,
         telemetry=NO_TELEMETRY,
+        # Before every route's own dependencies: undeclared writes are refused (auth.py).
+        dependencies=[Depends(guard_route)],
     )
     app.state.settings = settings
     app.state.operator_tokens = OperatorTokens(tokens)
+    app.state.route_access = {}
     install_error_handlers(app)
     if settings.api_cors_origins:
         app.add_middleware(
@@ -87,25 +97,46 @@ def create_app(
             allow_credentials=False,
             max_age=CORS_MAX_AGE_S,
         )
+    # Inside the boundary (a refused host is logged like any request), outside CORS.
+    app.add_middleware(TrustedHosts, allowed=settings.allowed_hosts())
     app.add_middleware(RequestBoundary)
     app.add_api_route(
         "/healthz",
         healthz,
         methods=["GET"],
+        dependencies=[PUBLIC],  # a load balancer or watchdog holds no token
         response_model=Health,
         responses={503: {"model": ErrorBody, "description": "the database cannot be opened"}},
         tags=["core"],
         summary="200 while the database opens",
     )
+    app.include_router(siwe.router)
     for router in routers:
         add_router(app, router)
+    _refuse_unguarded_routes(app)
     log.info(
         "api_created",
         routers=[r.name for r in routers if isinstance(r, NamedRouter)],
         operator_tokens=len(tokens),
+        public_reads=settings.api_public_reads,
+        allowed_hosts=[f"{h.host}:{h.port or '*'}" for h in settings.allowed_hosts()],
         cors_origins=settings.api_cors_origins,
     )
     return app
+
+
+def _refuse_unguarded_routes(app: FastAPI) -> None:
+    """The access guard runs for FastAPI's routes only: a plain Starlette route that writes
+    (``app.add_route``) would bypass it, so such a route stops the process at start."""
+    for route in app.router.routes:
+        if isinstance(route, APIRoute) or not isinstance(route, Route):
+            continue
+        unsafe = (route.methods or set()) - SAFE_METHODS
+        if unsafe:
+            raise ConfigError(
+                f"route {route.path} ({', '.join(sorted(unsafe))}) is not a FastAPI route, so "
+                "its access cannot be checked: add it with add_api_route or an APIRouter"
+            )
 
 
 def healthz(request: Request) -> Health | JSONResponse:

@@ -11,7 +11,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "api",
         help="serve the HTTP API (OpenAPI at /docs) until SIGINT/SIGTERM",
         description="Serve every executor's routes on HODLAI_API_HOST:HODLAI_API_PORT "
-        "(127.0.0.1:8000); write routes need a token from HODLAI_API_TOKENS_FILE. "
+        "(127.0.0.1:8000); reads need a read token and writes an admin token from "
+        "HODLAI_API_TOKENS_FILE (unless HODLAI_API_PUBLIC_READS=true for reads). "
         "See docs/API.md.",
     )
     parser.set_defaults(func=_run)

@@ -15,6 +15,7 @@ other RetryableError   503     ``unavailable``        generic, with Retry-After
 ConfigError            500     ``misconfigured``      generic: the log names the setting
 anything else          500     ``internal``           generic: the log has the traceback
 HTTP errors (401/404…) same    by status              the route's or the router's own
+Refusal                same    its own code           its own (e.g. ``user_proof_expired``)
 =====================  ======  =====================  =========================================
 
 Only messages built from the caller's own input are echoed; a generic message never carries
@@ -95,7 +96,10 @@ Responses = dict[int | str, dict[str, Any]]
 INVALID: Final[Responses] = {422: _doc("invalid parameter (`invalid_request`)")}
 NOT_FOUND: Final[Responses] = {404: _doc("no such entity (`not_found`)")}
 CONFLICT: Final[Responses] = {409: _doc("not in a state that allows this (`conflict`)")}
-UNAUTHORIZED: Final[Responses] = {401: _doc("no or wrong operator token (`unauthorized`)")}
+UNAUTHORIZED: Final[Responses] = {
+    401: _doc("no or wrong operator token (`unauthorized`)"),
+    403: _doc("the token's role is `read`; this route needs `admin` (`forbidden`)"),
+}
 
 
 def error_response(
@@ -145,9 +149,22 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     return error_response(422, "invalid_request", "; ".join(problems) or "invalid request")
 
 
+class Refusal(StarletteHTTPException):
+    """An HTTP error with its own ``error`` code (``user_proof_expired``, …) rather than the
+    status's generic one: for refusals a client acts on differently (sign again, or not)."""
+
+    def __init__(
+        self, status_code: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(status_code=status_code, detail=message, headers=headers)
+        self.code = code
+
+
 async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
+    if isinstance(exc, Refusal):
+        code = exc.code
     message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
     return error_response(exc.status_code, code, message, dict(exc.headers or {}) or None)
 

@@ -1,6 +1,7 @@
 """Keys the node signs with: key files (:mod:`shared.keys.files`, the oracle's key as a 0600
 JSON key file or an encrypted keystore) and the vault (:mod:`shared.keys.vault`, wallets
-encrypted at rest in the state store under a 0600 master key file).
+encrypted at rest in the state store under a 0600 master key file; the wallets it creates are
+derived from that master key, :mod:`shared.keys.derivation`, so a lost row is recovered from it).
 
 The key-file functions are re-exported here, so ``from shared.keys import load_private_key``
 works as it always did. The vault is imported from :mod:`shared.keys.vault` by the processes

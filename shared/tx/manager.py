@@ -8,6 +8,10 @@ one for 'fulfil'; later executors register theirs). Guarantees:
 - Record before broadcast: :meth:`TxManager.record` signs and commits each transaction,
   together with its purpose's own state change, before :meth:`TxManager.broadcast` lets any
   node see it. Killed at any instant, the ledger holds every transaction a node might have.
+- It refuses a database connection below ``synchronous=FULL`` (NotDurableError), and checks
+  each new submission against its key's spend policy (shared/tx/policy.py) before signing
+  it: a violation skips that submission (SpendPolicyError naming the rule), signs nothing
+  and uses no nonce.
 - It signs only while it holds its key's sender claim (shared/tx/senders.py): one process per
   key across processes, refreshed by a heartbeat every poll.
 - At most ``window`` nonces are open at once; within them transactions are pipelined (sent
@@ -51,8 +55,14 @@ from typing import Any, Final
 import structlog
 
 from shared.chain.rpc import RpcCall, RpcClient, hex_int
-from shared.db import AsyncDatabase, atomic
-from shared.errors import HodlaiError, PermanentError, StaleNodeError, TransitionConflict
+from shared.db import AsyncDatabase, atomic, require_durable
+from shared.errors import (
+    HodlaiError,
+    PermanentError,
+    SpendPolicyError,
+    StaleNodeError,
+    TransitionConflict,
+)
 from shared.metrics import TXS, TXS_IN_FLIGHT
 from shared.tx import ledger, replacements, watch
 from shared.tx.broadcast import BroadcastOutcome, BroadcastResult, broadcast
@@ -61,6 +71,7 @@ from shared.tx.evidence import Absences, HeadTracker, NonceUser, find_nonce_user
 from shared.tx.fees import FeePolicy, Fees, fetch_market
 from shared.tx.ledger import Purpose, TxRecord, TxStatus
 from shared.tx.nonces import NonceTracker
+from shared.tx.policy import SpendPolicy, movements, record_spends
 from shared.tx.receipts import Receipt, parse_receipt
 from shared.tx.replacements import Replacement
 from shared.tx.senders import SenderClaim
@@ -73,7 +84,7 @@ from shared.tx.settlement import (
     tell,
     undo,
 )
-from shared.tx.signer import Call, LocalSigner, SignedTx
+from shared.tx.signer import Call, SignedTx, Signer
 
 log = structlog.get_logger(__name__)
 
@@ -155,14 +166,19 @@ class TxManager:
         *,
         db: AsyncDatabase,
         rpc: RpcClient,
-        signer: LocalSigner,
+        signer: Signer,
         policy: TxPolicy,
         handlers: Mapping[str, PurposeHandler],
         claim: SenderClaim,
         clock: Callable[[], float] = time.time,
+        spend_policy: SpendPolicy | None = None,
     ) -> None:
         if claim.address != signer.address:
             raise ValueError(f"the sender claim is for {claim.address}, not {signer.address}")
+        # What it records must survive a power cut: a lost row re-pays after a restart.
+        require_durable(db.conn, who="the transaction manager")
+        #: checked before each new submission is signed (shared/tx/policy.py); None: any call
+        self.spend_policy = spend_policy
         self._claim = claim
         self._db = db
         self._rpc = rpc
@@ -257,6 +273,16 @@ class TxManager:
                     # crash or a lost answer, or twice in one batch): never a second one.
                     out.append(Recorded(sub, existing_id=known[sub.key]))
                     continue
+                try:  # the spend policy, before anything is signed (it sees this batch's spends)
+                    moved = (
+                        movements(sub.call, strict=False)
+                        if self.spend_policy is None
+                        else self.spend_policy.check(conn, sub.call, sender=self.sender, now=now)
+                    )
+                except SpendPolicyError as exc:
+                    log.warning("tx_spend_refused", key=sub.key, rule=exc.rule, error=str(exc))
+                    out.append(Recorded(sub, skipped=exc))
+                    continue
                 signed = self._signer.sign(sub.call, nonce=nonce, fees=fees)
                 try:
                     with atomic(conn):  # a savepoint: one refused bind undoes only its own row
@@ -264,6 +290,7 @@ class TxManager:
                             conn, signed, sub.purpose, sender=self.sender, now=now,
                             simulated_block=sub.simulated_block, idempotency_key=sub.key,
                         )  # fmt: skip
+                        record_spends(conn, tx_id, sender=self.sender, moved=moved, now=now)
                         sub.bind(conn, signed)
                 except PermanentError as exc:
                     out.append(Recorded(sub, skipped=exc))

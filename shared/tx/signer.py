@@ -1,6 +1,13 @@
-"""Local signing: the private key stays in this process and never leaves this object.
+"""Signing transactions: the :class:`Signer` protocol that :mod:`shared.tx` signs through, and
+:class:`LocalSigner`, whose private key stays in this process and never leaves the object.
 
-Guarantees:
+A signer is the one thing :class:`~shared.tx.manager.TxManager` needs from a key: its address,
+its chain and ``sign``. The vault's wallets (:meth:`shared.keys.vault.Vault.signer`) and the
+oracle's key file both give a :class:`LocalSigner`; a remote signer (a KMS or an HSM) is
+another class with the same three members, handed to the manager without touching
+``shared/tx``. What any implementation must guarantee is written on :class:`Signer`.
+
+Guarantees of :class:`LocalSigner`:
 
 - Transactions are built here, field by field, and signed with eth-account (coincurve-backed:
   ~3,000 signatures/s against ~300 in pure Python, FACTS.md). No RPC call happens while
@@ -14,7 +21,7 @@ Guarantees:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
@@ -46,8 +53,57 @@ class SignedTx:
     raw: str  # 0x-prefixed hex of the RLP/typed envelope, what eth_sendRawTransaction takes
 
 
+@runtime_checkable
+class Signer(Protocol):
+    """Signs transactions for one account on one chain: what the transaction manager signs
+    through. A remote signer (KMS, HSM, a signing service) implements it as well.
+
+    The manager calls ``sign`` only for a transaction it is about to record: it writes the
+    returned :class:`SignedTx` (hash and raw bytes) to the ledger, in the same database
+    transaction as the purpose's ``bind``, before any node sees it. An implementation must
+    therefore guarantee:
+
+    - **Nothing leaves without the caller.** It signs only when ``sign`` is called, returns
+      the signature to the caller and to no one else, and never broadcasts, queues or retries
+      on its own: a transaction the ledger does not hold could pay twice after a restart.
+    - **Exactly the call asked for.** The signed transaction has the given ``call`` (to, data,
+      value, gas limit), ``nonce`` and ``fees`` and this ``chain_id`` (EIP-155 / type-2 chain
+      binding), nothing changed or added; ``SignedTx.tx_hash`` is the keccak of ``raw``.
+    - **Deterministic.** The same (call, nonce, fees) gives the same ``raw`` and ``tx_hash``
+      (RFC 6979 nonces, as eth-account uses), so a re-sign after a crash reproduces the
+      recorded hash instead of making a second transaction of the same nonce. A signer that
+      cannot promise this (some HSMs draw a random k) must say so; the manager then relies on
+      its nonce rules alone.
+    - **Fails loudly.** A refusal or an unreachable backend raises an error of
+      :mod:`shared.errors` (retryable if trying again may succeed, permanent otherwise);
+      it never returns a partial or unsigned result. It may block; the manager calls it
+      from its own loop and records nothing for a call that raised.
+    - **No key material exposed.** ``address`` is the account signed for (checksummed) and
+      ``repr``/``str`` show only that; a private key is never an attribute, a log field or
+      part of an error message.
+
+    Off-chain signatures (EIP-712 typed data such as an EIP-3009 authorization) are not part
+    of this protocol: an authorization is money, so it is signed only through the
+    authorizations ledger, which records it in the transaction that produces it.
+    """
+
+    @property
+    def address(self) -> ChecksumAddress:
+        """The account this signer signs for."""
+        ...
+
+    @property
+    def chain_id(self) -> int:
+        """The chain every signature is bound to."""
+        ...
+
+    def sign(self, call: Call, *, nonce: int, fees: Fees) -> SignedTx:
+        """The signed transaction of ``call`` at ``nonce`` with ``fees`` on ``chain_id``."""
+        ...
+
+
 class LocalSigner:
-    """Signs for one account on one chain."""
+    """Signs for one account on one chain with a key held in this process (a :class:`Signer`)."""
 
     def __init__(self, private_key: bytes, *, chain_id: int) -> None:
         try:

@@ -2,6 +2,9 @@
 them. Status changes go through shared.state (machine ``dispatch.agent``); an update of an
 agent's other columns leaves an audit row in the same transaction.
 
+A new agent, a re-enabled one and one whose endpoint changed have ``health = 'unknown'``: the
+dispatcher calls them only after one passing health check (workers/dispatch/matcher.py).
+
 An endpoint is a plain ``http(s)://host[:port][/path]`` base URL, without userinfo, query
 or fragment: those are where credentials hide, and the endpoint is shown in the API.
 """
@@ -150,6 +153,8 @@ def update(
             if clash is not None:
                 raise InvalidRequestError(f"agent {clash[0]} has this endpoint already")
         assignments = ", ".join(f"{column} = ?" for column in fields)  # names from the model
+        if "endpoint" in fields and fields["endpoint"] != current["endpoint"]:
+            assignments += ", health = 'unknown'"  # another server: check it before calling
         conn.execute(
             f"UPDATE agents SET {assignments}, updated_at = ? WHERE agent_id = ?",
             (*fields.values(), at, agent_id),
@@ -168,8 +173,11 @@ def set_enabled(
         (AgentStatus.DISABLED, AgentStatus.ACTIVE) if enabled
         else (AgentStatus.ACTIVE, AgentStatus.DISABLED)
     )  # fmt: skip
-    state.transition(conn, AGENTS, agent_id, frm, to, actor=actor,
-                     note="enabled" if enabled else "disabled", now=now)  # fmt: skip
+    with atomic(conn):
+        state.transition(conn, AGENTS, agent_id, frm, to, actor=actor,
+                         note="enabled" if enabled else "disabled", now=now)  # fmt: skip
+        if enabled:  # it may have changed while disabled: check it before calling it
+            conn.execute("UPDATE agents SET health = 'unknown' WHERE agent_id = ?", (agent_id,))
 
 
 def get(conn: sqlite3.Connection, agent_id: str) -> sqlite3.Row:

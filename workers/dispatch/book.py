@@ -112,6 +112,10 @@ class AgentBook:
                     open_until=float(row["breaker_open_until"] or 0.0),
                 )  # fmt: skip
 
+    def unchecked(self) -> bool:
+        """Is an agent waiting for its first passing health check (new, re-enabled, moved)?"""
+        return any(a.health == "unknown" for a in self.agents.values())
+
     def set_health(self, agent_id: str, health: str) -> None:
         info = self.agents.get(agent_id)
         if info is not None and info.health != health:

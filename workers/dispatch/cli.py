@@ -7,13 +7,18 @@
 
 Inspection opens the database read-only; writes go through the registry's and store's
 functions (audited, ``operator:cli`` in the trail). ``--json`` on every inspection command.
+``hodlai agents register`` creates the database when there is none yet (a newcomer registers
+agents before the first start); an existing one must be current (``hodlai migrate``).
+``hodlai dispatcher --help`` lists every setting with its default, the required ones first.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from shared.config import CoreSettings, load_settings
@@ -24,8 +29,32 @@ from shared.logs import configure_logging
 ACTOR = "operator:cli"
 
 
+# Under the table of ``hodlai agents list``: what its columns mean.
+AGENTS_LEGEND = """health: ok (the last check passed), failing, unknown (not checked yet: no
+calls until a check passes). breaker: closed (calls go through), open (left out until its
+cool-down), half_open (one probe call). Figures since registration (all of them, explained:
+hodlai dispatch stats): calls: calls sent that ended for the job, not those cut off by a
+restart; wins: jobs its result completed; succ%: valid results / (valid + errors +
+timeouts); p50ms, p95ms: latency of its valid results."""
+
+REGISTER_EXAMPLE = """example:
+  hodlai agents register --id summarizer-1 --name "Summarizer 1" \\
+      --endpoint http://127.0.0.1:9101 --category summarize --tags en,fr \\
+      --skill-level 5 --reputation 0.8
+
+The agent serves POST {endpoint}/execute, POST {endpoint}/cancel and GET {endpoint}/health
+(docs/API.md, "The agent API"). It takes calls only after one passing health check."""
+
+
 def register(subparsers: Any) -> None:
-    dispatcher = subparsers.add_parser("dispatcher", help="run the agent job dispatcher")
+    from workers.dispatch.settings import settings_help
+
+    dispatcher = subparsers.add_parser(
+        "dispatcher", help="run the agent job dispatcher",
+        description="Take jobs from the remote queue, call the matching agents, deliver each "
+        "job's one outcome. Settings come from the environment or .env; stop with SIGTERM.",
+        epilog=settings_help(), formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
     dispatcher.set_defaults(func=cmd_dispatcher)
 
     agents_p = subparsers.add_parser("agents", help="the dispatcher's agent registry")
@@ -33,14 +62,32 @@ def register(subparsers: Any) -> None:
     ls = sub.add_parser("list", help="registered agents with their figures")
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=cmd_agents_list)
-    reg = sub.add_parser("register", help="register an agent")
-    reg.add_argument("--name", required=True)
-    reg.add_argument("--endpoint", required=True, help="base URL of its API")
-    reg.add_argument("--category", required=True)
-    reg.add_argument("--tags", default="", help="comma-separated")
-    reg.add_argument("--skill-level", type=int, default=0)
-    reg.add_argument("--reputation", type=float, default=0.5, help="0..1")
-    reg.add_argument("--id", dest="agent_id", default=None)
+    reg = sub.add_parser(
+        "register", help="register an agent (creates the database if there is none)",
+        epilog=REGISTER_EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    reg.add_argument("--name", required=True, help="shown in listings and statistics")
+    reg.add_argument("--endpoint", required=True, help="base URL of its API (http or https)")
+    reg.add_argument("--category", required=True, help="the one job category it takes")
+    reg.add_argument("--tags", default="", help="comma-separated; a job's tags must all be here")
+    reg.add_argument(
+        "--skill-level",
+        type=int,
+        default=0,
+        help="0..100; it takes jobs asking for this level or less (default 0)",
+    )
+    reg.add_argument(
+        "--reputation",
+        type=float,
+        default=0.5,
+        help="0..1, your prior on it, part of its score (default 0.5)",
+    )
+    reg.add_argument(
+        "--id",
+        dest="agent_id",
+        default=None,
+        help="its id in the trail and the API (default: a new UUID)",
+    )
     reg.add_argument("--json", action="store_true")
     reg.set_defaults(func=cmd_agents_register)
     upd = sub.add_parser("update", help="change an agent's fields")
@@ -65,7 +112,11 @@ def register(subparsers: Any) -> None:
     show = dsub.add_parser("show", help="one job: agents, timings, explanation, history")
     show.add_argument("job_id")
     show.set_defaults(func=cmd_show)
-    stats = dsub.add_parser("stats", help="per agent and per category statistics")
+    stats = dsub.add_parser(
+        "stats", help="per agent and per category statistics",
+        description="Exact figures from the call rows; what each one means is printed under "
+        "the table (and under 'meanings' with --json).",
+    )  # fmt: skip
     stats.add_argument("--json", action="store_true")
     stats.set_defaults(func=cmd_stats)
     cancel = dsub.add_parser("cancel", help="cancel a job (the dispatcher acts within a second)")
@@ -106,11 +157,18 @@ def cmd_agents_list(args: argparse.Namespace) -> int:
         print(f"{r['agent_id'][:20]:<20} {r['status']:<9} {r['category'][:10]:<10} "
               f"{r['health']:<8} {r['breaker']:<9} {r['calls']:>6} {r['wins']:>5} {rate:>6} "
               f"{p50:>7} {p95:>7}")  # fmt: skip
+    print(f"\n{AGENTS_LEGEND}")
     return 0
 
 
-def _writable() -> Any:
+def _writable(*, create: bool = False) -> Any:
+    """The database for a write: it must exist and be current, unless ``create`` and there is
+    no file yet (then it is created at the current schema, and said so on stderr)."""
     settings = _settings()
+    if create and not Path(settings.db_path).exists():
+        conn = connect(settings.db_path)
+        print(f"created the database {settings.db_path}", file=sys.stderr)
+        return conn
     open_readonly(settings.db_path).close()
     return connect(settings.db_path)
 
@@ -137,7 +195,7 @@ def cmd_agents_register(args: argparse.Namespace) -> int:
         "category": args.category, "tags": _tags(args.tags) or [],
         "skill_level": args.skill_level, "reputation": args.reputation,
     })  # fmt: skip
-    agent_id = agents.register(_writable(), spec, actor=ACTOR)
+    agent_id = agents.register(_writable(create=True), spec, actor=ACTOR)
     print(json.dumps({"agent_id": agent_id}) if args.json else f"registered agent {agent_id}")
     return 0
 

@@ -41,6 +41,9 @@ J = JobStatus
 # Seconds between claims of jobs left without an owner (resumed after a restart, given back
 # by a job task that failed): such jobs are rare, the claim is three indexed queries.
 RECLAIM_EVERY_S: Final = 2.0
+# Seconds between health checks while an agent waits for its first passing one (registered,
+# re-enabled or moved while we run): it takes no calls until then, so check it soon.
+UNCHECKED_EVERY_S: Final = 1.0
 # Seconds between refreshes of the per-status job gauge.
 GAUGE_EVERY_S: Final = 1.0
 # Undelivered outcomes posted at once by the sweep.
@@ -73,6 +76,10 @@ class Dispatcher:
                                                   row["job_id"]), name="cancel-orphan")  # fmt: skip
         replayed = await ctx.db.run(ctx.book.rebuild)
         await self.refresh_agents()
+        # An agent takes calls only after a passing health check: check them all before the
+        # first job is taken (bounded by HODLAI_DISPATCH_HEALTH_TIMEOUT_S).
+        self._due("health", ctx.settings.dispatch_health_interval_s)
+        await self.check_health()
         log.info("dispatcher_started", owner=ctx.owner, leases_adopted=adopted,
                  orphaned_calls=len(orphans), calls_replayed=replayed,
                  agents=len(ctx.book.agents))  # fmt: skip
@@ -104,9 +111,9 @@ class Dispatcher:
         now = ctx.clock()
         if self._due("agents", ctx.settings.dispatch_agents_refresh_s):
             await self.refresh_agents()
-        if self._due("health", ctx.settings.dispatch_health_interval_s) and (
-            self.health_task is None or self.health_task.done()
-        ):
+        idle = self.health_task is None or self.health_task.done()
+        due = self._due("health", ctx.settings.dispatch_health_interval_s)
+        if idle and (due or (ctx.book.unchecked() and self._due("unchecked", UNCHECKED_EVERY_S))):
             self.health_task = ctx.spawn(self.check_health(), name="health")
         if self._due("leases", ctx.settings.dispatch_lease_s / 3):
             await self.extend_leases(now)

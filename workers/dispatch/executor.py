@@ -65,6 +65,7 @@ class JobRun:
     cancelled_by: str = ""
     extra_left: int = 0
     reasons: list[str] = field(default_factory=list)
+    unavailable: str = ""  # why the agents that meet its requirements could not take it
 
     @classmethod
     def of(cls, row: Any) -> JobRun:
@@ -110,8 +111,10 @@ class JobExecutor:
                 await self._end(job, J.CANCELLED, "cancelled", f"cancelled by {job.cancelled_by}")
                 return
             if now >= job.deadline:
-                await self._end(job, J.EXPIRED, "expired",
-                                self._with_reasons(job, "the deadline passed"))  # fmt: skip
+                what = "the deadline passed"
+                if job.unavailable and not job.reasons:
+                    what += f" before any agent could take the job ({job.unavailable})"
+                await self._end(job, J.EXPIRED, "expired", self._with_reasons(job, what))
                 return
             ranking = matcher.rank(
                 ctx.book, category=job.category, tags=job.tags, skill_level=job.skill_level,
@@ -127,7 +130,12 @@ class JobExecutor:
                         self._with_reasons(job, "no untried agent is left"),
                     )
                     return
-                # Nobody can take it now (breakers open, unhealthy): match again shortly.
+                if not ranking.could_take():
+                    await self._end(job, J.FAILED, "no_agents", _no_agents(job, ranking))
+                    return
+                # Agents that meet its requirements exist, but none can take it now (unhealthy,
+                # not health-checked yet, breaker open): match again shortly.
+                job.unavailable = ranking.summary(matcher.NOT_NOW) or "breaker probes taken"
                 await _wait(job.cancel, min(ctx.settings.dispatch_rematch_s, job.deadline - now))
                 continue
             result = await self._round(job, ranking, planned, next_round, now)
@@ -136,6 +144,8 @@ class JobExecutor:
             tried |= self._called  # agents called; unused backups stay eligible
             next_round += 1
             job.retries += 1
+            if ctx.clock() >= job.deadline:
+                continue  # the calls timed out with the deadline: EXPIRED, not agents_failed
             if job.retries > ctx.settings.dispatch_execution_retry_count:
                 await self._end(job, J.FAILED, "agents_failed",
                                 self._with_reasons(job, "every agent failed"))  # fmt: skip
@@ -314,10 +324,15 @@ class JobExecutor:
         job.reasons.append(f"{call.agent_id}: {error}")
         figures = self._observe(call.agent_id, job.category, verdict, None, now)
         call.status = to
+        # A call that hit its timeout may still be running at the agent: tell it to stop.
+        timed_out = answer.kind == "timeout"
+        if timed_out:
+            ctx.spawn(_cancel_quietly(ctx, call, job.job_id), name=f"cancel-{call.work_id}")
         ctx.writer.submit(store.finish_call, call.work_id, to=to, outcome=outcome,
                           latency_ms=answer.latency_ms, error=error,
                           result=answer.result if answer.kind == "result" else None,
-                          figures=figures, owner=ctx.owner, actor=ctx.actor, now=now)  # fmt: skip
+                          figures=figures, owner=ctx.owner, actor=ctx.actor, now=now,
+                          cancel_sent=timed_out)  # fmt: skip
         return None
 
     async def _win(
@@ -354,9 +369,12 @@ class JobExecutor:
         return "won"
 
     async def _late(self, job: JobRun, call: Call, task: asyncio.Task[agent_client.Answer]) -> None:
-        """A cancelled call: tell the agent, then record whatever it still answers."""
+        """A cancelled call: tell the agent, then record whatever it still answers. An answer
+        that is in by the time the agent acknowledged the cancel (or our cancel call ended)
+        crossed it: it was under way, and is counted apart from the late results."""
         ctx = self.ctx
         await agent_client.cancel(ctx.http, call.endpoint, call.work_id, job.job_id)
+        crossed = task.done()
         answer = await task
         now = ctx.clock()
         if answer.kind == "result":
@@ -370,18 +388,21 @@ class JobExecutor:
             "timeout": "timeout",
         }.get(late)  # type: ignore[assignment]
         figures = None
+        is_result = late in ("valid", "invalid")
         if verdict is not None:
             latency = answer.latency_ms if verdict == "success" else None
             figures = self._observe(call.agent_id, job.category, verdict, latency, now,
-                                    late=True, count_call=False)  # fmt: skip
-            if late in ("valid", "invalid"):
-                metrics.LATE_RESULTS.labels(EXECUTOR, call.agent_id, job.category).inc()
+                                    late=is_result, crossed=crossed, count_call=False)  # fmt: skip
+            if is_result:
+                counter = metrics.CROSSED_CANCEL if crossed else metrics.LATE_RESULTS
+                counter.labels(EXECUTOR, call.agent_id, job.category).inc()
         else:
             ctx.book.breaker(call.agent_id).released()
         ctx.writer.submit(store.record_late, call.work_id, late_outcome=late,
                           latency_ms=answer.latency_ms,
                           result=answer.result if answer.kind == "result" else None,
-                          figures=figures, actor=ctx.actor, now=now)  # fmt: skip
+                          figures=figures, actor=ctx.actor, now=now,
+                          crossed=crossed and is_result)  # fmt: skip
 
     # ---- endings -----------------------------------------------------------------------
 
@@ -437,7 +458,8 @@ class JobExecutor:
 
     def _observe(
         self, agent_id: str, category: str, verdict: Verdict | None, latency_ms: float | None,
-        now: float, *, won: bool = False, late: bool = False, count_call: bool = True,
+        now: float, *, won: bool = False, late: bool = False, crossed: bool = False,
+        count_call: bool = True,
     ) -> store.AgentFigures:  # fmt: skip
         book = self.ctx.book
         breaker = book.breaker(agent_id)
@@ -453,11 +475,12 @@ class JobExecutor:
                     latency_ms / 1000
                 )
         metrics.BREAKER_OPEN.labels(EXECUTOR, agent_id).set(1 if breaker.state == "open" else 0)
-        return self._figures(agent_id, verdict, won=won, late=late, called=count_call)
+        return self._figures(agent_id, verdict, won=won, late=late, crossed=crossed,
+                             called=count_call)  # fmt: skip
 
     def _figures(
         self, agent_id: str, verdict: Verdict | None, *, won: bool = False, late: bool = False,
-        called: bool = True,
+        crossed: bool = False, called: bool = True,
     ) -> store.AgentFigures:  # fmt: skip
         book = self.ctx.book
         breaker = book.breaker(agent_id)
@@ -465,7 +488,8 @@ class JobExecutor:
             breaker.released()
         p50, p95 = book.agent_latency_figures(agent_id)
         return store.AgentFigures(
-            agent_id, verdict, late=late, won=won, called=called, breaker=breaker.state,
+            agent_id, verdict, late=late, crossed=crossed, won=won, called=called,
+            breaker=breaker.state,
             consecutive_failures=breaker.failures,
             breaker_open_until=breaker.open_until if breaker.state == "open" else None,
             p50=p50, p95=p95,
@@ -483,6 +507,17 @@ def _failure(answer: agent_client.Answer, problem: str | None) -> tuple[str, str
     if answer.kind == "cancelled":
         return "error", W.FAILED, "error", "the agent answered 'cancelled' unasked"
     return "error", W.FAILED, "error", answer.error or "error"
+
+
+def _no_agents(job: JobRun, ranking: matcher.Ranking) -> str:
+    wanted = f"category {job.category!r}"
+    if job.tags:
+        wanted += f", tags {list(job.tags)}"
+    wanted += f", skill level >= {job.skill_level}"
+    others = ranking.summary()
+    return f"no active agent offers {wanted}" + (
+        f" (agents of that category left out: {others})" if others else ""
+    )
 
 
 def _close_idle(conn: Any, rows: list[tuple[str, str, str]], *, owner: str, actor: str,

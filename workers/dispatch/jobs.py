@@ -2,6 +2,10 @@
 schema. A job that fails any check is an :class:`InvalidJobError` with the reason; the
 dispatcher records it as FAILED, posts the reason to the queue and never dispatches it.
 
+Sizes are UTF-8 bytes of the value's compact JSON text (``json.dumps(v, ensure_ascii=False,
+separators=(",", ":"))``): what the queue sent for it, give or take its whitespace. Not the
+length of an ASCII-escaped dump, where one Chinese character counts six and an emoji twelve.
+
 A result is *valid* when it matches the job's result schema (JSON Schema, draft 2020-12).
 Validators are compiled once per distinct schema text (jobs of one kind share one).
 """
@@ -118,14 +122,21 @@ def validate(  # noqa: PLR0912 -- one check per rule, each with its own message
         )
     if "input" not in body:
         raise InvalidJobError("input is missing")
-    if len(json.dumps(body["input"])) > max_input_bytes:
-        raise InvalidJobError(f"input is larger than {max_input_bytes} bytes")
+    size = json_size(body["input"])
+    if size > max_input_bytes:
+        raise InvalidJobError(
+            f"input is {size} bytes of UTF-8 JSON, larger than the {max_input_bytes}-byte limit"
+        )
     schema = body.get("result_schema")
     if not isinstance(schema, dict):
         raise InvalidJobError("result_schema (a JSON Schema object) is missing")
+    size = json_size(schema)
+    if size > max_input_bytes:
+        raise InvalidJobError(
+            f"result_schema is {size} bytes of UTF-8 JSON, larger than the "
+            f"{max_input_bytes}-byte limit"
+        )
     text = json.dumps(schema, sort_keys=True)
-    if len(text) > max_input_bytes:
-        raise InvalidJobError(f"result_schema is larger than {max_input_bytes} bytes")
     try:
         validator_for(text)
     except jsonschema.SchemaError as exc:
@@ -135,6 +146,13 @@ def validate(  # noqa: PLR0912 -- one check per rule, each with its own message
         skill_level=skill, input=body["input"], result_schema=schema, deadline=deadline,
         receipt=envelope.receipt, deliveries=envelope.deliveries,
     )  # fmt: skip
+
+
+def json_size(value: Any) -> int:
+    """Bytes of ``value``'s compact JSON text in UTF-8. A lone surrogate (JSON allows
+    ``"\\ud800"``) counts the three bytes its escape-free form takes, instead of raising."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return len(text.encode("utf-8", "surrogatepass"))
 
 
 _validators: OrderedDict[str, Any] = OrderedDict()

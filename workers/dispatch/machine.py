@@ -135,6 +135,7 @@ DISTRIBUTION_AGENTS: Final = Machine(
         {
             "started_at", "finished_at", "latency_ms", "outcome", "error", "result", "won",
             "cancel_sent_at", "late_at", "late_latency_ms", "late_outcome", "late_result",
+            "late_crossed",
         }
     ) | _LEASE,
     insertable=frozenset(

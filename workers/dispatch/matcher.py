@@ -1,8 +1,12 @@
 """The seed's AgentMatcher: which agents may take a job, and in what order.
 
 Filter: an agent qualifies when it is ACTIVE, its category is the job's, it has every tag
-the job asks for, its skill level is at least the job's, its last health check did not
-fail, and its circuit breaker lets a call through (workers/dispatch/breaker.py).
+the job asks for, its skill level is at least the job's, its last health check passed (a new,
+re-enabled or moved agent takes calls only after one passing check: ``unchecked`` until
+then), and its circuit breaker lets a call through (workers/dispatch/breaker.py).
+
+An agent left out for its health, a pending check or its breaker may take the job later; one
+left out for its category, tags or skill level never will (:meth:`Ranking.could_take`).
 
 Score (higher is better). With every observation weighted ``w = 2^(-age / H)``
 (H = ``HODLAI_DISPATCH_SCORE_HALF_LIFE_S``), for agent a in the job's category c::
@@ -59,10 +63,26 @@ class Scored:
     parts: dict[str, float]
 
 
+#: reasons an agent that meets the job's requirements is left out for now
+NOT_NOW: Final = frozenset({"already_tried", "health", "unchecked", "breaker_open"})
+
+
 @dataclass
 class Ranking:
     eligible: list[Scored]
     excluded: dict[str, str] = field(default_factory=dict)  # agent id -> reason
+
+    def could_take(self) -> bool:
+        """Does any ACTIVE agent meet the job's category, tags and skill level?"""
+        return bool(self.eligible) or any(r in NOT_NOW for r in self.excluded.values())
+
+    def summary(self, reasons: frozenset[str] | None = None) -> str:
+        """How many agents were left out and why: "2 health, 1 unchecked"."""
+        counts: dict[str, int] = {}
+        for reason in self.excluded.values():
+            if reasons is None or reason in reasons:
+                counts[reason] = counts.get(reason, 0) + 1
+        return ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items()))
 
     def explain(self, chosen: list[str], why: str) -> dict[str, Any]:
         reasons: dict[str, int] = {}
@@ -121,8 +141,8 @@ def rank(
             reason = "skill_level"
         elif agent.agent_id in exclude:
             reason = "already_tried"
-        elif agent.health == "failing":
-            reason = "health"
+        elif agent.health != "ok":
+            reason = "health" if agent.health == "failing" else "unchecked"
         elif not book.breaker(agent.agent_id).available(now):
             reason = "breaker_open"
         if reason is None:

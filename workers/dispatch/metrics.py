@@ -36,7 +36,13 @@ AGENT_WINS = Counter(
     "hodlai_dispatch_agent_wins_total", "Jobs won", ["executor", "agent", "category"]
 )
 LATE_RESULTS = Counter(
-    "hodlai_dispatch_late_results_total", "Answers after the call was cancelled",
+    "hodlai_dispatch_late_results_total",
+    "Results given after the agent acknowledged our cancel (it kept working)",
+    ["executor", "agent", "category"],
+)  # fmt: skip
+CROSSED_CANCEL = Counter(
+    "hodlai_dispatch_crossed_cancel_total",
+    "Results already under way when we cancelled (arrived before the agent acknowledged it)",
     ["executor", "agent", "category"],
 )  # fmt: skip
 BREAKER_OPEN = Gauge(

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Final
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, BeforeValidator, Field
 
-from shared.api.auth import Operator
+from shared.api.auth import READ, Operator
 from shared.api.deps import Database
 from shared.api.errors import CONFLICT, INVALID, NOT_FOUND, UNAUTHORIZED
 from workers.dispatch import agents, stats, store, views
@@ -57,12 +57,18 @@ class Done(BaseModel):
     status: str | None = None
 
 
-@router.get("/stats", summary="statistics per agent and per category")
+@router.get(
+    "/stats", dependencies=[READ], summary="statistics per agent and per category",
+    description="Exact figures from the call rows; `meanings` says what each figure counts "
+    "(docs/API.md, 'What the statistics mean').",
+)  # fmt: skip
 def get_stats(conn: Database) -> dict[str, Any]:
     return stats.collect(conn)
 
 
-@router.get("/jobs", response_model=JobList, responses=INVALID, summary="list jobs")
+@router.get(
+    "/jobs", dependencies=[READ], response_model=JobList, responses=INVALID, summary="list jobs"
+)
 def list_jobs(
     conn: Database,
     status: StatusFilter = None,
@@ -71,7 +77,12 @@ def list_jobs(
     return JobList(jobs=views.list_jobs(conn, status=status, limit=limit))
 
 
-@router.get("/jobs/{job_id}", responses=NOT_FOUND, summary="one job: agents, timings, log")
+@router.get(
+    "/jobs/{job_id}",
+    dependencies=[READ],
+    responses=NOT_FOUND,
+    summary="one job: agents, timings, log",
+)
 def get_job(conn: Database, job_id: JobIdPath) -> dict[str, Any]:
     return views.job_detail(conn, job_id)
 
@@ -85,7 +96,12 @@ def cancel_job(operator: Operator, conn: Database, job_id: JobIdPath) -> Done:
     return Done(status=status)
 
 
-@router.get("/agents", response_model=AgentList, summary="registered agents with their figures")
+@router.get(
+    "/agents",
+    dependencies=[READ],
+    response_model=AgentList,
+    summary="registered agents with their figures",
+)
 def list_agents(conn: Database) -> AgentList:
     return AgentList(agents=[agents.public(r) for r in agents.list_agents(conn)])
 

@@ -1,22 +1,43 @@
 """The seed's 性能统计: exact statistics per agent and per category, from the call rows.
 
-For each group: ``calls`` (calls sent that ended for the job: not orphaned by a restart,
-not planned-and-unused), ``successes`` (a valid result, on time or late), ``errors``
-(an error, garbage, a result outside the schema), ``timeouts``, their rates over the calls
-that reached one of those verdicts, ``wins`` (jobs won), ``late_results`` (answers after
-the call was cancelled) and the p50 / p95 latency of the valid results (nearest rank).
-The same rules as book.verdict_of, in SQL; every completion is counted the moment its row
-is written, so a scripted run's figures can be checked exactly.
+What each figure means is :data:`MEANINGS` (one place: ``hodlai dispatch stats`` prints it
+under its table, docs/API.md repeats it). The same rules as book.verdict_of, in SQL; every
+completion is counted the moment its row is written, so a scripted run's figures can be
+checked exactly. Calls cut off by a dispatcher restart (``cut_off``) and answers that merely
+crossed our cancel (``crossed_cancel``) are counted apart: neither says anything about the
+agent, and folding them into ``calls`` or ``late_results`` would mislead.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import textwrap
 from typing import Any, Final
 
 from shared import state
 from workers.dispatch.book import quantile
 from workers.dispatch.machine import JOBS
+
+#: Each figure, as an operator reads it.
+MEANINGS: Final[dict[str, str]] = {
+    "calls": "calls sent that ended for the job (won, failed, timed out, or cancelled because "
+    "another agent won or the job ended); not cut_off, not planned backups never sent",
+    "successes": "valid results (they match the job's result_schema), on time or late",
+    "errors": "error answers: HTTP errors, transport failures, bodies that are not JSON, "
+    "results outside the schema; on time or late",
+    "timeouts": "calls with no answer within their timeout (or the job's deadline)",
+    "success_rate": "successes / (successes + errors + timeouts); cancelled calls that never "
+    "answered have no verdict and are left out (error_rate, timeout_rate alike)",
+    "wins": "jobs this agent's result completed (its answer came first and was valid)",
+    "late_results": "results given after the agent had acknowledged our cancel (or our cancel "
+    "call failed): the agent kept working when told to stop",
+    "crossed_cancel": "results already under way when we cancelled: they arrived before the "
+    "agent acknowledged the cancel, so it could not have stopped; not in late_results",
+    "cut_off": "calls cut off by a dispatcher restart: the answer was lost with the process; "
+    "no verdict for the agent, not in calls",
+    "latency_p50_ms": "median milliseconds from the call to a valid result (nearest rank)",
+    "latency_p95_ms": "95th percentile of the same",
+}
 
 _CASES: Final = """
   SUM(outcome IN ('won','error','invalid','timeout','cancelled')) AS calls,
@@ -25,7 +46,11 @@ _CASES: Final = """
       OR (outcome = 'cancelled' AND late_outcome IN ('invalid','error'))) AS errors,
   SUM(outcome = 'timeout' OR (outcome = 'cancelled' AND late_outcome = 'timeout')) AS timeouts,
   SUM(won) AS wins,
-  SUM(outcome = 'cancelled' AND late_outcome IN ('valid','invalid')) AS late_results
+  SUM(outcome = 'cancelled' AND late_outcome IN ('valid','invalid') AND late_crossed = 0)
+      AS late_results,
+  SUM(outcome = 'cancelled' AND late_outcome IN ('valid','invalid') AND late_crossed = 1)
+      AS crossed_cancel,
+  SUM(outcome = 'orphaned') AS cut_off
 """
 _LATENCY: Final = (
     "CASE WHEN outcome = 'won' THEN latency_ms"
@@ -35,7 +60,8 @@ _LATENCY: Final = (
 
 def _figures(row: sqlite3.Row, latencies: list[float]) -> dict[str, Any]:
     out: dict[str, Any] = {k: int(row[k] or 0) for k in
-           ("calls", "successes", "errors", "timeouts", "wins", "late_results")}  # fmt: skip
+           ("calls", "successes", "errors", "timeouts", "wins", "late_results",
+            "crossed_cancel", "cut_off")}  # fmt: skip
     decided = out["successes"] + out["errors"] + out["timeouts"]
     for name in ("success", "error", "timeout"):
         count = out["successes" if name == "success" else f"{name}s"]
@@ -81,26 +107,48 @@ def collect(conn: sqlite3.Connection) -> dict[str, Any]:
         "agents": per_agent,
         "categories": _grouped(conn, "category"),
         "agent_categories": _grouped(conn, "agent_id, category"),
+        "meanings": MEANINGS,
     }
 
 
-def render_table(figures: dict[str, Any]) -> str:
-    """The agent statistics as a plain-text table (``hodlai dispatch stats``, the demo)."""
-    head = (f"{'agent':<22} {'calls':>6} {'ok':>5} {'err':>5} {'t/o':>5} {'won':>5} "
-            f"{'late':>5} {'succ%':>6} {'p50ms':>8} {'p95ms':>8}")  # fmt: skip
+# Characters per line of the legend under the table.
+LEGEND_WIDTH: Final = 100
+# The table's columns: (heading, figure, width).
+_COLUMNS: Final = (
+    ("calls", "calls", 6), ("ok", "successes", 5), ("err", "errors", 5), ("t/o", "timeouts", 5),
+    ("won", "wins", 5), ("late", "late_results", 5), ("cross", "crossed_cancel", 5),
+    ("cut", "cut_off", 5), ("succ%", "success_rate", 6), ("p50ms", "latency_p50_ms", 8),
+    ("p95ms", "latency_p95_ms", 8),
+)  # fmt: skip
+
+
+def legend(columns: tuple[tuple[str, str, int], ...] = _COLUMNS) -> str:
+    """What each column of a table means, one line each."""
+    return "\n".join(
+        textwrap.fill(f"{name}: {MEANINGS[name]}", LEGEND_WIDTH,
+                      initial_indent=f"  {head:<6} ", subsequent_indent=" " * 9)
+        for head, name, _ in columns
+    )  # fmt: skip
+
+
+def render_table(figures: dict[str, Any], *, with_legend: bool = True) -> str:
+    """The agent statistics as a plain-text table (``hodlai dispatch stats``, the demo), with
+    what each column means under it."""
+    head = f"{'agent':<22} " + " ".join(f"{h:>{w}}" for h, _, w in _COLUMNS)
     lines = [head, "-" * len(head)]
 
-    def pct(v: float | None) -> str:
-        return "-" if v is None else f"{100 * v:.1f}"
-
-    def ms(v: float | None) -> str:
-        return "-" if v is None else f"{v:.0f}"
+    def cell(name: str, value: Any, width: int) -> str:
+        if value is None:
+            return f"{'-':>{width}}"
+        if name == "success_rate":
+            return f"{100 * value:>{width}.1f}"
+        if name.startswith("latency"):
+            return f"{value:>{width}.0f}"
+        return f"{value:>{width}}"
 
     for a in figures["agents"]:
         label = str(a.get("name") or a["agent_id"])[:22]
-        lines.append(
-            f"{label:<22} {a['calls']:>6} {a['successes']:>5} {a['errors']:>5} "
-            f"{a['timeouts']:>5} {a['wins']:>5} {a['late_results']:>5} "
-            f"{pct(a['success_rate']):>6} {ms(a['latency_p50_ms']):>8} {ms(a['latency_p95_ms']):>8}"
-        )
+        lines.append(f"{label:<22} " + " ".join(cell(n, a[n], w) for _, n, w in _COLUMNS))
+    if with_legend:
+        lines += ["", "Each figure counts since the agent was registered:", legend()]
     return "\n".join(lines)

@@ -220,7 +220,8 @@ class AgentFigures:
 
     agent_id: str
     verdict: Verdict | None
-    late: bool = False
+    late: bool = False  # a result (valid or not) after the call was cancelled
+    crossed: bool = False  # ... that was under way before the agent had the cancel
     won: bool = False
     called: bool = True
     breaker: str = "closed"
@@ -235,12 +236,14 @@ def count_for_agent(conn: sqlite3.Connection, f: AgentFigures, *, now: float) ->
     conn.execute(
         "UPDATE agents SET calls = calls + ?, successes = successes + ?, errors = errors + ?,"
         " timeouts = timeouts + ?, wins = wins + ?, late_results = late_results + ?,"
+        " crossed_cancel = crossed_cancel + ?,"
         " breaker = ?, consecutive_failures = ?, breaker_open_until = ?,"
         " latency_p50_ms = COALESCE(?, latency_p50_ms),"
         " latency_p95_ms = COALESCE(?, latency_p95_ms),"
         " updated_at = ? WHERE agent_id = ?",
         (int(f.called), int(v == "success"), int(v == "error"), int(v == "timeout"), int(f.won),
-         int(f.late and v in ("success", "error")), f.breaker, f.consecutive_failures,
+         int(f.late and not f.crossed), int(f.late and f.crossed), f.breaker,
+         f.consecutive_failures,
          f.breaker_open_until, f.p50, f.p95, now, f.agent_id),
     )  # fmt: skip
     conn.execute(
@@ -253,14 +256,17 @@ def count_for_agent(conn: sqlite3.Connection, f: AgentFigures, *, now: float) ->
 def finish_call(
     conn: sqlite3.Connection, work_id: str, *, to: str, outcome: str, latency_ms: float,
     error: str | None, result: Any, figures: AgentFigures, owner: str, actor: str, now: float,
+    cancel_sent: bool = False,
 ) -> None:  # fmt: skip
-    """A call that ended without winning: WORKING → FAILED / TIMEOUT (or CANCELLED)."""
+    """A call that ended without winning: WORKING → FAILED / TIMEOUT (or CANCELLED).
+    ``cancel_sent``: the agent is told to stop (a call that hit its timeout may still run)."""
+    columns = {"finished_at": now, "latency_ms": latency_ms, "outcome": outcome, "error": error,
+               "result": _text(result)}  # fmt: skip
+    if cancel_sent:
+        columns["cancel_sent_at"] = now
     with atomic(conn):
         state.transition(conn, DISTRIBUTION_AGENTS, work_id, W.WORKING, to, actor=actor,
-                         note=error, lease_owner=owner, now=now,
-                         set_columns={"finished_at": now, "latency_ms": latency_ms,
-                                      "outcome": outcome, "error": error,
-                                      "result": _text(result)})  # fmt: skip
+                         note=error, lease_owner=owner, now=now, set_columns=columns)  # fmt: skip
         count_for_agent(conn, figures, now=now)
 
 
@@ -280,13 +286,13 @@ def _close_rows(
     actor: str, note: str, now: float, working_to: str = W.CANCELLED,
     working_outcome: str = "cancelled",
 ) -> None:  # fmt: skip
-    """Close the other rows of a job: (work_id, status, agent_id). WORKING ones get the cancel
-    (or, at the deadline, TIMEOUT); IDLE and ASSIGNED ones were never called."""
+    """Close the other rows of a job: (work_id, status, agent_id). WORKING ones are CANCELLED
+    (or, at the deadline, TIMEOUT) and are sent a cancel by the caller; IDLE and ASSIGNED
+    ones were never called."""
     for work_id, status, _agent in open_rows:
         if status == W.WORKING:
-            columns: dict[str, Any] = {"outcome": working_outcome, "finished_at": now}
-            if working_to == W.CANCELLED:
-                columns["cancel_sent_at"] = now
+            columns: dict[str, Any] = {"outcome": working_outcome, "finished_at": now,
+                                       "cancel_sent_at": now}  # fmt: skip
             state.transition(conn, DISTRIBUTION_AGENTS, work_id, W.WORKING, working_to,
                              actor=actor, note=note, now=now, lease_owner=owner,
                              set_columns=columns)  # fmt: skip
@@ -323,16 +329,19 @@ def record_win(
 
 def record_late(
     conn: sqlite3.Connection, work_id: str, *, late_outcome: str, latency_ms: float,
-    result: Any, figures: AgentFigures | None, actor: str, now: float,
+    result: Any, figures: AgentFigures | None, actor: str, now: float, crossed: bool = False,
 ) -> None:  # fmt: skip
     """The answer of a call after it was cancelled: kept, with its timing, for the agent's
-    statistics; the job's outcome is never touched."""
+    statistics; the job's outcome is never touched. ``crossed``: it arrived before the agent
+    acknowledged the cancel (it was under way; the agent could not have stopped)."""
+    note = f"late answer: {late_outcome}" + (" (crossed the cancel)" if crossed else "")
     with atomic(conn):
         state.transition(conn, DISTRIBUTION_AGENTS, work_id, W.CANCELLED, W.CANCELLED,
-                         actor=actor, note=f"late answer: {late_outcome}", now=now,
+                         actor=actor, note=note, now=now,
                          set_columns={"late_at": now, "late_latency_ms": latency_ms,
                                       "late_outcome": late_outcome,
-                                      "late_result": _text(result)})  # fmt: skip
+                                      "late_result": _text(result),
+                                      "late_crossed": int(crossed)})  # fmt: skip
         if figures is not None:
             count_for_agent(conn, figures, now=now)
 
@@ -458,11 +467,15 @@ def orphaned_work(conn: sqlite3.Connection) -> list[sqlite3.Row]:
 def close_orphans(conn: sqlite3.Connection, rows: Sequence[sqlite3.Row], *, actor: str,
                   now: float) -> None:  # fmt: skip
     """Calls a dead dispatcher had in flight: their answers went with it. CANCELLED, outcome
-    ``orphaned`` (not the agent's doing: no verdict) or ``not_called``."""
+    ``orphaned`` (not the agent's doing: no verdict, not in ``calls``; counted in the agent's
+    ``cut_off``) or ``not_called``."""
     note = "the dispatcher restarted: the call's answer was lost with it"
     with atomic(conn):
         for row in rows:
             called = row["status"] == W.WORKING
+            if called:
+                conn.execute("UPDATE agents SET cut_off = cut_off + 1 WHERE agent_id = ?",
+                             (row["agent_id"],))  # fmt: skip
             state.transition(conn, DISTRIBUTION_AGENTS, row["work_id"], row["status"],
                              W.CANCELLED, actor=actor, note=note, now=now,
                              set_columns={"outcome": "orphaned" if called else "not_called",

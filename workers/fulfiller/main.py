@@ -35,6 +35,7 @@ from shared.tx.manager import TxManager, TxPolicy
 from shared.tx.senders import claim_sender
 from shared.tx.signer import LocalSigner
 from shared.tx.simulation import GasRule
+from workers.fulfiller.provider import spend_policy
 from workers.fulfiller.purpose import FULFIL_PURPOSE, FulfilmentPurpose
 from workers.fulfiller.readiness import await_role
 from workers.fulfiller.settings import FulfillerSettings
@@ -150,6 +151,7 @@ async def fulfiller_service(
                 ),
                 handlers={FULFIL_PURPOSE: FulfilmentPurpose()},
                 claim=claim,
+                spend_policy=spend_policy(settings.provider_address),
             )
             worker = FulfillerWorker(
                 db=db,

@@ -19,6 +19,7 @@ from eth_utils.crypto import keccak
 from shared.chain.rpc import RpcCall
 from shared.contracts import ORACLE_ROLE
 from shared.errors import RpcTransportError
+from shared.tx.policy import SpendPolicy
 
 FULFIL_SIGNATURE: Final = "fulfillNodeReasoning(uint256,string,string)"
 FULFIL_SELECTOR: Final = keccak(text=FULFIL_SIGNATURE)[:4]
@@ -39,6 +40,12 @@ class RequestInfo:
     @property
     def exists(self) -> bool:
         return self.requester != to_checksum_address(ZERO_ADDRESS)
+
+
+def spend_policy(provider: str) -> SpendPolicy:
+    """What the oracle key may sign: ``fulfillNodeReasoning`` on the provider, with no value
+    (no ``limits``), and nothing else (shared/tx/policy.py)."""
+    return SpendPolicy(contracts={provider: frozenset({FULFIL_SELECTOR})})
 
 
 def fulfil_calldata(request_id: int, action: str, cid: str) -> bytes:

@@ -241,6 +241,9 @@ def main(*, once: bool = False) -> int:
         health=health,
         metrics_port=settings.metrics_port,
         role=PROCESS,
+        # NORMAL: a power cut can roll back its last commits, which costs a re-scan of those
+        # blocks (its cursor rolls back with them); it signs nothing.
+        durable=False,
     )
     return run_worker(
         spec,

@@ -109,6 +109,9 @@ def serve_inference(settings: InferenceSettings) -> int:
         # Shards share one HODLAI_METRICS_PORT (one env file, one systemd template): each
         # serves on that port plus its worker id.
         metrics_port=settings.metrics_port + settings.worker_id if settings.metrics_port else 0,
+        # NORMAL: a power cut can roll back its last commits, which costs answering those
+        # requests again; it signs nothing.
+        durable=False,
     )
     return run_worker(
         spec, lambda db, stop: inference_service(settings, db, stop, health),

@@ -3,8 +3,10 @@ and the operator's retry of a FAILED one.
 
 Reads go through the store's functions (shared/store.py) on the request's own connection;
 the one write, retry, goes through ``store.retry`` and so through ``store.transition`` with
-its audit row, naming the operator's token line as the actor. Request ids are uint256 and
-travel as decimal strings, in paths and in bodies: a JSON number would lose precision.
+its audit row, naming the operator by its token's id as the actor. Reads need a read token
+(or HODLAI_API_PUBLIC_READS), the retry an admin token (shared/api/auth.py). Request ids are
+uint256 and travel as decimal strings, in paths and in bodies: a JSON number would lose
+precision.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pydantic import BaseModel, BeforeValidator, Field
 
 from shared import request_id as rid
 from shared import store
-from shared.api.auth import Operator
+from shared.api.auth import READ, Operator
 from shared.api.deps import Database
 from shared.api.errors import CONFLICT, INVALID, NOT_FOUND, UNAUTHORIZED
 from shared.db import read_transaction
@@ -136,14 +138,25 @@ class RetryResult(BaseModel):
     status: Status
 
 
-@router.get("/status", response_model=OracleStatus, summary="request counts and indexer state")
+@router.get(
+    "/status",
+    dependencies=[READ],
+    response_model=OracleStatus,
+    summary="request counts and indexer state",
+)
 def get_status(conn: Database) -> OracleStatus:
     with read_transaction(conn):
         info = collect_status(conn, None, time.time())
     return OracleStatus.model_validate(info)
 
 
-@router.get("/requests", response_model=RequestList, responses=INVALID, summary="list requests")
+@router.get(
+    "/requests",
+    dependencies=[READ],
+    response_model=RequestList,
+    responses=INVALID,
+    summary="list requests",
+)
 def list_requests(
     conn: Database,
     status: StatusFilter = None,
@@ -155,6 +168,7 @@ def list_requests(
 
 @router.get(
     "/requests/{request_id}",
+    dependencies=[READ],
     response_model=RequestDetail,
     responses=INVALID | NOT_FOUND,
     summary="one request with its history",
@@ -179,7 +193,7 @@ def get_request(conn: Database, request_id: RequestIdPath) -> RequestDetail:
     responses=UNAUTHORIZED | INVALID | NOT_FOUND | CONFLICT,
     summary="re-open a FAILED request (operator only)",
     description="FAILED -> PENDING with a fresh attempt budget and no answer; the audit "
-    "trail names the operator by the line of its token in the tokens file.",
+    "trail names the operator by its token's id in the tokens file (operator:api:<id>).",
 )
 def retry_request(
     operator: Operator,  # first: a caller without a token is refused before anything is read

@@ -7,8 +7,11 @@ reproducible) or taken from its ``script`` (one token per call, first): ``ok``, 
 ``invalid`` (a result outside the job's schema), ``hang`` (no answer, cancels ignored).
 A cancelled call answers ``{"status": "cancelled"}`` at once, unless the agent has
 ``late_after_cancel`` (it finishes and answers anyway: the late results the dispatcher must
-record and never let win). ``GET /stats`` counts everything; ``POST /control`` changes the
-behaviour at run time; ``POST /reset`` clears counters and script.
+record and never let win). With ``cancel_delay_ms`` an agent takes that long to acknowledge
+(and act on) a cancel: an answer due meanwhile crosses the cancel; ``health_delay_ms`` delays
+its health answers. ``GET /stats`` counts
+everything; ``POST /control`` changes the behaviour at run time; ``POST /reset`` clears
+counters and script.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from collections import Counter, OrderedDict, deque
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final
@@ -38,6 +42,8 @@ class Behaviour:
     late_after_cancel: bool = False
     healthy: bool = True
     hang_s: float = 3600.0
+    cancel_delay_ms: float = 0.0
+    health_delay_ms: float = 0.0
     seed: int = 0
     script: list[str] = field(default_factory=list)
 
@@ -51,7 +57,8 @@ class MockAgent:
         self.cancelled: OrderedDict[str, asyncio.Event] = OrderedDict()
         self.stats: Counter[str] = Counter()
         self.in_flight = 0
-        self.calls: list[dict[str, Any]] = []  # per call: work_id, kind, cancelled, answered
+        self.calls: list[dict[str, Any]] = []  # per call: work_id, kind, at, cancelled, answered
+        self.health_at: list[float] = []  # unix seconds of each health check answered
 
     def _draw(self) -> tuple[str, float]:
         b = self.behaviour
@@ -91,12 +98,17 @@ class MockAgent:
         if path == "/cancel" and request.method == "POST":
             work_id = str(request.json()["work_id"])
             self.stats["cancels"] += 1
+            if self.behaviour.cancel_delay_ms:
+                await asyncio.sleep(self.behaviour.cancel_delay_ms / 1000)
             if work_id in self.cancelled and not self.cancelled[work_id].is_set():
                 self.stats["cancels_in_flight"] += 1
             self._event(work_id).set()
             return Response(200, {"status": "cancelling"})
         if path == "/health":
+            if self.behaviour.health_delay_ms:
+                await asyncio.sleep(self.behaviour.health_delay_ms / 1000)
             self.stats["health_checks"] += 1
+            self.health_at.append(time.time())
             return Response(200 if self.behaviour.healthy else 503, {"ok": self.behaviour.healthy})
         if path == "/stats":
             return Response(200, self.snapshot())
@@ -107,6 +119,7 @@ class MockAgent:
             self.stats.clear()
             self.script.clear()
             self.calls.clear()
+            self.health_at.clear()
             return Response(200, {"ok": True})
         return Response(404, {"error": "not_found"})
 
@@ -123,7 +136,7 @@ class MockAgent:
         work_id = str(body["work_id"])
         kind, latency_ms = self._draw()
         call = {"work_id": work_id, "job_id": body.get("job_id"), "kind": kind,
-                "cancelled": False, "answered": False}  # fmt: skip
+                "at": time.time(), "cancelled": False, "answered": False}  # fmt: skip
         self.calls.append(call)
         self.stats["executes"] += 1
         self.stats[f"kind_{kind}"] += 1
