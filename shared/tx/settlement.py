@@ -98,7 +98,9 @@ class PurposeHandler(Protocol):
         """Of these unmined transactions, those whose purpose no longer holds: id -> why.
         ``now`` is the poll's time; ``chain`` reads the chain at a confirmed block (lazily:
         it costs nothing unless read; see shared/tx/chainview.py). Runs on the database
-        thread in the poll's read transaction."""
+        thread in the poll's read transaction. An error of a chain read (a node without
+        the block: StaleNodeError) propagates out of the poll, which then decides and sends
+        nothing; the loop retries it."""
         ...
 
     def anchors(
