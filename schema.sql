@@ -216,7 +216,9 @@ CREATE TABLE IF NOT EXISTS txs (
     mined_block_hash TEXT,                    -- the receipt's block hash (reorg check)
     held_at_head    INTEGER,                  -- reorged out: the head then; not re-sent until confirmed
     simulated_block INTEGER,                  -- the block the call was simulated at
-    idempotency_key TEXT                      -- names the intended transaction; unique
+    idempotency_key TEXT,                     -- names the intended transaction; unique
+    final_at        REAL,                     -- FINAL told (block deep enough, still canonical)
+    final_head      INTEGER                   -- the chain head FINAL was judged at
 ) STRICT;
 CREATE INDEX IF NOT EXISTS idx_txs_open ON txs (status, nonce);
 CREATE UNIQUE INDEX IF NOT EXISTS idx_txs_idempotency ON txs (idempotency_key);
@@ -361,7 +363,11 @@ CREATE TABLE IF NOT EXISTS tx_spends (
 CREATE INDEX IF NOT EXISTS idx_tx_spends_window ON tx_spends (sender, token, at);
 
 
--- [core migration 11: tx finality — section reserved]
+-- Core migration 11: final outcomes (shared/tx/settlement.py). Settled rows whose FINAL is
+-- still to be told (the finality step's candidates), and recently settled rows watched for
+-- reorgs, MINED and REVERTED alike.
+CREATE INDEX IF NOT EXISTS idx_txs_unfinal ON txs (sender, mined_block) WHERE final_at IS NULL AND status IN ('MINED', 'REVERTED');
+CREATE INDEX IF NOT EXISTS idx_txs_settled ON txs (sender, mined_block) WHERE status IN ('MINED', 'REVERTED');
 
 
 -- [core migration 12: sender fencing — section reserved]

@@ -1,7 +1,8 @@
 """A test-only executor, to show that a new executor is a package plus its own migration set
 (no copy of the core): a machine, a migration set, a transaction purpose, a CLI command and
 an API route. It sends one 0-value "note" transaction per NEW note and marks it SENT when
-the chain has it."""
+the chain has it for good: on FINAL, as a money purpose would (MINED can still be undone by a
+reorg, and then it is only told ``reorged``)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from shared import state
 from shared.api.deps import Database
 from shared.cli import inspection_settings, open_for_reading
 from shared.migrations import Migration, MigrationSet
+from shared.tx.chainview import ChainView
 from shared.tx.ledger import TxRecord
+from shared.tx.receipts import Receipt
 from shared.tx.settlement import Settlement, SubjectAnchor
 
 
@@ -42,9 +45,11 @@ PURPOSE = "sample.note"
 
 
 class NotePurpose:
-    """The transaction handler: a note is valid while SENDING; mined means SENT."""
+    """The transaction handler: a note is valid while SENDING; final and executed means SENT."""
 
-    def invalid(self, conn: sqlite3.Connection, txs: Sequence[TxRecord]) -> dict[int, str]:
+    def invalid(
+        self, conn: sqlite3.Connection, txs: Sequence[TxRecord], *, now: float, chain: ChainView
+    ) -> dict[int, str]:
         return {tx.id: "the note moved on" for tx in txs if _status(conn, tx) != "SENDING"}
 
     def anchors(
@@ -54,11 +59,22 @@ class NotePurpose:
 
     def settled(
         self, conn: sqlite3.Connection, tx: TxRecord, outcome: Settlement, *, detail: str,
-        now: float,
+        now: float, receipt: Receipt | None,
     ) -> None:  # fmt: skip
-        if outcome is Settlement.MINED and tx.purpose.subject is not None:
+        if (
+            outcome is Settlement.FINAL
+            and receipt is not None
+            and receipt.ok
+            and (tx.purpose.subject is not None)
+        ):
             state.transition(conn, NOTES, tx.purpose.subject, "SENDING", "SENT", actor=PURPOSE,
                              note=detail, now=now)  # fmt: skip
+
+    def reorged(
+        self, conn: sqlite3.Connection, tx: TxRecord, *, undone: Settlement, detail: str,
+        now: float,
+    ) -> None:  # fmt: skip
+        pass  # the note is still SENDING: it moves on FINAL only
 
 
 def _status(conn: sqlite3.Connection, tx: TxRecord) -> str | None:

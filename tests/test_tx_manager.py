@@ -20,9 +20,11 @@ from shared.anvil import Anvil
 from shared.chain.rpc import RpcClient
 from shared.db import AsyncDatabase, atomic, connect
 from shared.tx import ledger
+from shared.tx.chainview import ChainView
 from shared.tx.fees import GWEI, FeePolicy, Fees
 from shared.tx.ledger import Purpose, TxRecord
 from shared.tx.manager import Submission, TxManager, TxPolicy
+from shared.tx.receipts import Receipt
 from shared.tx.senders import claim_sender
 from shared.tx.settlement import Settlement, SubjectAnchor
 from shared.tx.signer import Call, LocalSigner, SignedTx
@@ -50,8 +52,11 @@ class NotePurpose:
 
     invalid_ids: set[int] = field(default_factory=set)
     told: list[tuple[str, Settlement]] = field(default_factory=list)
+    undone: list[tuple[str, Settlement]] = field(default_factory=list)  # told reorged
 
-    def invalid(self, conn: sqlite3.Connection, txs: Sequence[TxRecord]) -> dict[int, str]:
+    def invalid(
+        self, conn: sqlite3.Connection, txs: Sequence[TxRecord], *, now: float, chain: ChainView
+    ) -> dict[int, str]:
         return {tx.id: "test says so" for tx in txs if tx.id in self.invalid_ids}
 
     def anchors(
@@ -67,9 +72,16 @@ class NotePurpose:
         *,
         detail: str,
         now: float,
+        receipt: Receipt | None,
     ) -> None:
         assert conn.in_transaction  # told inside the transaction that records the outcome
         self.told.append((tx.tx_hash, outcome))
+
+    def reorged(
+        self, conn: sqlite3.Connection, tx: TxRecord, *, undone: Settlement, detail: str,
+        now: float,
+    ) -> None:  # fmt: skip
+        self.undone.append((tx.tx_hash, undone))
 
 
 @dataclass

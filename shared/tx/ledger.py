@@ -14,6 +14,10 @@ Guarantees:
   fees twice is one transaction, never an error that wedges the caller.
 - A transaction a reorg took out is *held* (``held_at_head``): open, since a node may still
   mine it, but not broadcast again until its purpose is confirmed (shared/tx/manager.py).
+- ``final_at`` is set once per settlement, by :func:`mark_final` in the database transaction
+  that tells the purpose FINAL, and only while the row is still settled in the block the
+  finality was judged on; a reorg that reopens the row clears it (a new settlement, a new
+  FINAL). So FINAL is told exactly once per settlement, across restarts.
 - Rows are never deleted: the table is the audit trail of everything the key signed.
 - Every status change goes through the core's transition function on :data:`TX_MACHINE`
   (shared/state), so each one has an audit row in ``transitions`` (machine ``core.tx``, the
@@ -68,8 +72,9 @@ def _tx_moves() -> frozenset[tuple[str, str]]:
     # whichever row of a nonce the chain includes settles, superseded ones too (a replaced
     # transaction a node had kept can still be mined), and a reorg can change the verdict
     moves |= {(t.value, s.value) for t in TxStatus for s in SETTLED_STATUSES if t != s}
-    # a reorg took a mined row out: open again (held)
+    # a reorg took a mined (or reverted) row out: open again (held)
     moves.add((TxStatus.MINED.value, TxStatus.BROADCAST.value))
+    moves.add((TxStatus.REVERTED.value, TxStatus.BROADCAST.value))
     return frozenset(moves)
 
 
@@ -82,7 +87,16 @@ TX_MACHINE: Final = Machine(
     statuses=TxStatus,
     moves=_tx_moves(),
     settable=frozenset(
-        {"error", "mined_block", "mined_block_hash", "gas_used", "held_at_head", "broadcast_at"}
+        {
+            "error",
+            "mined_block",
+            "mined_block_hash",
+            "gas_used",
+            "held_at_head",
+            "broadcast_at",
+            "final_at",
+            "final_head",
+        }
     ),
     claimable=False,
 )
@@ -128,6 +142,8 @@ class TxRecord:
     simulated_block: int | None = None
     #: names the intended transaction; unique (a replacement's key derives from it)
     idempotency_key: str | None = None
+    #: when its purpose was told FINAL (None: not yet, or not settled)
+    final_at: float | None = None
 
     @property
     def is_open(self) -> bool:
@@ -142,7 +158,7 @@ _COLUMNS: Final = (
     "id, purpose, subject, version, fingerprint, sender, nonce, tx_hash, raw_tx, "
     "to_address, value_wei, calldata, gas_limit, max_fee_per_gas, max_priority_fee_per_gas, "
     "gas_price, status, replaces_tx_id, error, created_at, broadcast_at, mined_block, "
-    "mined_block_hash, held_at_head, simulated_block, idempotency_key"
+    "mined_block_hash, held_at_head, simulated_block, idempotency_key, final_at"
 )
 
 
@@ -185,6 +201,7 @@ def _record(row: sqlite3.Row) -> TxRecord:
         held_at_head=row["held_at_head"],
         simulated_block=row["simulated_block"],
         idempotency_key=row["idempotency_key"],
+        final_at=row["final_at"],
     )
 
 
@@ -334,11 +351,11 @@ def at_nonces(conn: sqlite3.Connection, sender: str, nonces: Iterable[int]) -> l
 
 
 def recent_mined(conn: sqlite3.Connection, sender: str, from_block: int) -> list[TxRecord]:
-    """MINED rows in blocks ``from_block`` and above, highest block first: the ones a reorg
-    could still take out."""
+    """MINED and REVERTED rows in blocks ``from_block`` and above, highest block first: the
+    ones a reorg could still take out (a revert is an outcome a purpose was told, too)."""
     rows = conn.execute(
-        f"SELECT {_COLUMNS} FROM txs WHERE sender = ? AND status = 'MINED' AND mined_block >= ? "
-        "ORDER BY mined_block DESC, nonce",
+        f"SELECT {_COLUMNS} FROM txs WHERE sender = ? AND status IN ('MINED', 'REVERTED') "
+        "AND mined_block >= ? ORDER BY mined_block DESC, nonce",
         (sender, from_block),
     ).fetchall()
     return [_record(r) for r in rows]
@@ -448,12 +465,76 @@ def _move(
 def move_mined(
     conn: sqlite3.Connection, tx_id: int, *, block: int, block_hash: str, now: float
 ) -> None:
-    """A MINED transaction is in another block now (a reorg re-included it)."""
+    """A settled transaction is in another block now (a reorg re-included it): its finality
+    clock restarts from the new block, unless FINAL was told already (once per settlement)."""
     conn.execute(
         "UPDATE txs SET mined_block = ?, mined_block_hash = ?, updated_at = ? "
-        "WHERE id = ? AND status = 'MINED'",
+        "WHERE id = ? AND status IN ('MINED', 'REVERTED')",
         (block, block_hash, now, tx_id),
     )
+
+
+def get(conn: sqlite3.Connection, tx_id: int) -> TxRecord | None:
+    """One row by id, as it stands now."""
+    row = conn.execute(f"SELECT {_COLUMNS} FROM txs WHERE id = ?", (tx_id,)).fetchone()
+    return None if row is None else _record(row)
+
+
+def unfinal(
+    conn: sqlite3.Connection, sender: str, *, up_to_block: int, limit: int
+) -> list[TxRecord]:
+    """Settled rows (MINED / REVERTED) in blocks at or below ``up_to_block`` whose purpose was
+    not told FINAL yet, oldest block first, at most ``limit``."""
+    rows = conn.execute(
+        f"SELECT {_COLUMNS} FROM txs WHERE sender = ? AND final_at IS NULL "
+        "AND status IN ('MINED', 'REVERTED') AND mined_block <= ? "
+        "ORDER BY mined_block, nonce LIMIT ?",
+        (sender, up_to_block, limit),
+    ).fetchall()
+    return [_record(r) for r in rows]
+
+
+def mark_final(conn: sqlite3.Connection, tx: TxRecord, *, head: int, now: float, note: str) -> bool:
+    """Record that ``tx``'s purpose is told FINAL (call inside ``atomic``, with the telling).
+    False, changing nothing, when it was told already or the row is no longer settled in the
+    block the caller judged (``tx.mined_block_hash``): then nobody may tell it now."""
+    changed = conn.execute(
+        "UPDATE txs SET final_at = ?, final_head = ?, updated_at = ? WHERE id = ? "
+        "AND final_at IS NULL AND status = ? AND mined_block_hash = ?",
+        (now, head, now, tx.id, tx.status.value, tx.mined_block_hash),
+    ).rowcount
+    if changed:
+        # Not a status change: an audit row from the status to itself, so the transaction's
+        # life in ``transitions`` shows when its outcome became final and why.
+        state.audit(
+            conn, TX_MACHINE, str(tx.id), tx.status.value, tx.status.value, actor=ACTOR,
+            note=note, at=now,
+        )  # fmt: skip
+    return bool(changed)
+
+
+def resettle(
+    conn: sqlite3.Connection,
+    tx_id: int,
+    status: TxStatus,
+    *,
+    block: int,
+    block_hash: str,
+    gas_used: int,
+    now: float,
+    reason: str,
+) -> bool:
+    """A settled row re-included by a reorg with the other result (mined <-> reverted): a new
+    settlement, so its FINAL is told again later."""
+    return _move(
+        conn, tx_id, status, now=now, note=reason,
+        error=None if status is TxStatus.MINED else reason, keep_error=False,
+        columns={
+            "mined_block": block, "mined_block_hash": block_hash, "gas_used": gas_used,
+            "final_at": None, "final_head": None,
+        },
+        only_from=SETTLED_STATUSES,
+    )  # fmt: skip
 
 
 def mark_accepted(conn: sqlite3.Connection, tx_ids: Sequence[int], *, now: float) -> None:
@@ -487,16 +568,16 @@ def note_error(conn: sqlite3.Connection, tx_id: int, error: str, *, now: float) 
 
 
 def reopen(conn: sqlite3.Connection, tx_id: int, *, now: float, reason: str, head: int) -> None:
-    """A MINED transaction is no longer on the chain (reorg): it is current and open again,
-    and held: not broadcast again until its purpose is confirmed (``head``: the chain head
-    when this was seen)."""
+    """A MINED (or REVERTED) transaction is no longer on the chain (reorg): it is current and
+    open again, and held: not broadcast again until its purpose is confirmed (``head``: the
+    chain head when this was seen). Its FINAL, if told, is undone with it."""
     _move(
         conn, tx_id, TxStatus.BROADCAST, now=now, note=reason, error=reason,
         columns={
             "mined_block": None, "mined_block_hash": None, "gas_used": None,
-            "held_at_head": head,
+            "held_at_head": head, "final_at": None, "final_head": None,
         },
-        only_from=(TxStatus.MINED,),
+        only_from=SETTLED_STATUSES,
     )  # fmt: skip
 
 

@@ -33,7 +33,12 @@ one for 'fulfil'; later executors register theirs). Guarantees:
 - A mined transaction that a reorg took out (the header of its block changed, and its receipt
   stays missing) is *held*: never re-broadcast until its purpose confirms that its subject is
   still the same version at a block at least ``confirmations`` deep
-  (:meth:`~shared.tx.settlement.PurposeHandler.anchors`); otherwise it is cancelled.
+  (:meth:`~shared.tx.settlement.PurposeHandler.anchors`); otherwise it is cancelled. Its
+  purpose is told :meth:`~shared.tx.settlement.PurposeHandler.reorged` in the transaction
+  that reopens it; when held no longer, the same signed bytes are sent again.
+- A settled transaction is told FINAL once its block is ``confirmations`` deep and still
+  canonical, judged from the poll's one batch (shared/tx/settlement.py's guarantees say
+  which outcomes may be undone).
 - On start (:meth:`TxManager.start`) the next nonce is reconciled with the ledger and the
   chain (latest and pending) and every recorded, unsettled transaction is broadcast again.
 """
@@ -61,14 +66,24 @@ from shared.errors import (
 from shared.metrics import TXS, TXS_IN_FLIGHT
 from shared.tx import ledger, replacements, watch
 from shared.tx.broadcast import BroadcastOutcome, BroadcastResult, broadcast
+from shared.tx.chainview import RpcChainView
 from shared.tx.evidence import Absences, HeadTracker, NonceUser, find_nonce_user
 from shared.tx.fees import FeePolicy, Fees, fetch_market
 from shared.tx.ledger import Purpose, TxRecord, TxStatus
 from shared.tx.nonces import NonceTracker
 from shared.tx.policy import SpendPolicy, movements, record_spends
+from shared.tx.receipts import Receipt, parse_receipt
 from shared.tx.replacements import Replacement
 from shared.tx.senders import SenderClaim
-from shared.tx.settlement import PurposeHandler, Settlement, settle_nonces, tell
+from shared.tx.settlement import (
+    PurposeHandler,
+    Settlement,
+    final_verdicts,
+    finalize,
+    settle_nonces,
+    tell,
+    undo,
+)
 from shared.tx.signer import Call, SignedTx, Signer
 
 log = structlog.get_logger(__name__)
@@ -334,6 +349,9 @@ class TxManager:
             self.sender,
             self._handlers,
             mined_since_block=None if best is None else best - self.policy.reorg_watch_blocks,
+            final_up_to_block=None if best is None else best - self.policy.confirmations,
+            now=now,
+            chain=RpcChainView.here(self._rpc, head=best, confirmations=self.policy.confirmations),
         )
         check_known = [
             tx
@@ -360,7 +378,14 @@ class TxManager:
         settled = await self._settle(snap, receipts, count=count, head=head, now=now)
         for what, n in settled.items():
             report.add(what, n)
-        report.add("reopened", await self._watch_reorgs(snap, plan, answers, head=head, now=now))
+        final, suspects = self._judge_final(snap, plan, answers, head=head)
+        reorged = await self._watch_reorgs(snap, plan, answers, head=head, now=now, also=suspects)
+        for what, n in reorged.items():
+            report.add(what, n)
+        if final:
+            report.add(
+                "final", await self._db.run(finalize, final, self._handlers, head=head, now=now)
+            )
         released, unanchored = self._judge_held(snap, plan, answers, head=head)
         if released:
             await self._db.run(_release, released, now)
@@ -496,6 +521,50 @@ class TxManager:
             settle_nonces, candidates, receipts, self._handlers, now=now, users=users
         )
 
+    def _judge_final(
+        self, snap: watch.Snapshot, plan: watch.Lookups, answers: Sequence[Any], *, head: int
+    ) -> tuple[list[tuple[TxRecord, Receipt]], list[TxRecord]]:
+        """Of the settled rows not told FINAL yet: those final now (their receipt's block
+        ``confirmations`` below this poll's head, and the header at that height, from this
+        fresh poll, carrying that very hash), and the suspects the chain shows elsewhere."""
+        receipts = {h: answers[slot] for h, slot in plan.final_receipts.items()}
+        headers: dict[int, str | None] = {}
+        for number, slot in plan.headers.items():
+            answer = answers[slot]
+            at = answer.get("number") if isinstance(answer, dict) else None
+            # a header only counts for the height asked (a node answering another is no view)
+            ok = isinstance(at, str) and at.startswith("0x") and int(at, 16) == number
+            headers[number] = watch.block_hash(answer) if ok else None
+        return final_verdicts(
+            snap.unfinal, receipts, headers, head=head, confirmations=self.policy.confirmations
+        )
+
+    def _to_watch(
+        self,
+        snap: watch.Snapshot,
+        plan: watch.Lookups,
+        answers: Sequence[Any],
+        *,
+        head: int,
+        also: Sequence[TxRecord],
+    ) -> list[TxRecord]:
+        """The settled rows whose receipts the reorg watch must read again: every recent one
+        when the header of the highest recent block changed, and the suspects ``also``."""
+        watched: list[TxRecord] = []
+        suspect_ids = {tx.id for tx in also}
+        if plan.watch_slot is not None and plan.watch_block is not None:
+            top = snap.recent_mined[0]
+            seen = watch.block_hash(answers[plan.watch_slot])
+            if seen is not None and (top.mined_block_hash is None or seen == top.mined_block_hash):
+                for tx in snap.recent_mined:
+                    if tx.id not in suspect_ids:  # a suspect's absence must be seen twice
+                        self._mined_absences.found(tx.tx_hash)
+            elif seen is not None or head < plan.watch_block:
+                watched = list(snap.recent_mined)
+            # else the node claims the height but lacks the block: an inconsistent view
+        watched_ids = {tx.id for tx in watched}
+        return watched + [tx for tx in also if tx.id not in watched_ids]
+
     async def _watch_reorgs(
         self,
         snap: watch.Snapshot,
@@ -504,42 +573,42 @@ class TxManager:
         *,
         head: int,
         now: float,
-    ) -> int:
-        """Reopen (held) our recently mined transactions that a reorg took out of the chain.
-        Evidence: the header of the highest block one of them is in has another hash (or the
-        chain is now shorter than that block); then each one's receipt is missing on two
-        polls some time apart from nodes at or past the head of the first."""
-        if plan.watch_slot is None or plan.watch_block is None:
-            return 0
-        top = snap.recent_mined[0]
-        seen = watch.block_hash(answers[plan.watch_slot])
-        if seen is not None and (top.mined_block_hash is None or seen == top.mined_block_hash):
-            for tx in snap.recent_mined:
-                self._mined_absences.found(tx.tx_hash)
-            return 0
-        if seen is None and head >= plan.watch_block:
-            return 0  # the node claims the height but lacks the block: an inconsistent view
+        also: Sequence[TxRecord] = (),
+    ) -> Counter[str]:
+        """Reopen (held) our recently settled transactions that a reorg took out of the chain,
+        telling their purposes, and follow those it re-included in another block. Evidence:
+        the header of the highest block one of them is in has another hash (or the chain is
+        now shorter than that block), or the finality check saw one in another block than
+        recorded (``also``); then each one's receipt is missing on two polls some time apart
+        from nodes at or past the head of the first."""
+        watched = self._to_watch(snap, plan, answers, head=head, also=also)
+        if not watched:
+            return Counter()
         batch = [RpcCall("eth_blockNumber", [])]
-        batch += [RpcCall("eth_getTransactionReceipt", [tx.tx_hash]) for tx in snap.recent_mined]
+        batch += [RpcCall("eth_getTransactionReceipt", [tx.tx_hash]) for tx in watched]
         again = await self._ask(batch)
         second_head = hex_int(_ok(again[0]))
         if not self._heads.observe(second_head, now):
-            return 0
+            return Counter()
         vanished: list[TxRecord] = []
-        moved: list[tuple[TxRecord, int, str]] = []
-        for tx, receipt in zip(snap.recent_mined, again[1:], strict=True):
-            if isinstance(receipt, dict):
+        moved: list[tuple[TxRecord, Receipt]] = []
+        for tx, answer in zip(watched, again[1:], strict=True):
+            if isinstance(answer, dict):
                 self._mined_absences.found(tx.tx_hash)
-                block_hash = str(receipt.get("blockHash", "")).lower()
-                if block_hash and block_hash != tx.mined_block_hash:
-                    moved.append((tx, hex_int(receipt["blockNumber"]), block_hash))
-            elif receipt is None and self._mined_absences.missing(
+                receipt = parse_receipt(answer)
+                if receipt.block_hash != tx.mined_block_hash or receipt.ok != (
+                    tx.status is TxStatus.MINED
+                ):
+                    moved.append((tx, receipt))
+            elif answer is None and self._mined_absences.missing(
                 tx.tx_hash, now=now, head=second_head
             ):
                 vanished.append(tx)
         if not vanished and not moved:
-            return 0
-        await self._db.run(_reopen_and_move, vanished, moved, now, second_head)
+            return Counter()
+        counts = await self._db.run(
+            _reopen_and_move, vanished, moved, now, second_head, self._handlers
+        )
         for tx in vanished:
             self._mined_absences.found(tx.tx_hash)
             log.warning(
@@ -549,9 +618,14 @@ class TxManager:
                 mined_block=tx.mined_block,
                 held=True,
             )
-        for tx, block, _ in moved:
-            log.info("tx_moved_by_reorg", tx_hash=tx.tx_hash, old_block=tx.mined_block, block=block)
-        return len(vanished)
+        for tx, receipt in moved:
+            log.info(
+                "tx_moved_by_reorg",
+                tx_hash=tx.tx_hash,
+                old_block=tx.mined_block,
+                block=receipt.block_number,
+            )
+        return counts
 
     def _judge_held(
         self, snap: watch.Snapshot, plan: watch.Lookups, answers: Sequence[Any], *, head: int
@@ -672,18 +746,70 @@ def _release(conn: sqlite3.Connection, txs: Sequence[TxRecord], now: float) -> N
 def _reopen_and_move(
     conn: sqlite3.Connection,
     vanished: Sequence[TxRecord],
-    moved: Sequence[tuple[TxRecord, int, str]],
+    moved: Sequence[tuple[TxRecord, Receipt]],
     now: float,
     head: int,
-) -> None:
+    handlers: Mapping[str, PurposeHandler],
+) -> Counter[str]:
+    """Record what a reorg did to settled transactions, and tell their purposes in the same
+    database transaction: a vanished one is reopened (held) and its purposes told
+    ``reorged``; one re-included elsewhere keeps its outcome with its finality clock
+    restarted, or, re-included with the other result, is settled again (``reorged``, then
+    the new outcome with its receipt). An outcome already FINAL undone means a reorg deeper
+    than the confirmations: logged as an error and counted (``final_reorged``), and told
+    anyway, since the chain no longer holds what the purpose was told."""
+    counts: Counter[str] = Counter()
     with atomic(conn):
-        for tx in vanished:
-            ledger.reopen(
-                conn, tx.id, now=now, head=head,
-                reason=f"block {tx.mined_block} was reorged away; held until its purpose holds",
+        for seen in vanished:
+            tx = ledger.get(conn, seen.id)
+            if tx is None or tx.status not in ledger.SETTLED_STATUSES:
+                continue  # settled again or reopened meanwhile
+            reason = f"block {tx.mined_block} was reorged away; held until its purpose holds"
+            ledger.reopen(conn, tx.id, now=now, head=head, reason=reason)
+            counts["reopened"] += 1
+            if tx.final_at is not None:
+                counts["final_reorged"] += 1
+                log.error(
+                    "tx_final_reorged_out", tx_hash=tx.tx_hash, nonce=tx.nonce,
+                    mined_block=tx.mined_block, head=head,
+                )  # fmt: skip
+            undo(
+                conn, handlers, tx, ledger.at_nonces(conn, tx.sender, [tx.nonce]),
+                detail=reason, now=now,
             )  # fmt: skip
-        for tx, block, block_hash in moved:
-            ledger.move_mined(conn, tx.id, block=block, block_hash=block_hash, now=now)
+        for seen, receipt in moved:
+            tx = ledger.get(conn, seen.id)
+            if tx is None or tx.status not in ledger.SETTLED_STATUSES:
+                continue
+            if tx.final_at is not None:
+                counts["final_reorged"] += 1
+                log.error(
+                    "tx_final_moved_by_reorg", tx_hash=tx.tx_hash, nonce=tx.nonce,
+                    old_block=tx.mined_block, block=receipt.block_number, ok=receipt.ok,
+                )  # fmt: skip
+            status = TxStatus.MINED if receipt.ok else TxStatus.REVERTED
+            if status is tx.status:
+                ledger.move_mined(
+                    conn, tx.id, block=receipt.block_number, block_hash=receipt.block_hash,
+                    now=now,
+                )  # fmt: skip
+                counts["moved"] += 1
+                continue
+            detail = (
+                f"tx {tx.tx_hash} re-included by a reorg in block {receipt.block_number}, "
+                f"{'executed' if receipt.ok else 'reverted'} this time"
+            )
+            undo(conn, handlers, tx, (), detail=detail, now=now)
+            ledger.resettle(
+                conn, tx.id, status, block=receipt.block_number, block_hash=receipt.block_hash,
+                gas_used=receipt.gas_used, now=now, reason=detail,
+            )  # fmt: skip
+            outcome = Settlement.MINED if receipt.ok else Settlement.REVERTED
+            settled = ledger.get(conn, tx.id)
+            assert settled is not None  # rows are never deleted
+            tell(conn, handlers, settled, outcome, detail=detail, now=now, receipt=receipt)
+            counts["resettled"] += 1
+    return counts
 
 
 def _ok(answer: Any) -> Any:

@@ -2,8 +2,10 @@
 
 :func:`snapshot` reads, in one database transaction, everything a poll judges: the open
 nonces with every row at them (current and superseded alternatives, any of which may mine),
-the recently mined rows a reorg could still take out, and for held rows (taken out by a
-reorg) what their purposes say. :func:`lookups` turns it into one JSON-RPC batch:
+the recently settled rows a reorg could still take out, the settled rows deep enough to be
+told FINAL, and what the purposes say: whether open rows still serve them (given ``now``
+and a lazy :class:`~shared.tx.chainview.ChainView`), and for held rows (taken out by a
+reorg) where their subjects are anchored. :func:`lookups` turns it into one JSON-RPC batch:
 
 - ``eth_blockNumber`` and ``eth_getTransactionCount(latest)``: the head judges whether the
   whole answer is fresh (shared/tx/evidence.py), and the count comes from the same batch as
@@ -14,7 +16,10 @@ reorg) what their purposes say. :func:`lookups` turns it into one JSON-RPC batch
   header per poll watches all of them for reorgs;
 - ``eth_getTransactionByHash`` of broadcast transactions due for a check that a node still
   holds them;
-- the headers of the blocks held transactions' subjects are anchored in.
+- the headers of the blocks held transactions' subjects are anchored in;
+- for each settled row that may be final now (its block at least ``confirmations`` below
+  the highest head seen before this poll): its receipt and the header at its block's
+  height, so FINAL is judged from this poll's one batch, under its freshness rule.
 """
 
 from __future__ import annotations
@@ -22,24 +27,31 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from shared.chain.rpc import RpcCall
 from shared.db import read_transaction
 from shared.tx import ledger
+from shared.tx.chainview import ChainView
 from shared.tx.ledger import TxRecord
 from shared.tx.settlement import PurposeHandler, SubjectAnchor
+
+# Settled rows judged for FINAL per poll at most: bounds one poll's batch after a long
+# downtime left many behind (each costs a receipt and at most a header); the rest follow on
+# the next polls, oldest block first.
+FINAL_PER_POLL: Final = 64
 
 
 @dataclass(frozen=True)
 class Snapshot:
     open_rows: list[TxRecord]  # the current row of each open nonce
     at_open: list[TxRecord]  # every row at those nonces
-    recent_mined: list[TxRecord]  # MINED in the last blocks, highest block first
+    recent_mined: list[TxRecord]  # MINED / REVERTED in the last blocks, highest block first
     settled_floor: int  # one above our highest MINED / REVERTED nonce
     settled_open: set[int]  # open nonces that also hold a MINED / REVERTED row of ours
     invalid: dict[int, str]  # open row id -> why its purpose no longer holds
     anchors: dict[int, SubjectAnchor | None]  # held, still valid row id -> its anchor
+    unfinal: list[TxRecord] = field(default_factory=list)  # settled, deep enough to judge
 
     @property
     def held(self) -> list[TxRecord]:
@@ -52,6 +64,9 @@ def snapshot(
     handlers: Mapping[str, PurposeHandler],
     *,
     mined_since_block: int | None,
+    final_up_to_block: int | None = None,
+    now: float,
+    chain: ChainView,
 ) -> Snapshot:
     with read_transaction(conn):  # a consistent picture of the ledger
         open_rows = ledger.open_txs(conn, sender)
@@ -62,7 +77,9 @@ def snapshot(
             if mined_since_block is not None
             else []
         )
-        invalid = _by_kind(open_rows, handlers, lambda h, group: h.invalid(conn, group))
+        invalid = _by_kind(
+            open_rows, handlers, lambda h, group: h.invalid(conn, group, now=now, chain=chain)
+        )
         held = [tx for tx in open_rows if tx.held and tx.id not in invalid]
         anchors: dict[int, SubjectAnchor | None] = {tx.id: None for tx in held}
         anchors.update(_by_kind(held, handlers, lambda h, group: h.anchors(conn, group)))
@@ -74,6 +91,11 @@ def snapshot(
             settled_open=ledger.settled_nonces(conn, sender, nonces) if nonces else set(),
             invalid=invalid,
             anchors=anchors,
+            unfinal=(
+                ledger.unfinal(conn, sender, up_to_block=final_up_to_block, limit=FINAL_PER_POLL)
+                if final_up_to_block is not None
+                else []
+            ),
         )
 
 
@@ -99,6 +121,7 @@ class Lookups:
     watch_slot: int | None = None
     known: dict[str, int] = field(default_factory=dict)  # tx hash -> getTransactionByHash slot
     headers: dict[int, int] = field(default_factory=dict)  # block number -> slot
+    final_receipts: dict[str, int] = field(default_factory=dict)  # unfinal tx hash -> slot
 
     def add(self, call: RpcCall) -> int:
         self.calls.append(call)
@@ -125,6 +148,19 @@ def lookups(snap: Snapshot, sender: str, *, check_known: Sequence[TxRecord]) -> 
         if anchor is not None and anchor.block_number not in out.headers:
             out.headers[anchor.block_number] = out.add(
                 RpcCall("eth_getBlockByNumber", [hex(anchor.block_number), False])
+            )
+    for tx in snap.unfinal:
+        if tx.mined_block is None:
+            continue
+        slot = out.receipts.get(tx.tx_hash)
+        if slot is None:
+            slot = out.add(RpcCall("eth_getTransactionReceipt", [tx.tx_hash]))
+        out.final_receipts[tx.tx_hash] = slot
+        if tx.mined_block not in out.headers:
+            out.headers[tx.mined_block] = (
+                out.watch_slot
+                if out.watch_slot is not None and tx.mined_block == out.watch_block
+                else out.add(RpcCall("eth_getBlockByNumber", [hex(tx.mined_block), False]))
             )
     return out
 

@@ -14,6 +14,11 @@ The transaction manager (shared/tx) asks this handler two things:
   for one re-simulation (which usually fails it with the decoded reason); a second revert of
   the same generation makes it FAILED. A transaction no node will take makes it FAILED.
   A mined one changes nothing here: the indexer marks FULFILLED from the chain's event.
+  The oracle acts on MINED / REVERTED at once, not on FINAL: its indexer confirms the
+  fulfilled event at HODLAI_CONFIRMATIONS, and a fulfilment a reorg took out is held and
+  sent again by the manager while its request is anchored. So FINAL and
+  :meth:`FulfilmentPurpose.reorged` change nothing here either, and :meth:`invalid` reads
+  only the database (it never touches the chain view: no RPC per poll).
 
 :func:`return_orphans` closes the remaining gap: a PROCESSED row none of whose transactions
 can still mine (all cancelled, dropped or replaced by a cancel) goes back to ANSWERED, so no
@@ -32,7 +37,9 @@ from shared import store
 from shared.db import atomic
 from shared.errors import TransitionConflict
 from shared.store import Status
+from shared.tx.chainview import ChainView
 from shared.tx.ledger import TxRecord
+from shared.tx.receipts import Receipt
 from shared.tx.settlement import Settlement, SubjectAnchor
 
 log = structlog.get_logger(__name__)
@@ -47,7 +54,14 @@ MAX_REVERTS: Final = 2
 class FulfilmentPurpose:
     """The 'fulfil' purpose handler (see the module docstring)."""
 
-    def invalid(self, conn: sqlite3.Connection, txs: Sequence[TxRecord]) -> dict[int, str]:
+    def invalid(
+        self,
+        conn: sqlite3.Connection,
+        txs: Sequence[TxRecord],
+        *,
+        now: float | None = None,
+        chain: ChainView | None = None,
+    ) -> dict[int, str]:
         out: dict[int, str] = {}
         for tx in txs:
             if tx.purpose.subject is None:
@@ -93,6 +107,7 @@ class FulfilmentPurpose:
         *,
         detail: str,
         now: float,
+        receipt: Receipt | None = None,
     ) -> None:
         request_id = tx.purpose.subject
         if request_id is None:
@@ -118,6 +133,18 @@ class FulfilmentPurpose:
                 conn, tx, Status.FAILED, now=now, note="node rejected the transaction",
                 fail_reason=f"no node accepts the fulfilment transaction: {tx.error or detail}",
             )  # fmt: skip
+
+    def reorged(
+        self,
+        conn: sqlite3.Connection,
+        tx: TxRecord,
+        *,
+        undone: Settlement,
+        detail: str,
+        now: float,
+    ) -> None:
+        """Nothing to do: the request stays PROCESSED while the manager holds the fulfilment
+        (and sends it again or cancels it); the indexer undoes a fulfilled event it took."""
 
     def _move(
         self,
