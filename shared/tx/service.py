@@ -193,7 +193,6 @@ class SendingService(Generic[Unit]):
         self.source = source
         self._readiness = readiness
         self._clock = clock
-        self._events = config.events
         self._started = False
         self._next_check = 0.0
         self._next_sweep = 0.0
@@ -203,6 +202,10 @@ class SendingService(Generic[Unit]):
         self.paused: str | None = None
         self._fee_cap_logged = False
         self._halt: tuple[str, str] | None = None  # (worker, reason) of the halt logged
+
+    @property
+    def _events(self) -> SendingEvents:
+        return self.config.events
 
     @property
     def _sender(self) -> dict[str, str]:
