@@ -29,13 +29,13 @@ from shared.tx.ledger import Purpose
 from shared.tx.manager import Recorded, Submission, TxManager, TxPolicy
 from shared.tx.senders import claim_sender
 from shared.tx.service import (
-    InFlightError,
     ReadinessCheck,
     SendingConfig,
     SendingService,
     balance_check,
 )
 from shared.tx.signer import Call, LocalSigner, SignedTx
+from shared.tx.subjects import InFlightError
 from tests import sample_executor as sample
 
 OWNER = "note-sender"

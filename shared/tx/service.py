@@ -30,8 +30,8 @@ Guarantees:
   are given back). What is in flight is followed throughout.
 - One live transaction per subject: a submission whose purpose kind and subject already have
   a transaction at a nonce that can still mine is refused in the record transaction
-  (:class:`InFlightError`, reported to the source in its :class:`Recorded`), whatever the
-  source's bind does.
+  (shared/tx/subjects.py: ``InFlightError``, reported to the source in its ``Recorded``),
+  whatever the source's bind does.
 - Claimed units that end up not recorded because of an error (simulation, record) are given
   back to the source (:meth:`SubmissionSource.release`) before the error propagates.
 """
@@ -39,7 +39,6 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import signal
 import sqlite3
@@ -53,10 +52,10 @@ import structlog
 from shared import halt
 from shared.chain.rpc import RpcClient, hex_int
 from shared.db import AsyncDatabase
-from shared.errors import FeeCapExceededError, HodlaiError, RetryableError, TransitionConflict
+from shared.errors import FeeCapExceededError, HodlaiError, RetryableError
 from shared.tx.fees import FeePolicy, Fees, fetch_market, price
 from shared.tx.manager import Recorded, Submission, TxManager
-from shared.tx.signer import SignedTx
+from shared.tx.subjects import one_live
 
 log = structlog.get_logger(__name__)
 
@@ -68,10 +67,6 @@ ORPHANING: Final = frozenset({"dropped", "superseded", "cancelled", "gap_filled"
 
 FaultPoint = Literal["", "after_record", "after_broadcast"]
 Unit = TypeVar("Unit")
-
-
-class InFlightError(TransitionConflict):
-    """The subject already has a transaction in flight; a second one must not be signed."""
 
 
 @dataclass(frozen=True)
@@ -183,7 +178,7 @@ class SendingService(Generic[Unit]):
         manager: TxManager,
         config: SendingConfig,
         source: SubmissionSource[Unit],
-        readiness: ReadinessCheck | None = None,
+        readiness: ReadinessCheck | None = None,  # None: the balance alone
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._db = db
@@ -191,7 +186,9 @@ class SendingService(Generic[Unit]):
         self.manager = manager
         self.config = config
         self.source = source
-        self._readiness = readiness
+        # Without a check of its own, an executor still needs the balance: it is what ends a
+        # pause after a node refused a transaction for lack of funds.
+        self._readiness = readiness or balance_check(rpc, manager.sender, min_balance_wei=0)
         self._clock = clock
         self._started = False
         self._next_check = 0.0
@@ -263,7 +260,7 @@ class SendingService(Generic[Unit]):
 
     async def _check_readiness(self, now: float) -> None:
         waiting = self.paused is not None or self.manager.funds_short
-        if self._readiness is None or (now < self._next_check and not waiting):
+        if now < self._next_check and not waiting:
             return
         # While paused, check every round: sending resumes as soon as the account is funded.
         self._next_check = now + self.config.checks_s
@@ -364,54 +361,3 @@ def _first_halt(conn: sqlite3.Connection, workers: Sequence[str]) -> tuple[str, 
         if reason is not None:
             return worker, reason
     return None
-
-
-# --- what every source's bookkeeping needs ---------------------------------------------------
-
-
-def one_live(submission: Submission) -> Submission:
-    """``submission`` whose bind first refuses a second live transaction for its subject."""
-    kind, subject, bind = submission.purpose.kind, submission.purpose.subject, submission.bind
-    if subject is None:
-        return submission
-
-    def guarded(conn: sqlite3.Connection, signed: SignedTx) -> None:
-        # Any transaction of this subject at a nonce still open (itself, or superseded by a
-        # replacement or cancel that may yet lose to it) could still mine.
-        other = conn.execute(
-            "SELECT t.tx_hash FROM txs t WHERE t.subject = ? AND t.purpose = ?"
-            " AND t.tx_hash <> ? AND EXISTS (SELECT 1 FROM txs o WHERE o.sender = t.sender"
-            " AND o.nonce = t.nonce AND o.status IN ('SIGNED', 'BROADCAST')) LIMIT 1",
-            (subject, kind, signed.tx_hash),
-        ).fetchone()
-        if other is not None:
-            raise InFlightError(f"{kind} {subject} still has {other[0]} in flight")
-        bind(conn, signed)
-
-    return dataclasses.replace(submission, bind=guarded)
-
-
-@dataclass(frozen=True)
-class PriorSends:
-    """What the ledger holds of earlier transactions of one subject's current version."""
-
-    block: int = 0  # the newest block one of them was simulated at
-    intents: int = 0  # how many were intended (replacements and cancels not counted)
-
-
-def prior_sends(
-    conn: sqlite3.Connection, kind: str, subjects: Sequence[tuple[str, int | None]]
-) -> dict[str, PriorSends]:
-    """Per (subject, version) with earlier intents: how many, and the newest simulation
-    block. An idempotency key that counts the intents names the next one; a re-simulation
-    never goes below the block an earlier send was simulated at."""
-    out: dict[str, PriorSends] = {}
-    for subject, version in subjects:
-        block, intents = conn.execute(
-            "SELECT MAX(simulated_block), COUNT(*) FILTER (WHERE replaces_tx_id IS NULL)"
-            " FROM txs WHERE purpose = ? AND subject = ? AND version IS ?",
-            (kind, subject, version),
-        ).fetchone()
-        if intents:
-            out[subject] = PriorSends(int(block or 0), int(intents))
-    return out

@@ -40,17 +40,10 @@ from shared.store import Claimed, Status
 from shared.tx.fees import FeePolicy
 from shared.tx.ledger import Purpose
 from shared.tx.manager import Recorded, Submission, TxManager
-from shared.tx.service import (
-    InFlightError,
-    PriorSends,
-    Readiness,
-    SendingConfig,
-    SendingEvents,
-    SendingService,
-    prior_sends,
-)
+from shared.tx.service import Readiness, SendingConfig, SendingEvents, SendingService
 from shared.tx.signer import Call, SignedTx
 from shared.tx.simulation import GasRule
+from shared.tx.subjects import InFlightError, PriorSends, prior_sends
 from workers.fulfiller.purpose import ACTOR, FULFIL_PURPOSE, return_orphans
 from workers.fulfiller.readiness import read_readiness
 from workers.fulfiller.settings import FaultPoint
