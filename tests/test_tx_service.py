@@ -54,8 +54,8 @@ class NoteSource:
     rpc_url: str
     manager: TxManager
     sweep_every_s: float = 5.0
-    #: per claim: had the manager polled (seen a head) before it?
-    polled_before_claim: list[bool] = field(default_factory=list)
+    #: per claim: transactions still open in the ledger (-1: the manager had seen no head)
+    open_at_claim: list[int] = field(default_factory=list)
     #: per recorded transaction: (ledger status, whether a node knew its hash) at record time
     at_record: list[tuple[str, bool]] = field(default_factory=list)
     results: list[Recorded] = field(default_factory=list)
@@ -69,7 +69,8 @@ class NoteSource:
         pass
 
     async def claim(self, limit: int, *, now: float) -> list[str]:
-        self.polled_before_claim.append(self.manager.best_head is not None)
+        polled = self.manager.best_head is not None
+        self.open_at_claim.append(await self.db.run(_open_txs) if polled else -1)
         rows = await self.db.run(
             lambda c: state.claim(
                 c, sample.NOTES, owner=OWNER, status="NEW", limit=limit, lease_seconds=60, now=now
@@ -120,6 +121,11 @@ class NoteSource:
                 (OWNER,))]
         )  # fmt: skip
         await self.release(held)
+
+
+def _open_txs(conn: sqlite3.Connection) -> int:
+    sql = "SELECT COUNT(*) FROM txs WHERE status IN ('SIGNED', 'BROADCAST')"
+    return int(conn.execute(sql).fetchone()[0])
 
 
 def _ledger_status(conn: sqlite3.Connection, tx_hash: str) -> str:
@@ -240,8 +246,9 @@ async def test_a_test_executor_sends_through_the_service_and_each_unit_mines_onc
     # Record before broadcast: every transaction was committed, and unknown to the node,
     # when the source heard of it.
     assert rig.source.at_record == [("SIGNED", False)] * len(ids)
-    # Poll before new work: no claim before the manager had reconciled and seen the chain.
-    assert rig.source.polled_before_claim and all(rig.source.polled_before_claim)
+    # Poll before new work: each round settled what the one before sent (anvil mines each
+    # transaction as it arrives) before it claimed anything.
+    assert len(rig.source.open_at_claim) >= 3 and set(rig.source.open_at_claim) == {0}
     assert rig.source.batches == [4, 4, 2]  # batch=4: at most four units per round
 
 
@@ -256,7 +263,7 @@ async def test_nothing_is_signed_while_the_readiness_check_pauses_sending(rig: R
         await rig.step(5)
     assert rig.service.paused is not None and "below" in rig.service.paused
     assert [e["event"] for e in logs].count("sending_paused") == 1
-    assert rig.source.polled_before_claim == []  # nothing was even claimed
+    assert rig.source.open_at_claim == []  # nothing was even claimed
     assert rig.ledger() == [] and rig.sent_on_chain() == {}
     _rpc(rig.node.rpc_url, "anvil_setBalance", [rig.sender, hex(2 * 10**30)])
     with capture_logs() as logs:
@@ -278,7 +285,7 @@ async def test_nothing_is_signed_while_a_respected_worker_is_halted(rig: Rig) ->
         await rig.step(5)
     paused = [e for e in logs if e["event"] == "sending_paused"]
     assert [e["reason"] for e in paused] == ["the indexer is halted: the RPC serves another chain"]
-    assert rig.source.polled_before_claim == [] and rig.ledger() == []
+    assert rig.source.open_at_claim == [] and rig.ledger() == []
     halt.resume(rig.conn, by="operator")
     await rig.run_until_sent(len(ids))
     assert rig.sent_on_chain() == {i: 1 for i in ids}
@@ -295,7 +302,7 @@ async def test_nothing_is_signed_over_the_fee_cap_and_claimed_units_are_given_ba
     with capture_logs() as logs:
         await rig.step(5)
     assert [e["event"] for e in logs].count("sending_waiting_for_fees") == 1  # once, not per round
-    assert len(rig.source.polled_before_claim) == 5 and sorted(set(rig.source.released)) == ids
+    assert len(rig.source.open_at_claim) == 5 and sorted(set(rig.source.released)) == ids
     leased = rig.conn.execute("SELECT COUNT(*) FROM sample_notes WHERE lease_owner IS NOT NULL")
     assert leased.fetchone()[0] == 0 and rig.ledger() == [] and rig.sent_on_chain() == {}
     rig.service.config = CONFIG
