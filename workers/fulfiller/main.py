@@ -11,13 +11,13 @@ Order of start-up, each step refusing to go on with a clear message when it fail
    power cut) and migrated;
 5. its identity checked against ``eth_chainId`` and the provider;
 6. ORACLE_ROLE: without it the process exits (code 2) saying how to grant it;
-7. the loop, which first reconciles nonces and re-broadcasts what is in flight. The
-   database thread checks every second that the file is still the one opened.
+7. the loop: the core's sending service (shared/tx/service.py) with the oracle's source
+   (workers/fulfiller/worker.py); its first step reconciles nonces and re-broadcasts what is
+   in flight. The database thread checks every second that the file is still the one opened.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -30,9 +30,11 @@ from shared.errors import ConfigError
 from shared.logs import configure_logging
 from shared.metrics import Health
 from shared.runtime import WorkerSpec, run_worker
+from shared.store import Claimed
 from shared.tx.fees import FeePolicy
 from shared.tx.manager import TxManager, TxPolicy
 from shared.tx.senders import claim_sender
+from shared.tx.service import SendingService
 from shared.tx.signer import LocalSigner
 from shared.tx.simulation import GasRule
 from workers.fulfiller.provider import spend_policy
@@ -80,30 +82,13 @@ def run(settings: FulfillerSettings) -> int:
     )
 
 
-class FulfillerService:
-    """The fulfiller as shared.runtime.run_worker runs it."""
-
-    def __init__(self, worker: FulfillerWorker, manager: TxManager) -> None:
-        self.worker = worker
-        self.manager = manager
-
-    async def start(self, stop: asyncio.Event) -> bool:
-        return True  # the first step reconciles nonces and re-broadcasts what is in flight
-
-    async def step(self) -> float:
-        return await self.worker.step()
-
-    async def stop(self) -> None:
-        await self.worker.stop()
-        await self.manager.close()
-
-
 @asynccontextmanager
 async def fulfiller_service(
     settings: FulfillerSettings, private_key: bytes, db: AsyncDatabase
-) -> AsyncIterator[FulfillerService]:
+) -> AsyncIterator[SendingService[Claimed]]:
     """Checks the chain, the database and the key belong together, claims the key, then
-    yields the service (steps 5 and 6 of the module docstring)."""
+    yields the fulfiller's sending service (steps 5 and 6 of the module docstring); its
+    stop gives back the leases, then the key."""
     assert settings.provider_address is not None
     rpc = RpcClient(settings.rpc_urls, chain_id=settings.chain_id)
     try:
@@ -186,6 +171,6 @@ async def fulfiller_service(
         except BaseException:
             await db.run(claim.release)  # nothing was signed: give the key back
             raise
-        yield FulfillerService(worker, manager)
+        yield worker.service
     finally:
         await rpc.aclose()
