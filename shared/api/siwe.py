@@ -84,6 +84,7 @@ _STATEMENT = re.compile(r"^[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;= ]*$")
 _ACTION = re.compile(r"^[A-Za-z][A-Za-z0-9 _-]*$")
 _HEADER_DOC: Final = 'base64 of {"message": EIP-4361 text, "signature": "0x..."}'
 
+
 @dataclass(frozen=True)
 class IssuedNonce:
     nonce: str
