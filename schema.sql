@@ -232,7 +232,8 @@ CREATE TABLE IF NOT EXISTS senders (
     host         TEXT NOT NULL,
     pid          INTEGER NOT NULL,
     acquired_at  REAL NOT NULL,
-    heartbeat_at REAL NOT NULL
+    heartbeat_at REAL NOT NULL,
+    generation INTEGER NOT NULL DEFAULT 0     -- bumped by every claim; fences the txs insert (migration 12)
 ) STRICT;
 
 -- Wallets whose private keys the node holds, encrypted with AES-256-GCM under the master key
@@ -262,7 +263,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS idx_wallets_owner ON wallets (label, owner) WH
 -- [core migration 11: tx finality — section reserved]
 
 
--- [core migration 12: sender fencing — section reserved]
+-- Core migration 12 (sender fencing) adds one column, senders.generation, above: bumped by
+-- every claim of a key, checked by the txs insert in its own transaction (shared/tx/ledger.py).
 
 
 -- [core migration 13: append-only history — section reserved]

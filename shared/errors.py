@@ -28,6 +28,9 @@ retrying::
         ├── DatabaseMismatchError   the database belongs to another chain or provider
         │   └── SchemaVersionError  the database's schema is newer (or older) than this code
         ├── NotDurableError         a money component was given a connection below synchronous=FULL
+        ├── SenderTakenOverError    another process took this process's sending key: fatal
+        ├── SenderHaltedError       a sending key is halted for an operator; nothing is signed
+        ├── LedgerTamperedError     a txs row differs from its own signed bytes: never re-signed
         ├── TransitionConflict      the row was not in the expected state (someone moved it)
         ├── LeaseLostError          a worker completed work it no longer holds (fenced off)
         ├── NotFoundError           no such entity (a request id, a task): asked for by name
@@ -138,6 +141,23 @@ class NotDurableError(PermanentError):
     """A component that records money (the transaction ledger, the vault, the authorizations
     ledger) was handed a connection whose ``synchronous`` is below FULL: a power cut could
     lose what it records after the money has left. Open it with ``connect(..., durable=True)``."""
+
+
+class SenderTakenOverError(PermanentError):
+    """Another process claimed this process's sending key (shared/tx/senders.py): nothing
+    may be signed or recorded with it here any more. Fatal: the run loop does not retry it,
+    the process exits."""
+
+
+class SenderHaltedError(PermanentError):
+    """A sending key is halted until an operator resumes it (e.g. a nonce of it was used by a
+    transaction this node did not sign: someone else holds the key). Nothing new is signed."""
+
+
+class LedgerTamperedError(PermanentError):
+    """A ``txs`` row's call columns (to, calldata, value, gas) differ from the call its signed
+    bytes hold, or the bytes were signed by another key or for another chain: someone wrote
+    the database file. Nothing is signed from such a row."""
 
 
 class TransitionConflict(PermanentError):

@@ -121,7 +121,7 @@ def test_a_revert_earns_one_resimulation_and_a_second_revert_fails_the_request(
     assert row["fail_reason"] == "fulfilment reverted on chain 2 times (last: tx b in block 9)"
 
 
-@pytest.mark.parametrize("outcome", [Settlement.REVERTED, Settlement.REJECTED])
+@pytest.mark.parametrize("outcome", [Settlement.REVERTED, Settlement.SUPERSEDED])
 def test_a_settlement_for_an_older_generation_leaves_the_new_content_alone(
     conn: sqlite3.Connection, outcome: Settlement
 ) -> None:
