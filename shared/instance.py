@@ -223,7 +223,7 @@ def hold_key(address: str, chain_id: int, directory: Path, *, db_path: Path) -> 
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "holder unknown"
+            holder = _describe_key_holder(os.pread(fd, 4096, 0))
             raise ConfigError(
                 f"the sending key {address} on chain {chain_id} is held by another process "
                 f"({holder}; lock {directory / name}): one signer per key and chain, whatever "
@@ -244,3 +244,14 @@ def hold_key(address: str, chain_id: int, directory: Path, *, db_path: Path) -> 
         raise
     log.info("sender_key_lock_held", address=address, chain_id=chain_id, lock=str(directory / name))
     return KeyLock(address, chain_id, directory / name, fd)
+
+
+def _describe_key_holder(raw: bytes) -> str:
+    try:
+        holder = json.loads(raw)
+        return (
+            f"pid {holder['pid']} on {holder['host']} since {holder['since']}, "
+            f"database {holder['database']}"
+        )
+    except (ValueError, KeyError, TypeError):
+        return "holder unknown"
