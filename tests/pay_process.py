@@ -1,5 +1,6 @@
-"""A test-only paying process: ETH value transfers through the transaction manager, as a money
-executor would send them, for tests that kill it at awkward moments (tests/test_tx_restart_chaos.py).
+"""A test-only paying process: ETH value transfers through the transaction manager, as a
+money executor would send them, for tests that kill it at awkward moments
+(tests/test_tx_restart_chaos.py).
 
 One life of the process: claim the key, start the manager (reconcile and re-send, or cancel,
 what is in flight), optionally mine one block (``--mine-after-start``: the test's stand-in for
@@ -24,8 +25,6 @@ import signal
 import sqlite3
 import sys
 from collections.abc import Sequence
-
-import httpx
 
 from shared.chain.rpc import RpcClient
 from shared.db import AsyncDatabase, atomic, connect
@@ -113,7 +112,7 @@ async def run(args: argparse.Namespace) -> int:
     try:
         await manager.start()
         if args.mine_after_start:
-            httpx.post(args.rpc, json={"jsonrpc": "2.0", "id": 1, "method": "evm_mine"})
+            await rpc.call("evm_mine", [])
         todo = (await db.run(_todo))[: manager.room]
         subs = [
             Submission(
@@ -135,7 +134,7 @@ async def run(args: argparse.Namespace) -> int:
             while manager.in_flight:
                 if loop.time() > deadline:
                     return 3
-                httpx.post(args.rpc, json={"jsonrpc": "2.0", "id": 1, "method": "evm_mine"})
+                await rpc.call("evm_mine", [])
                 await manager.poll()
                 await asyncio.sleep(0.05)
         return 0
