@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from eth_utils.address import to_checksum_address
 
 from shared.anvil import Anvil
 from shared.db import atomic, connect
@@ -88,7 +89,7 @@ def _chaos(tmp_path: Path, runs_per_fault: int) -> None:
 
 
 def _recipient(run: int) -> str:
-    return "0x" + f"{0xC0FFEE0000 + run:040x}"
+    return to_checksum_address(f"0x{0xC0FFEE0000 + run:040x}")
 
 
 def test_killed_payers_pay_each_payment_once_and_no_cancelled_one(tmp_path: Path) -> None:

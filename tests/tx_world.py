@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from eth_utils.address import to_checksum_address
 
 from shared.anvil import Anvil
 from shared.chain.rpc import RpcClient
@@ -126,5 +127,5 @@ def make_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Worl
         signer = LocalSigner(bytes.fromhex(node.accounts[6].private_key[2:]), chain_id=CHAIN)
         yield World(
             node, scripted, tmp_path / "pay.db", signer, PayPurpose(), ManualClock(),
-            recipient="0x" + f"{next(_keys):040x}",
+            recipient=to_checksum_address(f"0x{0xBEEF000000 + next(_keys):040x}"),
         )  # fmt: skip
