@@ -38,7 +38,7 @@ from shared.tx.signer import Call, LocalSigner
 PAY = "test-pay"
 FAULT_ENV = "HODLAI_FAULT_POINT"
 POLICY = TxPolicy(
-    fees=FeePolicy(max_fee_per_gas=100 * GWEI, max_priority_fee_per_gas=2 * GWEI),
+    fees=FeePolicy(max_fee_per_gas=100 * GWEI, max_priority_fee_per_gas=5 * GWEI),
     window=64,
     absent_after_s=0.5,
 )

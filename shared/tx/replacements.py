@@ -20,7 +20,8 @@ Guarantees (:func:`plan`):
   receipt is not visible yet): a bump there could only waste a send.
 - A replacement offers at least the replacement minimum over the transaction it replaces and
   never more than the caps (:func:`replacement_fees`); when the caps leave no room it is not
-  made (the caller warns, once per transaction). A replacement that would not change the
+  made (the caller warns, once per transaction), except a cancel, which is then priced at
+  the market: it fills the nonce wherever no node holds the original. A replacement that would not change the
   fees is not made: it would be the same transaction again.
 """
 
@@ -130,9 +131,19 @@ def replacement_fees(replacement: Replacement, market: Market, policy: FeePolicy
         except FeeCapExceededError:
             return None
     fees = bump(replacement.old.fees, market, policy)
-    if fees == replacement.old.fees:
-        return None  # the same fees would sign the same transaction again
-    return fees
+    if fees is not None and fees != replacement.old.fees:
+        return fees
+    if replacement.purpose == CANCEL:
+        # No valid bump within the caps. A cancel at the market price still fills the nonce
+        # wherever no node holds the original (signed but never accepted, or forgotten): an
+        # invalid transaction is never sent, so without it the nonce, and every later one,
+        # would wait forever. A node that holds the original refuses it; they compete on.
+        try:
+            fees = price(market, policy)
+        except FeeCapExceededError:
+            return None
+        return None if fees == replacement.old.fees else fees
+    return None  # the same fees would sign the same transaction again
 
 
 def signed_call(tx: TxRecord, *, sender: str, chain_id: int) -> Call:
