@@ -325,3 +325,23 @@ async def test_a_nonce_used_by_a_foreign_transaction_halts_the_money_sender(
         again = await manager.record([world.payment("f")], FAIR)
         assert again[0].signed is not None and again[0].signed.nonce == 1
     assert world.purpose.told == [(recorded[0].signed.tx_hash, Settlement.DROPPED)]
+
+
+async def test_an_invalid_unsent_payment_that_no_bump_fits_under_the_caps_is_still_cancelled(
+    world: World,
+) -> None:
+    at_tip_cap = Fees(max_fee_per_gas=10 * GWEI, max_priority_fee_per_gas=5 * GWEI)
+    async with world.manager() as first:
+        await first.start()
+        recorded = await first.record([world.payment("g")], at_tip_cap)  # killed before send
+    signed = recorded[0].signed
+    assert signed is not None
+    world.purpose.cancelled.add("g")
+    async with world.manager() as second:
+        report = await second.start()  # a +12.5 % tip would pass the 5 gwei cap
+        assert report.counts["cancelled"] == 1  # priced at the market instead: not wedged
+        world.rpc("evm_mine", [])
+        await second.poll()
+        assert second.in_flight == 0
+    assert world.scripted.sends_of(signed.raw) == 0 and world.balance() == 0
+    assert world.purpose.told == [(signed.tx_hash, Settlement.SUPERSEDED)]
