@@ -494,6 +494,7 @@ class TxManager:
         invalid = {**snap.invalid, **unanchored}
         open_ids = {tx.id for tx in snap.open_rows}
         self._price_refused = {i: v for i, v in self._price_refused.items() if i in open_ids}
+        self._said = {(s, w) for s, w in self._said if _still_open(s, open_ids, floor)}
         level = (
             await self._market_level()
             if any(tx.id in self._price_refused for tx in waiting)
@@ -905,3 +906,12 @@ def _last_dropped(conn: sqlite3.Connection, sender: str) -> str:
         (sender,),
     ).fetchone()
     return "unknown" if row is None or row[0] is None else str(row[0])
+
+
+def _still_open(subject: str, open_ids: set[int], floor: int) -> bool:
+    """Whether a subject of ``TxManager._first_time`` is still worth remembering."""
+    if subject.isdigit():
+        return int(subject) in open_ids
+    if subject.startswith("gap:"):
+        return int(subject.removeprefix("gap:")) >= floor
+    return True

@@ -21,8 +21,8 @@ Guarantees (:func:`plan`):
 - A replacement offers at least the replacement minimum over the transaction it replaces and
   never more than the caps (:func:`replacement_fees`); when the caps leave no room it is not
   made (the caller warns, once per transaction), except a cancel, which is then priced at
-  the market: it fills the nonce wherever no node holds the original. A replacement that would not change the
-  fees is not made: it would be the same transaction again.
+  the market: it fills the nonce wherever no node holds the original. A replacement that
+  would not change the fees is not made: it would be the same transaction again.
 """
 
 from __future__ import annotations
