@@ -12,7 +12,8 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,8 @@ from shared.errors import (
     SenderHaltedError,
     SenderTakenOverError,
 )
-from shared.runtime import run_loop
+from shared.metrics import TXS, Health
+from shared.runtime import WorkerSpec, run_loop, run_worker
 from shared.tx import ledger, replacements
 from shared.tx.fees import GWEI, Fees
 from shared.tx.ledger import Purpose
@@ -196,6 +198,33 @@ async def test_a_takeover_ends_the_run_loop_while_a_config_error_is_retried() ->
     assert [e["event"] for e in logs if e["log_level"] == "error"] == ["sender_taken_over_fatal"]
 
 
+def test_a_process_whose_key_is_taken_over_stops(tmp_path: Path) -> None:
+    """run_worker lets the takeover out (the CLI then exits 1 with one line) instead of
+    backing off and trying to sign again."""
+    steps = []
+
+    class Payer:
+        async def start(self, stop: asyncio.Event) -> bool:
+            return True
+
+        async def step(self) -> float:
+            steps.append(1)
+            raise SenderTakenOverError("the sending key 0xabc was taken over by another process")
+
+        async def stop(self) -> None:
+            steps.append(0)
+
+    @asynccontextmanager
+    async def build(db: object, stop: asyncio.Event) -> AsyncIterator[Payer]:
+        yield Payer()
+
+    spec = WorkerSpec(process="payer", executor="test", db_path=tmp_path / "w.db",
+                      health=Health(stale_after_s=60))  # fmt: skip
+    with pytest.raises(SenderTakenOverError):
+        run_worker(spec, build, log_level="WARNING")
+    assert steps == [1, 0]  # one step, then a clean stop
+
+
 HOLDER = """
 import sys, time
 from pathlib import Path
@@ -309,15 +338,29 @@ async def test_a_nonce_used_by_a_foreign_transaction_halts_the_money_sender(
         world.scripted.refuse = lambda raw: "nonce too low"
         await manager.poll()  # the nonce is consumed without our receipt: look again later
         world.clock.advance(POLICY.absent_after_s + 1)
+        halts = TXS.labels(outcome="sender_halted")._value.get()
         with capture_logs() as logs, pytest.raises(SenderHaltedError, match="did not sign"):
             await manager.poll()
         assert [e["event"] for e in logs if e["log_level"] == "error"] == ["sender_halted"]
+        assert TXS.labels(outcome="sender_halted")._value.get() == halts + 1
         conn = connect(world.db_path)
         assert halt.halted(conn, manager.halt_worker) is not None
         with pytest.raises(SenderHaltedError):
             await manager.record([world.payment("f")], FAIR)
-        with pytest.raises(SenderHaltedError):
-            await manager.poll()  # every step fails: health turns unhealthy
+        # Every step of a loop that polls fails while halted: health turns unhealthy.
+        health, steps, stop = Health(stale_after_s=600), 0, asyncio.Event()
+
+        async def step() -> float:
+            nonlocal steps
+            steps += 1
+            if steps == 3:
+                stop.set()
+            await manager.poll()
+            return 0.0
+
+        await run_loop("payer", step, stop=stop, health=health)
+        healthy, detail = health.check()
+        assert not healthy and "SenderHaltedError" in detail
         assert len(world.rows()) == 1  # nothing new signed
         halt.resume(conn, worker=manager.halt_worker, by="test operator")
         world.scripted.refuse = lambda raw: None
