@@ -16,7 +16,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -93,13 +92,11 @@ def _recipient(run: int) -> str:
 
 
 def test_killed_payers_pay_each_payment_once_and_no_cancelled_one(tmp_path: Path) -> None:
-    """A short version for every run of the suite: 2 kills at each fault point."""
-    started = time.monotonic()
+    """A short version for every run of the suite (about 20 s): 2 kills at each fault point."""
     _chaos(tmp_path, runs_per_fault=2)
-    assert time.monotonic() - started < 60
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # about 70 s: 41 process starts
 def test_twenty_kills_at_each_fault_point_pay_once_and_never_a_cancelled_payment(
     tmp_path: Path,
 ) -> None:
