@@ -8,7 +8,7 @@ to ``eth_sendRawTransaction`` and to the 'latest' block a test decides.
   took it into a pool that will never see a block).
 - ``latest_lag``: answer this many of the next ``eth_getBlockByNumber('latest')`` entries
   with the header ``lag_blocks`` below the head, as a lagging backend behind a load balancer
-  does (its base fee is that block's).
+  does (its base fee is that block's); ``head_lag`` likewise for ``eth_blockNumber``.
 
 Batches are answered entry by entry, in order. Other methods are forwarded unchanged.
 """
@@ -41,6 +41,7 @@ class ScriptedNode:
         self.refuse: Callable[[str], str | None] = lambda raw: None
         self.swallow: Callable[[str], bool] = lambda raw: False
         self.latest_lag = 0
+        self.head_lag = 0
         self.lag_blocks = 5
         self.lagged_answers = 0
         self._lock = threading.Lock()
@@ -114,6 +115,14 @@ class ScriptedNode:
                 return {"jsonrpc": "2.0", "id": rid, "error": {"code": -32000, "message": refusal}}
             if self.swallow(raw):
                 return {"jsonrpc": "2.0", "id": rid, "result": raw_hash(raw)}
+        if method == "eth_blockNumber":
+            with self._lock:
+                lag = self.head_lag > 0
+                self.head_lag -= 1 if lag else 0
+            if lag:
+                answer = self._forward(entry)
+                lowered = max(0, int(answer["result"], 16) - self.lag_blocks)
+                return {**answer, "result": hex(lowered)}
         if method == "eth_getBlockByNumber" and params and params[0] == "latest":
             with self._lock:
                 lag = self.latest_lag > 0

@@ -70,6 +70,23 @@ async def test_a_payment_cancelled_while_the_process_was_down_is_never_broadcast
     ]
 
 
+async def test_an_invalid_payment_is_not_sent_behind_a_lagging_node_either(world: World) -> None:
+    world.rpc("anvil_mine", [hex(8)])
+    async with world.manager() as manager:
+        await manager.start()
+        recorded = await manager.record([world.payment("h")], FAIR)  # not broadcast yet
+        signed = recorded[0].signed
+        assert signed is not None
+        world.purpose.cancelled.add("h")
+        world.scripted.head_lag = 1  # the next poll's batch reaches a backend behind
+        report = await manager.poll()
+        assert report.counts["stale_view"] == 1
+        assert world.scripted.sends_of(signed.raw) == 0  # before: sent as "unsent SIGNED"
+        report = await manager.poll()
+        assert report.counts["cancelled"] == 1
+        assert world.scripted.sends_of(signed.raw) == 0
+
+
 # --- 2. a node's refusal is not an outcome --------------------------------------------------
 
 
