@@ -128,6 +128,12 @@ class RpcChainMismatchError(ConfigError):
     """Every URL of HODLAI_RPC_URLS answered, and none serves the expected chain id."""
 
 
+class UnregisteredPurposeError(ConfigError):
+    """The ledger holds open transactions of purpose kinds no registered handler can judge
+    (the executor that registers them is not part of this process). Fatal at start: the run
+    loop does not retry it, the process exits naming the kinds."""
+
+
 class DatabaseMismatchError(PermanentError):
     """The database was created for another chain id or provider address."""
 

@@ -26,6 +26,7 @@ from shared.errors import (
     LedgerTamperedError,
     SenderHaltedError,
     SenderTakenOverError,
+    UnregisteredPurposeError,
 )
 from shared.metrics import TXS, Health
 from shared.runtime import WorkerSpec, run_loop, run_worker
@@ -206,6 +207,9 @@ async def test_a_takeover_ends_the_run_loop_while_a_config_error_is_retried() ->
         calls["taken"] += 1
         raise SenderTakenOverError("the sending key 0xabc was taken over by another process")
 
+    async def unjudged() -> float:
+        raise UnregisteredPurposeError("open transactions have purpose kinds: mint")
+
     stop = asyncio.Event()
     await run_loop("test", config_then_stop, stop=stop)
     assert calls["config"] == 2  # backed off and went on
@@ -213,6 +217,8 @@ async def test_a_takeover_ends_the_run_loop_while_a_config_error_is_retried() ->
         await run_loop("test", taken_over, stop=asyncio.Event())
     assert calls["taken"] == 1
     assert [e["event"] for e in logs if e["log_level"] == "error"] == ["sender_taken_over_fatal"]
+    with pytest.raises(UnregisteredPurposeError, match="mint"):
+        await run_loop("test", unjudged, stop=asyncio.Event())  # a start that cannot judge
 
 
 def test_a_process_whose_key_is_taken_over_stops(tmp_path: Path) -> None:
@@ -331,7 +337,7 @@ async def test_open_rows_of_unregistered_purpose_kinds_stop_the_start_with_their
             ledger.insert(conn, signed, Purpose(kind, "s"), sender=world.signer.address,
                           now=1.0, idempotency_key=kind)  # fmt: skip
     async with world.manager() as manager:
-        with pytest.raises(ConfigError, match="distribute, mint"):
+        with pytest.raises(UnregisteredPurposeError, match="distribute, mint"):
             await manager.start()
     assert world.scripted.sent == []
 

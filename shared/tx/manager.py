@@ -35,7 +35,8 @@ one for 'fulfil'; later executors register theirs). Guarantees:
   except one whose purpose no longer holds: invalid wins, always. An invalid transaction is
   never broadcast (not at start, not behind a lagging node); the replacement plan cancels it
   on its nonce. An open row whose purpose kind has no registered handler stops the start
-  with a ConfigError naming the kinds: nobody could judge it.
+  with UnregisteredPurposeError (a ConfigError; the run loop does not retry it) naming the
+  kinds: nobody could judge it.
 - Nobody is told REJECTED on one node's error text: the cancel of a refused transaction only
   competes with it on its nonce, and the purpose learns the outcome at settlement.
 - Fee bumps re-sign the call of the row's signed bytes, checked against its columns, signer
@@ -71,13 +72,13 @@ from shared import halt
 from shared.chain.rpc import RpcCall, RpcClient, hex_int
 from shared.db import AsyncDatabase, atomic
 from shared.errors import (
-    ConfigError,
     HodlaiError,
     LedgerTamperedError,
     PermanentError,
     SenderHaltedError,
     StaleNodeError,
     TransitionConflict,
+    UnregisteredPurposeError,
 )
 from shared.metrics import TXS, TXS_IN_FLIGHT
 from shared.tx import ledger, replacements, watch
@@ -249,7 +250,7 @@ class TxManager:
         kinds = set(await self._db.run(_open_kinds, self.sender))
         unknown = sorted(kinds - set(self._handlers) - {CANCEL_PURPOSE})
         if unknown:
-            raise ConfigError(
+            raise UnregisteredPurposeError(
                 f"open transactions of {self.sender} have purpose kinds no handler is "
                 f"registered for: {', '.join(unknown)}; start the executor that registers "
                 "them (nothing could judge whether they still hold)"
