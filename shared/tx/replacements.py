@@ -149,7 +149,7 @@ def replacement_fees(replacement: Replacement, market: Market, policy: FeePolicy
 def signed_call(tx: TxRecord, *, sender: str, chain_id: int) -> Call:
     """The call ``tx``'s signed bytes hold, checked against its row: signed by ``sender``,
     for ``chain_id``, at the row's nonce, with the row's to / calldata / value / gas. Raises
-    LedgerTamperedError naming the first difference."""
+    LedgerTamperedError naming every difference."""
     raw = HexBytes(tx.raw)
     try:
         signer = Account.recover_transaction(raw)
