@@ -221,9 +221,13 @@ async def test_a_takeover_ends_the_run_loop_while_a_config_error_is_retried() ->
         await run_loop("test", unjudged, stop=asyncio.Event())  # a start that cannot judge
 
 
-def test_a_process_whose_key_is_taken_over_stops(tmp_path: Path) -> None:
+def test_a_process_whose_key_is_taken_over_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """run_worker lets the takeover out (the CLI then exits 1 with one line) instead of
     backing off and trying to sign again."""
+    # The process-wide logging setup would outlive this test (cached loggers).
+    monkeypatch.setattr("shared.logs.configure_logging", lambda *args, **kwargs: None)
     steps = []
 
     class Payer:
