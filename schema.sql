@@ -234,7 +234,8 @@ CREATE TABLE IF NOT EXISTS senders (
     host         TEXT NOT NULL,
     pid          INTEGER NOT NULL,
     acquired_at  REAL NOT NULL,
-    heartbeat_at REAL NOT NULL
+    heartbeat_at REAL NOT NULL,
+    generation INTEGER NOT NULL DEFAULT 0     -- bumped by every claim; fences the txs insert (migration 12)
 ) STRICT;
 
 -- Wallets whose private keys the node holds, encrypted with AES-256-GCM under the master key
@@ -370,7 +371,8 @@ CREATE INDEX IF NOT EXISTS idx_txs_unfinal ON txs (sender, mined_block) WHERE fi
 CREATE INDEX IF NOT EXISTS idx_txs_settled ON txs (sender, mined_block) WHERE status IN ('MINED', 'REVERTED');
 
 
--- [core migration 12: sender fencing — section reserved]
+-- Core migration 12 (sender fencing) adds one column, senders.generation, above: bumped by
+-- every claim of a key, checked by the txs insert in its own transaction (shared/tx/ledger.py).
 
 
 -- Core migration 13: append-only history (txs, transitions, tx_spends).

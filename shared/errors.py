@@ -29,6 +29,9 @@ retrying::
         │   └── SchemaVersionError  the database's schema is newer (or older) than this code
         ├── NotDurableError         a money component was given a connection below synchronous=FULL
         ├── SpendPolicyError        a transaction its key's spend policy forbids; names the rule
+        ├── SenderTakenOverError    another process took this process's sending key: fatal
+        ├── SenderHaltedError       a sending key is halted for an operator; nothing is signed
+        ├── LedgerTamperedError     a txs row differs from its own signed bytes: never re-signed
         ├── TransitionConflict      the row was not in the expected state (someone moved it)
         ├── LeaseLostError          a worker completed work it no longer holds (fenced off)
         ├── NotFoundError           no such entity (a request id, a task): asked for by name
@@ -126,6 +129,12 @@ class RpcChainMismatchError(ConfigError):
     """Every URL of HODLAI_RPC_URLS answered, and none serves the expected chain id."""
 
 
+class UnregisteredPurposeError(ConfigError):
+    """The ledger holds open transactions of purpose kinds no registered handler can judge
+    (the executor that registers them is not part of this process). Fatal at start: the run
+    loop does not retry it, the process exits naming the kinds."""
+
+
 class DatabaseMismatchError(PermanentError):
     """The database was created for another chain id or provider address."""
 
@@ -148,6 +157,23 @@ class SpendPolicyError(PermanentError):
     def __init__(self, message: str, *, rule: str) -> None:
         super().__init__(message)
         self.rule = rule
+
+
+class SenderTakenOverError(PermanentError):
+    """Another process claimed this process's sending key (shared/tx/senders.py): nothing
+    may be signed or recorded with it here any more. Fatal: the run loop does not retry it,
+    the process exits."""
+
+
+class SenderHaltedError(PermanentError):
+    """A sending key is halted until an operator resumes it (e.g. a nonce of it was used by a
+    transaction this node did not sign: someone else holds the key). Nothing new is signed."""
+
+
+class LedgerTamperedError(PermanentError):
+    """A ``txs`` row's call columns (to, calldata, value, gas) differ from the call its signed
+    bytes hold, or the bytes were signed by another key or for another chain: someone wrote
+    the database file. Nothing is signed from such a row."""
 
 
 class TransitionConflict(PermanentError):

@@ -23,6 +23,22 @@ Guarantees:
 
 Platforms without OFD locks (not Linux) fall back to ``flock`` on ``<real path>.<role>.lock``,
 which covers symlinks and relative paths but not hard links.
+
+A sending key needs more than a lock on one database file: the same key used from a restored
+copy of the database (another file, another inode) would give two signers of one nonce
+sequence. :func:`hold_key` locks the key itself, per (address, chain id), with ``flock`` on a
+file named after them in the node's lock directory (:func:`lock_dir`):
+
+- ``HODLAI_LOCK_DIR`` when set. Set it to one directory per machine (``/run/hodlai`` under
+  systemd's ``RuntimeDirectory=``) so that every database file of the machine shares it.
+- Otherwise ``.hodlai-locks`` in the database's own directory: a restored copy beside the
+  original (``node.db`` and ``node.restored.db``) is refused without any setting. A copy in
+  another directory is only covered by ``HODLAI_LOCK_DIR``. (Not a machine-wide default such
+  as ``$XDG_RUNTIME_DIR``: test runs and side-by-side devnets use the same public dev keys on
+  one chain id, and would refuse each other.)
+
+Like the role lock it is released by the kernel however the holder ends, and the refusal
+names the holder (written into the lock file, which only informs).
 """
 
 from __future__ import annotations
@@ -46,6 +62,11 @@ from shared.db import SETTING, check_path, create_file, opened_file
 from shared.errors import ConfigError, DatabaseMismatchError
 
 log = structlog.get_logger(__name__)
+
+#: Environment variable naming the node's lock directory (see the module docstring).
+LOCK_DIR_ENV: Final = "HODLAI_LOCK_DIR"
+#: The lock directory beside the database when HODLAI_LOCK_DIR is not set.
+DEFAULT_LOCK_SUBDIR: Final = ".hodlai-locks"
 
 # First byte offset of the role locks: 2**62, far beyond SQLite's lock bytes at 2**30..+510
 # and beyond any real database size (a lock past the end of a file is allowed).
@@ -162,3 +183,76 @@ def _describe_holder(fd: int, role: str) -> str:
         )
     except (ValueError, KeyError, TypeError):
         return "holder record unreadable"
+
+
+@dataclass
+class KeyLock:
+    """A held sending-key lock (:func:`hold_key`); the kernel releases it when the process
+    exits, or on release()."""
+
+    address: str
+    chain_id: int
+    path: Path
+    fd: int
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # the only descriptor of this open file: drops the flock
+            self.fd = -1
+
+
+def lock_dir(db_path: Path) -> Path:
+    """The directory of the sending-key locks for a database at ``db_path``."""
+    configured = os.environ.get(LOCK_DIR_ENV, "").strip()
+    if configured:
+        return Path(configured)
+    return Path(os.path.realpath(db_path)).parent / DEFAULT_LOCK_SUBDIR
+
+
+def hold_key(address: str, chain_id: int, directory: Path, *, db_path: Path) -> KeyLock:
+    """Take the lock of sending ``address`` on ``chain_id`` in ``directory`` (created 0700),
+    or raise ConfigError naming the holder. ``db_path`` is only recorded for that message."""
+    name = f"sender-{chain_id}-{address.lower()}.lock"
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(directory / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise ConfigError(
+            f"{LOCK_DIR_ENV}: cannot create a sending key's lock in {directory}: {exc.strerror}"
+        ) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _describe_key_holder(os.pread(fd, 4096, 0))
+            raise ConfigError(
+                f"the sending key {address} on chain {chain_id} is held by another process "
+                f"({holder}; lock {directory / name}): one signer per key and chain, whatever "
+                "database file it uses"
+            ) from None
+        holder_record = json.dumps(
+            {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "database": str(db_path),
+                "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+        ).encode()
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, holder_record, 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    log.info("sender_key_lock_held", address=address, chain_id=chain_id, lock=str(directory / name))
+    return KeyLock(address, chain_id, directory / name, fd)
+
+
+def _describe_key_holder(raw: bytes) -> str:
+    try:
+        holder = json.loads(raw)
+        return (
+            f"pid {holder['pid']} on {holder['host']} since {holder['since']}, "
+            f"database {holder['database']}"
+        )
+    except (ValueError, KeyError, TypeError):
+        return "holder unknown"

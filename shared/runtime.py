@@ -9,6 +9,11 @@
   is no longer, the one this process must write: another chain's, a newer schema, a file
   deleted or replaced under it). Retrying cannot fix it and going on would write where no
   other process looks, so it propagates to the composition root, which exits with code 2.
+  SenderTakenOverError ends it the same way (one error line, ``sender_taken_over_fatal``):
+  another process holds this process's sending key, so nothing here may sign again, and
+  retrying would only fight over the key; the CLI exits with code 1. So does
+  UnregisteredPurposeError (``loop_stopped_fatal``; exit code 2): open transactions no
+  handler of this process can judge, which no retry registers.
 - Every failure is reported to the health check, so ``/healthz`` turns 503 when steps keep
   failing permanently, not only when they stop.
 - :func:`run_worker` is the one composition of every long-running process: settings (loaded
@@ -30,7 +35,13 @@ from typing import Any, Protocol
 import structlog
 
 from shared.db import AsyncDatabase, connect
-from shared.errors import DatabaseMismatchError, PermanentError, RetryableError
+from shared.errors import (
+    DatabaseMismatchError,
+    PermanentError,
+    RetryableError,
+    SenderTakenOverError,
+    UnregisteredPurposeError,
+)
 from shared.instance import hold_role
 from shared.metrics import ERRORS, Health, label_executor, serve
 
@@ -82,6 +93,14 @@ async def run_loop(
         try:
             delay = await step()
         except (asyncio.CancelledError, DatabaseMismatchError):
+            raise
+        except SenderTakenOverError as exc:
+            ERRORS.labels(process=process, kind=type(exc).__name__).inc()
+            log.error("sender_taken_over_fatal", process=process, error=str(exc))
+            raise
+        except UnregisteredPurposeError as exc:
+            ERRORS.labels(process=process, kind=type(exc).__name__).inc()
+            log.error("loop_stopped_fatal", process=process, error=str(exc))
             raise
         except Exception as exc:  # noqa: BLE001 -- the loop boundary: log, back off, go on
             failures += 1

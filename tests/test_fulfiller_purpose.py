@@ -121,7 +121,7 @@ def test_a_revert_earns_one_resimulation_and_a_second_revert_fails_the_request(
     assert row["fail_reason"] == "fulfilment reverted on chain 2 times (last: tx b in block 9)"
 
 
-@pytest.mark.parametrize("outcome", [Settlement.REVERTED, Settlement.REJECTED])
+@pytest.mark.parametrize("outcome", [Settlement.REVERTED, Settlement.SUPERSEDED])
 def test_a_settlement_for_an_older_generation_leaves_the_new_content_alone(
     conn: sqlite3.Connection, outcome: Settlement
 ) -> None:
@@ -146,3 +146,27 @@ def test_processed_requests_without_a_live_transaction_return_to_answered(
     assert return_orphans(conn, now=time.time()) == 1
     assert [status(conn, i) for i in (1, 2, 3)] == ["PROCESSED", "PROCESSED", "ANSWERED"]
     assert store.history(conn, 3)[-1]["note"].startswith("no transaction of this answer")
+
+
+def test_a_refused_fulfilment_fails_its_request_only_when_its_cancel_mined(
+    conn: sqlite3.Connection,
+) -> None:
+    """No REJECTED on a node's word: a fulfilment cancelled because a node refused it fails
+    its request once the nonce settles with the cancel (SUPERSEDED); one cancelled because
+    its purpose became invalid leaves the request to the orphan sweep."""
+    from dataclasses import replace
+
+    from shared.tx.replacements import REJECTED_REASON
+
+    purpose = FulfilmentPurpose()
+    refused, invalid = processed(conn, 1), processed(conn, 2)
+    for tx, why in ((refused, REJECTED_REASON), (invalid, "cancelled: the request is FAILED")):
+        ledger.set_status(conn, tx.id, TxStatus.CANCELLED, now=time.time(), error=why)
+    with atomic(conn):
+        for tx, why in ((refused, REJECTED_REASON), (invalid, "cancelled: x")):
+            settled_row = replace(tx, status=TxStatus.CANCELLED, error=why)
+            purpose.settled(conn, settled_row, Settlement.SUPERSEDED, detail="tx c in block 4",
+                            now=time.time())  # fmt: skip
+    assert [status(conn, 1), status(conn, 2)] == ["FAILED", "PROCESSED"]
+    row = store.get_request(conn, 1)
+    assert row is not None and row["fail_reason"].startswith("no node accepts")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from shared.db import atomic, connect
-from shared.errors import ConfigError
+from shared.errors import ConfigError, SenderTakenOverError
 from shared.tx.senders import SENDER_STALE_S, claim_sender
 
 KEY_A = "0x" + "11" * 20
@@ -76,7 +76,8 @@ def test_a_fresh_owner_on_another_machine_is_refused_and_a_stale_one_taken_over(
     now = time.time()
     with atomic(conn):  # KEY_A is all digits: its checksummed form is itself
         conn.execute(
-            "INSERT INTO senders VALUES (?, 'mint-executor', 'elsewhere', 42, ?, ?)",
+            "INSERT INTO senders (address, owner, host, pid, acquired_at, heartbeat_at)"
+            " VALUES (?, 'mint-executor', 'elsewhere', 42, ?, ?)",
             (KEY_A, now, now),
         )
     with pytest.raises(ConfigError, match=r"in use by mint-executor \(pid 42 on elsewhere"):
@@ -93,6 +94,6 @@ def test_a_heartbeat_notices_a_takeover_and_stops_the_signer(tmp_path: Path) -> 
     claim.heartbeat(conn, now=1100.0)
     with atomic(conn):  # a process elsewhere that ignored the lock
         conn.execute("UPDATE senders SET host = 'elsewhere', pid = 7")
-    with pytest.raises(ConfigError, match="taken over"):
+    with pytest.raises(SenderTakenOverError, match="taken over"):
         claim.heartbeat(conn, now=1200.0)
     claim.release()

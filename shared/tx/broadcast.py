@@ -10,6 +10,10 @@ Guarantees:
   it, and sending the same signed bytes twice is harmless.
 - Unknown refusals are UNAVAILABLE (retried later), never REJECTED: only refusals that the
   same signed bytes can never overcome give up on a nonce.
+- An outcome is what one node said, read from its error text: a REJECTED transaction may
+  still sit in another node's pool and mine. The manager answers REJECTED with a cancel on
+  the nonce and tells no purpose anything until the nonce settles; UNDERPRICED is sent again
+  only once the market moved (shared/tx/manager.py).
 """
 
 from __future__ import annotations

@@ -12,6 +12,11 @@ Guarantees:
 - A replacement bumps *every* fee field by at least ``REPLACEMENT_BUMP`` (12.5 % + 1 wei;
   geth and BSC nodes refuse replacements below +10 %), and to the current market price when
   that is higher. :func:`bump` returns None when the cap leaves no room for a valid bump.
+- :func:`fetch_market` with ``at_least`` never prices from a node behind a head the caller
+  has already seen: behind a load balancer, a lagging backend reports the base fee of some
+  blocks ago (in a spike, a fraction of today's), and a replacement priced from it is
+  refused and wasted. An answer from behind is asked again, up to MARKET_ATTEMPTS times,
+  then StaleNodeError (retryable: the caller prices on a later poll).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from fractions import Fraction
 from typing import Any, Final
 
 from shared.chain.rpc import RpcCall, RpcClient, hex_int
-from shared.errors import FeeCapExceededError, HodlaiError, RpcTransportError
+from shared.errors import FeeCapExceededError, HodlaiError, RpcTransportError, StaleNodeError
 
 GWEI: Final = 10**9
 # Multiple of the current base fee that maxFeePerGas covers: the base fee can rise 12.5 % per
@@ -33,6 +38,10 @@ REPLACEMENT_BUMP: Final = Fraction(1125, 1000)
 # Tip (wei) when the node cannot suggest one (no eth_maxPriorityFeePerGas): 1 gwei is accepted
 # by BSC validators and by dev nodes.
 FALLBACK_PRIORITY_FEE: Final = GWEI
+# Market reads per fetch_market before an answer from a node behind the caller's head is
+# given up on: behind a load balancer most requests reach a fresh backend, so a few tries
+# nearly always find one, and a poll later is soon enough otherwise.
+MARKET_ATTEMPTS: Final = 3
 
 
 @dataclass(frozen=True)
@@ -90,6 +99,13 @@ class Market:
     base_fee: int | None  # None: the chain has no EIP-1559
     priority_fee: int | None  # eth_maxPriorityFeePerGas, when the node implements it
     gas_price: int  # eth_gasPrice
+    block: int | None = None  # the number of the 'latest' block the base fee was read from
+
+    @property
+    def level(self) -> int:
+        """One figure that changes when the price of inclusion does: the base fee, or the gas
+        price on a chain without one."""
+        return self.gas_price if self.base_fee is None else self.base_fee
 
 
 def market_calls() -> list[RpcCall]:
@@ -111,17 +127,27 @@ def parse_market(results: list[Any | HodlaiError]) -> Market:
     if not isinstance(block, dict):
         raise RpcTransportError("eth_getBlockByNumber('latest') returned no block")
     base = block.get("baseFeePerGas")
+    number = block.get("number")
     return Market(
         base_fee=hex_int(base) if base is not None else None,
         # Not every node implements eth_maxPriorityFeePerGas; the fallback tip covers that.
         priority_fee=None if isinstance(priority, HodlaiError) else hex_int(priority),
         gas_price=hex_int(gas_price),
+        block=hex_int(number) if number is not None else None,
     )
 
 
-async def fetch_market(rpc: RpcClient) -> Market:
-    """Current prices, in one HTTP round trip."""
-    return parse_market(await rpc.batch_settled(market_calls()))
+async def fetch_market(rpc: RpcClient, *, at_least: int | None = None) -> Market:
+    """Current prices, in one HTTP round trip per try, from a node whose latest block is at
+    least ``at_least`` (the highest head the caller has seen; see the module docstring)."""
+    for _ in range(MARKET_ATTEMPTS):
+        market = parse_market(await rpc.batch_settled(market_calls()))
+        if at_least is None or (market.block is not None and market.block >= at_least):
+            return market
+    raise StaleNodeError(
+        f"the fee market was read at block {market.block}, behind the head {at_least} already "
+        f"seen, {MARKET_ATTEMPTS} times"
+    )
 
 
 def price(market: Market, policy: FeePolicy) -> Fees:

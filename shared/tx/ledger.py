@@ -32,7 +32,7 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from eth_utils.address import to_checksum_address
 
@@ -42,6 +42,9 @@ from shared.errors import TransitionConflict
 from shared.state import Machine
 from shared.tx.fees import Fees
 from shared.tx.signer import Call, SignedTx
+
+if TYPE_CHECKING:
+    from shared.tx.senders import SenderClaim
 
 
 class TxStatus(StrEnum):
@@ -216,12 +219,17 @@ def insert(
     replaced_reason: str | None = None,
     simulated_block: int | None = None,
     idempotency_key: str,
+    fence: SenderClaim | None = None,
 ) -> int:
     """Record ``signed`` as SIGNED (call inside ``atomic``). With ``replaces``, that row must
     still be the open current transaction of the same nonce; it becomes REPLACED (CANCELLED
-    when ``signed`` is a cancel) with ``replaced_reason``.
+    when ``signed`` is a cancel) with ``replaced_reason``. With ``fence`` (the sender claim
+    that signed it), raises SenderTakenOverError unless the key's ``senders`` row is still
+    that claim's, checked in this transaction.
 
     Already recorded (same hash): nothing changes, and the existing row's id is returned."""
+    if fence is not None:
+        fence.check(conn)
     existing = conn.execute("SELECT id FROM txs WHERE tx_hash = ?", (signed.tx_hash,)).fetchone()
     if existing is not None:
         return int(existing[0])

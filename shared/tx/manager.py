@@ -40,7 +40,30 @@ one for 'fulfil'; later executors register theirs). Guarantees:
   canonical, judged from the poll's one batch (shared/tx/settlement.py's guarantees say
   which outcomes may be undone).
 - On start (:meth:`TxManager.start`) the next nonce is reconciled with the ledger and the
-  chain (latest and pending) and every recorded, unsettled transaction is broadcast again.
+  chain (latest and pending) and every recorded, unsettled transaction is broadcast again,
+  except one whose purpose no longer holds: invalid wins, always. An invalid transaction is
+  never broadcast (not at start, not behind a lagging node); the replacement plan cancels it
+  on its nonce. An open row whose purpose kind has no registered handler stops the start
+  with UnregisteredPurposeError (a ConfigError; the run loop does not retry it) naming the
+  kinds: nobody could judge it.
+- Nobody is told REJECTED on one node's error text: the cancel of a refused transaction only
+  competes with it on its nonce, and the purpose learns the outcome at settlement.
+- Fee bumps re-sign the call of the row's signed bytes, checked against its columns, signer
+  and chain (shared/tx/replacements.py ``signed_call``); a row that differs is refused:
+  logged as an error, counted (``hodlai_txs_total{outcome="bump_refused"}``), nothing signed.
+- Sender fencing: every ledger insert checks, in its own transaction, that the key's
+  ``senders`` row is still this claim's generation and owner; a takeover raises
+  SenderTakenOverError, which the run loop does not survive (shared/runtime.py).
+- With ``halt_on_foreign_nonce`` (money senders), a nonce consumed by a transaction this node
+  did not sign halts the key (a ``halts`` row for worker ``sender:<address>``, counted as
+  ``hodlai_txs_total{outcome="sender_halted"}``): nothing new is signed (no record, no
+  replacement) and every poll ends with SenderHaltedError (so health turns unhealthy) until
+  an operator resumes it (shared.halt.resume). Without it (the oracle) a warning is logged.
+- Under a fee spike: replacements are priced from a node at least as new as the last poll's
+  head (shared.tx.fees.fetch_market ``at_least``); a transaction a node refused for its
+  price is sent again only once the base fee (or the gas price) differs from when it was
+  refused, or as a bump with new fees; each refusal and each fee-cap stop is logged once
+  per transaction and state.
 """
 
 from __future__ import annotations
@@ -54,22 +77,26 @@ from typing import Any, Final
 
 import structlog
 
+from shared import halt
 from shared.chain.rpc import RpcCall, RpcClient, hex_int
 from shared.db import AsyncDatabase, atomic, require_durable
 from shared.errors import (
     HodlaiError,
+    LedgerTamperedError,
     PermanentError,
+    SenderHaltedError,
     SpendPolicyError,
     StaleNodeError,
     TransitionConflict,
+    UnregisteredPurposeError,
 )
 from shared.metrics import TXS, TXS_IN_FLIGHT
 from shared.tx import ledger, replacements, watch
 from shared.tx.broadcast import BroadcastOutcome, BroadcastResult, broadcast
 from shared.tx.chainview import RpcChainView
 from shared.tx.evidence import Absences, HeadTracker, NonceUser, find_nonce_user
-from shared.tx.fees import FeePolicy, Fees, fetch_market
-from shared.tx.ledger import Purpose, TxRecord, TxStatus
+from shared.tx.fees import FeePolicy, Fees, Market, fetch_market
+from shared.tx.ledger import CANCEL_PURPOSE, Purpose, TxRecord, TxStatus
 from shared.tx.nonces import NonceTracker
 from shared.tx.policy import SpendPolicy, movements, record_spends
 from shared.tx.receipts import Receipt, parse_receipt
@@ -172,13 +199,21 @@ class TxManager:
         claim: SenderClaim,
         clock: Callable[[], float] = time.time,
         spend_policy: SpendPolicy | None = None,
+        halt_on_foreign_nonce: bool = False,
     ) -> None:
+        """``halt_on_foreign_nonce``: True for senders of users' money (see the module
+        docstring); the oracle keeps False and only warns."""
         if claim.address != signer.address:
             raise ValueError(f"the sender claim is for {claim.address}, not {signer.address}")
         # What it records must survive a power cut: a lost row re-pays after a restart.
         require_durable(db.conn, who="the transaction manager")
         #: checked before each new submission is signed (shared/tx/policy.py); None: any call
         self.spend_policy = spend_policy
+        if claim.key_lock is not None and claim.key_lock.chain_id != signer.chain_id:
+            raise ValueError(
+                f"the sender claim is for chain {claim.key_lock.chain_id}, the signer for "
+                f"chain {signer.chain_id}"
+            )
         self._claim = claim
         self._db = db
         self._rpc = rpc
@@ -194,6 +229,16 @@ class TxManager:
         #: set when a node refused a transaction for lack of funds; cleared by the owner once
         #: the balance is back (see the fulfiller's balance check)
         self.funds_short = False
+        self.halt_on_foreign_nonce = halt_on_foreign_nonce
+        #: the halts row's worker name of this key (shared.halt)
+        self.halt_worker = f"sender:{signer.address}"
+        self._halt_reason: str | None = None
+        self._starting = False
+        #: tx id -> the market level (Market.level, None: unknown) when a node refused it for
+        #: its price; it is not sent again until the level differs
+        self._price_refused: dict[int, int | None] = {}
+        #: (tx id or gap nonce, what) already logged: each refusal or cap stop logged once
+        self._said: set[tuple[str, str]] = set()
 
     @property
     def sender(self) -> str:
@@ -210,6 +255,11 @@ class TxManager:
         return self._heads.best
 
     @property
+    def halted(self) -> str | None:
+        """Why this key is halted for an operator (None: it is not); nothing new is signed."""
+        return self._halt_reason
+
+    @property
     def room(self) -> int:
         """How many new transactions the window admits now."""
         return max(0, self.policy.window - self._open_nonces)
@@ -221,7 +271,16 @@ class TxManager:
     # --- start ------------------------------------------------------------------------------
 
     async def start(self) -> PollReport:
-        """Reconcile nonces with the ledger and the chain; broadcast every unsettled tx again."""
+        """Refuse open rows of unregistered purpose kinds; reconcile nonces with the ledger and
+        the chain; broadcast every unsettled, still valid tx again (cancel the invalid)."""
+        kinds = set(await self._db.run(_open_kinds, self.sender))
+        unknown = sorted(kinds - set(self._handlers) - {CANCEL_PURPOSE})
+        if unknown:
+            raise UnregisteredPurposeError(
+                f"open transactions of {self.sender} have purpose kinds no handler is "
+                f"registered for: {', '.join(unknown)}; start the executor that registers "
+                "them (nothing could judge whether they still hold)"
+            )
         latest_raw, pending_raw = await self._rpc.batch(
             [
                 RpcCall("eth_getTransactionCount", [self.sender, "latest"]),
@@ -234,8 +293,17 @@ class TxManager:
             chain_latest=hex_int(latest_raw),
             chain_pending=hex_int(pending_raw),
         )
-        report = await self.poll(rebroadcast_all=True)
-        log.info("tx_manager_started", sender=self.sender, open_nonces=report.open_nonces)
+        self._starting = True  # a halted key still starts: it follows what is in flight
+        try:
+            report = await self.poll(rebroadcast_all=True)
+        finally:
+            self._starting = False
+        log.info(
+            "tx_manager_started",
+            sender=self.sender,
+            open_nonces=report.open_nonces,
+            halted=self._halt_reason,
+        )
         return report
 
     # --- new transactions -------------------------------------------------------------------
@@ -247,6 +315,12 @@ class TxManager:
             return []
         if len(submissions) > self.room:
             raise ValueError(f"{len(submissions)} submissions exceed the window's room {self.room}")
+        unknown = sorted({s.purpose.kind for s in submissions} - set(self._handlers))
+        if unknown:
+            raise ValueError(f"no handler is registered for purpose kinds {', '.join(unknown)}")
+        self._halt_reason = await self._db.run(halt.halted, self.halt_worker)
+        if self._halt_reason is not None:
+            raise SenderHaltedError(f"{self.halt_worker} is halted: {self._halt_reason}")
         first = self._nonces.peek()
         results = await self._db.run(self._record_sync, submissions, fees, first, self._clock())
         done = sum(1 for r in results if r.signed is not None)
@@ -266,6 +340,7 @@ class TxManager:
         out: list[Recorded] = []
         nonce = first_nonce
         with atomic(conn):
+            self._claim.check(conn)  # fences every insert below: one transaction
             known = ledger.recorded_keys(conn, [sub.key for sub in submissions])
             for sub in submissions:
                 if sub.key in known:
@@ -320,12 +395,21 @@ class TxManager:
         accepted = [tx_id for tx_id, r in pairs if r.in_pool]
         refused = [(tx_id, r) for tx_id, r in pairs if not r.in_pool]
         await self._db.run(_store_broadcast, accepted, refused, self._clock())
-        for _, result in refused:
+        for tx_id in accepted:
+            self._price_refused.pop(tx_id, None)
+        priced = [tx_id for tx_id, r in refused if r.outcome is BroadcastOutcome.UNDERPRICED]
+        if priced:
+            # Remember the price of inclusion it was refused at: sent again only once it moves.
+            level = await self._market_level()
+            self._price_refused.update((tx_id, level) for tx_id in priced)
+        for tx_id, result in refused:
             if result.outcome is BroadcastOutcome.INSUFFICIENT_FUNDS:
                 if not self.funds_short:
                     log.warning("tx_insufficient_funds", sender=self.sender, detail=result.detail)
                 self.funds_short = True
-            elif result.outcome is not BroadcastOutcome.NONCE_TOO_LOW:
+            elif result.outcome is not BroadcastOutcome.NONCE_TOO_LOW and self._first_time(
+                str(tx_id), result.outcome.value
+            ):
                 log.info(
                     "tx_broadcast_refused",
                     tx_hash=result.tx_hash,
@@ -333,6 +417,24 @@ class TxManager:
                     detail=result.detail,
                 )
         return results
+
+    def _first_time(self, subject: str, what: str) -> bool:
+        """True the first time ``what`` is said of ``subject`` (a tx id, a gap nonce) while it
+        stays in that state: a refusal repeated every poll is logged once."""
+        if (subject, what) in self._said:
+            return False
+        self._said = {(s, w) for s, w in self._said if s != subject}  # a new state of it
+        self._said.add((subject, what))
+        return True
+
+    async def _market_level(self) -> int | None:
+        """The price of inclusion now (shared.tx.fees.Market.level) from a node at least as
+        new as our best head; None when no such node answered."""
+        try:
+            return (await fetch_market(self._rpc, at_least=self._heads.best)).level
+        except HodlaiError as exc:
+            log.debug("tx_market_unavailable", error=str(exc))
+            return None
 
     # --- following transactions -------------------------------------------------------------
 
@@ -343,6 +445,7 @@ class TxManager:
         now = self._clock()
         report = PollReport()
         await self._db.run(self._claim.heartbeat, now=now)
+        self._halt_reason = await self._db.run(halt.halted, self.halt_worker)
         best = self._heads.best
         snap = await self._db.run(
             watch.snapshot,
@@ -367,7 +470,14 @@ class TxManager:
         if not self._heads.observe(head, now):
             # A node behind what we have seen: nothing it says (or leaves out) is a verdict.
             report.add("stale_view")
-            unsent = [tx for tx in snap.open_rows if tx.status is TxStatus.SIGNED and not tx.held]
+            unsent = [
+                tx
+                for tx in snap.open_rows
+                if tx.status is TxStatus.SIGNED
+                and not tx.held
+                and tx.id not in snap.invalid  # invalid wins: the plan cancels it later
+                and tx.id not in self._price_refused  # no market to tell whether it moved
+            ]
             await self._send([(tx.id, tx.tx_hash, tx.raw) for tx in unsent])
             return await self._finish(report, head)
         count = hex_int(_ok(answers[watch.COUNT_SLOT]))
@@ -378,6 +488,8 @@ class TxManager:
         settled = await self._settle(snap, receipts, count=count, head=head, now=now)
         for what, n in settled.items():
             report.add(what, n)
+        if settled.get("dropped") and self.halt_on_foreign_nonce:
+            await self._halt_for_foreign_nonce(report, head=head, now=now)
         final, suspects = self._judge_final(snap, plan, answers, head=head)
         reorged = await self._watch_reorgs(snap, plan, answers, head=head, now=now, also=suspects)
         for what, n in reorged.items():
@@ -401,14 +513,53 @@ class TxManager:
             for tx in snap.open_rows
             if tx.nonce >= count and tx.nonce not in done and tx.nonce not in snap.settled_open
         ]
+        await self._send_decisions(
+            snap, plan, answers, waiting=waiting, released=released, unanchored=unanchored,
+            floor=floor, now=now, rebroadcast_all=rebroadcast_all, report=report,
+        )  # fmt: skip
+        return await self._finish(report, head)
+
+    async def _send_decisions(
+        self,
+        snap: watch.Snapshot,
+        plan: watch.Lookups,
+        answers: Sequence[Any],
+        *,
+        waiting: Sequence[TxRecord],
+        released: Sequence[TxRecord],
+        unanchored: Mapping[int, str],
+        floor: int,
+        now: float,
+        rebroadcast_all: bool,
+        report: PollReport,
+    ) -> None:
+        """Of the ``waiting`` transactions, (re-)broadcast those that should go out, then
+        replace, cancel and fill gaps (shared/tx/replacements.py)."""
         mined_per_view = {h for h, slot in plan.known.items() if watch.seen_mined(answers[slot])}
         release_ids = {tx.id for tx in released}
+        # Invalid wins over every reason to send, at start too: an operator's cancel made
+        # while the process was down must not go out first and then race its own cancel.
+        invalid = {**snap.invalid, **unanchored}
+        open_ids = {tx.id for tx in snap.open_rows}
+        self._price_refused = {i: v for i, v in self._price_refused.items() if i in open_ids}
+        self._said = {(s, w) for s, w in self._said if _still_open(s, open_ids, floor)}
+        level = (
+            await self._market_level()
+            if any(tx.id in self._price_refused for tx in waiting)
+            else None
+        )
 
         def wants_send(tx: TxRecord) -> bool:
+            if tx.id in invalid:
+                return False  # never broadcast: the replacement plan cancels it
             if tx.id in release_ids:
                 return True
             if tx.held or tx.tx_hash in mined_per_view:
                 return False  # held for its purpose; or mined, its receipt not visible yet
+            if tx.id in self._price_refused:
+                # Refused for its price: the same bytes only once the market moved (a bump,
+                # with new fees, is a new transaction and is sent as one).
+                return level is not None and level != self._price_refused[tx.id]
             if rebroadcast_all or tx.status is TxStatus.SIGNED:
                 return True
             slot = plan.known.get(tx.tx_hash)
@@ -419,7 +570,6 @@ class TxManager:
         report.add("rebroadcast", sum(1 for tx in to_send if tx.status is TxStatus.BROADCAST))
         outcomes = {r.tx_hash: r.outcome for r in results}
 
-        invalid = {**snap.invalid, **unanchored}
         plans = replacements.plan(
             waiting,
             sender=self.sender,
@@ -431,10 +581,25 @@ class TxManager:
             reprice_after_s=self.policy.rebroadcast_after_s,
             skip_bump={tx.id for tx in waiting if tx.held or tx.tx_hash in mined_per_view}
             - release_ids,
+            price_refused=set(self._price_refused),
         )
         if plans:
             await self._replace(plans, report)
-        return await self._finish(report, head)
+
+    async def _halt_for_foreign_nonce(self, report: PollReport, *, head: int, now: float) -> None:
+        """A nonce of this key was consumed by a transaction we did not sign: someone else
+        signs with our key. Halt it for an operator (see the module docstring)."""
+        detail = await self._db.run(_last_dropped, self.sender)
+        reason = (
+            f"a nonce of {self.sender} was used by a transaction this node did not sign "
+            f"({detail}): another signer holds this key; nothing more is signed with it"
+        )
+        if await self._db.run(
+            lambda conn: halt.halt(conn, reason, worker=self.halt_worker, at_block=head, now=now)
+        ):
+            report.add("sender_halted")
+            log.error("sender_halted", sender=self.sender, worker=self.halt_worker, reason=reason)
+        self._halt_reason = reason
 
     async def _finish(self, report: PollReport, head: int) -> PollReport:
         self._open_nonces = len(
@@ -452,6 +617,10 @@ class TxManager:
                 open_nonces=self._open_nonces,
                 **report.counts,
             )
+        if self._halt_reason is not None and not self._starting:
+            # Every step fails while the key is halted, so health turns unhealthy; what is in
+            # flight was followed above all the same.
+            raise SenderHaltedError(f"{self.halt_worker} is halted: {self._halt_reason}")
         return report
 
     async def _ask(self, calls: Sequence[RpcCall]) -> list[Any]:
@@ -652,12 +821,26 @@ class TxManager:
         return released, gone
 
     async def _replace(self, plans: Sequence[Replacement], report: PollReport) -> None:
-        market = await fetch_market(self._rpc)
+        if self._halt_reason is not None:
+            if self._first_time("sender", "halted"):
+                log.error("tx_replacements_halted", sender=self.sender, reason=self._halt_reason)
+            return
+        try:
+            market = await fetch_market(self._rpc, at_least=self._heads.best)
+        except StaleNodeError as exc:
+            report.add("stale_market")  # priced on a later poll, never from behind
+            log.debug("tx_market_behind", error=str(exc))
+            return
         signed: list[tuple[Replacement, SignedTx]] = []
         for plan in plans:
+            call = self._replacement_call(plan, report)
+            if call is None:
+                continue
             fees = replacements.replacement_fees(plan, market, self.policy.fees)
-            if fees is not None:
-                signed.append((plan, self._signer.sign(plan.call, nonce=plan.nonce, fees=fees)))
+            if fees is None:
+                self._say_capped(plan, market)
+                continue
+            signed.append((plan, self._signer.sign(call, nonce=plan.nonce, fees=fees)))
         if not signed:
             return
         ids = await self._db.run(self._record_replacements_sync, signed, self._clock())
@@ -676,6 +859,45 @@ class TxManager:
                 **tx.fees.describe(),
             )
         await self._send(items)
+
+    def _replacement_call(self, plan: Replacement, report: PollReport) -> Call | None:
+        """The call to sign for ``plan``: a cancel's own; for a bump, the call the replaced
+        transaction's signed bytes hold, or None (refused) when its row differs from them."""
+        if plan.old is None or plan.purpose.kind == CANCEL_PURPOSE:
+            return plan.call
+        try:
+            return replacements.signed_call(
+                plan.old, sender=self.sender, chain_id=self._signer.chain_id
+            )
+        except LedgerTamperedError as exc:
+            report.add("bump_refused")
+            if self._first_time(str(plan.old.id), "bump_refused"):
+                log.error(
+                    "tx_bump_refused", tx_hash=plan.old.tx_hash, nonce=plan.nonce, error=str(exc)
+                )
+            return None
+
+    def _say_capped(self, plan: Replacement, market: Market) -> None:
+        """The caps leave no room for ``plan``: said once per transaction (or gap)."""
+        if plan.old is None:
+            if self._first_time(f"gap:{plan.nonce}", "waits_for_fees"):
+                log.warning(
+                    "tx_gap_fill_waits_for_fees",
+                    nonce=plan.nonce,
+                    base_fee=market.base_fee,
+                    cap_wei=self.policy.fees.max_fee_per_gas,
+                )
+            return
+        if self._first_time(str(plan.old.id), "fee_cap"):
+            log.warning(
+                "tx_fee_cap_reached",
+                tx_hash=plan.old.tx_hash,
+                nonce=plan.nonce,
+                reason=plan.reason,
+                cap_wei=self.policy.fees.max_fee_per_gas,
+                base_fee=market.base_fee,
+                **plan.old.fees.describe(),
+            )
 
     def _record_replacements_sync(
         self, conn: sqlite3.Connection, signed: Sequence[tuple[Replacement, SignedTx]], now: float
@@ -697,6 +919,8 @@ class TxManager:
                     if plan.old is not None
                     else ledger.free_key(conn, f"gap:{self.sender}:{plan.nonce}")
                 )
+                # Nobody is told REJECTED here: the cancel competes with the refused
+                # transaction, which another node may hold; settlement tells the outcome.
                 try:
                     with atomic(conn):
                         tx_id = ledger.insert(
@@ -708,12 +932,8 @@ class TxManager:
                             replaces=plan.old,
                             replaced_reason=plan.reason,
                             idempotency_key=key,
+                            fence=self._claim,
                         )
-                        if plan.rejected and plan.old is not None:
-                            tell(
-                                conn, self._handlers, plan.old, Settlement.REJECTED,
-                                detail=plan.reason, now=now,
-                            )  # fmt: skip
                 except TransitionConflict:
                     ids.append(None)  # settled meanwhile: nothing to replace
                     continue
@@ -817,3 +1037,30 @@ def _ok(answer: Any) -> Any:
     if isinstance(answer, HodlaiError):
         raise answer
     return answer
+
+
+def _open_kinds(conn: sqlite3.Connection, sender: str) -> list[str]:
+    """The purpose kinds of ``sender``'s open transactions."""
+    rows = conn.execute(
+        "SELECT DISTINCT purpose FROM txs WHERE sender = ? AND status IN ('SIGNED', 'BROADCAST')",
+        (sender,),
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def _last_dropped(conn: sqlite3.Connection, sender: str) -> str:
+    """Why ``sender``'s latest DROPPED row was dropped (the foreign transaction's hash)."""
+    row = conn.execute(
+        "SELECT error FROM txs WHERE sender = ? AND status = 'DROPPED' ORDER BY id DESC LIMIT 1",
+        (sender,),
+    ).fetchone()
+    return "unknown" if row is None or row[0] is None else str(row[0])
+
+
+def _still_open(subject: str, open_ids: set[int], floor: int) -> bool:
+    """Whether a subject of ``TxManager._first_time`` is still worth remembering."""
+    if subject.isdigit():
+        return int(subject) in open_ids
+    if subject.startswith("gap:"):
+        return int(subject.removeprefix("gap:")) >= floor
+    return True

@@ -52,7 +52,7 @@ import structlog
 from shared import halt
 from shared.chain.rpc import RpcClient, hex_int
 from shared.db import AsyncDatabase
-from shared.errors import FeeCapExceededError, HodlaiError, RetryableError
+from shared.errors import FeeCapExceededError, HodlaiError, RetryableError, StaleNodeError
 from shared.tx.fees import FeePolicy, Fees, fetch_market, price
 from shared.tx.manager import Recorded, Submission, TxManager
 from shared.tx.subjects import one_live
@@ -316,8 +316,15 @@ class SendingService(Generic[Unit]):
         return found is not None
 
     async def _fees(self) -> Fees | None:
+        """The fees for new submissions, priced from a node at least as new as the manager's
+        last poll (a lagging backend's base fee would underprice them); None while the market
+        is over the cap or only nodes behind answered (the claimed units are given back)."""
         try:
-            fees = price(await fetch_market(self._rpc), self.config.fees)
+            market = await fetch_market(self._rpc, at_least=self.manager.best_head)
+            fees = price(market, self.config.fees)
+        except StaleNodeError as exc:
+            log.info(self._events.waiting_for_fees, error=str(exc))
+            return None
         except FeeCapExceededError as exc:
             if not self._fee_cap_logged:
                 log.warning(self._events.waiting_for_fees, error=str(exc))

@@ -71,7 +71,7 @@ class Settlement(StrEnum):
     FINAL = "final"  # the winner's block is ``confirmations`` deep and canonical (with receipt)
     SUPERSEDED = "superseded"  # another of our transactions (e.g. a cancel) mined there
     DROPPED = "dropped"  # a transaction we did not sign used the nonce
-    REJECTED = "rejected"  # no node will ever take it as signed; a cancel fills its nonce
+    # No REJECTED: a node's refusal is one node's word, never an outcome (shared/tx/manager.py).
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ The transaction manager (shared/tx) asks this handler two things:
   that block at least HODLAI_CONFIRMATIONS deep (the manager checks), else it is cancelled.
 - :meth:`FulfilmentPurpose.settled`: a reverted transaction sends its row back to ANSWERED
   for one re-simulation (which usually fails it with the decoded reason); a second revert of
-  the same generation makes it FAILED. A transaction no node will take makes it FAILED.
+  the same generation makes it FAILED. A transaction a node refused as signed makes it
+  FAILED once the cancel that replaced it mined (SUPERSEDED): never on the refusal alone.
   A mined one changes nothing here: the indexer marks FULFILLED from the chain's event.
   The oracle acts on MINED / REVERTED at once, not on FINAL: its indexer confirms the
   fulfilled event at HODLAI_CONFIRMATIONS, and a fulfilment a reorg took out is held and
@@ -38,8 +39,9 @@ from shared.db import atomic
 from shared.errors import TransitionConflict
 from shared.store import Status
 from shared.tx.chainview import ChainView
-from shared.tx.ledger import TxRecord
+from shared.tx.ledger import TxRecord, TxStatus
 from shared.tx.receipts import Receipt
+from shared.tx.replacements import REJECTED_REASON
 from shared.tx.settlement import Settlement, SubjectAnchor
 
 log = structlog.get_logger(__name__)
@@ -128,7 +130,8 @@ class FulfilmentPurpose:
                     conn, tx, Status.FAILED, now=now, note="reverted on chain again",
                     fail_reason=f"fulfilment reverted on chain {reverts} times (last: {detail})",
                 )  # fmt: skip
-        elif outcome is Settlement.REJECTED:
+        elif outcome is Settlement.SUPERSEDED and _cancelled_as_rejected(tx):
+            # Settled: the cancel that replaced a refused fulfilment mined, so it never will.
             self._move(
                 conn, tx, Status.FAILED, now=now, note="node rejected the transaction",
                 fail_reason=f"no node accepts the fulfilment transaction: {tx.error or detail}",
@@ -176,6 +179,11 @@ class FulfilmentPurpose:
             note=note,
             fail_reason=fail_reason,
         )
+
+
+def _cancelled_as_rejected(tx: TxRecord) -> bool:
+    """``tx`` was cancelled on its nonce because a node refused it as signed."""
+    return tx.status is TxStatus.CANCELLED and (tx.error or "").startswith(REJECTED_REASON)
 
 
 def _fulfilled_by_nonce(conn: sqlite3.Connection, tx: TxRecord, row: sqlite3.Row) -> bool:
