@@ -14,6 +14,7 @@ import structlog
 from eth_utils.crypto import keccak
 
 from shared.db import connect
+from shared.metrics import EXPOSITION
 from shared.store import NewRequest
 
 pytest_plugins = ["tests.chain_fixtures"]
@@ -42,6 +43,14 @@ def _fresh_logging() -> Iterator[None]:
     from structlog's defaults again."""
     yield
     structlog.reset_defaults()
+
+
+@pytest.fixture(autouse=True)
+def _unlabelled_metrics() -> Iterator[None]:
+    """A worker run in process names its executor for /metrics (shared.runtime.run_worker ->
+    label_executor): a process-wide setting, so each test starts without one."""
+    yield
+    EXPOSITION.executor = None
 
 
 @pytest.fixture
