@@ -23,11 +23,6 @@ Guarantees:
   (RpcResponseTooLargeError, a range error, and failover); an announced Content-Length above
   the cap is refused before reading. A call holds at most the cap, not what the server sends.
 - URLs appear in logs, errors and metrics as ``scheme://host:port`` only.
-- **Parsing.** Answers are parsed with orjson: a 20 MB getLogs answer (one indexer poll)
-  takes ~3x less than with json (scripts/bench_indexer.py). What it reads differently from
-  json: NaN, Infinity and numbers beyond a double are malformed JSON, and an integer beyond
-  64 bits becomes a float. JSON-RPC quantities are hex strings, so only a malformed answer
-  holds either, and it stays malformed (or fails the check that reads it) either way.
 
 web3.py is not used here: it refuses eth_sendRawTransaction inside a batch, and its
 per-log decoding measured ~6x slower than raw JSON + eth-abi (FACTS.md).
@@ -45,7 +40,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-import orjson
 import structlog
 
 from shared.config import redact_url, redact_urls_in
@@ -85,8 +79,7 @@ DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 # How deep an answer's JSON may nest; what we read nests < 10 deep. json's C decoder recurses
 # once per level, and py_ecc (imported by the fulfiller through eth-account) raises the
 # recursion limit to 100,000, so "[[[[..." 100k deep overflowed the C stack there: a segfault
-# of the whole process, not an error. Answers nesting deeper are malformed (orjson, which
-# parses now, refuses past 1,024 levels on its own; the cap is checked before it).
+# of the whole process, not an error. Answers nesting deeper are malformed.
 MAX_JSON_DEPTH = 512
 # Seconds a URL found on another chain is skipped before its eth_chainId is asked again. A
 # wrong-chain URL is nearly always a configuration error: re-asking every 10 min keeps the
@@ -434,7 +427,7 @@ class RpcClient:
                 f"{ep.label} answered malformed JSON (nested deeper than {MAX_JSON_DEPTH})"
             )
         try:
-            return orjson.loads(body)
+            return json.loads(body)
         except (ValueError, RecursionError) as exc:
             self._failed(ep, "malformed_json")
             raise RpcTransportError(f"{ep.label} answered malformed JSON") from exc
