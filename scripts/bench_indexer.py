@@ -230,7 +230,20 @@ class SecondPoller:
         finally:
             self.process.send_signal(signal.SIGSTOP)
 
+    def stored(self) -> tuple[int, int]:
+        """(requests stored, cursor) of the second poller's database."""
+        conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True)
+        try:
+            requests = conn.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
+            cursor = conn.execute("SELECT block_number FROM cursors WHERE name = 'indexer'")
+            return int(requests), int(cursor.fetchone()[0])
+        finally:
+            conn.close()
+
     def close(self) -> None:
+        requests, cursor = self.stored()
+        print(f"second poller: {requests} requests stored, cursor {cursor}, "
+              f"{self.sender.nonce} batches sent by its account")  # fmt: skip
         self._stop.set()
         if self._live.is_alive():
             self._live.join()
