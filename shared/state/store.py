@@ -111,7 +111,7 @@ def _insert_rows(
     """``head VALUES (...), (...), ...``: as many rows per statement as SQLite's limit on bound
     variables allows. ``executemany`` steps once per row, handing the GIL back and forth
     each time; a statement of many rows runs in SQLite without it, so a bulk insert next to
-    a busy thread (the log poller decoding the next range) measured ~3x faster, and ~1.3x
+    a busy thread (the log poller decoding the next range) measured ~3x faster, and ~1.5x
     alone."""
     width = sum(slot == "?" for slot in slots)
     per = max(1, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // max(1, width))
