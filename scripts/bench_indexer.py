@@ -16,14 +16,22 @@ block, ~1.2 KB of strings per request), then, in the same run, several repetitio
       check's cost; ``--empty-blocks N`` adds N empty blocks after the events, a sparse
       chain where 2,000-block ranges make per-block headers the dominant cost.
 
+``--second-poller`` adds (d) the indexer with a second poller running on another chain: a
+real ``hodlai indexer`` process on a second anvil (another chain id, 1-second blocks, a
+request batch each second), caught up after a backfill of its own, writing to a second
+database (two pollers on two chains in one database need the blocks and reorgs keyed per
+poller; until then each chain has its own file). It is paused (SIGSTOP) for every other
+variant and runs during (d) only; ``second_poller_ratio`` is (d) / (b), target >= 0.9.
+
 The raw and naive variants read ranges of as many blocks as make ~indexer_target_logs logs
 (the indexer itself settles a little below that). Each repetition runs all variants back to
 back, so each ratio is taken within a repetition and the median over repetitions is
-reported (this box's throughput drifts by +-20 % between minutes); target (b) >= 0.6 x (a)
-and (b) >= 4 x (c); (b) / (a') is printed too.
+reported (this box's throughput drifts by +-20 % between minutes); targets (b) >= 0.6 x (a),
+(b) >= 0.8 x (a') (issue 19: "the poller must outrun the seed's own stack") and
+(b) >= 4 x (c). ``--quick`` runs (a), (a') and (b) only.
 
     .venv/bin/python scripts/bench_indexer.py [--events 20000] [--per-block 100] [--reps 5]
-                                              [--empty-blocks 0]
+                                              [--empty-blocks 0] [--second-poller]
 
 Last line: {"raw_eps": ..., "indexer_eps": ..., "naive_eps": ..., "ratio_vs_raw": ...,
 "ratio_vs_naive": ..., "raw_fast_eps": ..., "ratio_vs_raw_fast": ...,
@@ -34,13 +42,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
+import signal
+import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +97,13 @@ TARGET_LOGS = IndexerSettings.model_fields["indexer_target_logs"].default
 EVERY_BLOCK_WINDOW = 10**9
 # Empty blocks per anvil_mine call (--empty-blocks): 100 take ~50 ms, 1,000 take ~2 s.
 MINE_CHUNK = 100
+# The second chain (--second-poller): its id, block time, backfill, and live requests (one
+# askBatch of this many every LIVE_EVERY_S seconds while it runs).
+SECOND_CHAIN_ID = 31338
+SECOND_BLOCK_TIME_S = 1.0
+SECOND_BACKFILL = 2_000
+LIVE_BATCH = 10
+LIVE_EVERY_S = 1.0
 
 
 def generate(anvil: Anvil, deployment: Deployment, events: int, per_block: int) -> int:
@@ -118,6 +139,141 @@ def generate(anvil: Anvil, deployment: Deployment, events: int, per_block: int) 
     head = int(rpc("eth_blockNumber", []), 16)
     http.close()
     return head
+
+
+class _Sender:
+    """askBatch transactions of one account, signed and sent one by one (the live load)."""
+
+    def __init__(self, anvil: Anvil, deployment: Deployment, per_batch: int) -> None:
+        self.account = Account.from_key(anvil.accounts[2].private_key)
+        self.url = anvil.rpc_url
+        self.deployment = deployment
+        self.per_batch = per_batch
+        self.http = httpx.Client(timeout=30, headers={"content-type": "application/json"})
+        self.nonce = int(self.rpc("eth_getTransactionCount", [self.account.address, "pending"]),
+                         16)  # fmt: skip
+        self.data = ASK_BATCH + abi_encode(
+            ["uint256", "string", "string", "string", "string[]"],
+            [per_batch, "hodlai-local", PROMPT, STATE, ACTIONS],
+        )
+
+    def rpc(self, method: str, params: list[Any]) -> Any:
+        answer = self.http.post(self.url, json={"jsonrpc": "2.0", "id": 1, "method": method,
+                                                "params": params}).json()  # fmt: skip
+        if "error" in answer:
+            raise RuntimeError(f"{method}: {answer['error']}")
+        return answer["result"]
+
+    def send(self) -> None:
+        fee = self.deployment.models["hodlai-local"]
+        base = int(self.rpc("eth_getBlockByNumber", ["latest", False])["baseFeePerGas"], 16)
+        signed = self.account.sign_transaction({
+            "to": self.deployment.vault_address, "data": "0x" + self.data.hex(),
+            "value": fee * self.per_batch, "gas": GAS_PER_REQUEST * self.per_batch + 200_000,
+            "gasPrice": 4 * base + 10**9, "nonce": self.nonce,
+            "chainId": self.deployment.chain_id,
+        })  # fmt: skip
+        self.rpc("eth_sendRawTransaction", ["0x" + bytes(signed.raw_transaction).hex()])
+        self.nonce += 1
+
+
+class SecondPoller:
+    """A ``hodlai indexer`` process on a second chain, paused except while measured."""
+
+    def __init__(self, anvil: Anvil, deployment: Deployment, db_path: Path) -> None:
+        env = {
+            **os.environ, "HODLAI_DB_PATH": str(db_path), "HODLAI_RPC_URLS": anvil.rpc_url,
+            "HODLAI_PROVIDER_ADDRESS": deployment.provider_address,
+            "HODLAI_START_BLOCK": str(deployment.deploy_block), "HODLAI_CONFIRMATIONS": "0",
+            "LOG_LEVEL": "WARNING",
+        }  # fmt: skip
+        self.db_path = db_path
+        self.anvil = anvil
+        self.sender = _Sender(anvil, deployment, LIVE_BATCH)
+        self.process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "hodlai"), "indexer"], env=env,
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        self._stop = threading.Event()
+        self._live = threading.Thread(target=self._send_live, daemon=True)
+
+    def wait_caught_up(self, head: int, timeout_s: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the second poller exited with {self.process.returncode}")
+            with contextlib.suppress(sqlite3.Error):
+                conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True)
+                try:
+                    row = conn.execute(
+                        "SELECT block_number FROM cursors WHERE name = 'indexer'"
+                    ).fetchone()
+                finally:
+                    conn.close()
+                if row is not None and row[0] >= head:
+                    return
+            time.sleep(0.2)
+        raise RuntimeError("the second poller did not catch up")
+
+    def start_live(self) -> None:
+        self._live.start()
+
+    def _send_live(self) -> None:
+        while not self._stop.wait(LIVE_EVERY_S):
+            self.sender.send()
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        self.process.send_signal(signal.SIGCONT)
+        try:
+            yield
+        finally:
+            self.process.send_signal(signal.SIGSTOP)
+
+    def stored(self) -> tuple[int, int]:
+        """(requests stored, cursor) of the second poller's database."""
+        conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True)
+        try:
+            requests = conn.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
+            cursor = conn.execute("SELECT block_number FROM cursors WHERE name = 'indexer'")
+            return int(requests), int(cursor.fetchone()[0])
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        requests, cursor = self.stored()
+        print(f"second poller: {requests} requests stored, cursor {cursor}, "
+              f"{self.sender.nonce} batches sent by its account")  # fmt: skip
+        self._stop.set()
+        if self._live.is_alive():
+            self._live.join()
+        self.process.send_signal(signal.SIGCONT)
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.sender.http.close()
+
+
+@contextlib.contextmanager
+def second_poller(tmp: str, per_block: int) -> Iterator[SecondPoller]:
+    """Anvil B with its stack, a backfill of SECOND_BACKFILL events, and the caught-up poller
+    on it, paused; then live requests while the bench runs."""
+    with Anvil(chain_id=SECOND_CHAIN_ID, block_time=SECOND_BLOCK_TIME_S,
+               gas_limit=GAS_PER_REQUEST * per_block * 2 + 1_000_000) as anvil:  # fmt: skip
+        deployment = deploy_stack(anvil.rpc_url, anvil.accounts[0].private_key,
+                                  oracle_address=anvil.accounts[3].address)  # fmt: skip
+        head = generate(anvil, deployment, SECOND_BACKFILL, per_block)
+        poller = SecondPoller(anvil, deployment, Path(tmp) / "second-chain.db")
+        try:
+            poller.wait_caught_up(head)
+            poller.start_live()
+            poller.process.send_signal(signal.SIGSTOP)
+            yield poller
+        finally:
+            poller.close()
 
 
 class CountingRpc(RpcClient):
@@ -235,6 +391,125 @@ def _spread(numerator: list[float], denominator: list[float]) -> list[float]:
     return [round(min(ratios), 2), round(max(ratios), 2)]
 
 
+def _chain(anvil: Anvil, args: argparse.Namespace) -> tuple[Deployment, int, int]:
+    """The stack on ``anvil`` and the events; (deployment, head, events)."""
+    deployment = deploy_stack(anvil.rpc_url, anvil.accounts[0].private_key,
+                              oracle_address=anvil.accounts[3].address)  # fmt: skip
+    started = time.perf_counter()
+    head = generate(anvil, deployment, args.events, args.per_block)
+    if args.empty_blocks:
+        # In chunks: anvil_mine's time grows faster than linearly with the count.
+        for start in range(0, args.empty_blocks, MINE_CHUNK):
+            count = min(MINE_CHUNK, args.empty_blocks - start)
+            mine = {"jsonrpc": "2.0", "id": 1, "method": "anvil_mine", "params": [hex(count)]}
+            httpx.post(anvil.rpc_url, json=mine, timeout=120)
+        head += args.empty_blocks
+    events = (args.events + args.per_block - 1) // args.per_block * args.per_block
+    print(f"generated {events} request events in {head - deployment.deploy_block} blocks "
+          f"in {time.perf_counter() - started:.1f} s")  # fmt: skip
+    return deployment, head, events
+
+
+def _repetition(
+    rep: int,
+    anvil: Anvil,
+    deployment: Deployment,
+    head: int,
+    events: int,
+    args: argparse.Namespace,
+    tmp: str,
+    second: SecondPoller | None,
+) -> tuple[dict[str, float], dict[str, Counter[str]]]:
+    """Every variant once, back to back: events/s by name, and the RPC calls per indexer."""
+    chunk = max(1, TARGET_LOGS // args.per_block)
+    ranges = _ranges(deployment.deploy_block, head, chunk)
+    eps: dict[str, float] = {}
+    calls: dict[str, Counter[str]] = {}
+    for name, decoder in (("raw", decode_eth_abi), ("raw_fast", decode_production)):
+        count, seconds = raw_fetch(anvil.rpc_url, deployment.provider_address, ranges, decoder)
+        assert count == events, (count, events)
+        eps[name] = count / seconds
+    # The indexer variants in a rotating order, so that none always runs first.
+    variants: list[tuple[str, int | None]] = [("indexer", None)]
+    if not args.quick:
+        variants += [("bloom_off", 0), ("bloom_every_block", EVERY_BLOCK_WINDOW)]
+    if second is not None:
+        variants.append(("indexer_second", None))
+    turn = rep % len(variants)
+    for name, window in variants[turn:] + variants[:turn]:
+        db_path = Path(tmp) / f"rep{rep}-{name}.db"
+        measured = second.running() if second is not None and name == "indexer_second" \
+            else contextlib.nullcontext()  # fmt: skip
+        with measured:
+            count, seconds, sent = asyncio.run(
+                indexer_run(anvil.rpc_url, deployment, head, db_path, window)
+            )
+        assert count == events, (count, events)
+        eps[name] = count / seconds
+        calls[name] = sent
+    if not args.quick:
+        count, seconds = naive_web3(anvil.rpc_url, deployment, chunk)
+        assert count == events, (count, events)
+        eps["naive"] = count / seconds
+    return eps, calls
+
+
+def _ratio(results: dict[str, list[float]], numerator: str, denominator: str) -> float:
+    return round(_paired(results[numerator], results[denominator]), 3)
+
+
+def _summary(
+    results: dict[str, list[float]], calls: dict[str, Counter[str]], args: argparse.Namespace
+) -> dict[str, Any]:
+    median = {name: round(statistics.median(values)) for name, values in results.items()}
+    summary: dict[str, Any] = {
+        "events": args.events_rounded,
+        "blocks_per_poll": max(1, TARGET_LOGS // args.per_block),
+        "reps": args.reps,
+        "empty_blocks": args.empty_blocks,
+        **{f"{name}_eps": value for name, value in median.items()},
+        "ratio_vs_raw": _ratio(results, "indexer", "raw"),
+        "ratio_vs_raw_fast": _ratio(results, "indexer", "raw_fast"),
+        "ratio_vs_raw_range": _spread(results["indexer"], results["raw"]),
+        "ratio_vs_raw_fast_range": _spread(results["indexer"], results["raw_fast"]),
+    }
+    if "naive" in results:
+        summary["ratio_vs_naive"] = _ratio(results, "indexer", "naive")
+        summary["ratio_vs_naive_range"] = _spread(results["indexer"], results["naive"])
+    if "bloom_off" in results:
+        # the check's cost: indexer (window 64) over indexer without it, same repetition
+        summary["bloom_check_ratio"] = _ratio(results, "indexer", "bloom_off")
+        summary["bloom_check_ratio_range"] = _spread(results["indexer"], results["bloom_off"])
+        summary["bloom_every_block_ratio"] = _ratio(results, "bloom_every_block", "bloom_off")
+        summary["bloom_every_block_ratio_range"] = _spread(
+            results["bloom_every_block"], results["bloom_off"]
+        )
+    if "indexer_second" in results:
+        summary["second_poller_ratio"] = _ratio(results, "indexer_second", "indexer")
+        summary["second_poller_ratio_range"] = _spread(
+            results["indexer_second"], results["indexer"]
+        )
+        summary["ratio_vs_raw_fast_second"] = _ratio(results, "indexer_second", "raw_fast")
+    summary["rpc_calls"] = {name: dict(sorted(sent.items())) for name, sent in calls.items()}
+    return summary
+
+
+def _report(summary: dict[str, Any]) -> None:
+    print(f"indexer / raw   = {summary['ratio_vs_raw']:.2f}  (target >= 0.6)")
+    print(f"indexer / raw_fast = {summary['ratio_vs_raw_fast']:.2f}  (target >= 0.8)")
+    if "ratio_vs_naive" in summary:
+        print(f"indexer / naive = {summary['ratio_vs_naive']:.2f}  (target >= 4)")
+    if "bloom_check_ratio" in summary:
+        print(f"bloom check: indexer / indexer without it = {summary['bloom_check_ratio']:.3f}")
+        print(f"headers of every block / without = {summary['bloom_every_block_ratio']:.3f}")
+    if "second_poller_ratio" in summary:
+        print(f"with a second poller on another chain / alone = "
+              f"{summary['second_poller_ratio']:.3f}  (target >= 0.9)")  # fmt: skip
+    for name, sent in summary["rpc_calls"].items():
+        print(f"rpc calls, {name}: {sent}")
+    print(json.dumps(summary))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -243,98 +518,32 @@ def main() -> int:
     parser.add_argument("--per-block", type=int, default=100)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--empty-blocks", type=int, default=0)
+    parser.add_argument("--second-poller", action="store_true",
+                        help="also the indexer with a second poller on another chain")  # fmt: skip
+    parser.add_argument("--quick", action="store_true",
+                        help="only raw, raw_fast and the indexer")  # fmt: skip
     args = parser.parse_args()
     configure_logging("WARNING")
     structlog.get_logger(__name__)
 
+    results: dict[str, list[float]] = {}
+    calls: dict[str, Counter[str]] = {}
     with Anvil(gas_limit=GAS_PER_REQUEST * args.per_block * 2 + 1_000_000) as anvil, \
-            tempfile.TemporaryDirectory(prefix="bench-indexer-") as tmp:  # fmt: skip
-        deployment = deploy_stack(anvil.rpc_url, anvil.accounts[0].private_key,
-                                  oracle_address=anvil.accounts[3].address)  # fmt: skip
-        started = time.perf_counter()
-        head = generate(anvil, deployment, args.events, args.per_block)
-        if args.empty_blocks:
-            # In chunks: anvil_mine's time grows faster than linearly with the count.
-            for start in range(0, args.empty_blocks, MINE_CHUNK):
-                count = min(MINE_CHUNK, args.empty_blocks - start)
-                mine = {"jsonrpc": "2.0", "id": 1, "method": "anvil_mine", "params": [hex(count)]}
-                httpx.post(anvil.rpc_url, json=mine, timeout=120)
-            head += args.empty_blocks
-        events = (args.events + args.per_block - 1) // args.per_block * args.per_block
-        print(f"generated {events} request events in {head - deployment.deploy_block} blocks "
-              f"in {time.perf_counter() - started:.1f} s")  # fmt: skip
-        chunk = max(1, TARGET_LOGS // args.per_block)
-        ranges = _ranges(deployment.deploy_block, head, chunk)
-        calls: dict[str, Counter[str]] = {}
-        results: dict[str, list[float]] = {
-            "raw": [], "raw_fast": [], "indexer": [], "naive": [], "bloom_off": [],
-            "bloom_every_block": [],
-        }  # fmt: skip
+            tempfile.TemporaryDirectory(prefix="bench-indexer-") as tmp, \
+            contextlib.ExitStack() as stack:  # fmt: skip
+        second = (
+            stack.enter_context(second_poller(tmp, args.per_block)) if args.second_poller
+            else None
+        )  # fmt: skip
+        deployment, head, args.events_rounded = _chain(anvil, args)
         for rep in range(args.reps):
-            count, seconds = raw_fetch(anvil.rpc_url, deployment.provider_address, ranges,
-                                       decode_eth_abi)  # fmt: skip
-            assert count == events, (count, events)
-            results["raw"].append(count / seconds)
-            count, seconds = raw_fetch(anvil.rpc_url, deployment.provider_address, ranges,
-                                       decode_production)  # fmt: skip
-            assert count == events, (count, events)
-            results["raw_fast"].append(count / seconds)
-            # The three indexer variants in a rotating order, so that none always runs first.
-            variants = [
-                ("indexer", None), ("bloom_off", 0), ("bloom_every_block", EVERY_BLOCK_WINDOW)
-            ]  # fmt: skip
-            for name, window in variants[rep % 3 :] + variants[: rep % 3]:
-                db_path = Path(tmp) / f"rep{rep}-{name}.db"
-                count, seconds, sent = asyncio.run(
-                    indexer_run(anvil.rpc_url, deployment, head, db_path, window)
-                )
-                assert count == events, (count, events)
-                results[name].append(count / seconds)
-                calls[name] = sent
-            count, seconds = naive_web3(anvil.rpc_url, deployment, chunk)
-            assert count == events, (count, events)
-            results["naive"].append(count / seconds)
-            print(
-                f"rep {rep + 1}: " + "  ".join(f"{k}={v[-1]:,.0f} ev/s" for k, v in results.items())
+            eps, calls = _repetition(
+                rep, anvil, deployment, head, args.events_rounded, args, tmp, second
             )
-
-    median = {name: statistics.median(values) for name, values in results.items()}
-    summary = {
-        "events": events,
-        "blocks_per_poll": chunk,
-        "reps": args.reps,
-        "raw_eps": round(median["raw"]),
-        "indexer_eps": round(median["indexer"]),
-        "naive_eps": round(median["naive"]),
-        "ratio_vs_raw": round(_paired(results["indexer"], results["raw"]), 2),
-        "ratio_vs_naive": round(_paired(results["indexer"], results["naive"]), 2),
-        "raw_fast_eps": round(median["raw_fast"]),
-        "ratio_vs_raw_fast": round(_paired(results["indexer"], results["raw_fast"]), 2),
-        "ratio_vs_raw_range": _spread(results["indexer"], results["raw"]),
-        "ratio_vs_raw_fast_range": _spread(results["indexer"], results["raw_fast"]),
-        "ratio_vs_naive_range": _spread(results["indexer"], results["naive"]),
-        "empty_blocks": args.empty_blocks,
-        "bloom_off_eps": round(median["bloom_off"]),
-        "bloom_every_block_eps": round(median["bloom_every_block"]),
-        # the check's cost: indexer (window 64) over indexer without it, same repetition
-        "bloom_check_ratio": round(_paired(results["indexer"], results["bloom_off"]), 3),
-        "bloom_check_ratio_range": _spread(results["indexer"], results["bloom_off"]),
-        "bloom_every_block_ratio": round(
-            _paired(results["bloom_every_block"], results["bloom_off"]), 3
-        ),
-        "bloom_every_block_ratio_range": _spread(
-            results["bloom_every_block"], results["bloom_off"]
-        ),
-        "rpc_calls": {name: dict(sorted(sent.items())) for name, sent in calls.items()},
-    }
-    print(f"indexer / raw   = {summary['ratio_vs_raw']:.2f}  (target >= 0.6)")
-    print(f"indexer / raw_fast = {summary['ratio_vs_raw_fast']:.2f}  (the stricter limit)")
-    print(f"indexer / naive = {summary['ratio_vs_naive']:.2f}  (target >= 4)")
-    print(f"bloom check: indexer / indexer without it = {summary['bloom_check_ratio']:.3f}")
-    print(f"headers of every block / without = {summary['bloom_every_block_ratio']:.3f}")
-    for name, sent in summary["rpc_calls"].items():
-        print(f"rpc calls, {name}: {sent}")
-    print(json.dumps(summary))
+            for name, value in eps.items():
+                results.setdefault(name, []).append(value)
+            print(f"rep {rep + 1}: " + "  ".join(f"{k}={v:,.0f} ev/s" for k, v in eps.items()))
+    _report(_summary(results, calls, args))
     return 0
 
 

@@ -14,9 +14,11 @@ What the poller guarantees a sink (shared/chain/poller.py keeps it):
   the cursor back to a common ancestor and deletes the stored hashes above it: the sink
   undoes there everything it stored from blocks above that ancestor. All sinks of a poller
   roll back in that one transaction.
-- **Decoded before the lock.** :meth:`LogSink.decode` runs on the database thread before the
-  write transaction opens (``BEGIN IMMEDIATE``), so other processes wait for the write lock
-  only while the sinks write; it must not touch the database.
+- **Decoded before the lock.** :meth:`LogSink.decode` runs before the write transaction
+  opens (``BEGIN IMMEDIATE``), so other processes wait for the write lock only while the
+  sinks write; it must not touch the database. The poller decodes a range on a worker thread
+  while the previous range commits on the database thread (pipeline.py), so ``decode`` may
+  run at the same time as the sink's ``apply`` of earlier logs: it must be pure.
 
 What a sink owes the poller:
 
@@ -229,6 +231,26 @@ def route(registrations: Sequence[Registration], logs: Iterable[Log], first_bloc
             last_block = number
             blocks[hex_int(number)] = str(entry.get("blockHash")).lower()
     return Routed(logs=out, blocks=blocks)
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """One answer's logs routed to the registrations and decoded by their sinks: what the
+    range's transaction writes (history.write_decoded)."""
+
+    #: per registration, in registration order: its sink's decoded batch
+    batches: list[Any]
+    #: block number -> block hash of every routed log (for the ``blocks`` table)
+    blocks: dict[int, str]
+
+
+def decode_routed(
+    registrations: Sequence[Registration], logs: Iterable[Log], first_block: int
+) -> Decoded:
+    """:func:`route` the logs, then let each sink decode its share (touches no database)."""
+    routed = route(registrations, logs, first_block)
+    batches = [r.sink.decode(own) for r, own in zip(registrations, routed.logs, strict=True)]
+    return Decoded(batches=batches, blocks=routed.blocks)
 
 
 def merged_stats(stats: Sequence[SinkStats]) -> tuple[int, dict[str, int]]:

@@ -21,6 +21,9 @@ Guarantees:
 with every registered sink inside (shared/chain/filters.py): the poller runs them on its
 database thread. Each routes the logs to the sinks, lets each sink decode its share before
 the transaction opens, and calls the sinks in registration order inside it.
+:func:`write_decoded` is :func:`write_range` for logs routed and decoded beforehand
+(filters.decode_routed): the poller decodes on another thread while the previous range
+commits.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from shared.chain.filters import Log, Registration, SinkStats, route
+from shared.chain.filters import Decoded, Log, Registration, SinkStats, decode_routed, route
 from shared.chain.scan import BlockHeader, LogRange
 from shared.db import atomic
 from shared.errors import TransitionConflict
@@ -199,8 +202,27 @@ def write_range(
     now: float,
 ) -> list[Any]:
     """One accepted range through every sink (:func:`commit_range`); each sink's stats."""
-    routed = route(registrations, logs, rng.first)
-    batches = [r.sink.decode(own) for r, own in zip(registrations, routed.logs, strict=True)]
+    return write_decoded(
+        conn, registrations, decode_routed(registrations, logs, rng.first), name=name,
+        expected_cursor=expected_cursor, rng=rng, range_end=range_end, headers=headers,
+        history_blocks=history_blocks, now=now,
+    )  # fmt: skip
+
+
+def write_decoded(
+    conn: sqlite3.Connection,
+    registrations: Sequence[Registration],
+    decoded: Decoded,
+    *,
+    name: str,
+    expected_cursor: int,
+    rng: LogRange,
+    range_end: BlockHeader,
+    headers: Sequence[BlockHeader],
+    history_blocks: int,
+    now: float,
+) -> list[Any]:
+    """:func:`write_range` of logs already routed and decoded (filters.decode_routed)."""
     return commit_range(
         conn,
         name=name,
@@ -208,12 +230,12 @@ def write_range(
         new_cursor=rng.last,
         range_end=range_end,
         headers=headers,
-        log_blocks=routed.blocks,
+        log_blocks=decoded.blocks,
         history_blocks=history_blocks,
         now=now,
         apply=lambda: [
             r.sink.apply(conn, batch, now=now)
-            for r, batch in zip(registrations, batches, strict=True)
+            for r, batch in zip(registrations, decoded.batches, strict=True)
         ],
     )
 

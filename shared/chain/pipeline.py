@@ -1,12 +1,18 @@
-"""A log poller's pipeline: the next range is fetched on the event loop while the previous
-one commits on the database thread.
+"""A log poller's pipeline: three things at once during a backfill. The node works on the
+next range's batch (prefetched as soon as a range is accepted), a worker thread decodes the
+accepted range (the sinks' ``decode``), and the database thread commits the range before it.
 
-Decoding on the event loop instead measured no faster: both are Python under one GIL, and a
-commit next to a decoder waits for the GIL after every SQLite step; so the sinks decode on
-the database thread, next to their writes.
+Why decoding is not on the database thread: a range's decode and its insert each cost about
+as much as the node's answer, so decoding next to the insert, on one thread, made the
+database thread the bottleneck (the node and the event loop waited for it ~60 % of a
+backfill). Decoding on another thread pays only because a sink's bulk insert runs inside
+SQLite without the GIL (shared.state.insert_many: many rows per statement); with one
+statement per row, the insert waited for the GIL after every row while the decoder ran, and
+a thread gained nothing (measured: scripts/bench_indexer.py, docs/BENCHMARKS.md).
 
 Guarantees:
-- At most one range is in flight to the database and at most one poll is prefetched.
+- At most one range is in flight to the database, one being decoded, and one poll
+  prefetched.
 - A prefetched answer is used only for exactly the range, anchor and bloom window it was
   asked for (:meth:`Pipeline.fetch`); anything else cancels it.
 - :meth:`Pipeline.settle` returns a range only once its transaction committed; a failed
@@ -21,10 +27,12 @@ import asyncio
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from shared.chain.scan import BlockHeader, ChainScanner, LogRange, PollAnswer
 from shared.db import AsyncDatabase
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +93,11 @@ class Pipeline:
         prefetch, self._prefetch = self._prefetch, None
         if prefetch is not None:
             prefetch.task.cancel()
+
+    async def decode(self, decode: Callable[[], T]) -> T:
+        """Run ``decode`` (the sinks' pure decoding of an accepted range) on a worker thread,
+        while the event loop reads the next answer and the database thread commits."""
+        return await asyncio.to_thread(decode)
 
     def begin_commit(
         self, what: Committing, write: Callable[[sqlite3.Connection], list[Any]]

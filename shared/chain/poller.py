@@ -43,14 +43,16 @@ Its guarantees (after Chainlink's LogPoller) and where each one is kept:
    confirms the head or handles a reorg; ``unhealthy_after_polls`` steps in a row without
    progress, or a halt, make :meth:`LogPoller.progress_problem` report why (health.py).
 
-One step reads the next range with one batch, judges it and hands the logs to the database
-thread, which routes them to the sinks and commits (history.write_range); meanwhile the
-event loop fetches the next range (pipeline.py). Every other error propagates to
+One step reads the next range with one batch, judges it, asks for the next range, has the
+logs routed to the sinks and decoded on a worker thread, and hands them to the database
+thread, which commits them (history.write_decoded); meanwhile the node works on the next
+range and the previous range's commit finishes (pipeline.py). Every other error propagates to
 shared.runtime.run_loop, which backs off (honouring Retry-After) and calls the step again.
 """
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -60,7 +62,15 @@ import structlog
 
 from shared.chain import bloom, history, reorg, rescan
 from shared.chain.config import PollerConfig, ProgressReporter
-from shared.chain.filters import Log, LogFilter, LogSink, Registration, merged_stats
+from shared.chain.filters import (
+    Decoded,
+    Log,
+    LogFilter,
+    LogSink,
+    Registration,
+    decode_routed,
+    merged_stats,
+)
 from shared.chain.guard import Guard
 from shared.chain.history import Anchor
 from shared.chain.metrics import PollerMetrics
@@ -376,12 +386,17 @@ class LogPoller:
         assert answer.range_end is not None  # judge() accepted it
         self.sizer.succeeded(rng.size, len(answer.logs))
         logs = await self._with_hidden_logs(answer)
+        # The next range is asked for before this one is decoded and the previous one has
+        # committed, so that the node works on it meanwhile (pipeline.py).
+        next_rng = self._range_from(rng.last + 1)
+        if next_rng is not None:
+            self.pipeline.prefetch(next_rng, rng.last, self._bloom_first(next_rng))
+        decode = functools.partial(decode_routed, self._registrations, logs, rng.first)
+        decoded = await self.pipeline.decode(decode) if logs else decode()
         await self._settle()
-        self._begin_commit(rng, answer.range_end, logs, answer.checked_headers())
-        next_rng = self._next_range()
+        self._begin_commit(rng, answer.range_end, decoded, len(logs), answer.checked_headers())
         if next_rng is not None:
             self.caught_up = False
-            self.pipeline.prefetch(next_rng, rng.last, self._bloom_first(next_rng))
             return 0.0
         await self._settle()
         self._mark_caught_up()
@@ -405,9 +420,11 @@ class LogPoller:
         return None
 
     def _next_range(self) -> LogRange | None:
+        return self._range_from(self._cursor + 1)
+
+    def _range_from(self, first: int) -> LogRange | None:
         if self.head is None:
             return None
-        first = self._cursor + 1
         last = min(self.head - self.confirmations, first + self.sizer.size - 1)
         return LogRange(first, last) if last >= first else None
 
@@ -433,15 +450,21 @@ class LogPoller:
     # --- the pipeline's commits ---------------------------------------------------------------
 
     def _begin_commit(
-        self, rng: LogRange, header: BlockHeader, logs: list[Log], headers: list[BlockHeader]
+        self,
+        rng: LogRange,
+        header: BlockHeader,
+        decoded: Decoded,
+        logs: int,
+        headers: list[BlockHeader],
     ) -> None:
         registrations, expected, now = self._registrations, self._cursor, self.clock()
         history_blocks = self.config.block_history
         self.pipeline.begin_commit(
-            Committing(range=rng, header=header, logs=len(logs)),
-            lambda conn: history.write_range(
-                conn, registrations, logs, name=self.name, expected_cursor=expected, rng=rng,
-                range_end=header, headers=headers, history_blocks=history_blocks, now=now,
+            Committing(range=rng, header=header, logs=logs),
+            lambda conn: history.write_decoded(
+                conn, registrations, decoded, name=self.name, expected_cursor=expected,
+                rng=rng, range_end=header, headers=headers, history_blocks=history_blocks,
+                now=now,
             ),
         )  # fmt: skip
         self._progressed = True

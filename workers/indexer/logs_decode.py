@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
+from Crypto.Hash import keccak as _keccak
 from eth_utils.address import to_checksum_address
-from eth_utils.crypto import keccak
 
 from shared.contracts import REASONING_FULFILLED_TOPIC0, REASONING_REQUESTED_TOPIC0
 from shared.errors import RpcTransportError
@@ -186,8 +186,11 @@ def decode_logs(entries: Sequence[Mapping[str, Any]]) -> DecodedLogs:
 
 
 def content_hash(requester: str, data: bytes) -> str:
-    """keccak(requester address bytes ++ ABI event data), 0x-hex."""
-    return "0x" + keccak(bytes.fromhex(requester[2:]) + data).hex()
+    """keccak(requester address bytes ++ ABI event data), 0x-hex. pycryptodome's keccak is
+    what eth_utils.keccak runs too, called here without eth_utils' argument checks and
+    backend dispatch (~20 % of the hash, which is ~40 % of decoding a request log)."""
+    preimage = bytes.fromhex(requester[2:]) + data
+    return "0x" + _keccak.new(data=preimage, digest_bits=256).digest().hex()
 
 
 def _add_request(
