@@ -23,7 +23,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from shared import store
+from workers.oracle import store
 from shared.db import atomic, connect
 
 ROOT = Path(__file__).resolve().parent.parent

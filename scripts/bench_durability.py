@@ -35,7 +35,7 @@ from eth_abi.abi import encode as abi_encode
 from eth_utils.address import to_checksum_address
 
 from scripts.bench_claims import fill
-from shared import store
+from workers.oracle import store
 from shared.db import atomic, connect
 from shared.tx import ledger
 from shared.tx.fees import GWEI, Fees

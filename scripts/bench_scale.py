@@ -27,8 +27,8 @@ import time
 from pathlib import Path
 from subprocess import DEVNULL
 
-from shared import request_id as rid
-from shared import store
+from workers.oracle import request_id as rid
+from workers.oracle import store
 from shared.db import atomic, connect
 from workers.oracle.inspect import collect_status
 

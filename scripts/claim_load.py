@@ -15,8 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-from shared import registry, state, store
-from shared import request_id as rid
+from shared import registry, state
+from workers.oracle import store
+from workers.oracle import request_id as rid
 from shared.db import connect
 from shared.errors import StoreBusyError
 

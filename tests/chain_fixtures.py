@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.anvil import Anvil
-from shared.deploy import Deployment, deploy_stack
+from workers.devnet.anvil import Anvil
+from workers.devnet.deploy import Deployment, deploy_stack
 from shared.keys import generate_key_file
 
 # Ether given to the oracle of the `deployed` stack: plenty for any test's fulfilments.

@@ -13,7 +13,7 @@ import structlog
 from eth_utils.crypto import keccak
 
 from shared.db import connect
-from shared.store import NewRequest
+from workers.oracle.store import NewRequest
 
 pytest_plugins = ["tests.chain_fixtures"]
 

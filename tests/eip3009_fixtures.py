@@ -14,7 +14,7 @@ from eth_account.messages import encode_typed_data
 from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 
-from shared.anvil import Anvil
+from workers.devnet.anvil import Anvil
 from shared.contracts import artifact
 from shared.tx.authorizations.eip3009 import (
     AUTHORIZATION_USED_TOPIC,

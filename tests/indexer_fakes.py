@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from shared.contracts import REASONING_REQUESTED_TOPIC0
+from workers.oracle.contracts import REASONING_REQUESTED_TOPIC0
 from tests.rpc_proxy import RpcProxy
 
 

@@ -20,10 +20,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared import store
+from workers.oracle import store
 from shared.api.tokens import legacy_id
 from shared.db import check_identity, connect
-from shared.store import Status
+from workers.oracle.store import Status
 from tests.conftest import make_request
 
 PROVIDER = "0x5FbDB2315678afecb367f032d93F642f64180aa3"

@@ -20,7 +20,7 @@ import pytest
 import pytest_asyncio
 
 from shared import state
-from shared.anvil import Anvil
+from workers.devnet.anvil import Anvil
 from shared.chain.rpc import RpcClient
 from shared.db import AsyncDatabase, atomic, connect
 from shared.errors import NotDurableError

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from shared.anvil import Anvil
+from workers.devnet.anvil import Anvil
 from tests.bad_rpc import HTML_PAGE, BadRpc, Mode
 
 

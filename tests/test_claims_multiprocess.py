@@ -9,7 +9,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from shared import store
+from workers.oracle import store
 from shared.db import atomic, connect
 from tests.conftest import make_request
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from shared import store
+from workers.oracle import store
 from shared.db import check_identity, connect
 from shared.migrations import SCHEMA_MIGRATIONS_DDL, core_set, split_statements
 from tests.conftest import make_request

@@ -7,9 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from shared import store
+from workers.oracle import store
 from shared.db import check_identity, connect
-from shared.store import Status
+from workers.oracle.store import Status
 from tests.conftest import make_request
 
 PROVIDER = "0x5FbDB2315678afecb367f032d93F642f64180aa3"

@@ -164,7 +164,7 @@ def _message(cls: type[CoreSettings]) -> str:
 def test_a_bad_url_setting_is_named_without_its_secrets(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, env: str, value: str
 ) -> None:
-    from workers.inference.settings import InferenceSettings
+    from workers.oracle.inference.settings import InferenceSettings
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv(env, value)

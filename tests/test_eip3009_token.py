@@ -10,7 +10,7 @@ import pytest
 from eth_abi.abi import encode as abi_encode
 from eth_utils.crypto import keccak
 
-from shared.anvil import Anvil
+from workers.devnet.anvil import Anvil
 from shared.contracts import artifact
 from shared.tx.authorizations import eip3009
 from shared.tx.authorizations.eip3009 import (

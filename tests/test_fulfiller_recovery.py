@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shared import store
+from workers.oracle import store
 from shared.db import connect
-from shared.store import Status
+from workers.oracle.store import Status
 from tests.chain_fixtures import DeployedStack
 from tests.test_fulfiller_support import (
     GWEI,

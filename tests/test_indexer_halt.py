@@ -19,10 +19,10 @@ from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
 from shared import halt
-from shared.anvil import Anvil
+from workers.devnet.anvil import Anvil
 from shared.chain.health import ProgressHealth
 from shared.db import connect
-from shared.deploy import deploy_stack
+from workers.devnet.deploy import deploy_stack
 from shared.errors import DatabaseMismatchError
 from shared.keys import load_private_key
 from tests.chain_fixtures import DeployedStack

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from shared import store
+from workers.oracle import store
 from shared.db import connect
 from shared.keys import load_private_key
-from shared.store import Status
+from workers.oracle.store import Status
 from tests.chain_fixtures import DeployedStack
 from tests.test_indexer_support import (
     ChainDriver,
@@ -23,7 +23,7 @@ from tests.test_indexer_support import (
     run_indexer,
     stored_requests,
 )
-from workers.indexer.logs_decode import decode_logs
+from workers.oracle.indexer.logs_decode import decode_logs
 from workers.oracle.inspect import collect_status
 
 

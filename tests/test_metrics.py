@@ -11,7 +11,8 @@ import httpx
 import pytest
 
 from shared.errors import ConfigError, StoreBusyError, TransitionConflict
-from shared.metrics import ERRORS, READ_TIMEOUT_S, REQUESTS, Health, serve
+from shared.metrics import ERRORS, READ_TIMEOUT_S, Health, serve
+from workers.oracle.metrics import REQUESTS
 from shared.runtime import run_loop
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 
 from shared import state
-from shared.anvil import Anvil
+from workers.devnet.anvil import Anvil
 from shared.chain.rpc import RpcClient
 from shared.db import AsyncDatabase, connect
 from shared.tx.fees import GWEI, FeePolicy, Fees

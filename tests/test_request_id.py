@@ -8,8 +8,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from shared import request_id as rid
-from shared import store
+from workers.oracle import request_id as rid
+from workers.oracle import store
 from shared.db import connect
 from shared.errors import InvalidRequestError
 from tests.conftest import make_request

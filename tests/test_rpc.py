@@ -17,7 +17,7 @@ import pytest
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
-from shared.anvil import Anvil
+from workers.devnet.anvil import Anvil
 from shared.chain.rpc import (
     DEFAULT_MAX_RESPONSE_BYTES,
     MAX_JSON_DEPTH,

@@ -15,10 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared.anvil import Anvil
+from workers.devnet.anvil import Anvil
 from shared.chain.rpc import RpcCall, RpcClient, hex_int
 from shared.db import connect
-from shared.deploy import Deployment, deploy_stack
+from workers.devnet.deploy import Deployment, deploy_stack
 from shared.errors import RetryableError
 from tests.bad_rpc import BadRpc, Mode
 from tests.chain_fixtures import DeployedStack

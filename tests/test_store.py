@@ -6,9 +6,9 @@ import sqlite3
 
 import pytest
 
-from shared import store
+from workers.oracle import store
 from shared.errors import LeaseLostError, TransitionConflict
-from shared.store import Status
+from workers.oracle.store import Status
 from tests.conftest import make_request
 
 

@@ -8,7 +8,7 @@ import json
 import httpx
 import pytest
 
-from shared.anvil import Anvil
+from workers.devnet.anvil import Anvil
 from shared.chain.rpc import RpcClient
 from shared.errors import RpcResponseError
 from shared.tx.broadcast import BroadcastOutcome, broadcast, classify_send_error

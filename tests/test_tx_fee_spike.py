@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from shared.anvil import Anvil
+from workers.devnet.anvil import Anvil
 from shared.chain.rpc import RpcClient
 from shared.errors import StaleNodeError
 from shared.tx.fees import GWEI, MARKET_ATTEMPTS, Fees, fetch_market

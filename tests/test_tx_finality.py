@@ -23,7 +23,7 @@ from eth_utils.address import to_checksum_address
 from structlog.testing import capture_logs
 
 from shared import state
-from shared.anvil import Anvil
+from workers.devnet.anvil import Anvil
 from shared.chain.rpc import RpcClient
 from shared.db import AsyncDatabase, atomic, connect
 from shared.tx import ledger

@@ -16,7 +16,7 @@ import pytest_asyncio
 from structlog.testing import capture_logs
 
 from shared import state
-from shared.anvil import Anvil
+from workers.devnet.anvil import Anvil
 from shared.chain.rpc import RpcClient
 from shared.db import AsyncDatabase, atomic, connect
 from shared.tx import ledger

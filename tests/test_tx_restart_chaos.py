@@ -22,7 +22,7 @@ import httpx
 import pytest
 from eth_utils.address import to_checksum_address
 
-from shared.anvil import Anvil
+from workers.devnet.anvil import Anvil
 from shared.db import atomic, connect
 from tests.pay_process import TABLE
 

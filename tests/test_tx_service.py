@@ -20,7 +20,7 @@ from eth_utils.address import to_checksum_address
 from structlog.testing import capture_logs
 
 from shared import halt, state
-from shared.anvil import Anvil
+from workers.devnet.anvil import Anvil
 from shared.chain.rpc import RpcClient
 from shared.db import AsyncDatabase, connect
 from shared.errors import RpcTransportError, StoreBusyError

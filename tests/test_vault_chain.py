@@ -17,7 +17,7 @@ import pytest
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 
-from shared.anvil import Anvil
+from workers.devnet.anvil import Anvil
 from shared.chain.rpc import RpcClient
 from shared.db import AsyncDatabase, atomic, connect
 from shared.keys.vault import UnknownWalletError, Vault, open_vault, parse_address

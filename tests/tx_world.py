@@ -15,7 +15,7 @@ import httpx
 import pytest
 from eth_utils.address import to_checksum_address
 
-from shared.anvil import Anvil
+from workers.devnet.anvil import Anvil
 from shared.chain.rpc import RpcClient
 from shared.db import AsyncDatabase, connect
 from shared.tx.chainview import ChainView

@@ -6,8 +6,8 @@ import json
 import sqlite3
 from typing import Any
 
-from shared import request_id as rid
-from shared import store
+from workers.oracle import request_id as rid
+from workers.oracle import store
 from shared.db import stored_identity
 from shared.halt import halted
 
