@@ -31,8 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from workers.oracle import store
 from shared.db import atomic, connect
+from workers.oracle import store
 from workers.oracle.store import NewRequest
 
 PROVIDER = "0x5FbDB2315678afecb367f032d93F642f64180aa3"

@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 from shared import registry, state
-from workers.oracle import store
-from workers.oracle import request_id as rid
 from shared.db import connect
 from shared.errors import StoreBusyError
+from workers.oracle import request_id as rid
+from workers.oracle import store
 
 # Seconds a lease lasts in this load: longer than any run, so nothing is re-claimed on expiry.
 LEASE_S = 3600.0

@@ -18,10 +18,25 @@ from web3.exceptions import ContractLogicError
 from web3.logs import DISCARD
 from web3.types import RPCEndpoint
 
+from shared.contracts import (
+    ERROR_STRING_SELECTOR,
+    PANIC_SELECTOR,
+    artifact,
+    decode_revert,
+    error_selectors,
+)
 from workers.devnet.anvil import Anvil
-from shared.contracts import ERROR_STRING_SELECTOR, PANIC_SELECTOR, artifact, decode_revert, error_selectors
-from workers.oracle.contracts import ORACLE_ROLE, REASONING_FULFILLED_TOPIC0, REASONING_REQUESTED_TOPIC0, MalformedEventError, decode_reasoning_fulfilled, decode_reasoning_requested, reasoning_fulfilled_abi, reasoning_requested_abi
 from workers.devnet.deploy import deploy_stack
+from workers.oracle.contracts import (
+    ORACLE_ROLE,
+    REASONING_FULFILLED_TOPIC0,
+    REASONING_REQUESTED_TOPIC0,
+    MalformedEventError,
+    decode_reasoning_fulfilled,
+    decode_reasoning_requested,
+    reasoning_fulfilled_abi,
+    reasoning_requested_abi,
+)
 
 FEE = 10**15
 MODEL = "hodlai-local"

@@ -17,14 +17,14 @@ from eth_account import Account
 from web3 import Web3
 from web3.contract import Contract
 
-from workers.devnet.anvil import ANVIL_BIN_ENV, Anvil, AnvilNotFoundError
 from shared.config import CoreSettings
 from shared.contracts import PROJECT_ROOT, artifact
-from workers.oracle.contracts import ORACLE_ROLE
-from workers.devnet.deploy import load_deployment_json
 from shared.errors import KeyFileError
 from shared.keys import generate_key_file, key_file_address, load_private_key
 from tests.chain_fixtures import ORACLE_FUNDING_WEI, DeployedStack
+from workers.devnet.anvil import ANVIL_BIN_ENV, Anvil, AnvilNotFoundError
+from workers.devnet.deploy import load_deployment_json
+from workers.oracle.contracts import ORACLE_ROLE
 
 # Seconds a fresh `hodlai devnet` may take to be ready (Python start-up dominates).
 READY_TIMEOUT = 60.0

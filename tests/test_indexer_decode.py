@@ -13,8 +13,13 @@ from eth_utils.address import to_checksum_address
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from workers.oracle.contracts import REASONING_FULFILLED_TOPIC0, REASONING_REQUESTED_TOPIC0, MalformedEventError, decode_reasoning_requested
 from shared.errors import RpcTransportError
+from workers.oracle.contracts import (
+    REASONING_FULFILLED_TOPIC0,
+    REASONING_REQUESTED_TOPIC0,
+    MalformedEventError,
+    decode_reasoning_requested,
+)
 from workers.oracle.event_data import DECODE_ERRORS, decode_fulfilled_data, decode_requested_data
 from workers.oracle.indexer.logs_decode import content_hash, decode_logs
 

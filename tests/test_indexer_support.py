@@ -24,9 +24,9 @@ from eth_utils.crypto import keccak
 
 from shared.chain.filters import LogFilter, LogSink
 from shared.chain.rpc import RpcClient
-from workers.oracle.contracts import REASONING_FULFILLED_TOPIC0, REASONING_REQUESTED_TOPIC0
-from workers.devnet.deploy import Deployment
 from shared.runtime import run_loop
+from workers.devnet.deploy import Deployment
+from workers.oracle.contracts import REASONING_FULFILLED_TOPIC0, REASONING_REQUESTED_TOPIC0
 from workers.oracle.indexer.main import Indexer, open_database, start_when_reachable
 from workers.oracle.indexer.settings import IndexerSettings
 

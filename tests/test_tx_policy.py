@@ -15,7 +15,6 @@ import pytest_asyncio
 from eth_abi.abi import encode as abi_encode
 from eth_utils.address import to_checksum_address
 
-from workers.devnet.anvil import Anvil
 from shared.chain.rpc import RpcClient
 from shared.db import AsyncDatabase, atomic, connect
 from shared.errors import ConfigError, SpendPolicyError
@@ -38,6 +37,7 @@ from shared.tx.policy import (
 from shared.tx.senders import claim_sender
 from shared.tx.signer import Call, LocalSigner
 from tests.test_fulfiller_support import ManualClock
+from workers.devnet.anvil import Anvil
 
 TOKEN = to_checksum_address("0x" + "12" * 20)
 OTHER_TOKEN = to_checksum_address("0x" + "34" * 20)

@@ -268,13 +268,13 @@ def _print_summary(anvil: Anvil, deployment: Deployment, env_file: Path, key_fil
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     """Deploy to ``--rpc-url`` and write the requested files. Exit code 0 on success."""
+    from shared.keys import load_private_key
     from workers.devnet.deploy import (
         DEFAULT_CALLBACK_GAS_LIMIT,
         deploy_stack,
         write_deployment_json,
         write_env_file,
     )
-    from shared.keys import load_private_key
 
     configure_logging(args.log_level)
     admin_key = load_private_key(args.admin_key_file)

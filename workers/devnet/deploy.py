@@ -39,14 +39,13 @@ from web3.exceptions import ContractLogicError, TimeExhausted, Web3RPCError
 from web3.types import Nonce, TxParams, TxReceipt, Wei
 
 from shared.contracts import artifact, decode_revert
-
-from workers.oracle.contracts import ORACLE_ROLE, PROVIDER_CONTRACT, VAULT_CONTRACT
 from shared.errors import (
     ExecutionRevertedError,
     PermanentError,
     RpcResponseError,
     RpcTransportError,
 )
+from workers.oracle.contracts import ORACLE_ROLE, PROVIDER_CONTRACT, VAULT_CONTRACT
 
 log = structlog.get_logger(__name__)
 

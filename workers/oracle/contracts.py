@@ -104,13 +104,6 @@ class ReasoningFulfilled:
     reasoning_cid: str
 
 
-def as_bytes(value: bytes | str) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    text = value[2:] if value[:2] in ("0x", "0X") else value
-    return bytes.fromhex(text)
-
-
 def _indexed_head(topics: Sequence[bytes | str], topic0: str) -> tuple[int, ChecksumAddress]:
     if len(topics) != 3:
         raise MalformedEventError(f"expected 3 topics, got {len(topics)}")
@@ -138,8 +131,9 @@ def decode_reasoning_requested(
     topics: Sequence[bytes | str], data: bytes | str
 ) -> ReasoningRequested:
     """Decode a request log from its raw topics and data (hex strings or bytes). The data
-    is read as ``bytes`` (workers/oracle/event_data.py), so that invalid UTF-8 in a request (calldata
-    strings are not validated on chain) is a MalformedEventError, not a decoder crash."""
+    is read as ``bytes`` (workers/oracle/event_data.py), so that invalid UTF-8 in a request
+    (calldata strings are not validated on chain) is a MalformedEventError, not a decoder
+    crash."""
     request_id, requester = _indexed_head(topics, REASONING_REQUESTED_TOPIC0)
     try:
         model, prompt, state, actions = decode_requested_data(as_bytes(data))
@@ -176,5 +170,3 @@ def decode_reasoning_fulfilled(
         result_action=_utf8(action, "resultAction", request_id),
         reasoning_cid=_utf8(cid, "reasoningIpfsCid", request_id),
     )
-
-

@@ -18,15 +18,15 @@ from typing import Annotated, Any, Final
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, BeforeValidator, Field
 
-from workers.oracle import request_id as rid
-from workers.oracle import store
 from shared.api.auth import READ, Operator
 from shared.api.deps import Database
 from shared.api.errors import CONFLICT, INVALID, NOT_FOUND, UNAUTHORIZED
 from shared.db import read_transaction
 from shared.errors import NotFoundError
-from workers.oracle.store import Status
+from workers.oracle import request_id as rid
+from workers.oracle import store
 from workers.oracle.inspect import collect_status
+from workers.oracle.store import Status
 
 # Rows one listing returns at most: a page an operator or a console reads; a larger limit
 # would let one call hold a connection for seconds.

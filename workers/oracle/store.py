@@ -19,10 +19,10 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from workers.oracle import request_id as rid
 from shared import state
 from shared.db import atomic
 from shared.errors import InvalidRequestError, LeaseLostError
+from workers.oracle import request_id as rid
 from workers.oracle.machine import ALLOWED, NON_TERMINAL, REQUESTS, SETTABLE, TERMINAL, Status
 
 __all__ = ["ALLOWED", "NON_TERMINAL", "REQUESTS", "SETTABLE", "TERMINAL", "Status"]

@@ -30,7 +30,6 @@ from shared.errors import ConfigError
 from shared.logs import configure_logging
 from shared.metrics import Health
 from shared.runtime import WorkerSpec, run_worker
-from workers.oracle.store import Claimed
 from shared.tx.fees import FeePolicy
 from shared.tx.manager import TxManager, TxPolicy
 from shared.tx.senders import claim_sender
@@ -42,6 +41,7 @@ from workers.oracle.fulfiller.purpose import FULFIL_PURPOSE, FulfilmentPurpose
 from workers.oracle.fulfiller.readiness import await_role
 from workers.oracle.fulfiller.settings import FulfillerSettings
 from workers.oracle.fulfiller.worker import FulfillerConfig, FulfillerWorker
+from workers.oracle.store import Claimed
 
 log = structlog.get_logger(__name__)
 

@@ -17,9 +17,9 @@ from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 
 from shared.chain.rpc import RpcCall
-from workers.oracle.contracts import ORACLE_ROLE
 from shared.errors import RpcTransportError
 from shared.tx.policy import SpendPolicy
+from workers.oracle.contracts import ORACLE_ROLE
 
 FULFIL_SIGNATURE: Final = "fulfillNodeReasoning(uint256,string,string)"
 FULFIL_SELECTOR: Final = keccak(text=FULFIL_SIGNATURE)[:4]

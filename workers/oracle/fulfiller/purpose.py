@@ -34,15 +34,15 @@ from typing import Final
 
 import structlog
 
-from workers.oracle import store
 from shared.db import atomic
 from shared.errors import TransitionConflict
-from workers.oracle.store import Status
 from shared.tx.chainview import ChainView
 from shared.tx.ledger import TxRecord, TxStatus
 from shared.tx.receipts import Receipt
 from shared.tx.replacements import REJECTED_REASON
 from shared.tx.settlement import Settlement, SubjectAnchor
+from workers.oracle import store
+from workers.oracle.store import Status
 
 log = structlog.get_logger(__name__)
 

@@ -35,10 +35,14 @@ from eth_utils.address import to_checksum_address
 
 from shared.chain.rpc import RpcClient
 from shared.errors import HodlaiError, StaleNodeError
-from workers.oracle.store import Claimed
 from shared.tx.signer import Call
 from shared.tx.simulation import GasRule, Outcome, Simulation, judge, simulation_calls
-from workers.oracle.fulfiller.provider import decode_request_info, fulfil_calldata, request_info_call
+from workers.oracle.fulfiller.provider import (
+    decode_request_info,
+    fulfil_calldata,
+    request_info_call,
+)
+from workers.oracle.store import Claimed
 
 # Reverts that a node lacking part of the chain produces for a request that is fine: retried,
 # never a verdict (see the module docstring).

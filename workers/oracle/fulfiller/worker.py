@@ -32,12 +32,9 @@ import structlog
 from eth_utils.address import to_checksum_address
 
 from shared import halt
-from workers.oracle import store
-from workers.oracle import request_id as rid
 from shared.chain.rpc import RpcClient
 from shared.db import AsyncDatabase
 from shared.errors import TransitionConflict
-from workers.oracle.store import Claimed, Status
 from shared.tx.fees import FeePolicy
 from shared.tx.ledger import Purpose
 from shared.tx.manager import Recorded, Submission, TxManager
@@ -45,10 +42,13 @@ from shared.tx.service import Readiness, SendingConfig, SendingEvents, SendingSe
 from shared.tx.signer import Call, SignedTx
 from shared.tx.simulation import GasRule
 from shared.tx.subjects import InFlightError, PriorSends, prior_sends
+from workers.oracle import request_id as rid
+from workers.oracle import store
 from workers.oracle.fulfiller.purpose import ACTOR, FULFIL_PURPOSE, return_orphans
 from workers.oracle.fulfiller.readiness import read_readiness
 from workers.oracle.fulfiller.settings import FaultPoint
 from workers.oracle.fulfiller.simulation import Verdict, VerdictKind, simulate
+from workers.oracle.store import Claimed, Status
 
 log = structlog.get_logger(__name__)
 

@@ -45,16 +45,16 @@ from dataclasses import dataclass
 
 import structlog
 
-from workers.oracle import request_id as rid
-from workers.oracle import store
 from shared.chain import history
 from shared.chain.history import Anchor
 from shared.chain.scan import BlockHeader
 from shared.db import atomic
 from shared.errors import LogDataConflictError
-from workers.oracle.store import NewRequest, Status
+from workers.oracle import request_id as rid
+from workers.oracle import store
 from workers.oracle.indexer.logs_decode import DecodedLogs, FulfilledLog, MalformedRequest
 from workers.oracle.indexer.reorg import ACTOR, CURSOR_NAME, generation_after_removal
+from workers.oracle.store import NewRequest, Status
 
 log = structlog.get_logger(__name__)
 

@@ -23,8 +23,8 @@ import structlog
 from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 
-from workers.oracle.contracts import REASONING_FULFILLED_TOPIC0, REASONING_REQUESTED_TOPIC0
 from shared.errors import RpcTransportError
+from workers.oracle.contracts import REASONING_FULFILLED_TOPIC0, REASONING_REQUESTED_TOPIC0
 from workers.oracle.event_data import DECODE_ERRORS, decode_fulfilled_data, decode_requested_data
 from workers.oracle.store import NewRequest
 

@@ -27,7 +27,6 @@ from pathlib import Path
 
 import structlog
 
-from workers.oracle import store
 from shared.chain.config import PollerConfig
 from shared.chain.health import ProgressHealth
 from shared.chain.poller import LogPoller
@@ -40,14 +39,15 @@ from shared.errors import (
     RetryableError,
     RpcChainMismatchError,
 )
-from workers.oracle.metrics import REQUESTS
 from shared.runtime import WorkerSpec, run_worker, sleep_or_stop
+from workers.oracle import store
 from workers.oracle.indexer.ingest import IngestStats
 from workers.oracle.indexer.metrics import POLLER_METRICS
 from workers.oracle.indexer.progress import BackfillProgress
 from workers.oracle.indexer.reorg import CURSOR_NAME
 from workers.oracle.indexer.settings import IndexerSettings
 from workers.oracle.indexer.sink import OracleSink, oracle_filter
+from workers.oracle.metrics import REQUESTS
 
 log = structlog.get_logger(__name__)
 

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 
 import structlog
 
-from workers.oracle import store
 from shared.chain import history
 from shared.db import atomic
+from workers.oracle import store
 from workers.oracle.store import Status
 
 log = structlog.get_logger(__name__)

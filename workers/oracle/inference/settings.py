@@ -16,7 +16,6 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
-from workers.oracle.settings import OracleSettings
 from shared.errors import ConfigError
 from shared.llm.backends.llama import (
     DEFAULT_BATCH_TOKENS,
@@ -30,6 +29,7 @@ from shared.llm.backends.llama import (
 )
 from shared.llm.backends.local import DEFAULT_LOCAL_MODELS
 from shared.llm.types import Constraint
+from workers.oracle.settings import OracleSettings
 
 _SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
 

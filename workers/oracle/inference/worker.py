@@ -49,7 +49,6 @@ from dataclasses import dataclass
 import httpx
 import structlog
 
-from workers.oracle import store
 from shared.db import AsyncDatabase
 from shared.errors import (
     AttemptsExhaustedError,
@@ -65,11 +64,12 @@ from shared.llm.ipfs import pin_trace
 from shared.llm.types import Attempt
 from shared.llm.validate import DEFAULT_LIMITS, StringLimits
 from shared.metrics import ERRORS
-from workers.oracle.metrics import ANSWERS
-from workers.oracle.store import Claimed, Status
+from workers.oracle import store
 from workers.oracle.inference.health import InferenceHealth
 from workers.oracle.inference.limits import ContractStringLimits
 from workers.oracle.inference.parking import FailureKind, StrikeBook, Strikes
+from workers.oracle.metrics import ANSWERS
+from workers.oracle.store import Claimed, Status
 
 log = structlog.get_logger(__name__)
 

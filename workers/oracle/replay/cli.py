@@ -16,11 +16,11 @@ import json
 import sys
 from typing import Any
 
-from workers.oracle import request_id as rid
-from workers.oracle import store
 from shared.config import load_settings
 from shared.db import open_readonly
 from shared.logs import configure_logging
+from workers.oracle import request_id as rid
+from workers.oracle import store
 
 
 def register(subparsers: Any) -> None:
