@@ -1,7 +1,7 @@
 """The data of the provider's two events, ``HoldAI_ReasoningRequested`` (model,
 systemPrompt, stateString, actionSet) and ``HoldAI_ReasoningFulfilled`` (resultAction,
 reasoningIpfsCid), decoded to raw bytes: the one decoder the indexer and
-:mod:`shared.contracts` share.
+:mod:`workers.oracle.contracts` share.
 
 Guarantees:
 - The values are exactly what eth-abi decodes. Solidity emits the canonical ABI layout, and
