@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import json
 import sysconfig
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -195,21 +195,11 @@ def _error_spec(entry: ABIError) -> ErrorSpec:
     )
 
 
+@functools.cache
 def error_selectors() -> Mapping[bytes, ErrorSpec]:
     """Every error the registered executors' contracts can raise, keyed by 4-byte selector."""
-    return _error_table(_registered_contracts())
-
-
-def _registered_contracts() -> tuple[str, ...]:
-    names: dict[str, None] = {}
-    for _, abis in registered_abis():
-        names.update(dict.fromkeys(abis.contracts))
-    return tuple(names)
-
-
-@functools.cache
-def _error_table(contracts: Iterable[str]) -> Mapping[bytes, ErrorSpec]:
     table: dict[bytes, ErrorSpec] = {}
+    contracts = dict.fromkeys(name for _, abis in registered_abis() for name in abis.contracts)
     for name in contracts:
         for entry in artifact(name).abi:
             if entry.get("type") == "error":
