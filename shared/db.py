@@ -521,7 +521,10 @@ def _apply_baseline(conn: sqlite3.Connection, migration_set: migrations.Migratio
         conn.executemany(
             "INSERT INTO schema_migrations (set_name, version, name, applied_at) "
             "VALUES (?, ?, ?, ?)",
-            [(m.set_name, m.version, m.name, now) for m in migration_set.replaced_by_baseline()],
+            [
+                (m.set_name, m.version, f"{m.name} (baseline)", now)
+                for m in migration_set.replaced_by_baseline()
+            ],
         )
     log.info("schema_baseline_created", set=migration_set.name, version=baseline.version)
 
