@@ -18,17 +18,18 @@ install carries them.
 
 Baselines. A set may carry a baseline (``baseline_NNNN.sql`` beside its migrations): the
 schema its migrations 1..NNNN leave, created in one transaction on a database that has none
-of the set's versions recorded, and recorded as those versions (named "<name> (baseline)"). The core set has one
-(``baseline_0014.sql``) because its released migrations 1..14 created the oracle's tables,
-from before executors had sets of their own, and a released migration is never edited: a
-new database gets the core's shared tables only, and the oracle's set creates its own; an
-existing database keeps the migrations it ran, its oracle tables and their rows, and the
-oracle's first migration adopts them (CREATE ... IF NOT EXISTS). Later migrations apply on
-top of either, so both end in the same schema: tests/test_migration_of_old_database.py
-builds a database the old way, with rows, and compares. A baseline is frozen like a released migration. The
-other way to keep migration 1 frozen, letting a new database run it and then dropping the
-oracle's tables from the core, would make the core create tables it does not own, and any
-node without the oracle would carry them.
+of the set's versions recorded, and recorded as those versions (each named "<name>
+(baseline)"). The core set has one (``baseline_0014.sql``) because its released migrations
+1..14 created the oracle's tables, from before executors had sets of their own, and a
+released migration is never edited: a new database gets the core's shared tables only, and
+the oracle's set creates its own; an existing database keeps the migrations it ran, its
+oracle tables and their rows, and the oracle's first migration adopts them (CREATE ... IF NOT
+EXISTS). Later migrations apply on top of either, so both end in the same schema:
+tests/test_migration_of_old_database.py builds a database the old way, with rows, and
+compares. A baseline is frozen like a released migration. The other way to keep migration 1
+frozen, letting a new database run it and then dropping the oracle's tables from the core,
+would make the core create tables it does not own, and any node without the oracle would
+carry them.
 """
 
 from __future__ import annotations
