@@ -231,7 +231,8 @@ def test_a_new_database_gets_the_oracle_tables_from_the_oracle_set_only(tmp_path
     )
 
     node = connect(tmp_path / "node.db")  # with the oracle installed, its set creates them
-    assert set(node.execute("SELECT type, name FROM sqlite_master")) >= ORACLE_OBJECTS
+    made = {tuple(r) for r in node.execute("SELECT type, name FROM sqlite_master")}
+    assert made >= ORACLE_OBJECTS
     recorded = node.execute("SELECT version, name FROM schema_migrations WHERE set_name = 'core'")
     assert [v for v, _ in recorded] == [m.version for m in core.migrations]
 
