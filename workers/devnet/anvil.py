@@ -42,7 +42,7 @@ from shared.errors import ConfigError, PermanentError
 
 log = structlog.get_logger(__name__)
 
-PROJECT_ROOT: Final = Path(__file__).resolve().parent.parent
+PROJECT_ROOT: Final = Path(__file__).resolve().parents[2]
 ANVIL_BIN_ENV: Final = "HODLAI_ANVIL_BIN"
 DEFAULT_ANVIL_BIN: Final = (
     PROJECT_ROOT / "node_modules" / "@foundry-rs" / "anvil-linux-amd64" / "bin" / "anvil"
