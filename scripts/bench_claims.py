@@ -23,8 +23,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from shared import store
 from shared.db import atomic, connect
+from workers.oracle import store
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -35,13 +35,13 @@ from eth_abi.abi import encode as abi_encode
 from eth_utils.address import to_checksum_address
 
 from scripts.bench_claims import fill
-from shared import store
 from shared.db import atomic, connect
 from shared.tx import ledger
 from shared.tx.fees import GWEI, Fees
 from shared.tx.ledger import Purpose
 from shared.tx.policy import Limit, SpendPolicy, record_spends, selector_of, selectors
 from shared.tx.signer import Call, LocalSigner, SignedTx
+from workers.oracle import store
 
 # Anvil's first development key: public knowledge, a benchmark signs nothing that is sent.
 KEY = bytes.fromhex("ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcab7cbed5f02ff80a")

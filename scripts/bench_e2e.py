@@ -30,7 +30,8 @@ import httpx
 
 from scripts.localnode import Ask, LocalNode
 from scripts.rss import PeakTracker
-from shared.contracts import REASONING_FULFILLED_TOPIC0, artifact
+from shared.contracts import artifact
+from workers.oracle.contracts import REASONING_FULFILLED_TOPIC0
 
 # Idle poll intervals for the benchmark: short, as an operator chasing latency would set them.
 FAST_POLLS = {

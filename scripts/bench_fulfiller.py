@@ -47,24 +47,24 @@ from eth_abi.abi import encode as abi_encode
 from eth_account import Account
 from eth_utils.crypto import keccak
 
-from shared import store
-from shared.anvil import Anvil
 from shared.chain.rpc import RpcClient
-from shared.contracts import REASONING_FULFILLED_TOPIC0
 from shared.db import AsyncDatabase, atomic, connect
-from shared.deploy import Deployment, deploy_stack
 from shared.errors import HodlaiError
 from shared.keys import generate_key_file, load_private_key
 from shared.logs import configure_logging
-from shared.store import NewRequest, Status
 from shared.tx.fees import FeePolicy
 from shared.tx.manager import TxManager, TxPolicy
 from shared.tx.senders import claim_sender
 from shared.tx.signer import LocalSigner
 from shared.tx.simulation import GasRule
 from tests.rpc_proxy import RpcProxy
-from workers.fulfiller.purpose import FULFIL_PURPOSE, FulfilmentPurpose
-from workers.fulfiller.worker import FulfillerConfig, FulfillerWorker
+from workers.devnet.anvil import Anvil
+from workers.devnet.deploy import Deployment, deploy_stack
+from workers.oracle import store
+from workers.oracle.contracts import REASONING_FULFILLED_TOPIC0
+from workers.oracle.fulfiller.purpose import FULFIL_PURPOSE, FulfilmentPurpose
+from workers.oracle.fulfiller.worker import FulfillerConfig, FulfillerWorker
+from workers.oracle.store import NewRequest, Status
 
 GWEI = 10**9
 BLOCK_TIME_S = 1

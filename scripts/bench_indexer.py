@@ -68,20 +68,20 @@ from eth_utils.crypto import keccak
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from shared.anvil import Anvil  # noqa: E402 -- after the path fix, so the script runs as a file
 from shared.chain.rpc import RpcCall, RpcClient  # noqa: E402
-from shared.contracts import (  # noqa: E402
+from shared.contracts import artifact  # noqa: E402
+from shared.logs import configure_logging  # noqa: E402
+from shared.runtime import run_loop  # noqa: E402
+from workers.devnet.anvil import Anvil  # noqa: E402 -- after the path fix, so the script runs as a file
+from workers.devnet.deploy import Deployment, deploy_stack  # noqa: E402
+from workers.oracle.contracts import (  # noqa: E402
     PROVIDER_CONTRACT,
     REASONING_FULFILLED_TOPIC0,
     REASONING_REQUESTED_TOPIC0,
-    artifact,
 )
-from shared.deploy import Deployment, deploy_stack  # noqa: E402
-from shared.logs import configure_logging  # noqa: E402
-from shared.runtime import run_loop  # noqa: E402
-from workers.indexer.logs_decode import decode_logs  # noqa: E402
-from workers.indexer.main import Indexer, open_database  # noqa: E402
-from workers.indexer.settings import IndexerSettings  # noqa: E402
+from workers.oracle.indexer.logs_decode import decode_logs  # noqa: E402
+from workers.oracle.indexer.main import Indexer, open_database  # noqa: E402
+from workers.oracle.indexer.settings import IndexerSettings  # noqa: E402
 
 ASK_BATCH = keccak(text="askBatch(uint256,string,string,string,string[])")[:4]
 PROMPT = ("You manage a token vault. Weigh momentum against drawdown risk and answer with "

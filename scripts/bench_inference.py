@@ -31,9 +31,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from shared import store
 from shared.db import atomic, connect
-from shared.store import NewRequest
+from workers.oracle import store
+from workers.oracle.store import NewRequest
 
 PROVIDER = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
 # Seconds allowed for worker processes to import, connect and start polling.

@@ -27,9 +27,9 @@ import time
 from pathlib import Path
 from subprocess import DEVNULL
 
-from shared import request_id as rid
-from shared import store
 from shared.db import atomic, connect
+from workers.oracle import request_id as rid
+from workers.oracle import store
 from workers.oracle.inspect import collect_status
 
 # Mixed states roughly as a busy node looks: most work done, a backlog, some failures.

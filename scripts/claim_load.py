@@ -15,10 +15,11 @@ import sys
 import time
 from pathlib import Path
 
-from shared import registry, state, store
-from shared import request_id as rid
+from shared import registry, state
 from shared.db import connect
 from shared.errors import StoreBusyError
+from workers.oracle import request_id as rid
+from workers.oracle import store
 
 # Seconds a lease lasts in this load: longer than any run, so nothing is re-claimed on expiry.
 LEASE_S = 3600.0

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from scripts import demo_dispatch
 from scripts.localnode import BIN, ROOT, Ask, LocalNode
-from shared import store
+from workers.oracle import store
 
 # Seconds the demo waits for every request to be fulfilled before it gives up.
 DEMO_TIMEOUT_S = 180.0

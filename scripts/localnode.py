@@ -25,7 +25,8 @@ from dotenv import dotenv_values
 from eth_abi.abi import decode as abi_decode
 from web3 import HTTPProvider, Web3
 
-from shared.contracts import REASONING_FULFILLED_TOPIC0, REASONING_REQUESTED_TOPIC0, artifact
+from shared.contracts import artifact
+from workers.oracle.contracts import REASONING_FULFILLED_TOPIC0, REASONING_REQUESTED_TOPIC0
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

@@ -12,7 +12,9 @@ name a file may start with ``$CREDENTIALS_DIRECTORY`` (see :func:`expand_credent
 directory where systemd's ``LoadCredential=`` puts a service's secrets.
 
 Each worker extends :class:`CoreSettings` with its own fields; the core ones are shared so
-that one ``.env`` file configures the whole node.
+that one ``.env`` file configures the whole node. An executor's anchor (the oracle's
+provider address, its shard count) is the executor's setting, not the core's
+(workers/oracle/settings.py).
 """
 
 from __future__ import annotations
@@ -20,11 +22,10 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal, Self, TypeVar
+from typing import Annotated, Any, Final, Literal, TypeVar
 from urllib.parse import urlsplit
 
-from eth_utils.address import is_hex_address, to_checksum_address
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.errors import ConfigError
@@ -71,16 +72,12 @@ class CoreSettings(BaseSettings):
     db_group_writable: bool = False
     # Comma-separated; the first healthy one is used and the others are failovers.
     rpc_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    provider_address: str | None = Field(default=None, description="HoldAIProvider address")
     # When set, checked against eth_chainId and the database; when unset, taken from the RPC.
     chain_id: int | None = Field(default=None, ge=1)
     # Bounded by what the database can store (block numbers are SQLite INTEGERs).
     start_block: int = Field(default=0, ge=0, le=MAX_SQLITE_INTEGER)
     # Blocks below the head before a log is accepted; BSC reorgs are rarely deeper than a few.
     confirmations: int = Field(default=3, ge=0, le=10_000)
-    worker_id: int = Field(default=0, ge=0)
-    # At most 42: shards are computed from request_id mod lcm(1..42) (see shared.request_id).
-    worker_count: int = Field(default=1, ge=1, le=42)
     # 0 disables; each long-running process serves /metrics and /healthz on this port.
     metrics_port: int = Field(default=0, ge=0, le=MAX_PORT)
     log_level: LogLevel = Field(default="INFO", validation_alias="LOG_LEVEL")
@@ -100,15 +97,6 @@ class CoreSettings(BaseSettings):
                 raise ValueError(f"not an http(s) URL: {redact_url(url)!r}")
         return value
 
-    @field_validator("provider_address")
-    @classmethod
-    def _check_address(cls, value: str | None) -> str | None:
-        if value is None or value == "":
-            return None
-        if not is_hex_address(value):
-            raise ValueError(f"not a 20-byte hex address: {value!r}")
-        return to_checksum_address(value)
-
     @field_validator("chain_id", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
@@ -118,18 +106,6 @@ class CoreSettings(BaseSettings):
     @classmethod
     def _upper_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
-
-    @model_validator(mode="after")
-    def _shard_port_fits(self) -> Self:
-        # Inference shards serve on HODLAI_METRICS_PORT + their worker id (one env file, one
-        # systemd template): refuse a sum that is no port, before any process binds.
-        if self.metrics_port and self.metrics_port + self.worker_id > MAX_PORT:
-            raise ValueError(
-                f"HODLAI_METRICS_PORT ({self.metrics_port}) + HODLAI_WORKER_ID "
-                f"({self.worker_id}) = {self.metrics_port + self.worker_id} is above {MAX_PORT}: "
-                "shards serve metrics on the port plus their worker id; lower HODLAI_METRICS_PORT"
-            )
-        return self
 
     def require(self, *fields: str) -> None:
         """Raise ConfigError naming every listed setting that is empty."""

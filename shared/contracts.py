@@ -1,4 +1,4 @@
-"""The node's view of the contracts: compiled artifacts, the two events, revert decoding.
+"""The core's view of contracts: compiled artifacts, and revert data decoded for any executor.
 
 Guarantees:
 
@@ -6,13 +6,14 @@ Guarantees:
   by ``scripts/compile_contracts.js``, or, in a wheel install, from the copy the wheel puts
   under ``<prefix>/share/hodlai/contracts`` (pyproject.toml ``data-files``); nothing is
   compiled or fetched at run time, and nothing is read at import time.
-- The topic0 constants are computed from the event signatures of the integration plan, and
-  a test pins them to the compiled ABI, so the indexer never depends on artifacts to filter.
-- :func:`decode_reasoning_requested` / :func:`decode_reasoning_fulfilled` decode with the
-  indexer's own reader (:mod:`shared.event_data`): one decoder of each event in the node.
+- The core names no executor's contract. Each executor declares the contracts it calls in
+  the entry point group ``hodlai.abis`` (a :class:`ContractAbis`: artifact names and the
+  names of the bytes32 roles they check); the oracle's events, topics and roles live in
+  ``workers/oracle/contracts.py``.
 - :func:`decode_revert` turns any revert data into one readable line and never raises: it
-  knows ``Error(string)``, ``Panic(uint256)`` and every custom error of every compiled
-  contract, and unfolds the vault's own revert data nested in ``CallbackReverted``.
+  knows ``Error(string)``, ``Panic(uint256)`` and every custom error of every registered
+  executor's contracts, and unfolds revert data nested in a ``bytes`` argument (a vault's
+  reason inside the provider's ``CallbackReverted``).
 """
 
 from __future__ import annotations
@@ -20,19 +21,19 @@ from __future__ import annotations
 import functools
 import json
 import sysconfig
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Final, cast
 
 from eth_abi.abi import decode as abi_decode
 from eth_abi.exceptions import DecodingError
-from eth_typing import ABI, ABIComponent, ABIError, ABIEvent, ChecksumAddress, HexStr
+from eth_typing import ABI, ABIComponent, ABIError, ABIEvent, HexStr
 from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 
-from shared.errors import InvalidRequestError, PermanentError
-from shared.event_data import DECODE_ERRORS, decode_fulfilled_data, decode_requested_data
+from shared.errors import PermanentError
 
 PROJECT_ROOT: Final = Path(__file__).resolve().parent.parent
 
@@ -46,23 +47,11 @@ def _artifacts_dir() -> Path:
 
 ARTIFACTS_DIR: Final = _artifacts_dir()
 
-PROVIDER_CONTRACT: Final = "HoldAIProvider"
-VAULT_CONTRACT: Final = "ExampleDecisionVault"
-
-REASONING_REQUESTED_EVENT: Final = "HoldAI_ReasoningRequested"
-REASONING_FULFILLED_EVENT: Final = "HoldAI_ReasoningFulfilled"
-REASONING_REQUESTED_SIGNATURE: Final = (
-    "HoldAI_ReasoningRequested(uint256,address,string,string,string,string[])"
-)
-REASONING_FULFILLED_SIGNATURE: Final = "HoldAI_ReasoningFulfilled(uint256,address,string,string)"
-#: topic0 of the request event, 0x-prefixed lowercase hex as eth_getLogs takes it
-REASONING_REQUESTED_TOPIC0: Final = "0x" + keccak(text=REASONING_REQUESTED_SIGNATURE).hex()
-#: topic0 of the fulfilment event
-REASONING_FULFILLED_TOPIC0: Final = "0x" + keccak(text=REASONING_FULFILLED_SIGNATURE).hex()
+#: Entry point group through which an executor declares its contracts: the value is
+#: ``module:attribute`` naming a :class:`ContractAbis` (the entry point's name is the executor).
+ABIS_GROUP: Final = "hodlai.abis"
 
 DEFAULT_ADMIN_ROLE: Final = b"\x00" * 32
-ORACLE_ROLE: Final = keccak(text="ORACLE_ROLE")
-_ROLE_NAMES: Final = {DEFAULT_ADMIN_ROLE: "DEFAULT_ADMIN_ROLE", ORACLE_ROLE: "ORACLE_ROLE"}
 
 ERROR_STRING_SELECTOR: Final = keccak(text="Error(string)")[:4]
 PANIC_SELECTOR: Final = keccak(text="Panic(uint256)")[:4]
@@ -89,15 +78,6 @@ class ArtifactError(PermanentError):
     """A compiled artifact is missing or unreadable; run ``node scripts/compile_contracts.js``."""
 
 
-class MalformedEventError(InvalidRequestError):
-    """A log of one of our events cannot be decoded (bad topics, ABI data or UTF-8)."""
-
-    def __init__(self, message: str, *, request_id: int | None = None) -> None:
-        super().__init__(message)
-        #: the request the log belongs to, when its topics were readable
-        self.request_id = request_id
-
-
 @dataclass(frozen=True)
 class Artifact:
     """One compiled contract as ``scripts/compile_contracts.js`` wrote it."""
@@ -107,6 +87,16 @@ class Artifact:
     bytecode: HexStr
     deployed_bytecode: HexStr
     source_hash: str
+
+
+@dataclass(frozen=True)
+class ContractAbis:
+    """What an executor declares under ``hodlai.abis``: the compiled contracts it calls (or
+    that call it back), whose custom errors :func:`decode_revert` then knows, and the names of
+    the bytes32 roles they check, so that ``neededRole=`` reads as a name."""
+
+    contracts: tuple[str, ...]
+    role_names: Mapping[bytes, str] = field(default_factory=dict)
 
 
 @functools.cache
@@ -138,7 +128,7 @@ def artifact_names() -> tuple[str, ...]:
     return tuple(sorted(p.stem for p in ARTIFACTS_DIR.glob("*.json")))
 
 
-def event_abi(name: str, contract: str = PROVIDER_CONTRACT) -> ABIEvent:
+def event_abi(name: str, contract: str) -> ABIEvent:
     """The ABI entry of event ``name`` of ``contract``."""
     for entry in artifact(contract).abi:
         if entry.get("type") == "event" and entry.get("name") == name:
@@ -146,111 +136,26 @@ def event_abi(name: str, contract: str = PROVIDER_CONTRACT) -> ABIEvent:
     raise ArtifactError(f"{contract} has no event {name}")
 
 
-def reasoning_requested_abi() -> ABIEvent:
-    return event_abi(REASONING_REQUESTED_EVENT)
+@functools.cache
+def registered_abis() -> tuple[tuple[str, ContractAbis], ...]:
+    """(executor, ContractAbis) of every installed executor (entry points ``hodlai.abis``)."""
+    found = sorted(entry_points(group=ABIS_GROUP), key=lambda ep: ep.name)
+    out: list[tuple[str, ContractAbis]] = []
+    for ep in found:
+        loaded = ep.load()
+        if not isinstance(loaded, ContractAbis):
+            raise TypeError(f"entry point {ep.name} in {ABIS_GROUP} is not a ContractAbis")
+        out.append((ep.name, loaded))
+    return tuple(out)
 
 
-def reasoning_fulfilled_abi() -> ABIEvent:
-    return event_abi(REASONING_FULFILLED_EVENT)
-
-
-# --- events ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ReasoningRequested:
-    """A decoded ``HoldAI_ReasoningRequested`` log."""
-
-    request_id: int
-    requester: ChecksumAddress
-    model: str
-    system_prompt: str
-    state_string: str
-    action_set: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class ReasoningFulfilled:
-    """A decoded ``HoldAI_ReasoningFulfilled`` log."""
-
-    request_id: int
-    requester: ChecksumAddress
-    result_action: str
-    reasoning_cid: str
-
-
-def _as_bytes(value: bytes | str) -> bytes:
+def as_bytes(value: bytes | str) -> bytes:
+    """``value`` as bytes: bytes as they are, hex text with or without ``0x`` decoded
+    (ValueError when it is not hex)."""
     if isinstance(value, bytes):
         return value
     text = value[2:] if value[:2] in ("0x", "0X") else value
     return bytes.fromhex(text)
-
-
-def _indexed_head(topics: Sequence[bytes | str], topic0: str) -> tuple[int, ChecksumAddress]:
-    if len(topics) != 3:
-        raise MalformedEventError(f"expected 3 topics, got {len(topics)}")
-    try:
-        raw = [_as_bytes(t) for t in topics]
-    except ValueError:
-        raise MalformedEventError(f"topics are not hex: {list(topics)!r}") from None
-    if "0x" + raw[0].hex() != topic0:
-        raise MalformedEventError(f"topic0 0x{raw[0].hex()} is not {topic0}")
-    if len(raw[1]) != 32 or len(raw[2]) != 32:
-        raise MalformedEventError("indexed topics must be 32 bytes")
-    return int.from_bytes(raw[1], "big"), to_checksum_address(raw[2][12:])
-
-
-def _utf8(value: bytes, field: str, request_id: int) -> str:
-    try:
-        return value.decode("utf-8")
-    except UnicodeDecodeError:
-        raise MalformedEventError(
-            f"request {request_id}: {field} is not valid UTF-8", request_id=request_id
-        ) from None
-
-
-def decode_reasoning_requested(
-    topics: Sequence[bytes | str], data: bytes | str
-) -> ReasoningRequested:
-    """Decode a request log from its raw topics and data (hex strings or bytes). The data
-    is read as ``bytes`` (shared/event_data.py), so that invalid UTF-8 in a request (calldata
-    strings are not validated on chain) is a MalformedEventError, not a decoder crash."""
-    request_id, requester = _indexed_head(topics, REASONING_REQUESTED_TOPIC0)
-    try:
-        model, prompt, state, actions = decode_requested_data(_as_bytes(data))
-    except DECODE_ERRORS as exc:
-        raise MalformedEventError(
-            f"request {request_id}: undecodable event data: {exc}", request_id=request_id
-        ) from exc
-    return ReasoningRequested(
-        request_id=request_id,
-        requester=requester,
-        model=_utf8(model, "model", request_id),
-        system_prompt=_utf8(prompt, "systemPrompt", request_id),
-        state_string=_utf8(state, "stateString", request_id),
-        action_set=tuple(
-            _utf8(action, f"actionSet[{i}]", request_id) for i, action in enumerate(actions)
-        ),
-    )
-
-
-def decode_reasoning_fulfilled(
-    topics: Sequence[bytes | str], data: bytes | str
-) -> ReasoningFulfilled:
-    """Decode a fulfilment log from its raw topics and data (hex strings or bytes)."""
-    request_id, requester = _indexed_head(topics, REASONING_FULFILLED_TOPIC0)
-    try:
-        action, cid = decode_fulfilled_data(_as_bytes(data))
-    except DECODE_ERRORS as exc:
-        raise MalformedEventError(
-            f"request {request_id}: undecodable event data: {exc}", request_id=request_id
-        ) from exc
-    return ReasoningFulfilled(
-        request_id=request_id,
-        requester=requester,
-        result_action=_utf8(action, "resultAction", request_id),
-        reasoning_cid=_utf8(cid, "reasoningIpfsCid", request_id),
-    )
 
 
 # --- revert data ----------------------------------------------------------------------------
@@ -292,9 +197,10 @@ def _error_spec(entry: ABIError) -> ErrorSpec:
 
 @functools.cache
 def error_selectors() -> Mapping[bytes, ErrorSpec]:
-    """Every error the compiled contracts can raise, keyed by 4-byte selector."""
+    """Every error the registered executors' contracts can raise, keyed by 4-byte selector."""
     table: dict[bytes, ErrorSpec] = {}
-    for name in artifact_names():
+    contracts = dict.fromkeys(name for _, abis in registered_abis() for name in abis.contracts)
+    for name in contracts:
         for entry in artifact(name).abi:
             if entry.get("type") == "error":
                 spec = _error_spec(cast(ABIError, entry))
@@ -306,7 +212,7 @@ def error_selectors() -> Mapping[bytes, ErrorSpec]:
 def decode_revert(data: bytes | str) -> str:
     """A one-line, human-readable reason for revert ``data``. Never raises."""
     try:
-        raw = _as_bytes(data)
+        raw = as_bytes(data)
     except ValueError:
         return f"malformed revert data {data!r}"
     return _describe_revert(raw, depth=0)
@@ -385,8 +291,17 @@ def _format_value(abi_type: str, value: Any, depth: int) -> str:
     return str(value)
 
 
+@functools.cache
+def role_names() -> Mapping[bytes, str]:
+    """The name of every bytes32 role the registered executors declare, and the admin role."""
+    names: dict[bytes, str] = {DEFAULT_ADMIN_ROLE: "DEFAULT_ADMIN_ROLE"}
+    for _, abis in registered_abis():
+        names.update(abis.role_names)
+    return names
+
+
 _SIMPLE_FORMATTERS: Final[dict[str, Callable[[Any], str]]] = {
-    "bytes32": lambda v: _ROLE_NAMES.get(bytes(v), "0x" + bytes(v).hex()),
+    "bytes32": lambda v: role_names().get(bytes(v), "0x" + bytes(v).hex()),
     "address": lambda v: str(to_checksum_address(v)),
     "string": lambda v: json.dumps(v, ensure_ascii=False),
 }

@@ -477,6 +477,8 @@ def migrate(
     migrations.check_versions(migrations.applied(conn), sets, where=where)
     done_sql = "SELECT 1 FROM schema_migrations WHERE set_name = ? AND version = ?"
     for migration_set in sets:
+        if migration_set.baseline is not None:
+            _apply_baseline(conn, migration_set)
         for migration in migration_set.migrations:
             key = (migration.set_name, migration.version)
             if conn.execute(done_sql, key).fetchone():
@@ -499,6 +501,32 @@ def migrate(
                 name=migration.name,
             )
     return {s.name: s.latest for s in sets}
+
+
+def _apply_baseline(conn: sqlite3.Connection, migration_set: migrations.MigrationSet) -> None:
+    """On a database with none of the set's versions recorded, create the set's baseline and
+    record the versions it stands for, in one transaction (shared/migrations: baselines)."""
+    baseline = migration_set.baseline
+    assert baseline is not None
+    any_sql = "SELECT 1 FROM schema_migrations WHERE set_name = ? LIMIT 1"
+    if conn.execute(any_sql, (migration_set.name,)).fetchone():
+        return
+    with atomic(conn):
+        # Another process may have migrated it while we waited for the write lock.
+        if conn.execute(any_sql, (migration_set.name,)).fetchone():
+            return
+        for statement in baseline.statements():
+            conn.execute(statement)
+        now = time.time()
+        conn.executemany(
+            "INSERT INTO schema_migrations (set_name, version, name, applied_at) "
+            "VALUES (?, ?, ?, ?)",
+            [
+                (m.set_name, m.version, f"{m.name} (baseline)", now)
+                for m in migration_set.replaced_by_baseline()
+            ],
+        )
+    log.info("schema_baseline_created", set=migration_set.name, version=baseline.version)
 
 
 def _ensure_migrations_table(conn: sqlite3.Connection) -> None:

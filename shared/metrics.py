@@ -6,7 +6,8 @@ one-line JSON reason). Port 0 in settings means "do not serve"; tests pass 0 to 
 itself to get a free port. A port in use is a ConfigError naming the setting. Idle clients
 cannot pile up threads: one thread serves every connection, each with a read timeout.
 
-The metric objects live here so every process names them the same way.
+The core's metric objects live here so every process names them the same way; an
+executor's own metrics live in its package (the oracle's in workers/oracle/metrics.py).
 """
 
 from __future__ import annotations
@@ -72,16 +73,12 @@ def label_executor(executor: str) -> None:
     EXPOSITION.executor = executor
 
 
-REQUESTS = Gauge("hodlai_requests", "Requests in the state store by status", ["status"])
-INDEXER_LAG = Gauge("hodlai_indexer_lag_blocks", "Chain head minus the indexer cursor")
-INDEXER_CURSOR = Gauge("hodlai_indexer_cursor_block", "Last block the indexer accepted")
 LLM_LATENCY = Histogram(
     "hodlai_llm_latency_seconds",
     "Latency of one LLM call",
     ["backend", "outcome"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
 )
-ANSWERS = Counter("hodlai_answers_total", "Requests answered or failed by inference", ["outcome"])
 TXS_IN_FLIGHT = Gauge("hodlai_txs_in_flight", "Signed fulfilment transactions not yet mined")
 TXS = Counter("hodlai_txs_total", "Fulfilment transactions by outcome", ["outcome"])
 ERRORS = Counter("hodlai_errors_total", "Errors by process and kind", ["process", "kind"])

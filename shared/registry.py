@@ -7,7 +7,9 @@ Each executor declares in pyproject.toml what it adds, so the core never names a
   ``module:attribute`` naming a :class:`shared.migrations.MigrationSet`; read by
   shared.migrations.executor_sets);
 - ``hodlai.commands``: a ``register(subparsers)`` function adding its ``hodlai`` subcommands;
-- ``hodlai.routers``: its FastAPI router for ``hodlai api``.
+- ``hodlai.routers``: its FastAPI router for ``hodlai api``;
+- ``hodlai.abis``: the compiled contracts it calls, whose reverts the core decodes (a
+  :class:`shared.contracts.ContractAbis`; read by shared.contracts.registered_abis).
 
 Every function here also takes explicit extras, so a test can add an executor that is not
 installed (tests/test_new_executor.py).

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from shared.anvil import Anvil
-from shared.deploy import Deployment, deploy_stack
 from shared.keys import generate_key_file
+from workers.devnet.anvil import Anvil
+from workers.devnet.deploy import Deployment, deploy_stack
 
 # Ether given to the oracle of the `deployed` stack: plenty for any test's fulfilments.
 ORACLE_FUNDING_WEI = 1_000 * 10**18

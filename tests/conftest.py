@@ -15,7 +15,7 @@ from eth_utils.crypto import keccak
 
 from shared.db import connect
 from shared.metrics import EXPOSITION
-from shared.store import NewRequest
+from workers.oracle.store import NewRequest
 
 pytest_plugins = ["tests.chain_fixtures"]
 

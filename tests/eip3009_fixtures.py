@@ -14,7 +14,6 @@ from eth_account.messages import encode_typed_data
 from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 
-from shared.anvil import Anvil
 from shared.contracts import artifact
 from shared.tx.authorizations.eip3009 import (
     AUTHORIZATION_USED_TOPIC,
@@ -27,6 +26,7 @@ from shared.tx.authorizations.eip3009 import (
     encode_call,
     typed_data,
 )
+from workers.devnet.anvil import Anvil
 
 TOKEN_CONTRACT = "Eip3009Token"
 NAME, VERSION, SYMBOL = "USD Coin", "2", "USDC"

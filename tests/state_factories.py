@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from shared import request_id as rid
-from shared.store import encode_action_set
+from workers.oracle import request_id as rid
+from workers.oracle.store import encode_action_set
 
 
 def _oracle_request(n: int) -> dict[str, Any]:

@@ -20,11 +20,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared import store
 from shared.api.tokens import legacy_id
 from shared.db import check_identity, connect
-from shared.store import Status
 from tests.conftest import make_request
+from workers.oracle import store
+from workers.oracle.store import Status
 
 PROVIDER = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
 BIG = 2**70  # an id beyond 64 bits: must come back exact, as a string

@@ -20,7 +20,6 @@ import pytest
 import pytest_asyncio
 
 from shared import state
-from shared.anvil import Anvil
 from shared.chain.rpc import RpcClient
 from shared.db import AsyncDatabase, atomic, connect
 from shared.errors import NotDurableError
@@ -57,6 +56,7 @@ from tests.eip3009_fixtures import (
     payment_calldata,
     send,
 )
+from workers.devnet.anvil import Anvil
 
 ROOT = Path(__file__).resolve().parent.parent
 PURPOSE, SUBJECT = "mint-x402", "task-1"

@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from shared.anvil import Anvil
 from tests.bad_rpc import HTML_PAGE, BadRpc, Mode
+from workers.devnet.anvil import Anvil
 
 
 def _post(url: str, body: object, timeout: float = 10.0) -> httpx.Response:

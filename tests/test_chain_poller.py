@@ -41,8 +41,8 @@ from tests.test_indexer_support import (
     run_indexer,
     stored_requests,
 )
-from workers.indexer.main import Indexer, open_database, start_when_reachable
-from workers.indexer.settings import IndexerSettings
+from workers.oracle.indexer.main import Indexer, open_database, start_when_reachable
+from workers.oracle.indexer.settings import IndexerSettings
 
 FEE_TOPIC = "0x" + keccak(text="ModelFeeSet(string,uint256)").hex()
 DECISION_TOPIC = "0x" + keccak(text="DecisionReceived(uint256,string,string)").hex()

@@ -20,7 +20,7 @@ import pytest
 
 from scripts.localnode import Ask, LocalNode
 from scripts.rss import PeakTracker
-from shared import store
+from workers.oracle import store
 
 REQUESTS = 320
 # Seconds of random SIGKILLs; each of the 4 processes dies several times in this window.

@@ -9,9 +9,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from shared import store
 from shared.db import atomic, connect
 from tests.conftest import make_request
+from workers.oracle import store
 
 ROOT = Path(__file__).resolve().parent.parent
 ROWS = 20_000

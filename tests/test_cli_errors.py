@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from shared import store
 from shared.db import check_identity, connect
 from shared.migrations import SCHEMA_MIGRATIONS_DDL, core_set, split_statements
 from tests.conftest import make_request
+from workers.oracle import store
 
 ROOT = Path(__file__).resolve().parent.parent
 PROVIDER = "0x5FbDB2315678afecb367f032d93F642f64180aa3"

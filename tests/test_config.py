@@ -18,12 +18,21 @@ from shared.config import (
     redact_urls_in,
 )
 from shared.errors import ConfigError
+from workers.oracle.settings import OracleSettings
 
 
 def test_defaults_load_without_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
-    settings = load_settings(CoreSettings)
+    settings = load_settings(OracleSettings)
     assert settings.worker_count == 1 and settings.rpc_urls == []
+
+
+def test_the_core_settings_name_no_executor() -> None:
+    # The provider and the inference shards are the oracle's (issue 19): a node without the
+    # oracle is not asked for them.
+    oracle_only = {"provider_address", "worker_id", "worker_count"}
+    assert oracle_only.isdisjoint(CoreSettings.model_fields)
+    assert oracle_only <= set(OracleSettings.model_fields)
 
 
 @pytest.mark.parametrize(
@@ -45,7 +54,7 @@ def test_bad_setting_is_named_in_the_error(
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv(env, value)
     with pytest.raises(ConfigError) as info:
-        load_settings(CoreSettings)
+        load_settings(OracleSettings)
     # The variable the user set, exactly: "LOG_LEVEL" is also inside "HODLAI_LOG_LEVEL".
     assert str(info.value).startswith(f"invalid setting(s): {named}: "), str(info.value)
 
@@ -63,11 +72,11 @@ def test_a_shard_whose_metrics_port_would_pass_65535_is_refused(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HODLAI_METRICS_PORT", "65530")
-    assert load_settings(CoreSettings, worker_id=5).metrics_port == 65530  # 65535: fits
+    assert load_settings(OracleSettings, worker_id=5).metrics_port == 65530  # 65535: fits
     with pytest.raises(ConfigError, match=r"HODLAI_METRICS_PORT \(65530\) \+ HODLAI_WORKER_ID"):
-        load_settings(CoreSettings, worker_id=6)
+        load_settings(OracleSettings, worker_id=6)
     monkeypatch.setenv("HODLAI_METRICS_PORT", "0")  # metrics off: any shard is fine
-    assert load_settings(CoreSettings, worker_id=40).worker_id == 40
+    assert load_settings(OracleSettings, worker_id=40).worker_id == 40
 
 
 def test_a_dotenv_file_that_is_not_utf8_is_a_config_error(
@@ -111,7 +120,7 @@ def test_require_names_every_missing_setting(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match="HODLAI_RPC_URLS, HODLAI_PROVIDER_ADDRESS"):
-        load_settings(CoreSettings).require("rpc_urls", "provider_address")
+        load_settings(OracleSettings).require("rpc_urls", "provider_address")
 
 
 class _WithSecret(CoreSettings):
@@ -164,7 +173,7 @@ def _message(cls: type[CoreSettings]) -> str:
 def test_a_bad_url_setting_is_named_without_its_secrets(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, env: str, value: str
 ) -> None:
-    from workers.inference.settings import InferenceSettings
+    from workers.oracle.inference.settings import InferenceSettings
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv(env, value)

@@ -18,23 +18,25 @@ from web3.exceptions import ContractLogicError
 from web3.logs import DISCARD
 from web3.types import RPCEndpoint
 
-from shared.anvil import Anvil
 from shared.contracts import (
     ERROR_STRING_SELECTOR,
-    ORACLE_ROLE,
     PANIC_SELECTOR,
+    artifact,
+    decode_revert,
+    error_selectors,
+)
+from workers.devnet.anvil import Anvil
+from workers.devnet.deploy import deploy_stack
+from workers.oracle.contracts import (
+    ORACLE_ROLE,
     REASONING_FULFILLED_TOPIC0,
     REASONING_REQUESTED_TOPIC0,
     MalformedEventError,
-    artifact,
     decode_reasoning_fulfilled,
     decode_reasoning_requested,
-    decode_revert,
-    error_selectors,
     reasoning_fulfilled_abi,
     reasoning_requested_abi,
 )
-from shared.deploy import deploy_stack
 
 FEE = 10**15
 MODEL = "hodlai-local"

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from shared import store
 from shared.db import AsyncDatabase, atomic, check_identity, connect, open_readonly, stored_identity
 from shared.errors import DatabaseMismatchError, SchemaVersionError, StoreBusyError
 from shared.migrations import all_sets
-from shared.store import Status
 from tests.conftest import make_request
+from workers.oracle import store
+from workers.oracle.store import Status
 
 PROVIDER = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
 

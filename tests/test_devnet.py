@@ -17,13 +17,14 @@ from eth_account import Account
 from web3 import Web3
 from web3.contract import Contract
 
-from shared.anvil import ANVIL_BIN_ENV, Anvil, AnvilNotFoundError
-from shared.config import CoreSettings
-from shared.contracts import ORACLE_ROLE, PROJECT_ROOT, artifact
-from shared.deploy import load_deployment_json
+from shared.contracts import PROJECT_ROOT, artifact
 from shared.errors import KeyFileError
 from shared.keys import generate_key_file, key_file_address, load_private_key
 from tests.chain_fixtures import ORACLE_FUNDING_WEI, DeployedStack
+from workers.devnet.anvil import ANVIL_BIN_ENV, Anvil, AnvilNotFoundError
+from workers.devnet.deploy import load_deployment_json
+from workers.oracle.contracts import ORACLE_ROLE
+from workers.oracle.settings import OracleSettings
 
 # Seconds a fresh `hodlai devnet` may take to be ready (Python start-up dominates).
 READY_TIMEOUT = 60.0
@@ -90,7 +91,7 @@ def test_devnet_deploys_writes_settings_and_stops_anvil_on_sigterm(
         for name in list(os.environ):
             if name.startswith("HODLAI_") or name == "LOG_LEVEL":
                 monkeypatch.delenv(name)
-        settings = CoreSettings(_env_file=env_file)
+        settings = OracleSettings(_env_file=env_file)
         assert settings.provider_address == deployment.provider_address
         assert (settings.rpc_urls, settings.confirmations) == ([rpc_url], 0)
 

@@ -10,7 +10,6 @@ import pytest
 from eth_abi.abi import encode as abi_encode
 from eth_utils.crypto import keccak
 
-from shared.anvil import Anvil
 from shared.contracts import artifact
 from shared.tx.authorizations import eip3009
 from shared.tx.authorizations.eip3009 import (
@@ -37,6 +36,7 @@ from tests.eip3009_fixtures import (
     send,
     sign,
 )
+from workers.devnet.anvil import Anvil
 
 CURVE_ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 FUNDS = 1_000 * 10**6

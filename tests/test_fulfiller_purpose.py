@@ -10,16 +10,16 @@ import time
 import pytest
 from eth_account import Account
 
-from shared import store
 from shared.db import atomic
-from shared.store import Status
 from shared.tx import ledger
 from shared.tx.fees import Fees
 from shared.tx.ledger import Purpose, TxRecord, TxStatus
 from shared.tx.settlement import Settlement
 from shared.tx.signer import Call, LocalSigner
 from tests.conftest import make_request
-from workers.fulfiller.purpose import FULFIL_PURPOSE, FulfilmentPurpose, return_orphans
+from workers.oracle import store
+from workers.oracle.fulfiller.purpose import FULFIL_PURPOSE, FulfilmentPurpose, return_orphans
+from workers.oracle.store import Status
 
 SIGNER = LocalSigner(bytes(Account.create().key), chain_id=31337)
 FEES = Fees(max_fee_per_gas=2, max_priority_fee_per_gas=1)

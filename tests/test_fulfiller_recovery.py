@@ -6,9 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shared import store
 from shared.db import connect
-from shared.store import Status
 from tests.chain_fixtures import DeployedStack
 from tests.test_fulfiller_support import (
     GWEI,
@@ -20,6 +18,8 @@ from tests.test_fulfiller_support import (
     statuses,
     tx_rows,
 )
+from workers.oracle import store
+from workers.oracle.store import Status
 
 
 def open_fulfilments(conn: object) -> list[dict[str, object]]:

@@ -10,7 +10,7 @@ import pytest
 
 from shared.config import load_settings
 from shared.errors import ConfigError
-from workers.fulfiller.settings import FulfillerSettings
+from workers.oracle.fulfiller.settings import FulfillerSettings
 
 
 @pytest.fixture(autouse=True)

@@ -22,18 +22,10 @@ from eth_abi.abi import encode as abi_encode
 from web3 import Web3
 from web3.contract import Contract
 
-from shared import store
 from shared.chain.rpc import RpcClient
-from shared.contracts import (
-    ORACLE_ROLE,
-    PROJECT_ROOT,
-    REASONING_FULFILLED_TOPIC0,
-    REASONING_REQUESTED_TOPIC0,
-    artifact,
-)
+from shared.contracts import PROJECT_ROOT, artifact
 from shared.db import AsyncDatabase, connect
 from shared.keys import load_private_key
-from shared.store import Status
 from shared.tx.fees import FeePolicy
 from shared.tx.manager import TxManager, TxPolicy
 from shared.tx.senders import claim_sender
@@ -41,9 +33,16 @@ from shared.tx.signer import LocalSigner
 from shared.tx.simulation import GasRule
 from tests.chain_fixtures import DeployedStack
 from tests.conftest import make_request
-from workers.fulfiller.provider import spend_policy
-from workers.fulfiller.purpose import FULFIL_PURPOSE, FulfilmentPurpose
-from workers.fulfiller.worker import FulfillerConfig, FulfillerWorker
+from workers.oracle import store
+from workers.oracle.contracts import (
+    ORACLE_ROLE,
+    REASONING_FULFILLED_TOPIC0,
+    REASONING_REQUESTED_TOPIC0,
+)
+from workers.oracle.fulfiller.provider import spend_policy
+from workers.oracle.fulfiller.purpose import FULFIL_PURPOSE, FulfilmentPurpose
+from workers.oracle.fulfiller.worker import FulfillerConfig, FulfillerWorker
+from workers.oracle.store import Status
 
 GWEI = 10**9
 # Seconds a test waits for the fulfiller to reach an expected state before failing.

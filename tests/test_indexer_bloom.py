@@ -11,7 +11,7 @@ from shared.chain.bloom import EventBloom, suspects
 from shared.chain.scan import BlockHeader, LogRange, PollAnswer, Verdict, judge, parse_header
 from tests.chain_fixtures import DeployedStack
 from tests.test_indexer_support import ChainDriver
-from workers.indexer.sink import oracle_filter
+from workers.oracle.indexer.sink import oracle_filter
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from shared import store
 from shared.chain.scan import LogRange
 from shared.db import atomic, connect
 from shared.keys import load_private_key
@@ -26,8 +25,9 @@ from tests.test_indexer_support import (
     run_indexer,
     stored_requests,
 )
-from workers.indexer import ingest
-from workers.indexer.logs_decode import decode_logs
+from workers.oracle import store
+from workers.oracle.indexer import ingest
+from workers.oracle.indexer.logs_decode import decode_logs
 
 MAX_MODEL = "m" * 64
 # Maximal fields measured in bytes, built from multi-byte characters.

@@ -13,15 +13,15 @@ from eth_utils.address import to_checksum_address
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shared.contracts import (
+from shared.errors import RpcTransportError
+from workers.oracle.contracts import (
     REASONING_FULFILLED_TOPIC0,
     REASONING_REQUESTED_TOPIC0,
     MalformedEventError,
     decode_reasoning_requested,
 )
-from shared.errors import RpcTransportError
-from shared.event_data import DECODE_ERRORS, decode_fulfilled_data, decode_requested_data
-from workers.indexer.logs_decode import content_hash, decode_logs
+from workers.oracle.event_data import DECODE_ERRORS, decode_fulfilled_data, decode_requested_data
+from workers.oracle.indexer.logs_decode import content_hash, decode_logs
 
 REQUESTED = ("bytes", "bytes", "bytes", "bytes[]")
 REQUESTER = "0x" + "00" * 12 + "ab" * 20

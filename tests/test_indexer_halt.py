@@ -19,10 +19,8 @@ from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
 from shared import halt
-from shared.anvil import Anvil
 from shared.chain.health import ProgressHealth
 from shared.db import connect
-from shared.deploy import deploy_stack
 from shared.errors import DatabaseMismatchError
 from shared.keys import load_private_key
 from tests.chain_fixtures import DeployedStack
@@ -34,6 +32,8 @@ from tests.test_indexer_support import (
     run_indexer,
     stored_requests,
 )
+from workers.devnet.anvil import Anvil
+from workers.devnet.deploy import deploy_stack
 
 
 @pytest.fixture

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from shared import store
 from shared.chain.scan import BlockHeader
 from shared.db import atomic, connect
 from shared.errors import InvalidRequestError, TransitionConflict
-from shared.store import NewRequest, Status
 from tests.conftest import make_request
-from workers.indexer import ingest, reorg
-from workers.indexer.logs_decode import DecodedLogs, FulfilledLog, MalformedRequest
+from workers.oracle import store
+from workers.oracle.indexer import ingest, reorg
+from workers.oracle.indexer.logs_decode import DecodedLogs, FulfilledLog, MalformedRequest
+from workers.oracle.store import NewRequest, Status
 
 NOW = 1_700_000_000.0
 

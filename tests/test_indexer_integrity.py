@@ -12,16 +12,16 @@ import pytest
 from eth_abi.abi import encode as abi_encode
 from structlog.testing import capture_logs
 
-from shared import store
 from shared.chain.scan import BlockHeader
-from shared.contracts import REASONING_REQUESTED_TOPIC0
 from shared.db import atomic, connect
 from shared.errors import InvalidRequestError, LogDataConflictError
 from shared.migrations import SCHEMA_MIGRATIONS_DDL, core_set
-from shared.store import NewRequest, Status
 from tests.conftest import make_request
-from workers.indexer import ingest
-from workers.indexer.logs_decode import DecodedLogs, FulfilledLog, decode_logs
+from workers.oracle import store
+from workers.oracle.contracts import REASONING_REQUESTED_TOPIC0
+from workers.oracle.indexer import ingest
+from workers.oracle.indexer.logs_decode import DecodedLogs, FulfilledLog, decode_logs
+from workers.oracle.store import NewRequest, Status
 
 NOW = 1_700_000_000.0
 

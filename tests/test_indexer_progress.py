@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from workers.indexer.progress import BackfillProgress
+from workers.oracle.indexer.progress import BackfillProgress
 
 
 class _Terminal(io.StringIO):

@@ -12,10 +12,8 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from shared import store
 from shared.db import connect
 from shared.keys import load_private_key
-from shared.store import Status
 from tests.chain_fixtures import DeployedStack
 from tests.test_indexer_support import (
     ChainDriver,
@@ -23,8 +21,10 @@ from tests.test_indexer_support import (
     run_indexer,
     stored_requests,
 )
-from workers.indexer.logs_decode import decode_logs
+from workers.oracle import store
+from workers.oracle.indexer.logs_decode import decode_logs
 from workers.oracle.inspect import collect_status
+from workers.oracle.store import Status
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
-from shared.contracts import REASONING_FULFILLED_TOPIC0, REASONING_REQUESTED_TOPIC0
 from shared.db import connect
 from tests.chain_fixtures import DeployedStack
 from tests.rpc_proxy import Fault, RpcProxy
@@ -27,7 +26,8 @@ from tests.test_indexer_support import (
     run_indexer,
     stored_requests,
 )
-from workers.indexer.main import Indexer
+from workers.oracle.contracts import REASONING_FULFILLED_TOPIC0, REASONING_REQUESTED_TOPIC0
+from workers.oracle.indexer.main import Indexer
 
 # Seconds a test waits for the background indexer to catch up after a fault.
 CATCH_UP_LIMIT_S = 30.0

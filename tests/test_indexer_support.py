@@ -24,11 +24,11 @@ from eth_utils.crypto import keccak
 
 from shared.chain.filters import LogFilter, LogSink
 from shared.chain.rpc import RpcClient
-from shared.contracts import REASONING_FULFILLED_TOPIC0, REASONING_REQUESTED_TOPIC0
-from shared.deploy import Deployment
 from shared.runtime import run_loop
-from workers.indexer.main import Indexer, open_database, start_when_reachable
-from workers.indexer.settings import IndexerSettings
+from workers.devnet.deploy import Deployment
+from workers.oracle.contracts import REASONING_FULFILLED_TOPIC0, REASONING_REQUESTED_TOPIC0
+from workers.oracle.indexer.main import Indexer, open_database, start_when_reachable
+from workers.oracle.indexer.settings import IndexerSettings
 
 # Gas for one `ask`: a maximal request (3.8 KB of strings) costs ~150k; headroom for anvil.
 ASK_GAS = 1_500_000

@@ -35,7 +35,7 @@ from tests.test_indexer_support import (
     run_indexer,
     stored_requests,
 )
-from workers.indexer.main import Indexer
+from workers.oracle.indexer.main import Indexer
 
 # Seconds a test waits for /healthz to change.
 HEALTH_LIMIT_S = 30.0

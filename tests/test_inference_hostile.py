@@ -18,13 +18,13 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
-from shared import store
 from shared.metrics import serve
 from tests.conftest import make_request
 from tests.test_inference_worker import Harness, count, until
-from workers.inference.health import InferenceHealth
-from workers.inference.worker import RETRY_AFTER_CAP_S
-from workers.mockllm.server import MockLlmServer, authorization_fingerprint
+from workers.devnet.mockllm.server import MockLlmServer, authorization_fingerprint
+from workers.oracle import store
+from workers.oracle.inference.health import InferenceHealth
+from workers.oracle.inference.worker import RETRY_AFTER_CAP_S
 
 HEALTHY = 12
 

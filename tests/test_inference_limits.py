@@ -18,21 +18,22 @@ from eth_abi.abi import encode as abi_encode
 from eth_utils.crypto import keccak
 from structlog.testing import capture_logs
 
-from shared import store
 from shared.chain.rpc import RpcClient
-from shared.contracts import artifact, decode_reasoning_requested
+from shared.contracts import artifact
 from shared.errors import RpcResponseError
 from shared.llm.validate import DEFAULT_LIMITS, StringLimits
-from shared.store import NewRequest
 from tests.chain_fixtures import DeployedStack
 from tests.conftest import make_request
 from tests.test_inference_processes import Workers, count, wait_for
-from workers.inference.limits import (
+from workers.devnet.mockllm.server import MockLlmServer
+from workers.oracle import store
+from workers.oracle.contracts import decode_reasoning_requested
+from workers.oracle.inference.limits import (
     GET_STRING_LIMITS_SELECTOR,
     ContractStringLimits,
     decode_string_limits,
 )
-from workers.mockllm.server import MockLlmServer
+from workers.oracle.store import NewRequest
 
 RAISED = StringLimits(64, 1024, 4096, 10, 64)
 SET_LIMITS_SELECTOR = keccak(text="setStringLimits(uint256,uint256,uint256,uint256,uint256)")[:4]

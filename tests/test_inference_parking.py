@@ -3,8 +3,8 @@ parked and handed back, and its bounds."""
 
 from __future__ import annotations
 
-from shared.store import Claimed
-from workers.inference.parking import StrikeBook
+from workers.oracle.inference.parking import StrikeBook
+from workers.oracle.store import Claimed
 
 
 def row(request_id: int) -> Claimed:

@@ -19,11 +19,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared import store
 from shared.db import atomic, check_identity, connect
-from shared.request_id import UINT256_MAX
 from tests.conftest import make_request
-from workers.mockllm.server import MockLlmServer
+from workers.devnet.mockllm.server import MockLlmServer
+from workers.oracle import store
+from workers.oracle.request_id import UINT256_MAX
 
 PROVIDER = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
 

@@ -14,16 +14,16 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from shared import store
 from shared.db import AsyncDatabase, connect
 from shared.llm.backends import OpenAIBackend
 from shared.llm.cid import cid_v1_raw
 from shared.runtime import run_loop
-from shared.store import Status
 from tests.conftest import make_request
-from workers.inference.health import InferenceHealth
-from workers.inference.worker import InferenceWorker, WorkerConfig
-from workers.mockllm.server import MockLlmServer
+from workers.devnet.mockllm.server import MockLlmServer
+from workers.oracle import store
+from workers.oracle.inference.health import InferenceHealth
+from workers.oracle.inference.worker import InferenceWorker, WorkerConfig
+from workers.oracle.store import Status
 
 PROVIDER = "0x" + "5f" * 20
 

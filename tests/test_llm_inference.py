@@ -14,8 +14,8 @@ from shared.llm.backends import LocalBackend, OpenAIBackend
 from shared.llm.cid import cid_v1_raw
 from shared.llm.types import Attempt
 from shared.llm.validate import StringLimits
-from workers.mockllm.behaviour import OUTSIDE_ACTION
-from workers.mockllm.server import MockLlmServer
+from workers.devnet.mockllm.behaviour import OUTSIDE_ACTION
+from workers.devnet.mockllm.server import MockLlmServer
 
 ACTIONS = ("BUY", "SELL", "HOLD")
 

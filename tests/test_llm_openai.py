@@ -28,7 +28,7 @@ from shared.llm.backends.openai import (
     public_endpoint,
 )
 from shared.llm.types import CompletionCall, Constraint, InferenceRequest
-from workers.mockllm.server import MockLlmServer, authorization_fingerprint
+from workers.devnet.mockllm.server import MockLlmServer, authorization_fingerprint
 
 ACTIONS = ("BUY", "SELL", "HOLD")
 REQUEST = InferenceRequest(1, "gpt-test", "Manage the vault.", "price=3", ACTIONS)

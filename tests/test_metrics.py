@@ -11,8 +11,9 @@ import httpx
 import pytest
 
 from shared.errors import ConfigError, StoreBusyError, TransitionConflict
-from shared.metrics import ERRORS, READ_TIMEOUT_S, REQUESTS, Health, serve
+from shared.metrics import ERRORS, READ_TIMEOUT_S, Health, serve
 from shared.runtime import run_loop
+from workers.oracle.metrics import REQUESTS
 
 
 def test_metrics_endpoint_serves_the_node_metrics() -> None:

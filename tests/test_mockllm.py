@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from workers.mockllm import behaviour as bh
-from workers.mockllm.server import MockConfig, MockLlmServer, authorization_fingerprint
+from workers.devnet.mockllm import behaviour as bh
+from workers.devnet.mockllm.server import MockConfig, MockLlmServer, authorization_fingerprint
 
 SYSTEM = 'Vault.\n\nPermitted Action Set: ["BUY", "SELL", "HOLD"]'
 

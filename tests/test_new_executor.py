@@ -17,7 +17,6 @@ from pathlib import Path
 import httpx
 
 from shared import state
-from shared.anvil import Anvil
 from shared.chain.rpc import RpcClient
 from shared.db import AsyncDatabase, connect
 from shared.tx.fees import GWEI, FeePolicy, Fees
@@ -26,6 +25,7 @@ from shared.tx.manager import Submission, TxManager, TxPolicy
 from shared.tx.senders import claim_sender
 from shared.tx.signer import Call, LocalSigner, SignedTx
 from tests import sample_executor as sample
+from workers.devnet.anvil import Anvil
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTES = 5

@@ -17,13 +17,13 @@ from typing import Any
 import pytest
 
 from scripts.localnode import Ask, LocalNode
-from shared import store
 from shared.llm import InferenceRequest, execute_holdai_inference
 from shared.llm.backends import LocalBackend
 from shared.llm.cid import cid_v1_raw
 from shared.llm.trace import canonical_json
-from shared.store import Status
 from tests.conftest import make_request
+from workers.oracle import store
+from workers.oracle.store import Status
 
 # Seconds the node gets to fulfil the test's requests: devnet start, model load, answers.
 FULFIL_TIMEOUT_S = 120.0

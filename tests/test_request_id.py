@@ -8,11 +8,11 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from shared import request_id as rid
-from shared import store
 from shared.db import connect
 from shared.errors import InvalidRequestError
 from tests.conftest import make_request
+from workers.oracle import request_id as rid
+from workers.oracle import store
 
 uint256 = st.integers(min_value=0, max_value=rid.UINT256_MAX)
 BOUNDS = [0, 1, 2**31, 2**63 - 1, 2**63, 2**63 + 1, 2**64 - 1, 2**64, 2**128, 2**256 - 1]

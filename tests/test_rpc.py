@@ -17,7 +17,6 @@ import pytest
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
-from shared.anvil import Anvil
 from shared.chain.rpc import (
     DEFAULT_MAX_RESPONSE_BYTES,
     MAX_JSON_DEPTH,
@@ -44,6 +43,7 @@ from shared.errors import (
 )
 from tests.bad_rpc import BadRpc, Mode
 from tests.rpc_proxy import Fault, RpcProxy
+from workers.devnet.anvil import Anvil
 
 RANGE_MESSAGES = [
     (-32005, "query returned more than 10000 results"),  # geth, Infura

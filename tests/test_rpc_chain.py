@@ -15,14 +15,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared.anvil import Anvil
 from shared.chain.rpc import RpcCall, RpcClient, hex_int
 from shared.db import connect
-from shared.deploy import Deployment, deploy_stack
 from shared.errors import RetryableError
 from tests.bad_rpc import BadRpc, Mode
 from tests.chain_fixtures import DeployedStack
 from tests.test_indexer_support import ChainDriver, indexer_settings, run_indexer
+from workers.devnet.anvil import Anvil
+from workers.devnet.deploy import Deployment, deploy_stack
 
 OTHER_CHAIN_ID = 56
 

@@ -6,10 +6,10 @@ import sqlite3
 
 import pytest
 
-from shared import store
 from shared.errors import LeaseLostError, TransitionConflict
-from shared.store import Status
 from tests.conftest import make_request
+from workers.oracle import store
+from workers.oracle.store import Status
 
 
 def _audit(conn: sqlite3.Connection, request_id: int) -> list[tuple[str | None, str, str]]:

@@ -8,12 +8,12 @@ import json
 import httpx
 import pytest
 
-from shared.anvil import Anvil
 from shared.chain.rpc import RpcClient
 from shared.errors import RpcResponseError
 from shared.tx.broadcast import BroadcastOutcome, broadcast, classify_send_error
 from shared.tx.fees import GWEI, Fees
 from shared.tx.signer import Call, LocalSigner
+from workers.devnet.anvil import Anvil
 
 Out = BroadcastOutcome
 

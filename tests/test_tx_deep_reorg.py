@@ -9,9 +9,7 @@ import signal
 import time
 from pathlib import Path
 
-from shared import store
 from shared.db import connect
-from shared.store import Status
 from tests.chain_fixtures import DeployedStack
 from tests.test_fulfiller_support import (
     TEST_POLICY,
@@ -24,6 +22,8 @@ from tests.test_fulfiller_support import (
     step_like_the_loop,
     tx_rows,
 )
+from workers.oracle import store
+from workers.oracle.store import Status
 
 CONFIRMATIONS = 3
 # Seconds each phase may take.

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from shared.anvil import Anvil
 from shared.chain.rpc import RpcClient
 from shared.errors import StaleNodeError
 from shared.tx.fees import GWEI, MARKET_ATTEMPTS, Fees, fetch_market
 from tests.scripted_rpc import ScriptedNode
 from tests.tx_world import VALUE, World, make_world
+from workers.devnet.anvil import Anvil
 
 SPIKE_BASE_FEE = 50 * GWEI
 FAIR_LOW = Fees(max_fee_per_gas=3 * GWEI, max_priority_fee_per_gas=GWEI)

@@ -23,7 +23,6 @@ from eth_utils.address import to_checksum_address
 from structlog.testing import capture_logs
 
 from shared import state
-from shared.anvil import Anvil
 from shared.chain.rpc import RpcClient
 from shared.db import AsyncDatabase, atomic, connect
 from shared.tx import ledger
@@ -36,6 +35,7 @@ from shared.tx.senders import claim_sender
 from shared.tx.settlement import Settlement, SubjectAnchor
 from shared.tx.signer import Call, LocalSigner
 from tests.test_fulfiller_support import ManualClock
+from workers.devnet.anvil import Anvil
 
 CONFIRMATIONS = 3
 POLICY = TxPolicy(

@@ -16,12 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from shared import store
-from shared.anvil import Anvil
 from shared.db import connect
-from shared.deploy import deploy_stack
 from shared.keys import generate_key_file
-from shared.store import Status
 from tests.chain_fixtures import ORACLE_FUNDING_WEI, DeployedStack
 from tests.rpc_proxy import RpcProxy
 from tests.test_fulfiller_support import (
@@ -33,6 +29,10 @@ from tests.test_fulfiller_support import (
     step_like_the_loop,
     tx_rows,
 )
+from workers.devnet.anvil import Anvil
+from workers.devnet.deploy import deploy_stack
+from workers.oracle import store
+from workers.oracle.store import Status
 
 REQUESTS = 100
 LAG_BLOCKS = 5

@@ -16,7 +16,6 @@ import pytest_asyncio
 from structlog.testing import capture_logs
 
 from shared import state
-from shared.anvil import Anvil
 from shared.chain.rpc import RpcClient
 from shared.db import AsyncDatabase, atomic, connect
 from shared.tx import ledger
@@ -29,6 +28,7 @@ from shared.tx.senders import claim_sender
 from shared.tx.settlement import Settlement, SubjectAnchor
 from shared.tx.signer import Call, LocalSigner, SignedTx
 from tests.test_fulfiller_support import ManualClock
+from workers.devnet.anvil import Anvil
 
 POLICY = TxPolicy(
     fees=FeePolicy(max_fee_per_gas=100 * GWEI, max_priority_fee_per_gas=5 * GWEI),

@@ -15,7 +15,6 @@ import pytest_asyncio
 from eth_abi.abi import encode as abi_encode
 from eth_utils.address import to_checksum_address
 
-from shared.anvil import Anvil
 from shared.chain.rpc import RpcClient
 from shared.db import AsyncDatabase, atomic, connect
 from shared.errors import ConfigError, SpendPolicyError
@@ -40,6 +39,7 @@ from shared.tx.signer import Call, LocalSigner
 from tests.test_fulfiller_support import ManualClock
 from tests.tx_world import PAY as PAY_KIND
 from tests.tx_world import PayPurpose
+from workers.devnet.anvil import Anvil
 
 TOKEN = to_checksum_address("0x" + "12" * 20)
 OTHER_TOKEN = to_checksum_address("0x" + "34" * 20)
@@ -356,7 +356,7 @@ def test_a_malformed_policy_file_is_refused_naming_the_setting(
 
 
 def test_the_oracle_key_may_only_fulfil_on_its_provider(conn: sqlite3.Connection) -> None:
-    from workers.fulfiller.provider import fulfil_calldata, spend_policy
+    from workers.oracle.fulfiller.provider import fulfil_calldata, spend_policy
 
     policy = spend_policy(TOKEN.lower())  # the provider, in whatever case the setting has it
     fulfil = Call(to=TOKEN, data=fulfil_calldata(2**200, "BUY", "bafy"), value=0,

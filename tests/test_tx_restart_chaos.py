@@ -22,9 +22,9 @@ import httpx
 import pytest
 from eth_utils.address import to_checksum_address
 
-from shared.anvil import Anvil
 from shared.db import atomic, connect
 from tests.pay_process import TABLE
+from workers.devnet.anvil import Anvil
 
 VALUE = 10**15
 ROOT = Path(__file__).resolve().parent.parent

@@ -20,7 +20,6 @@ from eth_utils.address import to_checksum_address
 from structlog.testing import capture_logs
 
 from shared import halt, state
-from shared.anvil import Anvil
 from shared.chain.rpc import RpcClient
 from shared.db import AsyncDatabase, connect
 from shared.errors import RpcTransportError, StoreBusyError
@@ -37,6 +36,7 @@ from shared.tx.service import (
 from shared.tx.signer import Call, LocalSigner, SignedTx
 from shared.tx.subjects import InFlightError
 from tests import sample_executor as sample
+from workers.devnet.anvil import Anvil
 
 OWNER = "note-sender"
 FEES = FeePolicy(max_fee_per_gas=100 * GWEI, max_priority_fee_per_gas=5 * GWEI)

@@ -17,7 +17,6 @@ import pytest
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 
-from shared.anvil import Anvil
 from shared.chain.rpc import RpcClient
 from shared.db import AsyncDatabase, atomic, connect
 from shared.keys.vault import UnknownWalletError, Vault, open_vault, parse_address
@@ -28,6 +27,7 @@ from shared.tx.senders import claim_sender
 from shared.tx.signer import Call, LocalSigner, SignedTx, Signer
 from tests.test_tx_manager import FAIR, NOTE, POLICY, NotePurpose
 from tests.test_vault import decrypt_row, new_vault, transfer_typed_data
+from workers.devnet.anvil import Anvil
 
 ECRECOVER = "0x" + "00" * 19 + "01"  # the precompile every EIP-3009 token verifies with
 

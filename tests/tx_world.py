@@ -15,7 +15,6 @@ import httpx
 import pytest
 from eth_utils.address import to_checksum_address
 
-from shared.anvil import Anvil
 from shared.chain.rpc import RpcClient
 from shared.db import AsyncDatabase, connect
 from shared.tx.chainview import ChainView
@@ -28,6 +27,7 @@ from shared.tx.settlement import Settlement, SubjectAnchor
 from shared.tx.signer import Call, LocalSigner
 from tests.scripted_rpc import ScriptedNode
 from tests.test_fulfiller_support import ManualClock
+from workers.devnet.anvil import Anvil
 
 CHAIN = 31337
 PAY = "pay"

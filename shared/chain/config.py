@@ -1,7 +1,7 @@
 """What a log poller is configured with: its tunables and its progress display.
 
 Plain values, no settings class: each executor reads its own settings (the indexer's
-``HODLAI_INDEXER_*``, workers/indexer/settings.py, which says why each default is what it
+``HODLAI_INDEXER_*``, workers/oracle/indexer/settings.py, which says why each default is what it
 is) and builds a :class:`PollerConfig` in its composition root.
 """
 
@@ -43,7 +43,7 @@ class PollerConfig:
 
 
 class ProgressReporter(Protocol):
-    """A backfill progress display (workers/indexer/progress.py draws one on a terminal)."""
+    """A backfill progress display (workers/oracle/indexer/progress.py draws one on a terminal)."""
 
     def update(self, cursor: int, head: int | None, events: int) -> None: ...
 

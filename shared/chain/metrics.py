@@ -2,7 +2,7 @@
 
 The poller owns no metric names: Prometheus allows each name once per process, and the
 indexer's (``hodlai_indexer_cursor_block``, ``hodlai_indexer_halted``, …) are what its
-operators alert on, so the indexer passes its own (workers/indexer/metrics.py) and another
+operators alert on, so the indexer passes its own (workers/oracle/indexer/metrics.py) and another
 executor's poller would pass gauges named for it.
 """
 

@@ -1,6 +1,6 @@
 """The log poller: moves the logs of registered filters from the chain into their sinks,
 never missing one, never applying one twice, surviving crashes, stale RPC backends and
-reorgs. The oracle's indexer is one (workers/indexer/main.py); every executor that reads
+reorgs. The oracle's indexer is one (workers/oracle/indexer/main.py); every executor that reads
 the chain registers a :class:`~shared.chain.filters.LogFilter` and a
 :class:`~shared.chain.filters.LogSink` with one.
 

@@ -9,7 +9,7 @@ The byte limits are the contract's (``getStringLimits()``), passed in as
 :class:`StringLimits`; without them the contract's defaults apply (integration plan,
 ``reason``). The contract's admin can raise them with ``setStringLimits``, and a request
 emitted on chain has passed them at its block, so a caller must never pass limits stricter
-than the contract had then (see ``workers/inference/limits.py``). The other checks
+than the contract had then (see ``workers/oracle/inference/limits.py``). The other checks
 (duplicates, blanks, control characters, the served model) are the node's own: such a
 request could be accepted on chain but never answered as it stands.
 """

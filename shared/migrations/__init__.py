@@ -15,6 +15,21 @@ Guarantees:
 
 The SQL files are package data (``shared/migrations/<set>/NNNN_name.sql``), so a wheel
 install carries them.
+
+Baselines. A set may carry a baseline (``baseline_NNNN.sql`` beside its migrations): the
+schema its migrations 1..NNNN leave, created in one transaction on a database that has none
+of the set's versions recorded, and recorded as those versions (each named "<name>
+(baseline)"). The core set has one (``baseline_0014.sql``) because its released migrations
+1..14 created the oracle's tables, from before executors had sets of their own, and a
+released migration is never edited: a new database gets the core's shared tables only, and
+the oracle's set creates its own; an existing database keeps the migrations it ran, its
+oracle tables and their rows, and the oracle's first migration adopts them (CREATE ... IF NOT
+EXISTS). Later migrations apply on top of either, so both end in the same schema:
+tests/test_migration_of_old_database.py builds a database the old way, with rows, and
+compares. A baseline is frozen like a released migration. The other way to keep migration 1
+frozen, letting a new database run it and then dropping the oracle's tables from the core,
+would make the core create tables it does not own, and any node without the oracle would
+carry them.
 """
 
 from __future__ import annotations
@@ -31,6 +46,7 @@ from typing import Final
 from shared.errors import SchemaVersionError
 
 _FILE_NAME: Final = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_BASELINE_NAME: Final = re.compile(r"^baseline_(\d{4})\.sql$")
 
 SCHEMA_MIGRATIONS_DDL: Final = (
     "CREATE TABLE IF NOT EXISTS schema_migrations ("
@@ -56,10 +72,19 @@ class MigrationSet:
 
     name: str
     migrations: tuple[Migration, ...]
+    #: for a database without any of this set's versions: one script standing for migrations
+    #: 1..baseline.version (see the module docstring); None: run the migrations themselves
+    baseline: Migration | None = None
 
     @property
     def latest(self) -> int:
         return max((m.version for m in self.migrations), default=0)
+
+    def replaced_by_baseline(self) -> tuple[Migration, ...]:
+        """The migrations the baseline stands for (none without a baseline)."""
+        if self.baseline is None:
+            return ()
+        return tuple(m for m in self.migrations if m.version <= self.baseline.version)
 
 
 def split_statements(script: str) -> list[str]:
@@ -83,7 +108,13 @@ def load_set(name: str, package: str) -> MigrationSet:
     """The set ``name`` from the ``NNNN_name.sql`` files of ``package`` (a folder that is a
     package, or a namespace package, of SQL files). Numbers must run 1, 2, 3... without gaps."""
     found: list[Migration] = []
+    baseline: Migration | None = None
     for entry in resources.files(package).iterdir():
+        base = _BASELINE_NAME.match(entry.name)
+        if base is not None:
+            text = entry.read_text(encoding="utf-8")
+            baseline = Migration(name, int(base.group(1)), "baseline", text)
+            continue
         match = _FILE_NAME.match(entry.name)
         if match is None:
             continue
@@ -97,7 +128,12 @@ def load_set(name: str, package: str) -> MigrationSet:
             f"migration set {name!r} in {package} is not numbered 1..{len(found)}: "
             f"{[m.version for m in found]}"
         )
-    return MigrationSet(name, tuple(found))
+    if baseline is not None and not 1 <= baseline.version <= len(found):
+        raise ValueError(
+            f"migration set {name!r} in {package}: baseline {baseline.version} is not one of "
+            f"its migrations 1..{len(found)}"
+        )
+    return MigrationSet(name, tuple(found), baseline)
 
 
 @cache

@@ -6,8 +6,9 @@ from the sender) that an executor puts in its own batch; :func:`judge` reads the
 
 - ``OK`` with a gas limit: the estimate plus ``GasRule.margin_percent``, at most the cap;
 - ``REVERTED`` with the revert decoded into a reason (``Error(string)``, ``Panic``, every
-  custom error of the compiled contracts, nested reasons) and the custom error's name, for
-  the executor to judge by type, not by text;
+  custom error of the contracts the installed executors declare, entry points
+  ``hodlai.abis``, nested reasons: shared.contracts.decode_revert) and the custom error's
+  name, for the executor to judge by type, not by text;
 - ``OVER_CAP``: even the estimate is above the gas cap;
 - ``BEHIND``: the node answering lacks the block asked about (StaleNodeError): ask again;
 - ``UNAVAILABLE``: transport trouble on this call: ask again later.

@@ -33,8 +33,8 @@ from eth_utils.address import is_hex_address, to_checksum_address
 from shared.logs import configure_logging
 
 if TYPE_CHECKING:
-    from shared.anvil import Anvil
-    from shared.deploy import Deployment
+    from workers.devnet.anvil import Anvil
+    from workers.devnet.deploy import Deployment
 
 log = structlog.get_logger(__name__)
 
@@ -127,8 +127,8 @@ class _StopFlag:
 
 def cmd_devnet(args: argparse.Namespace) -> int:
     """Run the devnet in the foreground. Exit code 0 after a requested stop, 1 if anvil died."""
-    from shared.anvil import Anvil
-    from shared.deploy import deploy_stack, write_deployment_json, write_env_file
+    from workers.devnet.anvil import Anvil
+    from workers.devnet.deploy import deploy_stack, write_deployment_json, write_env_file
 
     configure_logging(args.log_level)
     state_dir: Path = args.state_dir
@@ -235,7 +235,7 @@ def _oracle_from_key_file(key_file: Path) -> str:
 def _write_ready_file(
     path: Path, anvil: Anvil, deployment: Deployment, env_file: Path, deployment_file: Path
 ) -> None:
-    from shared.deploy import write_text_atomically
+    from workers.devnet.deploy import write_text_atomically
 
     content = {
         "rpc_url": anvil.rpc_url,
@@ -268,13 +268,13 @@ def _print_summary(anvil: Anvil, deployment: Deployment, env_file: Path, key_fil
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     """Deploy to ``--rpc-url`` and write the requested files. Exit code 0 on success."""
-    from shared.deploy import (
+    from shared.keys import load_private_key
+    from workers.devnet.deploy import (
         DEFAULT_CALLBACK_GAS_LIMIT,
         deploy_stack,
         write_deployment_json,
         write_env_file,
     )
-    from shared.keys import load_private_key
 
     configure_logging(args.log_level)
     admin_key = load_private_key(args.admin_key_file)

@@ -13,8 +13,6 @@ import sys
 import time
 from typing import Any
 
-from shared import request_id as rid
-from shared import store
 from shared.cli import (
     MAX_LIST_LIMIT,
     inspection_settings,
@@ -23,8 +21,10 @@ from shared.cli import (
     open_for_writing,
 )
 from shared.errors import HodlaiError, TransitionConflict
-from shared.store import Status
+from workers.oracle import request_id as rid
+from workers.oracle import store
 from workers.oracle.inspect import collect_status, request_detail, row_dict
+from workers.oracle.store import Status
 
 
 def register(sub: Any) -> None:

@@ -6,10 +6,10 @@ import json
 import sqlite3
 from typing import Any
 
-from shared import request_id as rid
-from shared import store
 from shared.db import stored_identity
 from shared.halt import halted
+from workers.oracle import request_id as rid
+from workers.oracle import store
 
 
 def row_dict(row: sqlite3.Row) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """The oracle's API routes under ``/api/oracle`` (docs/API.md): the state of its requests,
 and the operator's retry of a FAILED one.
 
-Reads go through the store's functions (shared/store.py) on the request's own connection;
+Reads go through the store's functions (workers/oracle/store.py) on the request's own connection;
 the one write, retry, goes through ``store.retry`` and so through ``store.transition`` with
 its audit row, naming the operator by its token's id as the actor. Reads need a read token
 (or HODLAI_API_PUBLIC_READS), the retry an admin token (shared/api/auth.py). Request ids are
@@ -18,15 +18,15 @@ from typing import Annotated, Any, Final
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, BeforeValidator, Field
 
-from shared import request_id as rid
-from shared import store
 from shared.api.auth import READ, Operator
 from shared.api.deps import Database
 from shared.api.errors import CONFLICT, INVALID, NOT_FOUND, UNAUTHORIZED
 from shared.db import read_transaction
 from shared.errors import NotFoundError
-from shared.store import Status
+from workers.oracle import request_id as rid
+from workers.oracle import store
 from workers.oracle.inspect import collect_status
+from workers.oracle.store import Status
 
 # Rows one listing returns at most: a page an operator or a console reads; a larger limit
 # would let one call hold a connection for seconds.

@@ -1,0 +1,2 @@
+-- Core migration 15: placeholder reserved for the many-chains work (issue 19 item 3, branch
+-- wt-chains), which fills it.

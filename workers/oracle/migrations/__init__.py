@@ -1,0 +1,1 @@
+"""The oracle's migration set (shared/migrations): its tables, from requests to v_stuck."""
