@@ -508,7 +508,7 @@ class LogPoller:
         A rollback that cannot be an ordinary reorg halts instead (guard.py)."""
         self.pipeline.drop_prefetch()
         cursor = self.anchor.number
-        candidates = await self.db.run(reorg.stored_blocks, cursor)
+        candidates = await self.db.run(reorg.stored_blocks, self.name, cursor)
         plan = await reorg.plan_rollback(
             self.scanner, candidates, cursor=cursor, start_block=self.start_block
         )
@@ -593,7 +593,7 @@ class LogPoller:
         """Read recent accepted blocks again; hand the sinks whatever a lagging backend hid."""
         anchor = self.anchor
         found = await rescan.read_again(
-            self.scanner, self.db, self._registrations, anchor,
+            self.scanner, self.db, self._registrations, anchor, name=self.name,
             start_block=self.start_block, blocks=self.config.rescan_blocks,
         )  # fmt: skip
         if found.verdict is rescan.RescanVerdict.REORG_SUSPECTED:
