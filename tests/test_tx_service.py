@@ -217,7 +217,8 @@ async def rig(node: Anvil, tmp_path: Path, request: pytest.FixtureRequest) -> As
     manager = TxManager(
         db=db, rpc=rpc, signer=signer, handlers={sample.PURPOSE: sample.NotePurpose()},
         policy=TxPolicy(fees=FEES, confirmations=0, absent_after_s=0.3),
-        claim=claim_sender(path, db.conn, signer.address, owner=OWNER), clock=clock,
+        claim=claim_sender(path, db.conn, signer.address, owner=OWNER, chain_id=signer.chain_id),
+        clock=clock,
     )  # fmt: skip
     source = NoteSource(db, node.rpc_url, manager)
     readiness: ReadinessCheck | None = None
