@@ -53,7 +53,9 @@ def fulfilment(
         ledger.mark_accepted(conn, [tx_id], now=time.time())
         if move:
             store.transition(conn, request_id, Status.ANSWERED, Status.PROCESSED, actor="test")
-    (record,) = [t for t in ledger.open_txs(conn, SIGNER.address, chain_id=SIGNER.chain_id) if t.id == tx_id]
+    (record,) = [
+        t for t in ledger.open_txs(conn, SIGNER.address, chain_id=SIGNER.chain_id) if t.id == tx_id
+    ]
     return record
 
 

@@ -208,7 +208,9 @@ async def test_nothing_new_is_signed_while_the_indexer_is_halted(
     ids = chain.ask(2)
     conn = connect(db_path)
     answer(conn, ids, requester=chain.vault.address)
-    assert halt.halt(conn, "the RPC reports chain 56, this database is for 31337", worker=halt.INDEXER)
+    assert halt.halt(
+        conn, "the RPC reports chain 56, this database is for 31337", worker=halt.INDEXER
+    )
     fulfiller = make_fulfiller(deployed, db_path)
     try:
         for _ in range(10):

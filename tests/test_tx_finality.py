@@ -486,7 +486,9 @@ def test_the_ledger_records_final_once_per_settlement_and_a_reorg_clears_it(
         assert found is not None
         return found
 
-    assert [t.id for t in ledger.unfinal(conn, signer.address, chain_id=31337, up_to_block=6, limit=9)] == []
+    assert [
+        t.id for t in ledger.unfinal(conn, signer.address, chain_id=31337, up_to_block=6, limit=9)
+    ] == []
     (candidate,) = ledger.unfinal(conn, signer.address, chain_id=31337, up_to_block=7, limit=9)
     stale = dataclasses.replace(candidate, mined_block_hash="0xbb")  # judged on another block
     with atomic(conn):

@@ -126,7 +126,10 @@ async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
             policy=POLICY,
             handlers={NOTE: purpose},
             claim=claim_sender(
-                tmp_path / "tx.db", db.conn, signer.address, owner="test",
+                tmp_path / "tx.db",
+                db.conn,
+                signer.address,
+                owner="test",
                 chain_id=signer.chain_id,
             ),
             clock=clock,
@@ -261,7 +264,12 @@ def test_a_reorged_out_transaction_reopens_through_the_machine_and_a_gap_revives
     first = signer.sign(call, nonce=0, fees=FAIR)
     with atomic(conn):
         tx_id = ledger.insert(
-            conn, first, Purpose(NOTE), sender=signer.address, chain_id=31337, now=1.0,
+            conn,
+            first,
+            Purpose(NOTE),
+            sender=signer.address,
+            chain_id=31337,
+            now=1.0,
             idempotency_key=_key(),
         )
     ledger.mark_accepted(conn, [tx_id], now=2.0)

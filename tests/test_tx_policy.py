@@ -204,7 +204,10 @@ class Setup:
             policy=TX_POLICY,
             handlers={},
             claim=claim_sender(
-                self.db_path, db.conn, self.signer.address, owner="test",
+                self.db_path,
+                db.conn,
+                self.signer.address,
+                owner="test",
                 chain_id=self.signer.chain_id,
             ),
             clock=self.clock,

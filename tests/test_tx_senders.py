@@ -49,11 +49,11 @@ def test_a_second_process_with_the_same_key_is_refused_until_the_owner_dies(
     conn = connect(db)
     holder = _hold_in_another_process(db, KEY_A)
     try:
-        with pytest.raises(ConfigError, match="another (sender|process)"):
+        with pytest.raises(ConfigError, match=r"another (sender|process)"):
             claim_sender(db, conn, KEY_A, owner="second", chain_id=CHAIN)
         via_link = tmp_path / "link.db"
         via_link.symlink_to(db)
-        with pytest.raises(ConfigError, match="another (sender|process)"):
+        with pytest.raises(ConfigError, match=r"another (sender|process)"):
             claim_sender(via_link, conn, KEY_A, owner="second", chain_id=CHAIN)
         # Another key on the same database runs side by side, and so does this key on
         # another chain: a sender is a (key, chain).

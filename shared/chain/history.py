@@ -110,9 +110,8 @@ def commit_range(
         result = apply()
         _store_blocks(conn, name, log_blocks, [*headers, range_end], now)
         _write_cursor(conn, name, new_cursor, now)
-        conn.execute(
-            "DELETE FROM blocks WHERE poller = ? AND number < ?", (name, new_cursor - history_blocks)
-        )
+        oldest_kept = new_cursor - history_blocks
+        conn.execute("DELETE FROM blocks WHERE poller = ? AND number < ?", (name, oldest_kept))
     return result
 
 

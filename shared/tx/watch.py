@@ -96,9 +96,12 @@ def snapshot(
             anchors=anchors,
             unfinal=(
                 ledger.unfinal(
-                    conn, sender, chain_id=chain_id, up_to_block=final_up_to_block,
+                    conn,
+                    sender,
+                    chain_id=chain_id,
+                    up_to_block=final_up_to_block,
                     limit=FINAL_PER_POLL,
-                )  # fmt: skip
+                )
                 if final_up_to_block is not None
                 else []
             ),
