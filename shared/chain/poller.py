@@ -134,7 +134,8 @@ class LogPoller:
         #: the halt state, and what a rollback may do (guard.py)
         self.guard = Guard(db, self.scanner, worker=config.name, clock=clock,
                            max_reorg_depth=config.max_reorg_depth,
-                           halted_gauge=metrics.halted)  # fmt: skip
+                           halted_gauge=metrics.halted,
+                           resume_command=config.resume_command)  # fmt: skip
         #: the start block while it is above the chain head (waiting for it), else None
         self.waiting_for_start: int | None = None
         self._last_start_log = float("-inf")
