@@ -564,7 +564,7 @@ def check_executor_identity(
     else:
         was = f"chain {others[0]} and {recorded[others[0]]}"
     raise DatabaseMismatchError(
-        f"this database's {executor} was set up for {was}, but this process is configured "
+        f"this database's {executor} was created for {was}, but this process is configured "
         f"for chain {chain_id} and {anchor}; use another HODLAI_DB_PATH (other executors and "
         "chains in it are not affected)"
     )

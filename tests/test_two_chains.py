@@ -267,10 +267,10 @@ async def test_two_chains_in_one_database_and_a_reorg_on_one_leaves_the_other_un
         assert executor_identities(conn, SAMPLE) == {
             other_chain.chain_id: second.deployment.provider_address
         }
-        with pytest.raises(DatabaseMismatchError, match="oracle was set up for chain 31337"):
+        with pytest.raises(DatabaseMismatchError, match="oracle was created for chain 31337"):
             check_identity(conn, chain_id=other_chain.chain_id,
                            provider_address=second.deployment.provider_address)  # fmt: skip
-        with pytest.raises(DatabaseMismatchError, match="sample was set up for chain 8453"):
+        with pytest.raises(DatabaseMismatchError, match="sample was created for chain 8453"):
             check_executor_identity(conn, executor=SAMPLE, chain_id=other_chain.chain_id,
                                     anchor="0x" + "99" * 20)  # fmt: skip
         # Another executor on the oracle's chain, and the test executor on it too, are fine.
