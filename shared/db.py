@@ -547,6 +547,14 @@ def check_executor_identity(
         recorded = {int(row[0]): str(row[1]) for row in rows}
         same_chain = recorded.get(chain_id)
         others = [c for c in recorded if c != chain_id]
+        if same_chain == "":
+            # Migration 15 found a meta chain id without a provider (a database written by
+            # hand or by a tool): the first anchor given is recorded.
+            conn.execute(
+                "UPDATE identities SET anchor = ? WHERE executor = ? AND chain_id = ?",
+                (anchor, executor, chain_id),
+            )
+            same_chain = anchor
         if same_chain is None and not (one_chain and others):
             conn.execute(
                 "INSERT INTO identities (executor, chain_id, anchor, created_at) "
