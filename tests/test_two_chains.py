@@ -202,14 +202,14 @@ async def test_two_chains_in_one_database_and_a_reorg_on_one_leaves_the_other_un
         manager_first, db_first = await _send_note(db_path, first_chain, told_first, "note:a")
         manager_other, db_other = await _send_note(db_path, other_chain, told_other, "note:b")
         try:
-            txs = _rows(conn, "SELECT chain_id, nonce, status FROM txs ORDER BY chain_id")
+            txs = _rows(conn, "SELECT chain_id, nonce, status FROM txs ORDER BY id")
             assert txs == [
                 (first_chain.chain_id, 0, "MINED"),
                 (other_chain.chain_id, 0, "MINED"),
             ]
             senders = _rows(conn, "SELECT chain_id FROM senders WHERE address = ? "
                             "ORDER BY chain_id", signer_address)  # fmt: skip
-            assert senders == [(first_chain.chain_id,), (other_chain.chain_id,)]
+            assert senders == sorted([(first_chain.chain_id,), (other_chain.chain_id,)])
             for chain_id in (first_chain.chain_id, other_chain.chain_id):
                 assert ledger.next_unused_nonce(conn, signer_address, chain_id=chain_id) == 1
 
