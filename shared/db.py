@@ -572,9 +572,9 @@ def check_executor_identity(
     else:
         was = f"chain {others[0]} and {recorded[others[0]]}"
     raise DatabaseMismatchError(
-        f"this database's {executor} was created for {was}, but this process is configured "
-        f"for chain {chain_id} and {anchor}; use another HODLAI_DB_PATH (other executors and "
-        "chains in it are not affected)"
+        f"this database was created for {was} as the {executor}'s identity, but this process "
+        f"is configured for chain {chain_id} and {anchor}; use another HODLAI_DB_PATH (other "
+        "executors and chains in it are not affected)"
     )
 
 

@@ -30,6 +30,11 @@ OTHER = "0x" + "cd" * 20
 SENDER = "0x" + "11" * 20
 
 
+def refusal(chain_id: int, executor: str) -> str:
+    """The pattern of an identity refusal against ``executor``'s row on ``chain_id``."""
+    return rf"created for chain {chain_id} and \S+ as the {executor}'s identity"
+
+
 # --- identities --------------------------------------------------------------------------------
 
 
@@ -47,11 +52,11 @@ def test_an_executor_is_refused_only_against_its_own_identity(tmp_path: Path) ->
     assert executor_identities(conn, "distribution") == {8453: OTHER, 1: PROVIDER}
     assert stored_identity(conn) == (56, PROVIDER)
     check_identity(conn, chain_id=56, provider_address=PROVIDER.upper().replace("0X", "0x"))
-    with pytest.raises(DatabaseMismatchError, match="oracle was created for chain 56"):
+    with pytest.raises(DatabaseMismatchError, match=refusal(56, "oracle")):
         check_identity(conn, chain_id=97, provider_address=PROVIDER)  # a one-chain executor
-    with pytest.raises(DatabaseMismatchError, match="oracle was created for chain 56"):
+    with pytest.raises(DatabaseMismatchError, match=refusal(56, "oracle")):
         check_identity(conn, chain_id=56, provider_address=OTHER)
-    with pytest.raises(DatabaseMismatchError, match="distribution was created for chain 1"):
+    with pytest.raises(DatabaseMismatchError, match=refusal(1, "distribution")):
         check_executor_identity(conn, executor="distribution", chain_id=1, anchor=OTHER,
                                 one_chain=False)  # fmt: skip
     assert executor_identities(conn, "oracle") == {56: PROVIDER}
