@@ -7,6 +7,7 @@ import itertools
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
@@ -20,11 +21,25 @@ pytest_plugins = ["tests.chain_fixtures"]
 _block = itertools.count(100)
 
 
+_configure = structlog.configure
+
+
+def _configure_uncached(*args: Any, **kwargs: Any) -> None:
+    # shared.logs.configure_logging caches each module's logger on first use (fast in a
+    # process that configures once). In tests a command run in process (``main([...])``)
+    # configures it again; cached loggers would then outlive the test: printing to its closed
+    # capture file, and invisible to a later test's structlog.testing.capture_logs().
+    _configure(*args, **{**kwargs, "cache_logger_on_first_use": False})
+
+
+structlog.configure = _configure_uncached
+
+
 @pytest.fixture(autouse=True)
 def _fresh_logging() -> Iterator[None]:
-    """A command run in process (``main([...])``) configures structlog to print to the
-    sys.stderr of that moment, which is pytest's capture file of that test: closed once the
-    test ends, so a later test that logs would fail with 'I/O operation on closed file'."""
+    """A command run in process configures structlog to print to the sys.stderr of that
+    moment, pytest's capture file of that test, closed once the test ends: every test starts
+    from structlog's defaults again."""
     yield
     structlog.reset_defaults()
 

@@ -38,6 +38,8 @@ from shared.tx.policy import (
 from shared.tx.senders import claim_sender
 from shared.tx.signer import Call, LocalSigner
 from tests.test_fulfiller_support import ManualClock
+from tests.tx_world import PAY as PAY_KIND
+from tests.tx_world import PayPurpose
 
 TOKEN = to_checksum_address("0x" + "12" * 20)
 OTHER_TOKEN = to_checksum_address("0x" + "34" * 20)
@@ -202,7 +204,7 @@ class Setup:
             rpc=RpcClient([self.node.rpc_url]),
             signer=self.signer,
             policy=TX_POLICY,
-            handlers={},
+            handlers={PAY_KIND: PayPurpose()},  # record() signs only kinds someone judges
             claim=claim_sender(
                 self.db_path,
                 db.conn,
