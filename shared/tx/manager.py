@@ -1,4 +1,5 @@
-"""The transaction manager: one key, many transactions in flight, each nonce used once.
+"""The transaction manager: one key on one chain, many transactions in flight, each nonce
+used once.
 
 It is generic: it knows calls, nonces, fees and receipts, not requests. What a transaction is
 *for* is a :class:`~shared.tx.ledger.Purpose`, judged by the
@@ -13,7 +14,10 @@ one for 'fulfil'; later executors register theirs). Guarantees:
   it: a violation skips that submission (SpendPolicyError naming the rule), signs nothing
   and uses no nonce.
 - It signs only while it holds its key's sender claim (shared/tx/senders.py): one process per
-  key across processes, refreshed by a heartbeat every poll.
+  (key, chain) across processes, refreshed by a heartbeat every poll.
+- It sends on its signer's chain (:attr:`TxManager.chain_id`) and sees only the ledger rows of
+  (its key, that chain): the same key on another chain is another manager, with its own
+  nonce sequence, that never touches these rows (shared/tx/ledger.py).
 - At most ``window`` nonces are open at once; within them transactions are pipelined (sent
   without waiting for the previous receipt) with consecutive nonces.
 - Every poll (:meth:`TxManager.poll`) reads the head, the nonce count and the receipts of
