@@ -5,13 +5,17 @@ and a database of core migration 14 upgraded in place with its rows kept."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
 import pytest
 
+from shared import halt
 from shared.chain import history, reorg
+from shared.chain.cli import register as register_chain_cli
 from shared.chain.scan import BlockHeader
+from shared.cli import main as cli_main
 from shared.config import DEFAULT_CHAIN, CoreSettings, load_settings
 from shared.db import (
     atomic,
@@ -241,3 +245,39 @@ def test_a_named_chain_without_urls_is_refused_naming_its_setting(
         settings.chain("base")
     with pytest.raises(ConfigError, match="HODLAI_RPC_URLS"):
         settings.chain()
+
+
+# --- hodlai pollers / poller-resume ------------------------------------------------------------
+
+
+def test_pollers_lists_each_poller_and_poller_resume_clears_only_its_halt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "node.db"
+    conn = connect(path)
+    _accept(conn, "indexer", 1, 8, history_blocks=1000)
+    _accept(conn, "sample-base", 1, 4, history_blocks=1000)
+    history.roll_back(conn, name="sample-base", ancestor=2, depth=2,
+                      deeper_than_confirmations=False, note="test", now=2.0,
+                      undo=lambda: None)  # fmt: skip
+    halt.halt(conn, "the RPC reports chain 1", worker="sample-base", at_block=2)
+    halt.halt(conn, "the RPC reports chain 56", worker="indexer", at_block=8)
+    conn.close()
+    monkeypatch.setenv("HODLAI_DB_PATH", str(path))
+    registrars = [("chain", register_chain_cli)]
+    capsys.readouterr()  # the set-up's own log lines
+
+    assert cli_main(["pollers", "--json"], registrars) == 0
+    listed = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
+    assert (listed["indexer"]["cursor"], listed["indexer"]["stored_blocks"]) == (8, 8)
+    assert (listed["sample-base"]["cursor"], listed["sample-base"]["reorgs"]) == (2, 1)
+    assert listed["sample-base"]["halted"] == "the RPC reports chain 1"
+
+    assert cli_main(["poller-resume", "sample-base", "--json"], registrars) == 0
+    cleared = json.loads(capsys.readouterr().out)
+    assert cleared["was_halted"] and cleared["resolution"] == "resume"
+    conn = connect(path)
+    assert halt.halted(conn, "sample-base") is None
+    assert halt.halted(conn, "indexer") == "the RPC reports chain 56"  # not another's halt
+    assert cli_main(["poller-resume", "sample-base"], registrars) == 0
+    assert "not halted" in capsys.readouterr().out
