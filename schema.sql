@@ -10,8 +10,18 @@
 -- they do not fit SQLite's 64-bit INTEGER (see workers/oracle/request_id.py).
 
 CREATE TABLE IF NOT EXISTS meta (
-    key   TEXT PRIMARY KEY,   -- 'chain_id', 'provider_address', 'created_at', ...
+    key   TEXT PRIMARY KEY,   -- 'created_at', ...; before core migration 15 also the oracle's 'chain_id', 'provider_address'
     value TEXT NOT NULL
+) STRICT;
+
+-- What each executor is bound to on each chain it uses (shared/db.py check_executor_identity):
+-- an executor is refused only against its own rows (core migration 15).
+CREATE TABLE IF NOT EXISTS identities (
+    executor   TEXT NOT NULL,             -- 'oracle', 'mint', 'distribution', ...
+    chain_id   INTEGER NOT NULL,
+    anchor     TEXT NOT NULL,             -- what it is bound to on that chain (a contract address)
+    created_at REAL NOT NULL,
+    PRIMARY KEY (executor, chain_id)
 ) STRICT;
 
 -- Applied migrations, per set (the core, each executor); see shared/migrations.
@@ -62,10 +72,12 @@ CREATE TABLE IF NOT EXISTS cursors (
 -- block an accepted log came from. Pruned to HODLAI_INDEXER_BLOCK_HISTORY blocks below the
 -- cursor, far deeper than any expected reorg.
 CREATE TABLE IF NOT EXISTS blocks (
-    number      INTEGER PRIMARY KEY,
+    poller      TEXT NOT NULL,            -- the poller's name (cursors.name): history per poller
+    number      INTEGER NOT NULL,
     hash        TEXT NOT NULL,
-    parent_hash TEXT,                         -- NULL when the block is known only from its logs
-    seen_at     REAL NOT NULL
+    parent_hash TEXT,                     -- NULL when the block is known only from its logs
+    seen_at     REAL NOT NULL,
+    PRIMARY KEY (poller, number)
 ) STRICT;
 
 -- Reorgs the indexer rolled back, for 'hodlai status' and the runbook.
@@ -75,7 +87,8 @@ CREATE TABLE IF NOT EXISTS reorgs (
     at_block      INTEGER NOT NULL,           -- the first orphaned block
     depth         INTEGER NOT NULL,
     deeper_than_confirmations INTEGER NOT NULL CHECK (deeper_than_confirmations IN (0, 1)),
-    note          TEXT
+    note          TEXT,
+    poller        TEXT NOT NULL DEFAULT 'indexer' -- the poller that rolled back (migration 15; older rows: the indexer)
 ) STRICT;
 
 -- A worker that stopped itself until an operator looks (the indexer facing a chain it cannot
@@ -133,24 +146,27 @@ CREATE TABLE IF NOT EXISTS txs (
     simulated_block INTEGER,                  -- the block the call was simulated at
     idempotency_key TEXT,                     -- names the intended transaction; unique
     final_at        REAL,                     -- FINAL told (block deep enough, still canonical)
-    final_head      INTEGER                   -- the chain head FINAL was judged at
+    final_head      INTEGER,                  -- the chain head FINAL was judged at
+    chain_id        INTEGER                   -- the chain it was signed for (migration 15); set once, then frozen
 ) STRICT;
 CREATE INDEX IF NOT EXISTS idx_txs_open ON txs (status, nonce);
 CREATE UNIQUE INDEX IF NOT EXISTS idx_txs_idempotency ON txs (idempotency_key);
 CREATE INDEX IF NOT EXISTS idx_txs_subject ON txs (purpose, subject, version);
-CREATE INDEX IF NOT EXISTS idx_txs_sender_nonce ON txs (sender, nonce);
-CREATE INDEX IF NOT EXISTS idx_txs_mined ON txs (sender, mined_block) WHERE status = 'MINED';
+CREATE INDEX IF NOT EXISTS idx_txs_sender_nonce ON txs (sender, chain_id, nonce);
+CREATE INDEX IF NOT EXISTS idx_txs_mined ON txs (sender, chain_id, mined_block) WHERE status = 'MINED';
 
--- One owner per sending key (shared/tx/senders.py): the key's OS lock on this file plus this
+-- One owner per sending key and chain (shared/tx/senders.py): the key's OS locks plus this
 -- row, whose heartbeat names the owner for operators and other machines.
 CREATE TABLE IF NOT EXISTS senders (
-    address      TEXT PRIMARY KEY,           -- checksummed sending address
+    address      TEXT NOT NULL,              -- checksummed sending address
+    chain_id     INTEGER NOT NULL,           -- the chain it sends on (migration 15)
     owner        TEXT NOT NULL,              -- e.g. 'fulfiller'
     host         TEXT NOT NULL,
     pid          INTEGER NOT NULL,
     acquired_at  REAL NOT NULL,
     heartbeat_at REAL NOT NULL,
-    generation INTEGER NOT NULL DEFAULT 0     -- bumped by every claim; fences the txs insert (migration 12)
+    generation   INTEGER NOT NULL DEFAULT 0, -- bumped by every claim; fences the txs insert
+    PRIMARY KEY (address, chain_id)
 ) STRICT;
 
 -- Wallets whose private keys the node holds, encrypted with AES-256-GCM under the master key
@@ -282,8 +298,8 @@ CREATE INDEX IF NOT EXISTS idx_tx_spends_window ON tx_spends (sender, token, at)
 -- Core migration 11: final outcomes (shared/tx/settlement.py). Settled rows whose FINAL is
 -- still to be told (the finality step's candidates), and recently settled rows watched for
 -- reorgs, MINED and REVERTED alike.
-CREATE INDEX IF NOT EXISTS idx_txs_unfinal ON txs (sender, mined_block) WHERE final_at IS NULL AND status IN ('MINED', 'REVERTED');
-CREATE INDEX IF NOT EXISTS idx_txs_settled ON txs (sender, mined_block) WHERE status IN ('MINED', 'REVERTED');
+CREATE INDEX IF NOT EXISTS idx_txs_unfinal ON txs (sender, chain_id, mined_block) WHERE final_at IS NULL AND status IN ('MINED', 'REVERTED');
+CREATE INDEX IF NOT EXISTS idx_txs_settled ON txs (sender, chain_id, mined_block) WHERE status IN ('MINED', 'REVERTED');
 
 
 -- Core migration 12 (sender fencing) adds one column, senders.generation, above: bumped by
@@ -346,6 +362,14 @@ CREATE TABLE IF NOT EXISTS siwe_nonces (
     used_for   TEXT                -- the statement it was spent on
 ) STRICT;
 CREATE INDEX IF NOT EXISTS siwe_nonces_expiry ON siwe_nonces (expires_at);
+
+-- Core migration 15 (many chains): txs.chain_id is set once (on insert, or when a database
+-- that recorded no chain has its rows adopted) and never changes afterwards.
+CREATE TRIGGER IF NOT EXISTS trg_txs_chain_frozen BEFORE UPDATE OF chain_id ON txs
+WHEN OLD.chain_id IS NOT NULL AND OLD.chain_id IS NOT NEW.chain_id
+BEGIN
+    SELECT RAISE(ABORT, 'txs.chain_id never changes once set');
+END;
 
 
 -- ==== the oracle's tables (migration set 'oracle', workers/oracle/migrations) ====

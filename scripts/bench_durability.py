@@ -94,7 +94,7 @@ def records_per_s(db: Path, txs: list[SignedTx], *, durable: bool, batch: int) -
                 with atomic(conn):
                     tx_id = ledger.insert(
                         conn, signed, Purpose("pay", subject=str(signed.nonce)), sender=sender,
-                        now=now, idempotency_key=f"pay:{signed.nonce}",
+                        chain_id=31337, now=now, idempotency_key=f"pay:{signed.nonce}",
                     )  # fmt: skip
                     record_spends(conn, tx_id, sender=sender, moved=moved, now=now)
     elapsed = time.perf_counter() - started

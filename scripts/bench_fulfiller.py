@@ -170,7 +170,7 @@ async def fulfil(
         signer=signer,
         policy=TxPolicy(fees=fees, window=window),
         handlers={FULFIL_PURPOSE: FulfilmentPurpose()},
-        claim=claim_sender(db, adb.conn, signer.address, owner="bench"),
+        claim=claim_sender(db, adb.conn, signer.address, owner="bench", chain_id=signer.chain_id),
     )
     worker = FulfillerWorker(
         db=adb,

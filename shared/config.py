@@ -15,17 +15,25 @@ Each worker extends :class:`CoreSettings` with its own fields; the core ones are
 that one ``.env`` file configures the whole node. An executor's anchor (the oracle's
 provider address, its shard count) is the executor's setting, not the core's
 (workers/oracle/settings.py).
+
+Chains are named: ``HODLAI_CHAINS__<name>__RPC_URLS`` (and ``__CHAIN_ID``,
+``__CONFIRMATIONS``) define the chain ``<name>`` (pydantic-settings' nested delimiter ``__``;
+names are case-insensitive and read in lower case), and an executor refers to a chain by its
+name (:meth:`CoreSettings.chain`). ``HODLAI_RPC_URLS``, ``HODLAI_CHAIN_ID`` and
+``HODLAI_CONFIRMATIONS`` are the chain named ``default``, so a node that uses one chain
+configures it as before.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.errors import ConfigError
@@ -54,6 +62,62 @@ _CREDENTIALS_REF = re.compile(
 )
 
 
+#: The name of the chain that HODLAI_RPC_URLS, HODLAI_CHAIN_ID and HODLAI_CONFIRMATIONS set.
+DEFAULT_CHAIN: Final = "default"
+# What a chain's name may be: it is part of environment variable names and of log lines.
+_CHAIN_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+
+
+def _split_comma_list(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def _check_url_list(value: list[str]) -> list[str]:
+    for url in value:
+        if not _URL.match(url):
+            raise ValueError(f"not an http(s) URL: {redact_url(url)!r}")
+    return value
+
+
+class ChainSettings(BaseModel):
+    """One named chain (``HODLAI_CHAINS__<name>__…``): where to read it, what to expect."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Comma-separated; the first healthy one is used and the others are failovers.
+    rpc_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # When set, checked against eth_chainId (and the database); when unset, taken from the RPC.
+    chain_id: int | None = Field(default=None, ge=1)
+    # Blocks below the head before a log is accepted; None: HODLAI_CONFIRMATIONS.
+    confirmations: int | None = Field(default=None, ge=0, le=10_000)
+
+    @field_validator("rpc_urls", mode="before")
+    @classmethod
+    def _split_urls(cls, value: object) -> object:
+        return _split_comma_list(value)
+
+    @field_validator("rpc_urls")
+    @classmethod
+    def _check_urls(cls, value: list[str]) -> list[str]:
+        return _check_url_list(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Chain:
+    """A named chain as an executor uses it (:meth:`CoreSettings.chain`)."""
+
+    name: str
+    rpc_urls: tuple[str, ...]
+    #: the chain id the RPC must report; None: whatever it reports (checked against the
+    #: database's identity of the executor)
+    chain_id: int | None
+    confirmations: int
+    #: the environment variable an operator sets for its RPC URLs (named in errors)
+    rpc_setting: str
+
+
 class CoreSettings(BaseSettings):
     """Settings every process understands."""
 
@@ -63,6 +127,8 @@ class CoreSettings(BaseSettings):
         env_file_encoding="utf-8",
         extra="ignore",
         validate_default=True,
+        # HODLAI_CHAINS__base__RPC_URLS -> chains["base"].rpc_urls
+        env_nested_delimiter="__",
     )
 
     db_path: Path = Field(default=Path("hodlai.db"), description="SQLite database file")
@@ -81,21 +147,64 @@ class CoreSettings(BaseSettings):
     # 0 disables; each long-running process serves /metrics and /healthz on this port.
     metrics_port: int = Field(default=0, ge=0, le=MAX_PORT)
     log_level: LogLevel = Field(default="INFO", validation_alias="LOG_LEVEL")
+    # Named chains, HODLAI_CHAINS__<name>__RPC_URLS etc. (see the module docstring).
+    chains: dict[str, ChainSettings] = Field(default_factory=dict)
 
     @field_validator("rpc_urls", mode="before")
     @classmethod
     def _split_urls(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
+        return _split_comma_list(value)
 
     @field_validator("rpc_urls")
     @classmethod
     def _check_urls(cls, value: list[str]) -> list[str]:
-        for url in value:
-            if not _URL.match(url):
-                raise ValueError(f"not an http(s) URL: {redact_url(url)!r}")
+        return _check_url_list(value)
+
+    @field_validator("chains")
+    @classmethod
+    def _check_chain_names(cls, value: dict[str, ChainSettings]) -> dict[str, ChainSettings]:
+        for name in value:
+            if not _CHAIN_NAME.match(name):
+                raise ValueError(
+                    f"chain name {name!r} must be a letter followed by up to 31 letters, "
+                    "digits, '_' or '-'"
+                )
         return value
+
+    def chain(self, name: str = DEFAULT_CHAIN) -> Chain:
+        """The chain an executor names: ``HODLAI_CHAINS__<name>__…``; ``default`` (unless
+        defined that way too) is HODLAI_RPC_URLS, HODLAI_CHAIN_ID and HODLAI_CONFIRMATIONS.
+        Raises ConfigError naming the setting when the chain is unknown or has no RPC URL."""
+        key = name.lower()
+        named = self.chains.get(key)
+        if named is not None:
+            setting = f"{ENV_PREFIX}CHAINS__{key}__RPC_URLS"
+            chain = Chain(
+                name=key,
+                rpc_urls=tuple(named.rpc_urls),
+                chain_id=named.chain_id,
+                confirmations=(
+                    self.confirmations if named.confirmations is None else named.confirmations
+                ),
+                rpc_setting=setting,
+            )
+        elif key == DEFAULT_CHAIN:
+            chain = Chain(
+                name=key,
+                rpc_urls=tuple(self.rpc_urls),
+                chain_id=self.chain_id,
+                confirmations=self.confirmations,
+                rpc_setting=env_name(type(self), "rpc_urls"),
+            )
+        else:
+            known = ", ".join(sorted({DEFAULT_CHAIN, *self.chains})) or DEFAULT_CHAIN
+            raise ConfigError(
+                f"no chain named {key!r} (known: {known}): define it with "
+                f"{ENV_PREFIX}CHAINS__{key}__RPC_URLS"
+            )
+        if not chain.rpc_urls:
+            raise ConfigError(f"missing required setting(s): {chain.rpc_setting}")
+        return chain
 
     @field_validator("chain_id", mode="before")
     @classmethod
@@ -174,6 +283,16 @@ def _describe(cls: type[BaseSettings], exc: ValidationError) -> str:
         # pydantic reports a field with an alias under the alias (LOG_LEVEL), others by name.
         loc = str(error["loc"][0])
         field = by_alias.get(loc, loc)
+        if field == "chains" and len(error["loc"]) >= 2:
+            # A named chain's setting: HODLAI_CHAINS__<name>__<FIELD>, its URLs redacted.
+            where = "__".join(
+                [f"{ENV_PREFIX}CHAINS", str(error["loc"][1])]
+                + [str(part).upper() for part in error["loc"][2:3]]
+            )
+            message = redact_urls_in(str(error["msg"]))
+            shown = f" (got {_redacted_value(error.get('input'))!r})"
+            lines.append(f"{where}: {message}{shown}")
+            continue
         info = cls.model_fields.get(field)
         secret = info is not None and "Secret" in str(info.annotation)
         url_like = _is_url_setting(field, info.annotation if info is not None else None)

@@ -1,5 +1,5 @@
 """SQLite access: the connection factory, the one write-transaction helper, migrations and
-the database's identity (chain id + provider).
+the database's identity per executor and chain.
 
 Guarantees:
 - Every connection runs in WAL mode with a busy timeout and foreign keys on.
@@ -10,8 +10,10 @@ Guarantees:
   the busy timeout does apply.
 - 'database is locked' that survives the busy timeout surfaces as StoreBusyError
   (retryable), never as a raw sqlite3 error.
-- A database records the chain id and provider address it was created for; opening it for
-  another one raises DatabaseMismatchError.
+- One database serves every executor on every chain. Each executor records, per chain it
+  uses, what it is bound to there (``identities``: the oracle's provider address); opening
+  it for another anchor on that chain, or (for a one-chain executor such as the oracle)
+  another chain, raises DatabaseMismatchError. Other executors' rows never refuse it.
 - A path that cannot hold a database (a directory, a missing directory, a file that is not
   SQLite, no write access, a schema hodlai did not make) is refused with a ConfigError or a
   SchemaVersionError naming ``HODLAI_DB_PATH``, never with a raw sqlite3 error. A missing
@@ -552,37 +554,90 @@ def _ensure_migrations_table(conn: sqlite3.Connection) -> None:
     log.info("schema_migrations_converted", to="per-set")
 
 
-def check_identity(conn: sqlite3.Connection, *, chain_id: int, provider_address: str) -> None:
-    """Record the chain id and provider on first use; refuse any other one afterwards."""
+def check_executor_identity(
+    conn: sqlite3.Connection,
+    *,
+    executor: str,
+    chain_id: int,
+    anchor: str,
+    one_chain: bool = True,
+) -> None:
+    """Record what ``executor`` is bound to on ``chain_id`` (its ``anchor``, e.g. a contract
+    address; compared without case) on first use; afterwards refuse (DatabaseMismatchError)
+    another anchor on that chain and, when ``one_chain`` (an executor whose tables have no
+    chain column, as the oracle's), any other chain. Only the executor's own rows count:
+    other executors, on this chain or others, never refuse it."""
     with atomic(conn):
-        stored = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-        if "chain_id" not in stored:
-            conn.executemany(
-                "INSERT INTO meta (key, value) VALUES (?, ?)",
-                [
-                    ("chain_id", str(chain_id)),
-                    ("provider_address", provider_address),
-                    ("created_at", repr(time.time())),
-                ],
+        rows = conn.execute(
+            "SELECT chain_id, anchor FROM identities WHERE executor = ? ORDER BY created_at",
+            (executor,),
+        ).fetchall()
+        recorded = {int(row[0]): str(row[1]) for row in rows}
+        same_chain = recorded.get(chain_id)
+        others = [c for c in recorded if c != chain_id]
+        if same_chain == "":
+            # Migration 15 found a meta chain id without a provider (a database written by
+            # hand or by a tool): the first anchor given is recorded.
+            conn.execute(
+                "UPDATE identities SET anchor = ? WHERE executor = ? AND chain_id = ?",
+                (anchor, executor, chain_id),
             )
-            log.info("database_identity_recorded", chain_id=chain_id, provider=provider_address)
+            same_chain = anchor
+        if same_chain is None and not (one_chain and others):
+            conn.execute(
+                "INSERT INTO identities (executor, chain_id, anchor, created_at) "
+                "VALUES (?, ?, ?, ?)",
+                (executor, chain_id, anchor, time.time()),
+            )
+            log.info(
+                "database_identity_recorded", executor=executor, chain_id=chain_id, anchor=anchor
+            )
             return
-    if stored["chain_id"] != str(chain_id) or (
-        stored["provider_address"].lower() != provider_address.lower()
-    ):
-        raise DatabaseMismatchError(
-            f"this database was created for chain {stored['chain_id']} and provider "
-            f"{stored['provider_address']}, but this process is configured for chain "
-            f"{chain_id} and provider {provider_address}; use another HODLAI_DB_PATH"
+    if same_chain is not None and same_chain.lower() == anchor.lower():
+        return
+    if same_chain is not None:
+        was = f"chain {chain_id} and {same_chain}"
+    else:
+        was = f"chain {others[0]} and {recorded[others[0]]}"
+    raise DatabaseMismatchError(
+        f"this database was created for {was} as the {executor}'s identity, but this process "
+        f"is configured for chain {chain_id} and {anchor}; use another HODLAI_DB_PATH (other "
+        "executors and chains in it are not affected)"
+    )
+
+
+def executor_identities(conn: sqlite3.Connection, executor: str) -> dict[int, str]:
+    """chain id -> anchor of every chain ``executor`` recorded, oldest first ({} if none)."""
+    return {
+        int(row[0]): str(row[1])
+        for row in conn.execute(
+            "SELECT chain_id, anchor FROM identities WHERE executor = ? ORDER BY created_at",
+            (executor,),
         )
+    }
+
+
+#: The executor name of :func:`check_identity` and :func:`stored_identity`: the oracle's
+#: callers (indexer, inference, fulfiller) keep their signatures; an executor written after
+#: migration 15 calls :func:`check_executor_identity` with its own name.
+ORACLE_EXECUTOR: Final = "oracle"
+
+
+def check_identity(conn: sqlite3.Connection, *, chain_id: int, provider_address: str) -> None:
+    """The oracle's identity check: one chain, its provider address as the anchor (rows a
+    database made before migration 15 kept in ``meta`` were moved into ``identities``)."""
+    check_executor_identity(
+        conn, executor=ORACLE_EXECUTOR, chain_id=chain_id, anchor=provider_address
+    )
 
 
 def stored_identity(conn: sqlite3.Connection) -> tuple[int, str] | None:
-    """(chain_id, provider_address) the database was created for, if recorded yet."""
-    stored = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-    if "chain_id" not in stored:
+    """(chain_id, provider_address) the oracle was set up for, if recorded yet."""
+    recorded = executor_identities(conn, ORACLE_EXECUTOR)
+    if not recorded:
         return None
-    return int(stored["chain_id"]), stored["provider_address"]
+    chain_id, anchor = next(iter(recorded.items()))
+    return chain_id, anchor
 
 
 class AsyncDatabase:

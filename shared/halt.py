@@ -1,5 +1,10 @@
 """The halt: a worker that stopped itself until an operator looks, recorded in the database.
 
+A halt belongs to one worker, by name: a log poller's name (the oracle's indexer is the
+poller ``indexer``; every poller halts under its own name, so a poller on one chain that
+halts never stops a poller on another), or a sending key's ``sender:<address>``. Every
+function here takes the worker's name; none assumes one.
+
 The indexer halts instead of acting when what the chain shows cannot be an ordinary reorg: an
 RPC of another chain, a rollback deeper than the stored history or than
 ``HODLAI_MAX_REORG_DEPTH``. Rolling back then would remove good requests and undo real
@@ -12,8 +17,9 @@ Guarantees:
 - While the indexer is halted, nothing may be signed on the strength of its data: a signer
   (the fulfiller) calls :func:`halted` before claiming or signing and waits while it is not
   None. It is one indexed read, cheap enough for every round.
-- Only an operator clears it (:func:`resume`, ``hodlai indexer-resume``); the row stays as the
-  record with who resumed and how.
+- Only an operator clears it (:func:`resume`: ``hodlai poller-resume NAME``, the oracle's
+  ``hodlai indexer-resume``, ``hodlai sender-resume``); the row stays as the record with who
+  resumed and how.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from dataclasses import dataclass
 
 from shared.db import atomic
 
+#: The name of the oracle's indexer poller (workers/indexer/reorg.py CURSOR_NAME), which its
+#: fulfiller waits on; kept here for the oracle's callers until they move (issue 19 item 1).
 INDEXER = "indexer"
 
 
@@ -44,15 +52,15 @@ class Halt:
     halted_at: float
 
 
-def halted(conn: sqlite3.Connection, worker: str = INDEXER) -> str | None:
-    """The reason ``worker`` (default: the indexer) is halted, or None when it is not."""
+def halted(conn: sqlite3.Connection, worker: str) -> str | None:
+    """The reason ``worker`` is halted, or None when it is not."""
     row = conn.execute(
         "SELECT reason FROM halts WHERE worker = ? AND resumed_at IS NULL", (worker,)
     ).fetchone()
     return None if row is None else str(row[0])
 
 
-def active(conn: sqlite3.Connection, worker: str = INDEXER) -> Halt | None:
+def active(conn: sqlite3.Connection, worker: str) -> Halt | None:
     """The active halt of ``worker`` with its details, or None."""
     row = conn.execute(
         "SELECT id, worker, reason, at_block, halted_at FROM halts "
@@ -68,7 +76,7 @@ def halt(
     conn: sqlite3.Connection,
     reason: str,
     *,
-    worker: str = INDEXER,
+    worker: str,
     at_block: int | None = None,
     now: float | None = None,
 ) -> bool:
@@ -90,7 +98,7 @@ def resume(
     *,
     resolution: Resolution = Resolution.RESUME,
     by: str = "operator",
-    worker: str = INDEXER,
+    worker: str,
     now: float | None = None,
 ) -> Halt | None:
     """Clear the active halt of ``worker``; returns it (None when it was not halted)."""
@@ -106,7 +114,7 @@ def resume(
     return current
 
 
-def last_resolution(conn: sqlite3.Connection, worker: str = INDEXER) -> tuple[int, Resolution]:
+def last_resolution(conn: sqlite3.Connection, worker: str) -> tuple[int, Resolution]:
     """(id, resolution) of the newest resumed halt of ``worker``; (0, RESUME) when none."""
     row = conn.execute(
         "SELECT id, resolution FROM halts WHERE worker = ? AND resumed_at IS NOT NULL "

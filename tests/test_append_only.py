@@ -48,8 +48,8 @@ def _record(conn: sqlite3.Connection) -> int:
     signed = signer.sign(call, nonce=0, fees=FEES)
     with atomic(conn):
         tx_id = ledger.insert(
-            conn, signed, Purpose("pay", subject="task-1"), sender=signer.address, now=1.0,
-            idempotency_key="pay:task-1",
+            conn, signed, Purpose("pay", subject="task-1"), sender=signer.address,
+            chain_id=signer.chain_id, now=1.0, idempotency_key="pay:task-1",
         )  # fmt: skip
         record_spends(conn, tx_id, sender=signer.address, moved={"native": 5}, now=1.0)
     return tx_id

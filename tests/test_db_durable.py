@@ -44,7 +44,9 @@ def open_umask() -> Iterator[None]:
 def test_the_transaction_manager_refuses_a_normal_connection(tmp_path: Path) -> None:
     db = AsyncDatabase(connect(tmp_path / "node.db"))  # NORMAL
     signer = LocalSigner(KEY, chain_id=31337)
-    claim = claim_sender(tmp_path / "node.db", db.conn, signer.address, owner="test")
+    claim = claim_sender(
+        tmp_path / "node.db", db.conn, signer.address, owner="test", chain_id=signer.chain_id
+    )
     try:
         with pytest.raises(NotDurableError, match=r"the transaction manager needs .*FULL"):
             TxManager(

@@ -46,13 +46,16 @@ def fulfilment(
     purpose = Purpose(FULFIL_PURPOSE, str(request_id), generation, content_hash)
     with atomic(conn):
         tx_id = ledger.insert(
-            conn, signed, purpose, sender=SIGNER.address, now=time.time(),
+            conn, signed, purpose, sender=SIGNER.address, chain_id=SIGNER.chain_id,
+            now=time.time(),
             idempotency_key=f"test:{signed.tx_hash}",
         )  # fmt: skip
         ledger.mark_accepted(conn, [tx_id], now=time.time())
         if move:
             store.transition(conn, request_id, Status.ANSWERED, Status.PROCESSED, actor="test")
-    (record,) = [t for t in ledger.open_txs(conn, SIGNER.address) if t.id == tx_id]
+    (record,) = [
+        t for t in ledger.open_txs(conn, SIGNER.address, chain_id=SIGNER.chain_id) if t.id == tx_id
+    ]
     return record
 
 

@@ -316,7 +316,9 @@ def make_fulfiller(
         signer=signer,
         policy=policy,
         handlers={FULFIL_PURPOSE: FulfilmentPurpose()},
-        claim=claim_sender(db_path, db.conn, signer.address, owner="test fulfiller"),
+        claim=claim_sender(
+            db_path, db.conn, signer.address, owner="test fulfiller", chain_id=signer.chain_id
+        ),
         clock=clock,
         spend_policy=spend_policy(stack.deployment.provider_address),
     )

@@ -208,14 +208,16 @@ async def test_nothing_new_is_signed_while_the_indexer_is_halted(
     ids = chain.ask(2)
     conn = connect(db_path)
     answer(conn, ids, requester=chain.vault.address)
-    assert halt.halt(conn, "the RPC reports chain 56, this database is for 31337")
+    assert halt.halt(
+        conn, "the RPC reports chain 56, this database is for 31337", worker=halt.INDEXER
+    )
     fulfiller = make_fulfiller(deployed, db_path)
     try:
         for _ in range(10):
             await fulfiller.step()
         assert tx_rows(conn) == []  # the halt holds every new fulfilment back
         assert statuses(conn, ids) == {i: "ANSWERED" for i in ids}
-        halt.resume(conn, by="operator")
+        halt.resume(conn, by="operator", worker=halt.INDEXER)
         await fulfiller.run_until(lambda: chain.fulfilled_counts() == {i: 1 for i in ids})
     finally:
         await fulfiller.close()

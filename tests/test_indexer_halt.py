@@ -109,7 +109,7 @@ async def test_rpc_switching_to_another_or_much_shorter_chain_halts_and_removes_
 
         assert _state(conn) == before, "the indexer changed stored data on another chain"
         assert _removed(conn) == 0
-        reason = halt.halted(conn)
+        reason = halt.halted(conn, halt.INDEXER)
         assert reason is not None and "nothing was rolled back" in reason
         if other_chain_id == 56:
             assert "chain 56, not 31337" in reason
@@ -137,7 +137,7 @@ async def test_rpc_switching_to_another_or_much_shorter_chain_halts_and_removes_
         done = _resume(db_path)
         assert done.returncode == 0, done.stderr
         assert "indexer resumed (resume); it had halted: " in done.stdout
-        assert halt.halted(conn) is None
+        assert halt.halted(conn, halt.INDEXER) is None
         await run_indexer(settings, until=caught_up_to(driver.head()))
     assert set(stored_requests(conn)) == driver.requested_ids()
     assert _removed(conn) == 0
@@ -166,8 +166,8 @@ async def test_reorg_deeper_than_the_limit_halts_until_the_operator_allows_the_r
     before = _state(conn)
     # Replace the last 5 blocks (their requests vanish): deeper than the limit of 3.
     await asyncio.to_thread(driver.reorg, 5)
-    await _until(db_path, lambda c: halt.halted(c) is not None)
-    reason = halt.halted(conn)
+    await _until(db_path, lambda c: halt.halted(c, halt.INDEXER) is not None)
+    reason = halt.halted(conn, halt.INDEXER)
     assert reason is not None and "HODLAI_MAX_REORG_DEPTH=3" in reason
     await asyncio.sleep(0.3)  # halted polls change nothing
     assert _state(conn) == before and _removed(conn) == 0
@@ -175,7 +175,7 @@ async def test_reorg_deeper_than_the_limit_halts_until_the_operator_allows_the_r
     done = _resume(db_path, "--allow-rollback", "--json")
     assert done.returncode == 0, done.stderr
     assert '"resolution": "allow_rollback"' in done.stdout
-    await _until(db_path, lambda c: _removed(c) > 0 and halt.halted(c) is None)
+    await _until(db_path, lambda c: _removed(c) > 0 and halt.halted(c, halt.INDEXER) is None)
     stop.set()
     await asyncio.wait_for(indexer_task, 30)
     assert set(stored_requests(conn)) == driver.requested_ids()

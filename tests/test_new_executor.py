@@ -78,7 +78,10 @@ async def test_a_sample_executor_runs_on_the_core_through_entry_points_alone(
         manager = TxManager(
             db=db, rpc=RpcClient([node.rpc_url]), signer=signer, policy=policy,
             handlers={sample.PURPOSE: sample.NotePurpose()},
-            claim=claim_sender(tmp_path / "node.db", db.conn, signer.address, owner="sample"),
+            claim=claim_sender(
+                tmp_path / "node.db", db.conn, signer.address, owner="sample",
+                chain_id=signer.chain_id,
+            ),
         )  # fmt: skip
         await manager.start()
         claimed = state.claim(conn, sample.NOTES, owner="sender", status="NEW", limit=NOTES,

@@ -23,8 +23,8 @@ def node_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     conn = connect(path)
     with atomic(conn):
         conn.execute(
-            "INSERT INTO senders (address, owner, host, pid, acquired_at, heartbeat_at,"
-            " generation) VALUES (?, 'mint-executor', 'box', 4242, 1.0, 2.0, 3)",
+            "INSERT INTO senders (address, chain_id, owner, host, pid, acquired_at, heartbeat_at,"
+            " generation) VALUES (?, 8453, 'mint-executor', 'box', 4242, 1.0, 2.0, 3)",
             (ADDRESS,),
         )
     halt.halt(conn, "nonce 7 was used by 0xabc, a transaction this node did not sign",
@@ -39,7 +39,7 @@ def test_senders_shows_the_halt_and_sender_resume_clears_it(
 ) -> None:
     assert main(["senders", "--json"], REGISTRARS) == 0
     (row,) = json.loads(capsys.readouterr().out)
-    assert row["address"] == ADDRESS and row["generation"] == 3
+    assert row["address"] == ADDRESS and row["generation"] == 3 and row["chain_id"] == 8453
     assert "did not sign" in row["halted"]
 
     assert main(["sender-resume", ADDRESS.lower(), "--json"], REGISTRARS) == 0

@@ -141,7 +141,10 @@ class Node:
         return TxManager(
             db=db, rpc=RpcClient([self.anvil.rpc_url]), signer=self.signer, policy=POLICY,
             handlers={PAY: purpose},
-            claim=claim_sender(self.db_path, db.conn, self.signer.address, owner="test"),
+            claim=claim_sender(
+                self.db_path, db.conn, self.signer.address, owner="test",
+                chain_id=self.signer.chain_id,
+            ),
             clock=self.clock,
         )  # fmt: skip
 
@@ -426,7 +429,10 @@ async def test_a_lagging_backend_never_makes_a_payment_final_early(node: Node) -
         manager = TxManager(
             db=db, rpc=RpcClient([px.url]), signer=node.signer, policy=POLICY,
             handlers={PAY: purpose},
-            claim=claim_sender(node.db_path, db.conn, node.signer.address, owner="test"),
+            claim=claim_sender(
+                node.db_path, db.conn, node.signer.address, owner="test",
+                chain_id=node.signer.chain_id,
+            ),
             clock=node.clock,
         )  # fmt: skip
         try:
@@ -469,8 +475,8 @@ def test_the_ledger_records_final_once_per_settlement_and_a_reorg_clears_it(
     signed = signer.sign(Call(to=signer.address, data=b"", value=0, gas_limit=21_000),
                          nonce=0, fees=FAIR)  # fmt: skip
     with atomic(conn):
-        tx_id = ledger.insert(conn, signed, Purpose(PAY), sender=signer.address, now=1.0,
-                              idempotency_key="pay:ledger")  # fmt: skip
+        tx_id = ledger.insert(conn, signed, Purpose(PAY), sender=signer.address,
+                              chain_id=31337, now=1.0, idempotency_key="pay:ledger")  # fmt: skip
     ledger.mark_accepted(conn, [tx_id], now=2.0)
     ledger.set_status(conn, tx_id, ledger.TxStatus.MINED, now=3.0, mined_block=7,
                       mined_block_hash="0xaa")  # fmt: skip
@@ -480,20 +486,22 @@ def test_the_ledger_records_final_once_per_settlement_and_a_reorg_clears_it(
         assert found is not None
         return found
 
-    assert [t.id for t in ledger.unfinal(conn, signer.address, up_to_block=6, limit=9)] == []
-    (candidate,) = ledger.unfinal(conn, signer.address, up_to_block=7, limit=9)
+    assert [
+        t.id for t in ledger.unfinal(conn, signer.address, chain_id=31337, up_to_block=6, limit=9)
+    ] == []
+    (candidate,) = ledger.unfinal(conn, signer.address, chain_id=31337, up_to_block=7, limit=9)
     stale = dataclasses.replace(candidate, mined_block_hash="0xbb")  # judged on another block
     with atomic(conn):
         assert not ledger.mark_final(conn, stale, head=10, now=4.0, note="final: x")
         assert ledger.mark_final(conn, candidate, head=10, now=4.0, note="final: x")
         assert not ledger.mark_final(conn, candidate, head=11, now=5.0, note="final: y")
     assert current().final_at == 4.0
-    assert ledger.unfinal(conn, signer.address, up_to_block=99, limit=9) == []
+    assert ledger.unfinal(conn, signer.address, chain_id=31337, up_to_block=99, limit=9) == []
     ledger.reopen(conn, tx_id, now=6.0, reason="block 7 was reorged away", head=12)
     assert current().final_at is None and current().is_open
     ledger.set_status(conn, tx_id, ledger.TxStatus.MINED, now=7.0, mined_block=9,
                       mined_block_hash="0xcc")  # fmt: skip
-    (again,) = ledger.unfinal(conn, signer.address, up_to_block=9, limit=9)
+    (again,) = ledger.unfinal(conn, signer.address, chain_id=31337, up_to_block=9, limit=9)
     with atomic(conn):
         assert ledger.mark_final(conn, again, head=13, now=8.0, note="final: z")
     notes = [h["note"] for h in state.history(conn, ledger.TX_MACHINE, str(tx_id))]
@@ -510,7 +518,10 @@ async def test_the_chain_view_costs_no_request_unless_a_purpose_reads_it(node: N
         manager = TxManager(
             db=db, rpc=RpcClient([proxy.url]), signer=node.signer, policy=POLICY,
             handlers={PAY: purpose},
-            claim=claim_sender(node.db_path, db.conn, node.signer.address, owner="test"),
+            claim=claim_sender(
+                node.db_path, db.conn, node.signer.address, owner="test",
+                chain_id=node.signer.chain_id,
+            ),
             clock=node.clock,
         )  # fmt: skip
         try:

@@ -106,8 +106,8 @@ class Setup:
         signed = self.signer.sign(call, nonce=nonce, fees=fees)
         with atomic(self.conn):
             ledger.insert(
-                self.conn, signed, Purpose(NOTE), sender=self.signer.address, now=self.clock(),
-                idempotency_key=_key(),
+                self.conn, signed, Purpose(NOTE), sender=self.signer.address,
+                chain_id=self.signer.chain_id, now=self.clock(), idempotency_key=_key(),
             )  # fmt: skip
         return signed
 
@@ -125,7 +125,13 @@ async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
             signer=signer,
             policy=POLICY,
             handlers={NOTE: purpose},
-            claim=claim_sender(tmp_path / "tx.db", db.conn, signer.address, owner="test"),
+            claim=claim_sender(
+                tmp_path / "tx.db",
+                db.conn,
+                signer.address,
+                owner="test",
+                chain_id=signer.chain_id,
+            ),
             clock=clock,
         )
         yield Setup(node, manager, signer, connect(tmp_path / "tx.db"), purpose, clock)
@@ -258,7 +264,13 @@ def test_a_reorged_out_transaction_reopens_through_the_machine_and_a_gap_revives
     first = signer.sign(call, nonce=0, fees=FAIR)
     with atomic(conn):
         tx_id = ledger.insert(
-            conn, first, Purpose(NOTE), sender=signer.address, now=1.0, idempotency_key=_key()
+            conn,
+            first,
+            Purpose(NOTE),
+            sender=signer.address,
+            chain_id=31337,
+            now=1.0,
+            idempotency_key=_key(),
         )
     ledger.mark_accepted(conn, [tx_id], now=2.0)
     ledger.set_status(
@@ -273,10 +285,11 @@ def test_a_reorged_out_transaction_reopens_through_the_machine_and_a_gap_revives
     assert (row["status"], row["mined_block"], row["held_at_head"]) == ("BROADCAST", None, 9)
     bumped = signer.sign(call, nonce=0, fees=Fees(max_fee_per_gas=6 * GWEI,
                                                   max_priority_fee_per_gas=2 * GWEI))  # fmt: skip
-    old = ledger.open_txs(conn, signer.address)[0]
+    old = ledger.open_txs(conn, signer.address, chain_id=31337)[0]
     with atomic(conn):
         new_id = ledger.insert(
-            conn, bumped, Purpose(NOTE), sender=signer.address, now=5.0, replaces=old,
+            conn, bumped, Purpose(NOTE), sender=signer.address, chain_id=31337, now=5.0,
+            replaces=old,
             replaced_reason="stuck", idempotency_key=ledger.replacement_key(old),
         )  # fmt: skip
     assert not ledger.revive(conn, tx_id, now=6.0, reason="gap")  # the nonce is held
@@ -351,12 +364,14 @@ async def test_recording_an_already_recorded_transaction_returns_its_row(setup: 
     signed = setup.signer.sign(transfer(setup), nonce=0, fees=FAIR)
     with atomic(setup.conn):
         first = ledger.insert(
-            setup.conn, signed, Purpose(NOTE), sender=setup.signer.address, now=1,
+            setup.conn, signed, Purpose(NOTE), sender=setup.signer.address,
+            chain_id=setup.signer.chain_id, now=1,
             idempotency_key="note:1",
         )  # fmt: skip
     with atomic(setup.conn):
         again = ledger.insert(
-            setup.conn, signed, Purpose(NOTE), sender=setup.signer.address, now=2,
+            setup.conn, signed, Purpose(NOTE), sender=setup.signer.address,
+            chain_id=setup.signer.chain_id, now=2,
             idempotency_key="note:1",
         )  # fmt: skip
     assert first == again

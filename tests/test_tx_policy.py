@@ -156,7 +156,8 @@ def _tx_row(conn: sqlite3.Connection, nonce: int) -> int:
     signer = LocalSigner(DEV_KEY, chain_id=31337)
     signed = signer.sign(transfer(1), nonce=nonce, fees=FAIR)
     with atomic(conn):
-        return ledger.insert(conn, signed, Purpose("pay"), sender=SENDER, now=0.0,
+        return ledger.insert(conn, signed, Purpose("pay"), sender=SENDER, chain_id=31337,
+                             now=0.0,
                              idempotency_key=f"pay:{nonce}")  # fmt: skip
 
 
@@ -204,7 +205,13 @@ class Setup:
             signer=self.signer,
             policy=TX_POLICY,
             handlers={PAY_KIND: PayPurpose()},  # record() signs only kinds someone judges
-            claim=claim_sender(self.db_path, db.conn, self.signer.address, owner="test"),
+            claim=claim_sender(
+                self.db_path,
+                db.conn,
+                self.signer.address,
+                owner="test",
+                chain_id=self.signer.chain_id,
+            ),
             clock=self.clock,
             spend_policy=policy,
         )

@@ -164,9 +164,12 @@ def test_a_row_signed_by_another_key_or_for_another_chain_is_refused(tmp_path: P
         fees = Fees(gas_price=GWEI) if name == "legacy" else FAIR
         signed = signer.sign(call, nonce=0, fees=fees)
         with atomic(conn):
-            ledger.insert(conn, signed, Purpose(PAY, name), sender=ours.address, now=1.0,
+            ledger.insert(conn, signed, Purpose(PAY, name), sender=ours.address,
+                          chain_id=CHAIN, now=1.0,
                           idempotency_key=name)  # fmt: skip
-    rows = {tx.purpose.subject: tx for tx in ledger.at_nonces(conn, ours.address, [0])}
+    rows = {
+        tx.purpose.subject: tx for tx in ledger.at_nonces(conn, ours.address, [0], chain_id=CHAIN)
+    }
     for name in ("ours", "legacy"):
         assert replacements.signed_call(rows[name], sender=ours.address, chain_id=CHAIN) == call
     with pytest.raises(LedgerTamperedError, match="signed by"):
@@ -340,8 +343,10 @@ async def test_open_rows_of_unregistered_purpose_kinds_stop_the_start_with_their
     for nonce, kind in enumerate(("mint", "distribute", PAY)):
         signed = world.signer.sign(world.payment(kind).call, nonce=nonce, fees=FAIR)
         with atomic(conn):
-            ledger.insert(conn, signed, Purpose(kind, "s"), sender=world.signer.address,
-                          now=1.0, idempotency_key=kind)  # fmt: skip
+            ledger.insert(
+                conn, signed, Purpose(kind, "s"), sender=world.signer.address,
+                chain_id=world.signer.chain_id, now=1.0, idempotency_key=kind,
+            )  # fmt: skip
     async with world.manager() as manager:
         with pytest.raises(UnregisteredPurposeError, match="distribute, mint"):
             await manager.start()

@@ -217,7 +217,8 @@ async def rig(node: Anvil, tmp_path: Path, request: pytest.FixtureRequest) -> As
     manager = TxManager(
         db=db, rpc=rpc, signer=signer, handlers={sample.PURPOSE: sample.NotePurpose()},
         policy=TxPolicy(fees=FEES, confirmations=0, absent_after_s=0.3),
-        claim=claim_sender(path, db.conn, signer.address, owner=OWNER), clock=clock,
+        claim=claim_sender(path, db.conn, signer.address, owner=OWNER, chain_id=signer.chain_id),
+        clock=clock,
     )  # fmt: skip
     source = NoteSource(db, node.rpc_url, manager)
     readiness: ReadinessCheck | None = None
@@ -280,13 +281,13 @@ def _paused(rig: Rig) -> str | None:
 @pytest.mark.parametrize("rig", [{"halts": (halt.INDEXER,)}], indirect=True)
 async def test_nothing_is_signed_while_a_respected_worker_is_halted(rig: Rig) -> None:
     ids = rig.add_notes(3)
-    assert halt.halt(rig.conn, "the RPC serves another chain")
+    assert halt.halt(rig.conn, "the RPC serves another chain", worker=halt.INDEXER)
     with capture_logs() as logs:
         await rig.step(5)
     paused = [e for e in logs if e["event"] == "sending_paused"]
     assert [e["reason"] for e in paused] == ["the indexer is halted: the RPC serves another chain"]
     assert rig.source.open_at_claim == [] and rig.ledger() == []
-    halt.resume(rig.conn, by="operator")
+    halt.resume(rig.conn, by="operator", worker=halt.INDEXER)
     await rig.run_until_sent(len(ids))
     assert rig.sent_on_chain() == {i: 1 for i in ids}
 

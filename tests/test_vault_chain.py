@@ -179,7 +179,9 @@ async def test_the_manager_sends_from_a_vault_wallet_through_any_signer(
     manager = TxManager(
         db=db, rpc=RpcClient([anvil.rpc_url]), signer=service, policy=POLICY,
         handlers={NOTE: purpose},
-        claim=claim_sender(tmp_path / "vault.db", db.conn, wallet, owner="test"),
+        claim=claim_sender(
+            tmp_path / "vault.db", db.conn, wallet, owner="test", chain_id=anvil.chain_id
+        ),
     )  # fmt: skip
     try:
         await manager.start()

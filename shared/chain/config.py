@@ -40,6 +40,9 @@ class PollerConfig:
     unhealthy_after_polls: int
     #: the setting that moves the filters' start block (named in warnings)
     start_setting: str = "HODLAI_START_BLOCK"
+    #: the operator's command that clears its halt, named in its log lines and /healthz
+    #: ("": ``hodlai poller-resume <name>``, which clears any poller's)
+    resume_command: str = ""
 
 
 class ProgressReporter(Protocol):

@@ -14,11 +14,12 @@ and index chain 56's requests. Real reorgs are shallow and stay on one chain, so
   the rollback certainly undoes.
 
 Then the poller halts (shared/halt.py: a row in ``halts`` under the poller's name, so a
-restart stays halted and a signer that depends on it, like the oracle's fulfiller, signs
-nothing), logs ``indexer_halted`` at error level and sets its halted gauge (the indexer's:
-``hodlai_indexer_halted``). Nothing is removed. ``hodlai <name>-resume`` (``hodlai
-indexer-resume``) clears it; with ``--allow-rollback`` the next refused rollback goes
-through once.
+restart stays halted, a signer that depends on it, like the oracle's fulfiller, signs
+nothing, and pollers of other names, on this chain or others, carry on), logs
+``indexer_halted`` at error level and sets its halted gauge (the indexer's:
+``hodlai_indexer_halted``). Nothing is removed. ``hodlai poller-resume <name>`` (the
+indexer's: ``hodlai indexer-resume``) clears it; with ``--allow-rollback`` the next refused
+rollback goes through once.
 """
 
 from __future__ import annotations
@@ -50,11 +51,13 @@ class Guard:
         max_reorg_depth: int,
         clock: Callable[[], float],
         halted_gauge: Gauge,
+        resume_command: str = "",
     ) -> None:
         self.db = db
         self.scanner = scanner
         #: the name its halts are recorded under (shared/halt.py): the poller's
         self.worker = worker
+        self._resume_command = resume_command or f"hodlai poller-resume {worker}"
         self.max_reorg_depth = max_reorg_depth
         self.clock = clock
         self._gauge = halted_gauge
@@ -150,4 +153,4 @@ class Guard:
     @property
     def resume_command(self) -> str:
         """The operator's command that clears this poller's halt."""
-        return f"hodlai {self.worker}-resume"
+        return self._resume_command

@@ -3,9 +3,13 @@
 Tables (the core's, shared/migrations/core): ``cursors`` (one row per poller, by name: the
 last block whose logs are all stored), ``blocks`` (hashes of accepted blocks: range ends,
 bloom-window headers, blocks logs came from; pruned below the history window) and
-``reorgs`` (one row per rollback).
+``reorgs`` (one row per rollback). ``blocks`` and ``reorgs`` are keyed by the poller's name
+too (core migration 15), like its cursor.
 
 Guarantees:
+- Every read and write here names its poller: pollers on different chains, or with different
+  confirmations or history windows, never read, prune or roll back each other's block
+  hashes, however their block numbers overlap.
 - :func:`commit_range` stores a range's sink writes, the hashes of its blocks and the new
   cursor together, or nothing: a process killed at any instant resumes from a cursor whose
   logs are all stored. It refuses (TransitionConflict) when the stored cursor is not where
@@ -54,7 +58,8 @@ def read_anchor(conn: sqlite3.Connection, name: str, start_block: int) -> Anchor
     stored = stored_cursor(conn, name)
     number = stored if stored is not None else start_block - 1
     block = conn.execute(
-        "SELECT number, hash, parent_hash FROM blocks WHERE number = ?", (number,)
+        "SELECT number, hash, parent_hash FROM blocks WHERE poller = ? AND number = ?",
+        (name, number),
     ).fetchone()
     header = BlockHeader(block[0], block[1], block[2]) if block is not None else None
     return Anchor(number=number, header=header)
@@ -65,12 +70,13 @@ def stored_cursor(conn: sqlite3.Connection, name: str) -> int | None:
     return int(row[0]) if row is not None else None
 
 
-def stored_hashes(conn: sqlite3.Connection, first: int, last: int) -> dict[int, str]:
-    """Stored block hashes of blocks ``first`` to ``last``."""
+def stored_hashes(conn: sqlite3.Connection, name: str, first: int, last: int) -> dict[int, str]:
+    """Poller ``name``'s stored block hashes of blocks ``first`` to ``last``."""
     return {
         int(row[0]): str(row[1])
         for row in conn.execute(
-            "SELECT number, hash FROM blocks WHERE number BETWEEN ? AND ?", (first, last)
+            "SELECT number, hash FROM blocks WHERE poller = ? AND number BETWEEN ? AND ?",
+            (name, first, last),
         )
     }
 
@@ -105,9 +111,10 @@ def commit_range(
                 f"{name} writing to this database?"
             )
         result = apply()
-        _store_blocks(conn, log_blocks, [*headers, range_end], now)
+        _store_blocks(conn, name, log_blocks, [*headers, range_end], now)
         _write_cursor(conn, name, new_cursor, now)
-        conn.execute("DELETE FROM blocks WHERE number < ?", (new_cursor - history_blocks,))
+        oldest_kept = new_cursor - history_blocks
+        conn.execute("DELETE FROM blocks WHERE poller = ? AND number < ?", (name, oldest_kept))
     return result
 
 
@@ -127,7 +134,7 @@ def commit_rescan(
         if stored != cursor:
             raise TransitionConflict(f"{name} cursor moved to {stored} during a re-scan")
         result = apply()
-        _store_blocks(conn, log_blocks, [], now)
+        _store_blocks(conn, name, log_blocks, [], now)
     return result
 
 
@@ -146,12 +153,12 @@ def roll_back(
     sinks' rollbacks), the block hashes above it, the cursor, and a row in ``reorgs``."""
     with atomic(conn):
         result = undo()
-        conn.execute("DELETE FROM blocks WHERE number > ?", (ancestor,))
+        conn.execute("DELETE FROM blocks WHERE poller = ? AND number > ?", (name, ancestor))
         _write_cursor(conn, name, ancestor, now)
         conn.execute(
-            "INSERT INTO reorgs (detected_at, at_block, depth, deeper_than_confirmations, note) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (now, ancestor + 1, depth, int(deeper_than_confirmations), note),
+            "INSERT INTO reorgs (poller, detected_at, at_block, depth, deeper_than_confirmations,"
+            " note) VALUES (?, ?, ?, ?, ?, ?)",
+            (name, now, ancestor + 1, depth, int(deeper_than_confirmations), note),
         )
     return result
 
@@ -167,17 +174,18 @@ def _write_cursor(conn: sqlite3.Connection, name: str, number: int, now: float) 
 
 def _store_blocks(
     conn: sqlite3.Connection,
+    name: str,
     log_blocks: Mapping[int, str],
     headers: Sequence[BlockHeader],
     at: float,
 ) -> None:
-    rows: list[tuple[int, str, str | None, float]] = [
-        (number, block_hash, None, at) for number, block_hash in log_blocks.items()
+    rows: list[tuple[str, int, str, str | None, float]] = [
+        (name, number, block_hash, None, at) for number, block_hash in log_blocks.items()
     ]
-    rows += [(h.number, h.hash, h.parent_hash, at) for h in headers]
+    rows += [(name, h.number, h.hash, h.parent_hash, at) for h in headers]
     conn.executemany(
-        "INSERT INTO blocks (number, hash, parent_hash, seen_at) VALUES (?, ?, ?, ?) "
-        "ON CONFLICT (number) DO UPDATE SET hash = excluded.hash, "
+        "INSERT INTO blocks (poller, number, hash, parent_hash, seen_at) VALUES (?, ?, ?, ?, ?) "
+        "ON CONFLICT (poller, number) DO UPDATE SET hash = excluded.hash, "
         "parent_hash = COALESCE(excluded.parent_hash, "
         "  CASE WHEN blocks.hash = excluded.hash THEN blocks.parent_hash END), "
         "seen_at = excluded.seen_at",

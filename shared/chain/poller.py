@@ -144,7 +144,8 @@ class LogPoller:
         #: the halt state, and what a rollback may do (guard.py)
         self.guard = Guard(db, self.scanner, worker=config.name, clock=clock,
                            max_reorg_depth=config.max_reorg_depth,
-                           halted_gauge=metrics.halted)  # fmt: skip
+                           halted_gauge=metrics.halted,
+                           resume_command=config.resume_command)  # fmt: skip
         #: the start block while it is above the chain head (waiting for it), else None
         self.waiting_for_start: int | None = None
         self._last_start_log = float("-inf")
@@ -531,7 +532,7 @@ class LogPoller:
         A rollback that cannot be an ordinary reorg halts instead (guard.py)."""
         self.pipeline.drop_prefetch()
         cursor = self.anchor.number
-        candidates = await self.db.run(reorg.stored_blocks, cursor)
+        candidates = await self.db.run(reorg.stored_blocks, self.name, cursor)
         plan = await reorg.plan_rollback(
             self.scanner, candidates, cursor=cursor, start_block=self.start_block
         )
@@ -616,7 +617,7 @@ class LogPoller:
         """Read recent accepted blocks again; hand the sinks whatever a lagging backend hid."""
         anchor = self.anchor
         found = await rescan.read_again(
-            self.scanner, self.db, self._registrations, anchor,
+            self.scanner, self.db, self._registrations, anchor, name=self.name,
             start_block=self.start_block, blocks=self.config.rescan_blocks,
         )  # fmt: skip
         if found.verdict is rescan.RescanVerdict.REORG_SUSPECTED:

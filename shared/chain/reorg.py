@@ -46,13 +46,14 @@ class AncestorSearch:
     lowest_replaced: int | None = None
 
 
-def stored_blocks(conn: sqlite3.Connection, up_to: int) -> list[BlockHeader]:
-    """Stored block hashes at or below ``up_to``, newest first."""
+def stored_blocks(conn: sqlite3.Connection, name: str, up_to: int) -> list[BlockHeader]:
+    """Poller ``name``'s stored block hashes at or below ``up_to``, newest first."""
     return [
         BlockHeader(number=row[0], hash=row[1], parent_hash=row[2])
         for row in conn.execute(
-            "SELECT number, hash, parent_hash FROM blocks WHERE number <= ? ORDER BY number DESC",
-            (up_to,),
+            "SELECT number, hash, parent_hash FROM blocks WHERE poller = ? AND number <= ? "
+            "ORDER BY number DESC",
+            (name, up_to),
         )
     ]
 

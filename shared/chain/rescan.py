@@ -65,11 +65,12 @@ async def read_again(
     registrations: Sequence[Registration],
     anchor: Anchor,
     *,
+    name: str,
     start_block: int,
     blocks: int,
 ) -> RescanRead:
-    """Read the last ``blocks`` accepted blocks up to ``anchor`` again, and say what of it
-    may be used (see the module docstring)."""
+    """Read the last ``blocks`` accepted blocks up to ``anchor`` of poller ``name`` again,
+    and say what of it may be used (see the module docstring)."""
     if anchor.header is None or anchor.number < start_block:
         return RescanRead(RescanVerdict.SKIPPED)
     rng = LogRange(max(start_block, anchor.number - blocks + 1), anchor.number)
@@ -83,7 +84,7 @@ async def read_again(
     if answer.range_end.hash != anchor.header.hash:
         return RescanRead(RescanVerdict.REORG_SUSPECTED, "re-scan sees another hash for the cursor")
     log_blocks = route(registrations, answer.logs, rng.first).blocks
-    stored = await db.run(history.stored_hashes, rng.first, rng.last)
+    stored = await db.run(history.stored_hashes, name, rng.first, rng.last)
     doubtful = sorted(n for n, h in log_blocks.items() if stored.get(n) != h)
     if doubtful:
         chain = await scanner.headers(doubtful)

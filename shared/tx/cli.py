@@ -61,8 +61,8 @@ def _address(text: str) -> str:
 def senders(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     """Every sender row with its active halt (None when it signs)."""
     rows = conn.execute(
-        "SELECT address, owner, host, pid, generation, acquired_at, heartbeat_at FROM senders "
-        "ORDER BY address"
+        "SELECT address, chain_id, owner, host, pid, generation, acquired_at, heartbeat_at "
+        "FROM senders ORDER BY address, chain_id"
     ).fetchall()
     out: list[dict[str, Any]] = []
     for row in rows:
@@ -90,7 +90,8 @@ def _list(args: argparse.Namespace) -> int:
     for row in found:
         state = f"HALTED: {row['halted']}" if row["halted"] else "signing"
         print(
-            f"{row['address']}  {row['owner']} pid {row['pid']} on {row['host']}  "
+            f"{row['address']} on chain {row['chain_id']}  {row['owner']} pid {row['pid']} on "
+            f"{row['host']}  "
             f"generation {row['generation']}  {state}"
         )
     return 0

@@ -19,6 +19,9 @@ Guarantees:
   finality was judged on; a reorg that reopens the row clears it (a new settlement, a new
   FINAL). So FINAL is told exactly once per settlement, across restarts.
 - Rows are never deleted: the table is the audit trail of everything the key signed.
+- Every row carries the chain it was signed for (``chain_id``, core migration 15), and every
+  query of a sender's rows names the chain too: one key may send on several chains, each
+  with its own nonce sequence, open rows, gaps and finality, which never see each other.
 - Every status change goes through the core's transition function on :data:`TX_MACHINE`
   (shared/state), so each one has an audit row in ``transitions`` (machine ``core.tx``, the
   row id) with the reason: ``state.history(conn, TX_MACHINE, str(tx_id))`` is the life of a
@@ -147,6 +150,9 @@ class TxRecord:
     idempotency_key: str | None = None
     #: when its purpose was told FINAL (None: not yet, or not settled)
     final_at: float | None = None
+    #: the chain it was signed for (None: recorded before migration 15 on a database that
+    #: named no chain, until a manager of its sender adopts it: :func:`adopt_unchained`)
+    chain_id: int | None = None
 
     @property
     def is_open(self) -> bool:
@@ -161,7 +167,7 @@ _COLUMNS: Final = (
     "id, purpose, subject, version, fingerprint, sender, nonce, tx_hash, raw_tx, "
     "to_address, value_wei, calldata, gas_limit, max_fee_per_gas, max_priority_fee_per_gas, "
     "gas_price, status, replaces_tx_id, error, created_at, broadcast_at, mined_block, "
-    "mined_block_hash, held_at_head, simulated_block, idempotency_key, final_at"
+    "mined_block_hash, held_at_head, simulated_block, idempotency_key, final_at, chain_id"
 )
 
 
@@ -205,6 +211,7 @@ def _record(row: sqlite3.Row) -> TxRecord:
         simulated_block=row["simulated_block"],
         idempotency_key=row["idempotency_key"],
         final_at=row["final_at"],
+        chain_id=row["chain_id"],
     )
 
 
@@ -214,6 +221,7 @@ def insert(
     purpose: Purpose,
     *,
     sender: str,
+    chain_id: int,
     now: float,
     replaces: TxRecord | None = None,
     replaced_reason: str | None = None,
@@ -221,7 +229,8 @@ def insert(
     idempotency_key: str,
     fence: SenderClaim | None = None,
 ) -> int:
-    """Record ``signed`` as SIGNED (call inside ``atomic``). With ``replaces``, that row must
+    """Record ``signed``, signed by ``sender`` for ``chain_id``, as SIGNED (call inside
+    ``atomic``). With ``replaces``, that row must
     still be the open current transaction of the same nonce; it becomes REPLACED (CANCELLED
     when ``signed`` is a cancel) with ``replaced_reason``. With ``fence`` (the sender claim
     that signed it), raises SenderTakenOverError unless the key's ``senders`` row is still
@@ -234,8 +243,10 @@ def insert(
     if existing is not None:
         return int(existing[0])
     if replaces is not None:
-        if replaces.nonce != signed.nonce:
-            raise ValueError("a replacement must use the nonce of the transaction it replaces")
+        if replaces.nonce != signed.nonce or replaces.chain_id != chain_id:
+            raise ValueError(
+                "a replacement must use the nonce and chain of the transaction it replaces"
+            )
         superseded = TxStatus.CANCELLED if purpose.kind == CANCEL_PURPOSE else TxStatus.REPLACED
         if not _move(
             conn, replaces.id, superseded, now=now, note=replaced_reason or f"replaced by "
@@ -247,15 +258,15 @@ def insert(
         "INSERT INTO txs (purpose, subject, version, fingerprint, sender, nonce, tx_hash,"
         " raw_tx, to_address, value_wei, calldata, gas_limit, max_fee_per_gas,"
         " max_priority_fee_per_gas, gas_price, status, replaces_tx_id, created_at, updated_at,"
-        " simulated_block, idempotency_key)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'SIGNED', ?, ?, ?, ?, ?)",
+        " simulated_block, idempotency_key, chain_id)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'SIGNED', ?, ?, ?, ?, ?, ?)",
         (
             purpose.kind, purpose.subject, purpose.version, purpose.fingerprint,
             sender, signed.nonce, signed.tx_hash, signed.raw, signed.call.to,
             str(signed.call.value), "0x" + signed.call.data.hex(), signed.call.gas_limit,
             _wei(fees.max_fee_per_gas), _wei(fees.max_priority_fee_per_gas),
             _wei(fees.gas_price), replaces.id if replaces else None, now, now,
-            simulated_block, idempotency_key,
+            simulated_block, idempotency_key, chain_id,
         ),
     )  # fmt: skip
     assert cursor.lastrowid is not None
@@ -313,8 +324,8 @@ def revive(conn: sqlite3.Connection, tx_id: int, *, now: float, reason: str) -> 
     its nonce is held by another row."""
     with atomic(conn):
         held = conn.execute(
-            "SELECT 1 FROM txs t JOIN txs o ON o.sender = t.sender AND o.nonce = t.nonce"
-            " WHERE t.id = ? AND o.status IN ('SIGNED', 'BROADCAST')",
+            "SELECT 1 FROM txs t JOIN txs o ON o.sender = t.sender AND o.chain_id IS t.chain_id"
+            " AND o.nonce = t.nonce WHERE t.id = ? AND o.status IN ('SIGNED', 'BROADCAST')",
             (tx_id,),
         ).fetchone()
         if held is not None:
@@ -329,18 +340,32 @@ def _wei(value: int | None) -> str | None:
     return None if value is None else str(value)
 
 
-def open_txs(conn: sqlite3.Connection, sender: str) -> list[TxRecord]:
-    """The current transaction of every open nonce, lowest nonce first."""
+def adopt_unchained(conn: sqlite3.Connection, sender: str, *, chain_id: int) -> int:
+    """Give ``sender``'s rows that name no chain (recorded before migration 15 on a database
+    that recorded no chain id) the chain of the manager that now sends with the key; returns
+    how many. Once set, a row's chain never changes (trigger ``trg_txs_chain_frozen``)."""
+    with atomic(conn):
+        return conn.execute(
+            "UPDATE txs SET chain_id = ? WHERE sender = ? AND chain_id IS NULL",
+            (chain_id, sender),
+        ).rowcount
+
+
+def open_txs(conn: sqlite3.Connection, sender: str, *, chain_id: int | None) -> list[TxRecord]:
+    """The current transaction of every open nonce of ``sender`` on ``chain_id``, lowest
+    nonce first."""
     rows = conn.execute(
         f"SELECT {_COLUMNS} FROM txs WHERE status IN ('SIGNED', 'BROADCAST') AND sender = ? "
-        "ORDER BY nonce, id",
-        (sender,),
+        "AND chain_id IS ? ORDER BY nonce, id",
+        (sender, chain_id),
     ).fetchall()
     return [_record(r) for r in rows]
 
 
-def at_nonces(conn: sqlite3.Connection, sender: str, nonces: Iterable[int]) -> list[TxRecord]:
-    """Every row (current and superseded) at the given nonces."""
+def at_nonces(
+    conn: sqlite3.Connection, sender: str, nonces: Iterable[int], *, chain_id: int | None
+) -> list[TxRecord]:
+    """Every row (current and superseded) at the given nonces of ``sender`` on ``chain_id``."""
     wanted = sorted(set(nonces))
     out: list[TxRecord] = []
     # Chunked: SQLite limits the number of bound parameters per statement.
@@ -350,36 +375,42 @@ def at_nonces(conn: sqlite3.Connection, sender: str, nonces: Iterable[int]) -> l
         out += [
             _record(r)
             for r in conn.execute(
-                f"SELECT {_COLUMNS} FROM txs WHERE sender = ? AND nonce IN ({marks}) "
-                "ORDER BY nonce, id",
-                (sender, *chunk),
+                f"SELECT {_COLUMNS} FROM txs WHERE sender = ? AND chain_id IS ? "
+                f"AND nonce IN ({marks}) ORDER BY nonce, id",
+                (sender, chain_id, *chunk),
             )
         ]
     return out
 
 
-def recent_mined(conn: sqlite3.Connection, sender: str, from_block: int) -> list[TxRecord]:
+def recent_mined(
+    conn: sqlite3.Connection, sender: str, from_block: int, *, chain_id: int | None
+) -> list[TxRecord]:
     """MINED and REVERTED rows in blocks ``from_block`` and above, highest block first: the
     ones a reorg could still take out (a revert is an outcome a purpose was told, too)."""
     rows = conn.execute(
-        f"SELECT {_COLUMNS} FROM txs WHERE sender = ? AND status IN ('MINED', 'REVERTED') "
-        "AND mined_block >= ? ORDER BY mined_block DESC, nonce",
-        (sender, from_block),
+        f"SELECT {_COLUMNS} FROM txs WHERE sender = ? AND chain_id IS ? "
+        "AND status IN ('MINED', 'REVERTED') AND mined_block >= ? "
+        "ORDER BY mined_block DESC, nonce",
+        (sender, chain_id, from_block),
     ).fetchall()
     return [_record(r) for r in rows]
 
 
-def settled_floor(conn: sqlite3.Connection, sender: str) -> int:
+def settled_floor(conn: sqlite3.Connection, sender: str, *, chain_id: int | None) -> int:
     """One above the highest nonce at which a transaction of ours is MINED or REVERTED: the
     chain has consumed every nonce below it, whatever a lagging node says (0 when none)."""
     row = conn.execute(
-        "SELECT MAX(nonce) FROM txs WHERE sender = ? AND status IN ('MINED', 'REVERTED')",
-        (sender,),
+        "SELECT MAX(nonce) FROM txs WHERE sender = ? AND chain_id IS ? "
+        "AND status IN ('MINED', 'REVERTED')",
+        (sender, chain_id),
     ).fetchone()
     return 0 if row[0] is None else int(row[0]) + 1
 
 
-def settled_nonces(conn: sqlite3.Connection, sender: str, nonces: Iterable[int]) -> set[int]:
+def settled_nonces(
+    conn: sqlite3.Connection, sender: str, nonces: Iterable[int], *, chain_id: int | None
+) -> set[int]:
     """Of ``nonces``, those at which a transaction of ours is MINED or REVERTED."""
     wanted = sorted(set(nonces))
     out: set[int] = set()
@@ -389,17 +420,19 @@ def settled_nonces(conn: sqlite3.Connection, sender: str, nonces: Iterable[int])
         out |= {
             r[0]
             for r in conn.execute(
-                f"SELECT DISTINCT nonce FROM txs WHERE sender = ? AND nonce IN ({marks}) "
-                "AND status IN ('MINED', 'REVERTED')",
-                (sender, *chunk),
+                f"SELECT DISTINCT nonce FROM txs WHERE sender = ? AND chain_id IS ? "
+                f"AND nonce IN ({marks}) AND status IN ('MINED', 'REVERTED')",
+                (sender, chain_id, *chunk),
             )
         }
     return out
 
 
-def next_unused_nonce(conn: sqlite3.Connection, sender: str) -> int:
-    """One above the highest nonce ever recorded for ``sender`` (0 when none)."""
-    row = conn.execute("SELECT MAX(nonce) FROM txs WHERE sender = ?", (sender,)).fetchone()
+def next_unused_nonce(conn: sqlite3.Connection, sender: str, *, chain_id: int | None) -> int:
+    """One above the highest nonce ever recorded for ``sender`` on ``chain_id`` (0 when none)."""
+    row = conn.execute(
+        "SELECT MAX(nonce) FROM txs WHERE sender = ? AND chain_id IS ?", (sender, chain_id)
+    ).fetchone()
     return 0 if row[0] is None else int(row[0]) + 1
 
 
@@ -489,15 +522,15 @@ def get(conn: sqlite3.Connection, tx_id: int) -> TxRecord | None:
 
 
 def unfinal(
-    conn: sqlite3.Connection, sender: str, *, up_to_block: int, limit: int
+    conn: sqlite3.Connection, sender: str, *, chain_id: int | None, up_to_block: int, limit: int
 ) -> list[TxRecord]:
     """Settled rows (MINED / REVERTED) in blocks at or below ``up_to_block`` whose purpose was
     not told FINAL yet, oldest block first, at most ``limit``."""
     rows = conn.execute(
-        f"SELECT {_COLUMNS} FROM txs WHERE sender = ? AND final_at IS NULL "
+        f"SELECT {_COLUMNS} FROM txs WHERE sender = ? AND chain_id IS ? AND final_at IS NULL "
         "AND status IN ('MINED', 'REVERTED') AND mined_block <= ? "
         "ORDER BY mined_block, nonce LIMIT ?",
-        (sender, up_to_block, limit),
+        (sender, chain_id, up_to_block, limit),
     ).fetchall()
     return [_record(r) for r in rows]
 

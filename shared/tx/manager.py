@@ -1,4 +1,5 @@
-"""The transaction manager: one key, many transactions in flight, each nonce used once.
+"""The transaction manager: one key on one chain, many transactions in flight, each nonce
+used once.
 
 It is generic: it knows calls, nonces, fees and receipts, not requests. What a transaction is
 *for* is a :class:`~shared.tx.ledger.Purpose`, judged by the
@@ -13,7 +14,10 @@ one for 'fulfil'; later executors register theirs). Guarantees:
   it: a violation skips that submission (SpendPolicyError naming the rule), signs nothing
   and uses no nonce.
 - It signs only while it holds its key's sender claim (shared/tx/senders.py): one process per
-  key across processes, refreshed by a heartbeat every poll.
+  (key, chain) across processes, refreshed by a heartbeat every poll.
+- It sends on its signer's chain (:attr:`TxManager.chain_id`) and sees only the ledger rows of
+  (its key, that chain): the same key on another chain is another manager, with its own
+  nonce sequence, that never touches these rows (shared/tx/ledger.py).
 - At most ``window`` nonces are open at once; within them transactions are pipelined (sent
   without waiting for the previous receipt) with consecutive nonces.
 - Every poll (:meth:`TxManager.poll`) reads the head, the nonce count and the receipts of
@@ -209,9 +213,9 @@ class TxManager:
         require_durable(db.conn, who="the transaction manager")
         #: checked before each new submission is signed (shared/tx/policy.py); None: any call
         self.spend_policy = spend_policy
-        if claim.key_lock is not None and claim.key_lock.chain_id != signer.chain_id:
+        if claim.chain_id != signer.chain_id:
             raise ValueError(
-                f"the sender claim is for chain {claim.key_lock.chain_id}, the signer for "
+                f"the sender claim is for chain {claim.chain_id}, the signer for "
                 f"chain {signer.chain_id}"
             )
         self._claim = claim
@@ -245,6 +249,13 @@ class TxManager:
         return self._signer.address
 
     @property
+    def chain_id(self) -> int:
+        """The chain this manager sends on: its signer's. Its ledger rows, nonces and sender
+        claim are those of (sender, chain id); the same key on another chain is another
+        manager's."""
+        return self._signer.chain_id
+
+    @property
     def in_flight(self) -> int:
         """Open nonces (signed, not yet settled)."""
         return self._open_nonces
@@ -273,7 +284,10 @@ class TxManager:
     async def start(self) -> PollReport:
         """Refuse open rows of unregistered purpose kinds; reconcile nonces with the ledger and
         the chain; broadcast every unsettled, still valid tx again (cancel the invalid)."""
-        kinds = set(await self._db.run(_open_kinds, self.sender))
+        adopted = await self._db.run(ledger.adopt_unchained, self.sender, chain_id=self.chain_id)
+        if adopted:
+            log.info("tx_rows_adopted", sender=self.sender, chain_id=self.chain_id, rows=adopted)
+        kinds = set(await self._db.run(_open_kinds, self.sender, self.chain_id))
         unknown = sorted(kinds - set(self._handlers) - {CANCEL_PURPOSE})
         if unknown:
             raise UnregisteredPurposeError(
@@ -287,7 +301,9 @@ class TxManager:
                 RpcCall("eth_getTransactionCount", [self.sender, "pending"]),
             ]
         )
-        recorded_next = await self._db.run(ledger.next_unused_nonce, self.sender)
+        recorded_next = await self._db.run(
+            ledger.next_unused_nonce, self.sender, chain_id=self.chain_id
+        )
         self._nonces.reconcile(
             recorded_next=recorded_next,
             chain_latest=hex_int(latest_raw),
@@ -362,7 +378,8 @@ class TxManager:
                 try:
                     with atomic(conn):  # a savepoint: one refused bind undoes only its own row
                         tx_id = ledger.insert(
-                            conn, signed, sub.purpose, sender=self.sender, now=now,
+                            conn, signed, sub.purpose, sender=self.sender,
+                            chain_id=self.chain_id, now=now,
                             simulated_block=sub.simulated_block, idempotency_key=sub.key,
                         )  # fmt: skip
                         record_spends(conn, tx_id, sender=self.sender, moved=moved, now=now)
@@ -451,6 +468,7 @@ class TxManager:
             watch.snapshot,
             self.sender,
             self._handlers,
+            chain_id=self.chain_id,
             mined_since_block=None if best is None else best - self.policy.reorg_watch_blocks,
             final_up_to_block=None if best is None else best - self.policy.confirmations,
             now=now,
@@ -589,7 +607,7 @@ class TxManager:
     async def _halt_for_foreign_nonce(self, report: PollReport, *, head: int, now: float) -> None:
         """A nonce of this key was consumed by a transaction we did not sign: someone else
         signs with our key. Halt it for an operator (see the module docstring)."""
-        detail = await self._db.run(_last_dropped, self.sender)
+        detail = await self._db.run(_last_dropped, self.sender, self.chain_id)
         reason = (
             f"a nonce of {self.sender} was used by a transaction this node did not sign "
             f"({detail}): another signer holds this key; nothing more is signed with it"
@@ -603,7 +621,10 @@ class TxManager:
 
     async def _finish(self, report: PollReport, head: int) -> PollReport:
         self._open_nonces = len(
-            {tx.nonce for tx in await self._db.run(ledger.open_txs, self.sender)}
+            {
+                tx.nonce
+                for tx in await self._db.run(ledger.open_txs, self.sender, chain_id=self.chain_id)
+            }
         )
         report.open_nonces = self._open_nonces
         TXS_IN_FLIGHT.set(self._open_nonces)
@@ -928,6 +949,7 @@ class TxManager:
                             tx,
                             plan.purpose,
                             sender=self.sender,
+                            chain_id=self.chain_id,
                             now=now,
                             replaces=plan.old,
                             replaced_reason=plan.reason,
@@ -994,7 +1016,8 @@ def _reopen_and_move(
                     mined_block=tx.mined_block, head=head,
                 )  # fmt: skip
             undo(
-                conn, handlers, tx, ledger.at_nonces(conn, tx.sender, [tx.nonce]),
+                conn, handlers, tx,
+                ledger.at_nonces(conn, tx.sender, [tx.nonce], chain_id=tx.chain_id),
                 detail=reason, now=now,
             )  # fmt: skip
         for seen, receipt in moved:
@@ -1039,20 +1062,23 @@ def _ok(answer: Any) -> Any:
     return answer
 
 
-def _open_kinds(conn: sqlite3.Connection, sender: str) -> list[str]:
-    """The purpose kinds of ``sender``'s open transactions."""
+def _open_kinds(conn: sqlite3.Connection, sender: str, chain_id: int) -> list[str]:
+    """The purpose kinds of ``sender``'s open transactions on ``chain_id``."""
     rows = conn.execute(
-        "SELECT DISTINCT purpose FROM txs WHERE sender = ? AND status IN ('SIGNED', 'BROADCAST')",
-        (sender,),
+        "SELECT DISTINCT purpose FROM txs WHERE sender = ? AND chain_id = ? "
+        "AND status IN ('SIGNED', 'BROADCAST')",
+        (sender, chain_id),
     ).fetchall()
     return [str(r[0]) for r in rows]
 
 
-def _last_dropped(conn: sqlite3.Connection, sender: str) -> str:
-    """Why ``sender``'s latest DROPPED row was dropped (the foreign transaction's hash)."""
+def _last_dropped(conn: sqlite3.Connection, sender: str, chain_id: int) -> str:
+    """Why ``sender``'s latest DROPPED row on ``chain_id`` was dropped (the foreign
+    transaction's hash)."""
     row = conn.execute(
-        "SELECT error FROM txs WHERE sender = ? AND status = 'DROPPED' ORDER BY id DESC LIMIT 1",
-        (sender,),
+        "SELECT error FROM txs WHERE sender = ? AND chain_id = ? AND status = 'DROPPED' "
+        "ORDER BY id DESC LIMIT 1",
+        (sender, chain_id),
     ).fetchone()
     return "unknown" if row is None or row[0] is None else str(row[0])
 

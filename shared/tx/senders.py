@@ -1,16 +1,19 @@
-"""One owner per sending key, across processes.
+"""One owner per sending key and chain, across processes.
 
 Two processes signing with one key would hand out the same nonces and replace each other's
 transactions. So a process signs with a key only while it holds all three:
 
-- the key's OS lock on the database file (shared.instance: an open-file-description lock on
-  one byte per key, taken on the file's inode, released by the kernel however the process
-  ends). A second process on this machine is refused, whatever path or link it was given,
-  while two executors with different keys run side by side;
+- the key's OS lock on the database file for that chain (shared.instance: an
+  open-file-description lock on one byte per key and chain, taken on the file's inode,
+  released by the kernel however the process ends). A second process on this machine is
+  refused, whatever path or link it was given, while two executors with different keys, or
+  one key on two chains, run side by side;
 - the key's lock per (address, chain id) in the node's lock directory (shared.instance
   ``hold_key``, ``HODLAI_LOCK_DIR``): ownership is per key and chain, not per database file,
   so the same key used from a restored copy of the database (another file) is refused too;
-- the key's row in ``senders``, written when the locks are taken and refreshed by a heartbeat.
+- the key's row in ``senders`` for that chain (primary key (address, chain id): one key
+  sends on several chains, each with its own nonces, core migration 15), written when the
+  locks are taken and refreshed by a heartbeat.
   It names the owner (``hodlai`` shows it) and refuses a process on *another* machine while
   the row's heartbeat is fresh (the OS locks cannot see across machines).
 
@@ -56,11 +59,13 @@ class SenderClaim:
     address: str
     owner: str
     lock: RoleLock
+    #: the chain this claim signs for (a transaction manager's signer must match it)
+    chain_id: int
     host: str = field(default_factory=socket.gethostname)
     _last_beat: float = 0.0
     #: the row's generation this claim wrote (0: a claim made before fencing existed)
     generation: int = 0
-    #: the per-(key, chain) lock; None when the database names no chain yet
+    #: the per-(key, chain) lock in the node's lock directory
     key_lock: KeyLock | None = None
     pid: int = field(default_factory=os.getpid)
 
@@ -69,8 +74,9 @@ class SenderClaim:
         generation, host and process). Call it inside the transaction whose writes it
         fences: the check and the writes then commit together or not at all."""
         row = conn.execute(
-            "SELECT 1 FROM senders WHERE address = ? AND generation = ? AND host = ? AND pid = ?",
-            (self.address, self.generation, self.host, self.pid),
+            "SELECT 1 FROM senders WHERE address = ? AND chain_id = ? AND generation = ? "
+            "AND host = ? AND pid = ?",
+            (self.address, self.chain_id, self.generation, self.host, self.pid),
         ).fetchone()
         if row is None:
             raise SenderTakenOverError(self._taken_over())
@@ -84,9 +90,9 @@ class SenderClaim:
             return
         with atomic(conn):
             cursor = conn.execute(
-                "UPDATE senders SET heartbeat_at = ? WHERE address = ? AND generation = ? "
-                "AND host = ? AND pid = ?",
-                (at, self.address, self.generation, self.host, self.pid),
+                "UPDATE senders SET heartbeat_at = ? WHERE address = ? AND chain_id = ? "
+                "AND generation = ? AND host = ? AND pid = ?",
+                (at, self.address, self.chain_id, self.generation, self.host, self.pid),
             )
             if cursor.rowcount != 1:
                 raise SenderTakenOverError(self._taken_over())
@@ -94,7 +100,8 @@ class SenderClaim:
 
     def _taken_over(self) -> str:
         return (
-            f"the sending key {self.address} was taken over by another process (this claim: "
+            f"the sending key {self.address} on chain {self.chain_id} was taken over by another "
+            "process (this claim: "
             f"generation {self.generation}, pid {self.pid} on {self.host}); this one stops "
             "signing"
         )
@@ -104,9 +111,9 @@ class SenderClaim:
         if conn is not None:
             with atomic(conn):
                 conn.execute(
-                    "DELETE FROM senders WHERE address = ? AND generation = ? AND host = ? "
-                    "AND pid = ?",
-                    (self.address, self.generation, self.host, self.pid),
+                    "DELETE FROM senders WHERE address = ? AND chain_id = ? AND generation = ? "
+                    "AND host = ? AND pid = ?",
+                    (self.address, self.chain_id, self.generation, self.host, self.pid),
                 )
         self.lock.release()
         if self.key_lock is not None:
@@ -119,36 +126,30 @@ def claim_sender(
     address: str,
     *,
     owner: str,
+    chain_id: int,
     now: float | None = None,
-    chain_id: int | None = None,
     locks: Path | None = None,
 ) -> SenderClaim:
-    """Become the one process that signs with ``address`` on this database and chain, or
-    raise a ConfigError naming the current owner. ``chain_id`` defaults to the database's
-    (its identity in ``meta``); ``locks`` to shared.instance.lock_dir(db_path). A database
-    that names no chain yet gets the database-file lock only."""
+    """Become the one process that signs with ``address`` on ``chain_id`` (its signer's
+    chain) on this database, or raise a ConfigError naming the current owner. ``locks``
+    defaults to shared.instance.lock_dir(db_path). The same key on another chain is another
+    claim, which this one never refuses."""
     checksummed = to_checksum_address(address)
-    if chain_id is None:
-        chain_id = _database_chain(conn)
-    key_lock = (
-        None
-        if chain_id is None
-        else hold_key(
-            checksummed, chain_id, lock_dir(db_path) if locks is None else locks, db_path=db_path
-        )
+    key_lock = hold_key(
+        checksummed, chain_id, lock_dir(db_path) if locks is None else locks, db_path=db_path
     )
     try:
-        lock = hold_role(db_path, f"sender {checksummed}")
+        lock = hold_role(db_path, f"sender {checksummed} chain {chain_id}")
     except BaseException:
-        if key_lock is not None:
-            key_lock.release()
+        key_lock.release()
         raise
     host, at = socket.gethostname(), time.time() if now is None else now
     try:
         with atomic(conn):
             row = conn.execute(
-                "SELECT owner, host, pid, heartbeat_at FROM senders WHERE address = ?",
-                (checksummed,),
+                "SELECT owner, host, pid, heartbeat_at FROM senders WHERE address = ? "
+                "AND chain_id = ?",
+                (checksummed, chain_id),
             ).fetchone()
             if (
                 row is not None
@@ -156,34 +157,35 @@ def claim_sender(
                 and at - row["heartbeat_at"] < SENDER_STALE_S
             ):
                 raise ConfigError(
-                    f"the sending key {checksummed} is in use by {row['owner']} (pid "
+                    f"the sending key {checksummed} on chain {chain_id} is in use by "
+                    f"{row['owner']} (pid "
                     f"{row['pid']} on {row['host']}, heartbeat {at - row['heartbeat_at']:.0f} s "
                     "ago): only one process may sign with a key"
                 )
             # Every claim is a new generation: the fence of the previous owner's inserts.
             generation = conn.execute(
-                "INSERT INTO senders (address, owner, host, pid, acquired_at, heartbeat_at,"
-                " generation) VALUES (?, ?, ?, ?, ?, ?, 1) ON CONFLICT (address) DO UPDATE SET "
+                "INSERT INTO senders (address, chain_id, owner, host, pid, acquired_at,"
+                " heartbeat_at, generation) VALUES (?, ?, ?, ?, ?, ?, ?, 1)"
+                " ON CONFLICT (address, chain_id) DO UPDATE SET "
                 "owner = excluded.owner, host = excluded.host, pid = excluded.pid, "
                 "acquired_at = excluded.acquired_at, heartbeat_at = excluded.heartbeat_at, "
                 "generation = senders.generation + 1 RETURNING generation",
-                (checksummed, owner, host, os.getpid(), at, at),
+                (checksummed, chain_id, owner, host, os.getpid(), at, at),
             ).fetchone()[0]
     except BaseException:
         lock.release()
-        if key_lock is not None:
-            key_lock.release()
+        key_lock.release()
         raise
     if row is not None:
-        log.info("sender_taken_over", address=checksummed, previous=row["owner"], pid=row["pid"])
-    log.info("sender_claimed", address=checksummed, owner=owner, generation=generation)
+        log.info(
+            "sender_taken_over", address=checksummed, chain_id=chain_id, previous=row["owner"],
+            pid=row["pid"],
+        )  # fmt: skip
+    log.info(
+        "sender_claimed", address=checksummed, chain_id=chain_id, owner=owner,
+        generation=generation,
+    )  # fmt: skip
     return SenderClaim(
-        checksummed, owner, lock, host, _last_beat=at, generation=int(generation),
+        checksummed, owner, lock, chain_id, host, _last_beat=at, generation=int(generation),
         key_lock=key_lock,
     )  # fmt: skip
-
-
-def _database_chain(conn: sqlite3.Connection) -> int | None:
-    """The chain id the database is bound to (shared.db.check_identity), if any yet."""
-    row = conn.execute("SELECT value FROM meta WHERE key = 'chain_id'").fetchone()
-    return None if row is None else int(row[0])

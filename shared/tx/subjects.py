@@ -40,7 +40,8 @@ def one_live(submission: Submission) -> Submission:
         other = conn.execute(
             "SELECT t.tx_hash FROM txs t WHERE t.subject = ? AND t.purpose = ?"
             " AND t.tx_hash <> ? AND EXISTS (SELECT 1 FROM txs o WHERE o.sender = t.sender"
-            " AND o.nonce = t.nonce AND o.status IN ('SIGNED', 'BROADCAST')) LIMIT 1",
+            " AND o.chain_id IS t.chain_id AND o.nonce = t.nonce"
+            " AND o.status IN ('SIGNED', 'BROADCAST')) LIMIT 1",
             (subject, kind, signed.tx_hash),
         ).fetchone()
         if other is not None:

@@ -63,17 +63,18 @@ def snapshot(
     sender: str,
     handlers: Mapping[str, PurposeHandler],
     *,
+    chain_id: int,
     mined_since_block: int | None,
     final_up_to_block: int | None = None,
     now: float,
     chain: ChainView,
 ) -> Snapshot:
     with read_transaction(conn):  # a consistent picture of the ledger
-        open_rows = ledger.open_txs(conn, sender)
+        open_rows = ledger.open_txs(conn, sender, chain_id=chain_id)
         nonces = {tx.nonce for tx in open_rows}
-        at_open = ledger.at_nonces(conn, sender, nonces) if nonces else []
+        at_open = ledger.at_nonces(conn, sender, nonces, chain_id=chain_id) if nonces else []
         recent = (
-            ledger.recent_mined(conn, sender, mined_since_block)
+            ledger.recent_mined(conn, sender, mined_since_block, chain_id=chain_id)
             if mined_since_block is not None
             else []
         )
@@ -87,12 +88,20 @@ def snapshot(
             open_rows=open_rows,
             at_open=at_open,
             recent_mined=recent,
-            settled_floor=ledger.settled_floor(conn, sender),
-            settled_open=ledger.settled_nonces(conn, sender, nonces) if nonces else set(),
+            settled_floor=ledger.settled_floor(conn, sender, chain_id=chain_id),
+            settled_open=(
+                ledger.settled_nonces(conn, sender, nonces, chain_id=chain_id) if nonces else set()
+            ),
             invalid=invalid,
             anchors=anchors,
             unfinal=(
-                ledger.unfinal(conn, sender, up_to_block=final_up_to_block, limit=FINAL_PER_POLL)
+                ledger.unfinal(
+                    conn,
+                    sender,
+                    chain_id=chain_id,
+                    up_to_block=final_up_to_block,
+                    limit=FINAL_PER_POLL,
+                )
                 if final_up_to_block is not None
                 else []
             ),

@@ -27,12 +27,13 @@ def collect_status(conn: sqlite3.Connection, head: int | None, now: float) -> di
     ).fetchone()
     oldest = oldest_row[0] if oldest_row else None
     deep = conn.execute(
-        "SELECT COUNT(*), MAX(detected_at) FROM reorgs WHERE deeper_than_confirmations = 1"
+        "SELECT COUNT(*), MAX(detected_at) FROM reorgs WHERE poller = 'indexer' "
+        "AND deeper_than_confirmations = 1"
     ).fetchone()
-    reorgs = conn.execute("SELECT COUNT(*) FROM reorgs").fetchone()[0]
+    reorgs = conn.execute("SELECT COUNT(*) FROM reorgs WHERE poller = 'indexer'").fetchone()[0]
     identity = stored_identity(conn)
     return {
-        "indexer_halted": halted(conn),
+        "indexer_halted": halted(conn, "indexer"),
         "counts": store.status_counts(conn),
         "chain_id": identity[0] if identity else None,
         "provider": identity[1] if identity else None,

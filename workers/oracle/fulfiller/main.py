@@ -103,7 +103,9 @@ async def fulfiller_service(
         await rpc.expect_chain(chain_id)
         signer = LocalSigner(private_key, chain_id=chain_id)
         claim = await db.run(
-            lambda conn: claim_sender(settings.db_path, conn, signer.address, owner=ROLE)
+            lambda conn: claim_sender(
+                settings.db_path, conn, signer.address, owner=ROLE, chain_id=signer.chain_id
+            )
         )
         try:
             readiness = await await_role(

@@ -61,7 +61,7 @@ def _resume(args: argparse.Namespace) -> int:
         resolution = (
             halt.Resolution.ALLOW_ROLLBACK if args.allow_rollback else halt.Resolution.RESUME
         )
-        cleared = halt.resume(conn, resolution=resolution)
+        cleared = halt.resume(conn, resolution=resolution, worker=halt.INDEXER)
     finally:
         conn.close()
     if args.json:

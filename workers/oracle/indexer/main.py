@@ -81,6 +81,7 @@ def poller_config(settings: IndexerSettings) -> PollerConfig:
         max_reorg_depth=settings.max_reorg_depth,
         unhealthy_after_polls=settings.indexer_unhealthy_after_polls,
         start_setting="HODLAI_START_BLOCK",
+        resume_command="hodlai indexer-resume",
     )
 
 
