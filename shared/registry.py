@@ -7,7 +7,8 @@ Each executor declares in pyproject.toml what it adds, so the core never names a
   ``module:attribute`` naming a :class:`shared.migrations.MigrationSet`; read by
   shared.migrations.executor_sets);
 - ``hodlai.commands``: a ``register(subparsers)`` function adding its ``hodlai`` subcommands;
-- ``hodlai.routers``: its FastAPI router for ``hodlai api``.
+- ``hodlai.routers``: its FastAPI router for ``hodlai api``;
+- ``hodlai.status``: its part of ``hodlai status`` (a :class:`shared.status.StatusProvider`).
 
 Every function here also takes explicit extras, so a test can add an executor that is not
 installed (tests/test_new_executor.py).
@@ -25,6 +26,7 @@ MACHINES_GROUP = "hodlai.machines"
 MIGRATIONS_GROUP = "hodlai.migrations"
 COMMANDS_GROUP = "hodlai.commands"
 ROUTERS_GROUP = "hodlai.routers"
+STATUS_GROUP = "hodlai.status"
 
 
 def _load(group: str) -> list[tuple[str, Any]]:
@@ -47,3 +49,9 @@ def machines(extra: Iterable[Machine] = ()) -> dict[str, Machine]:
 def command_registrars() -> list[tuple[str, Callable[[Any], None]]]:
     """(name, register) of every executor's CLI commands, by entry point name."""
     return _load(COMMANDS_GROUP)
+
+
+def status_providers(extra: Iterable[Any] = ()) -> list[Any]:
+    """Every executor's :class:`shared.status.StatusProvider` (checked there), by entry point
+    name, then ``extra``."""
+    return [provider for _, provider in _load(STATUS_GROUP)] + list(extra)
