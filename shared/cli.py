@@ -16,7 +16,8 @@ A long-running command names the executor it belongs to (:func:`runs_executor`);
 executor is switched off (``HODLAI_<EXECUTOR>_ENABLED=false``) ``main`` runs nothing of it,
 before the process's own settings are loaded (shared.runtime.stand_down): one log line and
 exit code 0, or with ``hodlai --wait-if-disabled`` (the Procfile's) a wait for SIGTERM first.
-When such a command refuses its settings, the refusal says how to switch the executor off.
+When such a command misses a required setting, the refusal says how to switch the executor
+off.
 """
 
 from __future__ import annotations
@@ -102,12 +103,11 @@ def main(
         result = _run(args, executor)
     except ConfigError as exc:
         hint = ""
-        if executor is not None:
+        if executor is not None and str(exc).startswith("missing required setting"):
             from shared.runtime import enabled_setting
 
             switch = enabled_setting(executor)
-            if switch not in str(exc):
-                hint = f" (a node that does not run the {executor} executor sets {switch}=false)"
+            hint = f" (a node that does not run the {executor} executor sets {switch}=false)"
         print(f"hodlai: configuration error: {exc}{hint}", file=sys.stderr)
         return 2
     except DatabaseMismatchError as exc:  # also a schema this hodlai does not run on

@@ -37,7 +37,7 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, cast
 
 import structlog
 from pydantic import Field, field_validator
@@ -293,10 +293,10 @@ class _Switch(BaseSettings):
 
 def _switch(executor: str) -> _Switch:
     prefix = enabled_setting(executor).removesuffix("ENABLED")
-    switch = type(
-        f"{executor.capitalize()}Switch",
-        (_Switch,),
-        {"model_config": SettingsConfigDict(env_prefix=prefix)},
+    # A subclass per executor: pydantic-settings reads a field under the class's env_prefix.
+    config = SettingsConfigDict(env_prefix=prefix)
+    switch = cast(
+        "type[_Switch]", type(f"{executor.title()}Switch", (_Switch,), {"model_config": config})
     )
     return load_settings(switch)
 

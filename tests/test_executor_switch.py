@@ -1,7 +1,7 @@
 """HODLAI_<EXECUTOR>_ENABLED: one Procfile and one set of units serve every operator. A
 switched-off executor's long-running command stands down before it reads its own settings
 (one log line, exit 0, nothing opened), at once or, for honcho, after SIGTERM; an enabled
-one refusing its settings says how to switch it off; the other executors are untouched."""
+one missing a required setting says how to switch it off; the other executors are untouched."""
 
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def test_the_switch_is_read_from_dot_env_like_every_setting(tmp_path: Path) -> N
     assert _only_line(done.stderr)["event"] == "executor_disabled"
 
 
-def test_an_enabled_executor_refusing_its_settings_names_the_switch(tmp_path: Path) -> None:
+def test_an_enabled_executor_missing_a_setting_names_the_switch(tmp_path: Path) -> None:
     done = _hodlai(tmp_path, "dispatcher")  # enabled by default, no queue configured
     assert done.returncode == 2
     (line,) = done.stderr.strip().splitlines()
