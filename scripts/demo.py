@@ -233,7 +233,7 @@ def main() -> int:
         print("== starting the whole node with honcho (Procfile), one database: the oracle "
               "(indexer, 2 inference shards on the embedded model SmolLM2-135M-Instruct, "
               "llama.cpp; fulfiller), the dispatcher, hodlai api, mock LLM")  # fmt: skip
-        honcho = start_honcho(node, dispatch)
+        honcho = running = start_honcho(node, dispatch)
         print(f"== submitting {len(ASKS)} requests from the example vault")
         ids = node.submit(ASKS)
         print(f"   request ids {ids[0]}..{ids[-1]}")
@@ -246,7 +246,7 @@ def main() -> int:
             print(f"== auditing request {ids[0]}: hodlai replay re-runs it through the model")
             ok = audit(node, ids[0])
         print("== the dispatcher's jobs (same database, same honcho)")
-        demo_dispatch.wait(dispatch, node.db_path, lambda: honcho.poll() is None)
+        demo_dispatch.wait(dispatch, node.db_path, lambda: running.poll() is None)
         dispatched = demo_dispatch.report(dispatch, node.db_path)
         print("== hodlai status: every executor of the node")
         healthy = node_status(node)
