@@ -135,10 +135,10 @@ def hold_role(path: Path, role: str) -> RoleLock:
 def role_holder(path: Path, role: str) -> str | None:
     """Who holds ``role``'s lock on the database file at ``path``, described as a refusal
     names it, or None when no process does (``hodlai status``). Opens the file read-only and
-    takes no lock. Without OFD locks (not Linux) it cannot tell: ``"unknown"``."""
+    takes no lock. Without OFD locks (not Linux) it cannot tell: NotImplementedError."""
     getlk: int | None = getattr(fcntl, "F_OFD_GETLK", None)
     if getlk is None or _OFD_SETLK is None:
-        return "unknown"
+        raise NotImplementedError("no open-file-description locks on this platform")
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         answer = fcntl.fcntl(fd, getlk, _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET,

@@ -35,6 +35,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final
 
 from shared.config import CoreSettings
@@ -127,7 +128,6 @@ def collect(
     """The status as ``--json`` prints it, and its text form. ``providers`` and ``machines``
     default to the installed executors' (a test passes its own)."""
     from shared import registry
-    from shared.instance import role_holder
     from shared.runtime import executor_enabled
     from shared.state import store as state_store
 
@@ -154,7 +154,7 @@ def collect(
             if machine_owner[m] == name
         }
         processes = {
-            role: _process_state(role_holder(settings.db_path, role))
+            role: _process_state(settings.db_path, role)
             for role in (provider.roles if provider else ())
         }
         report = provider.report(ctx) if provider is not None else ExecutorReport()
@@ -201,7 +201,13 @@ def _checked(provider: object) -> StatusProvider:
     return provider
 
 
-def _process_state(holder: str | None) -> str:
+def _process_state(db_path: Path, role: str) -> str:
+    from shared.instance import role_holder
+
+    try:
+        holder = role_holder(db_path, role)
+    except NotImplementedError:
+        return "unknown"
     return "not running" if holder is None else f"running ({holder})"
 
 
