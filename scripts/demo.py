@@ -102,7 +102,7 @@ def start_honcho(node: LocalNode, dispatch: demo_dispatch.DispatchPart) -> subpr
                 "HODLAI_API_PORT": str(free_port())}  # fmt: skip
     demo_env.write_text("".join(f"{name}={value}\n" for name, value in settings.items()))
     return subprocess.Popen(
-        [str(BIN / "honcho"), "start", "-f", str(ROOT / "Procfile"), "-e",
+        [sys.executable, "-m", "honcho", "start", "-f", str(ROOT / "Procfile"), "-e",
          f"{node.ready['env_file']},{demo_env}", "-d", str(ROOT)],
         stdout=log, stderr=log, cwd=ROOT, env=node.process_env(**ports),
         start_new_session=True,

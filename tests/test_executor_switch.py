@@ -133,7 +133,8 @@ def test_honcho_keeps_the_node_up_beside_a_switched_off_executor(tmp_path: Path)
     env = {**os.environ, **_env(tmp_path, HODLAI_DISPATCH_ENABLED="false")}
     env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
     honcho = subprocess.Popen(
-        [str(BIN / "honcho"), "start", "-d", str(tmp_path), "-f", str(tmp_path / "Procfile")],
+        [sys.executable, "-m", "honcho", "start", "-d", str(tmp_path),
+         "-f", str(tmp_path / "Procfile")],
         env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,
     )  # fmt: skip
@@ -155,4 +156,4 @@ def test_honcho_keeps_the_node_up_beside_a_switched_off_executor(tmp_path: Path)
         if honcho.poll() is None:
             os.killpg(honcho.pid, signal.SIGKILL)
             honcho.wait()
-    assert "dispatcher stopped (rc=0)" in seen + out
+    assert "dispatcher.1 stopped (rc=0)" in seen + out
