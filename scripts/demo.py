@@ -1,18 +1,26 @@
 """``make demo``: the whole node end to end on a local chain with the embedded model.
 
 1. starts anvil and deploys the contracts (``hodlai devnet``);
-2. starts the node through honcho from the Procfile (indexer, two inference shards,
-   fulfiller, mock LLM); the shards answer with the embedded model (SmolLM2-135M-Instruct
-   on llama.cpp, in each shard's process, decoding held to each request's action set);
-3. submits a varied set of requests from the example vault;
-4. shows them move to FULFILLED in a live status view;
-5. prints the answers the vault recorded, each with the model's one line of reasoning;
-6. audits one of them with ``hodlai replay`` (trace CID, CID on chain, answer re-run);
-7. shuts everything down (SIGTERM to honcho, which stops every process).
+2. starts a mock job queue and mock agents and registers the agents in the node's database
+   (scripts/demo_dispatch.py);
+3. starts the whole node, every executor on that ONE database, through ONE honcho from the
+   Procfile: the oracle (indexer, two inference shards, fulfiller), the agent job dispatcher,
+   ``hodlai api`` and the mock LLM; the shards answer with the embedded model
+   (SmolLM2-135M-Instruct on llama.cpp, in each shard's process, decoding held to each
+   request's action set);
+4. submits a varied set of requests from the example vault;
+5. shows them move to FULFILLED in a live status view, then the dispatcher's jobs reach
+   their queue;
+6. prints the answers the vault recorded, each with the model's one line of reasoning, and
+   the dispatcher's agent statistics;
+7. audits one answer with ``hodlai replay`` (trace CID, CID on chain, answer re-run);
+8. shows ``hodlai status``: both executors, their counts and the indexer's lag;
+9. shuts everything down (SIGTERM to honcho, which stops every process).
 
-Then the agent job dispatcher's part (scripts/demo_dispatch.py). Exits 0 only when every
-request was fulfilled exactly once, with an action from its own set, and every dispatcher
-job reached its queue exactly once.
+Exits 0 only when every request was fulfilled exactly once with an action from its own set,
+every dispatcher job reached its queue exactly once, the answer audited reproduced, and
+``hodlai status`` found both executors enabled and healthy, with the requests fulfilled and
+the jobs finished in the one database.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from pathlib import Path
 
 from scripts import demo_dispatch
 from scripts.localnode import BIN, ROOT, Ask, LocalNode
+from shared.logs import configure_logging
 from workers.oracle import store
 
 # Seconds the demo waits for every request to be fulfilled before it gives up.
@@ -76,21 +85,25 @@ def show_progress(conn: sqlite3.Connection, started: float, total: int, tty: boo
     return counts["FULFILLED"]
 
 
-def start_honcho(node: LocalNode) -> subprocess.Popen[bytes]:
+def start_honcho(node: LocalNode, dispatch: demo_dispatch.DispatchPart) -> subprocess.Popen[bytes]:
     """The Procfile under honcho, in its own session so one signal reaches all of it."""
     ports = {
         name: str(free_port())
         for name in ("HODLAI_INDEXER_METRICS_PORT", "HODLAI_INFERENCE_METRICS_PORT",
-                     "HODLAI_FULFILLER_METRICS_PORT", "HODLAI_MOCK_LLM_PORT")
+                     "HODLAI_FULFILLER_METRICS_PORT", "HODLAI_DISPATCH_METRICS_PORT",
+                     "HODLAI_MOCK_LLM_PORT")
     }  # fmt: skip
     log = (WORKDIR / "logs" / "honcho.log").open("ab")
     # honcho layers env files left to right (each over the process environment), so the
-    # model settings go in a second file after the devnet's.
-    model_env = WORKDIR / "model.env"
-    model_env.write_text("".join(f"{name}={value}\n" for name, value in MODEL_ENV.items()))
+    # demo's settings go in a second file after the devnet's: the embedded model, the
+    # dispatcher switched on with its queue, the API on a free port.
+    demo_env = WORKDIR / "demo.env"
+    settings = {**MODEL_ENV, **demo_dispatch.dispatcher_env(dispatch),
+                "HODLAI_API_PORT": str(free_port())}  # fmt: skip
+    demo_env.write_text("".join(f"{name}={value}\n" for name, value in settings.items()))
     return subprocess.Popen(
-        [str(BIN / "honcho"), "start", "-f", str(ROOT / "Procfile"), "-e",
-         f"{node.ready['env_file']},{model_env}", "-d", str(ROOT)],
+        [sys.executable, "-m", "honcho", "start", "-f", str(ROOT / "Procfile"), "-e",
+         f"{node.ready['env_file']},{demo_env}", "-d", str(ROOT)],
         stdout=log, stderr=log, cwd=ROOT, env=node.process_env(**ports),
         start_new_session=True,
     )  # fmt: skip
@@ -164,6 +177,34 @@ def audit(node: LocalNode, request_id: int) -> bool:
     return proc.returncode == 0
 
 
+def node_status(node: LocalNode) -> bool:
+    """``hodlai status`` of the one database, shown; True when both executors are enabled
+    and healthy, the oracle's requests all fulfilled and the dispatcher's jobs all finished
+    and delivered."""
+    argv = [str(BIN / "hodlai"), "status"]
+    env = node.process_env(HODLAI_DISPATCH_ENABLED="true")  # as demo.env sets it for honcho
+    shown = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True,
+                           timeout=60, check=False)  # fmt: skip
+    for line in (shown.stdout + shown.stderr).splitlines():
+        print(f"   {line}")
+    proc = subprocess.run([*argv, "--json"], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, check=False)  # fmt: skip
+    try:
+        executors = json.loads(proc.stdout)["executors"]
+        oracle, dispatch = executors["oracle"], executors["dispatch"]
+    except (ValueError, KeyError):
+        return False
+    requests = oracle["counts"]["oracle.request"]
+    return (
+        proc.returncode == 0
+        and shown.returncode == 0
+        and (oracle["health"], dispatch["health"]) == ("ok", "ok")
+        and requests["FULFILLED"] == len(ASKS) == sum(requests.values())
+        and dispatch["counts"]["dispatch.job"]["COMPLETED"] >= demo_dispatch.JOBS * 0.9
+        and (dispatch["jobs_live"], dispatch["outcomes_undelivered"]) == (0, 0)
+    )
+
+
 def stop_honcho(honcho: subprocess.Popen[bytes]) -> None:
     if honcho.poll() is None:
         os.killpg(honcho.pid, signal.SIGTERM)
@@ -176,17 +217,23 @@ def stop_honcho(honcho: subprocess.Popen[bytes]) -> None:
 
 def main() -> int:
     shutil.rmtree(WORKDIR, ignore_errors=True)
+    configure_logging("WARNING")  # the printout is the demo's; the processes keep their logs
     node = LocalNode(WORKDIR, inference_shards=2)
     honcho: subprocess.Popen[bytes] | None = None
+    dispatch: demo_dispatch.DispatchPart | None = None
     try:
         print("== starting anvil and deploying the contracts (hodlai devnet)")
         node.start_chain()
         deployment = node.ready["deployment"]
         print(f"   rpc {node.rpc_url}  provider {deployment['provider_address']}")
         print(f"   vault {deployment['vault_address']}  oracle {deployment['oracle_address']}")
-        print("== starting the node with honcho (Procfile): indexer, 2 inference shards on the "
-              "embedded model (SmolLM2-135M-Instruct, llama.cpp), fulfiller, mock LLM")  # fmt: skip
-        honcho = start_honcho(node)
+        print(f"== the dispatcher's {demo_dispatch.DESCRIPTION}; agents registered in "
+              f"{node.db_path}")  # fmt: skip
+        dispatch = demo_dispatch.prepare(node.db_path)
+        print("== starting the whole node with honcho (Procfile), one database: the oracle "
+              "(indexer, 2 inference shards on the embedded model SmolLM2-135M-Instruct, "
+              "llama.cpp; fulfiller), the dispatcher, hodlai api, mock LLM")  # fmt: skip
+        honcho = running = start_honcho(node, dispatch)
         print(f"== submitting {len(ASKS)} requests from the example vault")
         ids = node.submit(ASKS)
         print(f"   request ids {ids[0]}..{ids[-1]}")
@@ -198,14 +245,22 @@ def main() -> int:
         if ok:
             print(f"== auditing request {ids[0]}: hodlai replay re-runs it through the model")
             ok = audit(node, ids[0])
+        print("== the dispatcher's jobs (same database, same honcho)")
+        demo_dispatch.wait(dispatch, node.db_path, lambda: running.poll() is None)
+        dispatched = demo_dispatch.report(dispatch, node.db_path)
+        print("== hodlai status: every executor of the node")
+        healthy = node_status(node)
+        verdict = "both executors healthy in one database" if healthy else "NOT as expected"
+        print(f"== {verdict}")
         print(f"   logs in {WORKDIR / 'logs'}; try: HODLAI_DB_PATH={node.db_path} hodlai status"
-              f" (or: hodlai show ID, hodlai replay ID)")  # fmt: skip
-        dispatched = demo_dispatch.run(WORKDIR / "dispatch")  # the agent job dispatcher
-        return 0 if ok and dispatched else 1
+              f" (or: hodlai show ID, hodlai replay ID, hodlai dispatch stats)")  # fmt: skip
+        return 0 if ok and dispatched and healthy else 1
     finally:
         print("== shutting down")
         if honcho is not None:
             stop_honcho(honcho)
+        if dispatch is not None:
+            dispatch.stop()
         node.stop_all()
 
 

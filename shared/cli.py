@@ -9,7 +9,15 @@ not run on, a path where no database can be). Every refusal is one line on stder
 
 Inspection commands open the database read-only and never migrate it
 (:func:`open_for_reading`); commands that write check it read-only first
-(:func:`open_for_writing`); ``migrate`` applies the migrations.
+(:func:`open_for_writing`); ``migrate`` applies the migrations. ``status`` is the core's too:
+every executor's health, counts and pollers (shared/status.py).
+
+A long-running command names the executor it belongs to (:func:`runs_executor`); when that
+executor is switched off (``HODLAI_<EXECUTOR>_ENABLED=false``) ``main`` runs nothing of it,
+before the process's own settings are loaded (shared.runtime.stand_down): one log line and
+exit code 0, or with ``hodlai --wait-if-disabled`` (the Procfile's) a wait for SIGTERM first.
+When such a command misses a required setting, the refusal says how to switch the executor
+off.
 """
 
 from __future__ import annotations
@@ -62,12 +70,22 @@ def build_parser(
         prog="hodlai", description="HodlAI node: on-chain work for its executors' users."
     )
     parser.add_argument("--version", action="version", version=f"hodlai {__version__}")
+    parser.add_argument(
+        "--wait-if-disabled",
+        action="store_true",
+        help="a long-running command whose executor is switched off (HODLAI_<EXECUTOR>_ENABLED"
+        "=false) waits for SIGTERM before it exits 0, instead of exiting at once: for a "
+        "supervisor that stops every process when one exits (honcho; the Procfile sets it)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     migrate = sub.add_parser(
         "migrate", help="create the database or apply pending migrations, then exit"
     )
     migrate.add_argument("--json", action="store_true")
     migrate.set_defaults(func=cmd_migrate)
+    from shared.status import register_status
+
+    register_status(sub)
     for _, register in registry.command_registrars() if registrars is None else registrars:
         register(sub)
     return parser
@@ -80,10 +98,17 @@ def main(
     check_installation()
     parser = build_parser(registrars)
     args = parser.parse_args(argv)
+    executor: str | None = getattr(args, "executor", None)
     try:
-        result: int = args.func(args)
+        result = _run(args, executor)
     except ConfigError as exc:
-        print(f"hodlai: configuration error: {exc}", file=sys.stderr)
+        hint = ""
+        if executor is not None and str(exc).startswith("missing required setting"):
+            from shared.runtime import enabled_setting
+
+            switch = enabled_setting(executor)
+            hint = f" (a node that does not run the {executor} executor sets {switch}=false)"
+        print(f"hodlai: configuration error: {exc}{hint}", file=sys.stderr)
         return 2
     except DatabaseMismatchError as exc:  # also a schema this hodlai does not run on
         print(f"hodlai: {exc}", file=sys.stderr)
@@ -97,6 +122,23 @@ def main(
     except KeyboardInterrupt:
         return 130
     return result
+
+
+def _run(args: argparse.Namespace, executor: str | None) -> int:
+    """The command, unless it is a process of a switched-off executor (the module docstring)."""
+    if executor is not None:
+        from shared.runtime import executor_enabled, stand_down
+
+        if not executor_enabled(executor):
+            return stand_down(executor, args.command, wait=args.wait_if_disabled)
+    result: int = args.func(args)
+    return result
+
+
+def runs_executor(parser: argparse.ArgumentParser, executor: str) -> None:
+    """Mark ``parser``'s command as a long-running process of ``executor``: ``main`` runs it
+    only while ``HODLAI_<EXECUTOR>_ENABLED`` is true (the module docstring)."""
+    parser.set_defaults(executor=executor)
 
 
 def open_for_reading(settings: CoreSettings) -> sqlite3.Connection:

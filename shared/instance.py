@@ -132,6 +132,24 @@ def hold_role(path: Path, role: str) -> RoleLock:
     return RoleLock(role, path, info.st_dev, info.st_ino, fd)
 
 
+def role_holder(path: Path, role: str) -> str | None:
+    """Who holds ``role``'s lock on the database file at ``path``, described as a refusal
+    names it, or None when no process does (``hodlai status``). Opens the file read-only and
+    takes no lock. Without OFD locks (not Linux) it cannot tell: NotImplementedError."""
+    getlk: int | None = getattr(fcntl, "F_OFD_GETLK", None)
+    if getlk is None or _OFD_SETLK is None:
+        raise NotImplementedError("no open-file-description locks on this platform")
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        answer = fcntl.fcntl(fd, getlk, _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET,
+                                                   role_offset(role), 1, 0))  # fmt: skip
+        if _FLOCK.unpack(answer)[0] == fcntl.F_UNLCK:
+            return None
+        return _describe_holder(fd, role)
+    finally:
+        os.close(fd)
+
+
 def _try_lock(fd: int, path: Path, role: str) -> bool:
     if _OFD_SETLK is None:  # not Linux
         return _try_flock_sidecar(fd, path, role)

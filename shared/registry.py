@@ -10,6 +10,7 @@ Each executor declares in pyproject.toml what it adds, so the core never names a
 - ``hodlai.routers``: its FastAPI router for ``hodlai api``;
 - ``hodlai.abis``: the compiled contracts it calls, whose reverts the core decodes (a
   :class:`shared.contracts.ContractAbis`; read by shared.contracts.registered_abis).
+- ``hodlai.status``: its part of ``hodlai status`` (a :class:`shared.status.StatusProvider`).
 
 Every function here also takes explicit extras, so a test can add an executor that is not
 installed (tests/test_new_executor.py).
@@ -27,6 +28,7 @@ MACHINES_GROUP = "hodlai.machines"
 MIGRATIONS_GROUP = "hodlai.migrations"
 COMMANDS_GROUP = "hodlai.commands"
 ROUTERS_GROUP = "hodlai.routers"
+STATUS_GROUP = "hodlai.status"
 
 
 def _load(group: str) -> list[tuple[str, Any]]:
@@ -49,3 +51,9 @@ def machines(extra: Iterable[Machine] = ()) -> dict[str, Machine]:
 def command_registrars() -> list[tuple[str, Callable[[Any], None]]]:
     """(name, register) of every executor's CLI commands, by entry point name."""
     return _load(COMMANDS_GROUP)
+
+
+def status_providers(extra: Iterable[Any] = ()) -> list[Any]:
+    """Every executor's :class:`shared.status.StatusProvider` (checked there), by entry point
+    name, then ``extra``."""
+    return [provider for _, provider in _load(STATUS_GROUP)] + list(extra)

@@ -20,20 +20,30 @@
   by the caller) → logging → the role lock and the database → the loop with its stop
   handlers → health and metrics → the executor's service → clean shutdown on SIGTERM, even
   one that arrives while the process is still starting.
+- An executor switched off (``HODLAI_<EXECUTOR>_ENABLED=false``, :func:`executor_enabled`)
+  runs none of its processes: the CLI asks before it loads the process's own settings
+  (shared/cli.py), so a node that does not run the dispatcher needs no queue URL, and
+  :func:`stand_down` writes one line (``executor_disabled``) and ends with exit code 0 at
+  once, or, under a supervisor that stops every process when one exits (honcho), waits for
+  SIGTERM first. One Procfile and one set of systemd units serve every operator.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Final, Protocol, cast
 
 import structlog
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.config import ENV_PREFIX, LogLevel, load_settings
 from shared.db import AsyncDatabase, connect
 from shared.errors import (
     DatabaseMismatchError,
@@ -53,6 +63,8 @@ BACKOFF_START_S = 0.5
 BACKOFF_CAP_S = 30.0
 # Characters of a failed step's error shown by /healthz: enough to name it, one line.
 HEALTH_DETAIL_CHARS = 300
+# What an executor's name may be: it becomes part of a setting's name (HODLAI_<NAME>_ENABLED).
+_EXECUTOR_NAME: Final = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 def install_stop_handlers(stop: asyncio.Event) -> None:
@@ -250,3 +262,68 @@ async def _serve(spec: WorkerSpec, db: AsyncDatabase, build: Build, early: _Earl
         if server is not None:
             server.shutdown()
         db.close()
+
+
+# --- executors switched off ---------------------------------------------------------------
+
+
+def enabled_setting(executor: str) -> str:
+    """The setting that switches ``executor`` on or off: ``HODLAI_<EXECUTOR>_ENABLED``."""
+    if not _EXECUTOR_NAME.match(executor):
+        raise ValueError(f"not an executor name: {executor!r}")
+    return f"{ENV_PREFIX}{executor.upper()}_ENABLED"
+
+
+class _Switch(BaseSettings):
+    """``HODLAI_<EXECUTOR>_ENABLED`` and ``LOG_LEVEL``, read like every setting (environment,
+    then ``.env``); subclassed per executor for its prefix (:func:`_switch`)."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", validate_default=True
+    )
+
+    enabled: bool = True
+    log_level: LogLevel = Field(default="INFO", validation_alias="LOG_LEVEL")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+
+def _switch(executor: str) -> _Switch:
+    prefix = enabled_setting(executor).removesuffix("ENABLED")
+    # A subclass per executor: pydantic-settings reads a field under the class's env_prefix.
+    config = SettingsConfigDict(env_prefix=prefix)
+    switch = cast(
+        "type[_Switch]", type(f"{executor.title()}Switch", (_Switch,), {"model_config": config})
+    )
+    return load_settings(switch)
+
+
+def executor_enabled(executor: str) -> bool:
+    """Whether ``HODLAI_<EXECUTOR>_ENABLED`` lets ``executor``'s processes run (default: yes;
+    an installed executor runs unless its operator switches it off). A value that is not a
+    boolean is a ConfigError naming the setting."""
+    return _switch(executor).enabled
+
+
+def stand_down(executor: str, process: str, *, wait: bool) -> int:
+    """What a process of a switched-off executor does instead of running: one log line, then
+    exit code 0, at once, or (``wait``) after SIGTERM / SIGINT, for a supervisor that stops
+    every process when one exits (honcho). Nothing is opened: no database, no port."""
+    from shared.logs import configure_logging
+
+    configure_logging(_switch(executor).log_level)
+    if wait:  # blocked before the log line, so a signal sent once it is seen is not lost
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    log.info(
+        "executor_disabled",
+        executor=executor,
+        process=process,
+        setting=f"{enabled_setting(executor)}=false",
+        waits_for_sigterm=wait,
+    )
+    if wait:
+        signal.sigwait({signal.SIGTERM, signal.SIGINT})
+    return 0

@@ -86,6 +86,9 @@ def test_devnet_deploys_writes_settings_and_stops_anvil_on_sigterm(
         assert env["HODLAI_DB_PATH"] == str(stale_db.resolve())
         assert env["HODLAI_LLM_BACKEND"] == "llama"  # the embedded model the README promises
         assert env["LOG_LEVEL"] == "INFO"
+        # `honcho start -e` this file starts the oracle; the dispatcher, which needs a queue
+        # of the operator's, stands down until switched on (a refusal would stop honcho).
+        assert (env["HODLAI_ORACLE_ENABLED"], env["HODLAI_DISPATCH_ENABLED"]) == ("true", "false")
         assert not stale_db.exists(), "the old chain's database must not survive"
         # The node's own settings loader accepts the file as written.
         for name in list(os.environ):

@@ -416,6 +416,19 @@ def write_env_file(
             "HODLAI_LLM_BACKEND",
             llm_backend,
         ),
+        (
+            "The oracle's processes (indexer, inference shards, fulfiller) run; false: they"
+            " stand down (one log line, exit 0; under honcho they wait for Ctrl-C)",
+            "HODLAI_ORACLE_ENABLED",
+            "true",
+        ),
+        (
+            "The agent job dispatcher: set true once HODLAI_DISPATCH_QUEUE_URL and"
+            " HODLAI_DISPATCH_QUEUE_TOKEN name your remote queue and agents are registered"
+            " (docs/OPERATIONS.md, 'The dispatcher'); make demo runs it on a mock queue",
+            "HODLAI_DISPATCH_ENABLED",
+            "false",
+        ),
         ("DEBUG, INFO, WARNING or ERROR", "LOG_LEVEL", log_level),
     ]
     for name, value in (extra or {}).items():

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from shared.cli import runs_executor
 from shared.config import CoreSettings, load_settings
 from shared.db import connect, open_readonly
 from shared.errors import ConfigError
@@ -56,6 +57,7 @@ def register(subparsers: Any) -> None:
         epilog=settings_help(), formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     dispatcher.set_defaults(func=cmd_dispatcher)
+    runs_executor(dispatcher, "dispatch")
 
     agents_p = subparsers.add_parser("agents", help="the dispatcher's agent registry")
     sub = agents_p.add_subparsers(dest="agents_command", required=True, metavar="ACTION")

@@ -1,4 +1,5 @@
-"""The oracle's ``hodlai`` commands: ``status``, ``requests``, ``show ID``, ``retry ID``.
+"""The oracle's ``hodlai`` commands: ``requests``, ``show ID``, ``retry ID``. (Its part of
+``hodlai status``, the core's command, is workers/oracle/status.py.)
 
 Inspection opens the database read-only and never migrates it; ``retry`` writes one
 transition. Exit codes as for every ``hodlai`` command (shared/cli.py).
@@ -7,10 +8,8 @@ transition. Exit codes as for every ``hodlai`` command (shared/cli.py).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
-import time
 from typing import Any
 
 from shared.cli import (
@@ -20,18 +19,14 @@ from shared.cli import (
     open_for_reading,
     open_for_writing,
 )
-from shared.errors import HodlaiError, TransitionConflict
+from shared.errors import TransitionConflict
 from workers.oracle import request_id as rid
 from workers.oracle import store
-from workers.oracle.inspect import collect_status, request_detail, row_dict
+from workers.oracle.inspect import request_detail, row_dict
 from workers.oracle.store import Status
 
 
 def register(sub: Any) -> None:
-    status = sub.add_parser("status", help="counts per status, cursor, head, lag, oldest pending")
-    status.add_argument("--json", action="store_true", help="machine-readable output")
-    status.set_defaults(func=cmd_status)
-
     requests = sub.add_parser("requests", help="list requests, newest first")
     requests.add_argument("--status", type=str.upper, choices=[s.value for s in Status])
     requests.add_argument(
@@ -49,50 +44,6 @@ def register(sub: Any) -> None:
     retry.add_argument("request_id")
     retry.add_argument("--json", action="store_true")
     retry.set_defaults(func=cmd_retry)
-
-
-# Seconds `hodlai status` waits for the chain head at most, whatever the RPC does.
-STATUS_RPC_DEADLINE_S = 5.0
-
-
-async def _chain_head(urls: list[str]) -> int | None:
-    from shared.chain.rpc import RpcClient, hex_int
-
-    # A short total deadline: `hodlai status` must answer even when an RPC trickles.
-    async with RpcClient(urls, timeout=3.0, deadline_s=STATUS_RPC_DEADLINE_S) as client:
-        for _ in urls:
-            try:
-                return hex_int(await client.call("eth_blockNumber"))
-            except HodlaiError:
-                continue
-    return None
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    settings = inspection_settings()
-    conn = open_for_reading(settings)
-    head = asyncio.run(_chain_head(settings.rpc_urls)) if settings.rpc_urls else None
-    info = collect_status(conn, head, time.time())
-    problem = bool(info["deep_reorgs"]) or info["indexer_halted"] is not None
-    if args.json:
-        print(json.dumps(info, indent=2))
-        return 1 if problem else 0
-    print(f"database      {settings.db_path}")
-    print(f"chain         {info['chain_id']}  provider {info['provider']}")
-    for name, count in info["counts"].items():
-        print(f"  {name:<10} {count:>10}")
-    print(f"indexer at    block {info['indexer_cursor']}")
-    print(f"chain head    {info['chain_head'] if head is not None else 'unknown (no RPC)'}")
-    print(f"lag           {info['lag_blocks']} blocks")
-    age = info["oldest_pending_age_s"]
-    print(f"oldest pending {'-' if age is None else f'{age} s'}")
-    print(f"reorgs        {info['reorgs']} ({info['deep_reorgs']} deeper than confirmations)")
-    if info["indexer_halted"] is not None:
-        print(f"HALTED: the indexer waits for an operator: {info['indexer_halted']}")
-        print("        see docs/OPERATIONS.md, then: hodlai indexer-resume")
-    if info["deep_reorgs"]:
-        print("WARNING: a reorg deeper than HODLAI_CONFIRMATIONS was seen; see docs/OPERATIONS.md")
-    return 1 if problem else 0
 
 
 def cmd_requests(args: argparse.Namespace) -> int:

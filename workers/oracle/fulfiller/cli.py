@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from shared.cli import runs_executor
+
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``fulfiller`` to the ``hodlai`` command line."""
@@ -20,6 +22,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "until mined (re-broadcast, fee bumps, cancels). Stop with SIGTERM / Ctrl-C.",
     )
     parser.set_defaults(func=_run)
+    runs_executor(parser, "oracle")
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from shared.cli import runs_executor
+
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``indexer`` to the ``hodlai`` command line."""
@@ -20,6 +22,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="catch up with the chain head (minus HODLAI_CONFIRMATIONS), then exit",
     )
     parser.set_defaults(func=_run)
+    runs_executor(parser, "oracle")
 
     resume = subparsers.add_parser(
         "indexer-resume",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from shared.cli import runs_executor
 from shared.config import load_settings
 from shared.errors import ConfigError
 from shared.logs import configure_logging
@@ -22,6 +23,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--worker-id", type=int, default=None, help="this shard (0-based)")
     parser.add_argument("--worker-count", type=int, default=None, help="number of shards")
     parser.set_defaults(func=run)
+    runs_executor(parser, "oracle")
 
 
 def run(args: argparse.Namespace) -> int:
