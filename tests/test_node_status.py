@@ -102,7 +102,7 @@ def test_a_switched_off_executor_shows_disabled_and_its_problems_do_not_count(
 def test_a_halted_indexer_is_the_oracles_problem_and_the_pollers_halt(tmp_path: Path) -> None:
     db = _node(tmp_path)
     conn = connect(db)
-    halt.halt(conn, "the RPC serves chain 56", at_block=7)
+    halt.halt(conn, "the RPC serves chain 56", worker=halt.INDEXER, at_block=7)
     conn.close()
     done = _hodlai(db, "status", "--json", HODLAI_DISPATCH_ENABLED="false")
     assert done.returncode == 1
