@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from shared.db import atomic
 
-#: The name of the oracle's indexer poller (workers/indexer/reorg.py CURSOR_NAME), which its
+#: The name of the oracle's indexer poller (workers/oracle/indexer/reorg.py CURSOR_NAME), which its
 #: fulfiller waits on; kept here for the oracle's callers until they move (issue 19 item 1).
 INDEXER = "indexer"
 

@@ -14,7 +14,7 @@ from shared.status import ExecutorReport, PollerChain, StatusContext, StatusProv
 from workers.oracle.inspect import collect_status
 
 EXECUTOR = "oracle"
-# The indexer's cursor and halt name (workers/indexer/reorg.py CURSOR_NAME).
+# The indexer's cursor and halt name (workers/oracle/indexer/reorg.py CURSOR_NAME).
 POLLER = "indexer"
 
 
