@@ -2,8 +2,11 @@
 run, and print the ratios (this tree / the earlier one) of every number both report.
 
 The earlier tree is a temporary ``git worktree`` of REV (removed afterwards) that shares this
-checkout's ``node_modules`` and virtualenv; each benchmark runs as its own process with its
-tree first on ``PYTHONPATH``, so it imports that tree's ``shared`` and ``workers``. Rounds
+checkout's ``node_modules``. It gets a virtualenv of its own (``.venv`` in that tree, so its
+scripts find ``.venv/bin/hodlai`` as here) that reaches this checkout's installed packages
+through a ``.pth`` file and installs the earlier tree itself in editable mode: its entry
+points (commands, migration sets, ...) are the earlier tree's, not this one's. Each benchmark
+runs as its own process with its tree's interpreter. Rounds
 alternate (earlier, this, earlier, this, ...), so a machine that gets slower or faster during
 the run shifts both sides alike.
 
@@ -22,6 +25,7 @@ import os
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -38,10 +42,29 @@ def _last_json(output: str) -> dict[str, Any]:
     raise SystemExit(f"the benchmark printed no JSON object on its last lines:\n{output[-2000:]}")
 
 
-def _run(tree: Path, module: str, args: list[str]) -> dict[str, Any]:
+def _baseline_venv(tree: Path) -> Path:
+    """A virtualenv in ``tree`` with this checkout's packages and ``tree`` installed editable;
+    returns its interpreter."""
+    venv = tree / ".venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+    Path(site, "hodlai-bench-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+         "-e", str(tree)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return python
+
+
+def _run(tree: Path, python: Path, module: str, args: list[str]) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(tree)}
     done = subprocess.run(
-        [sys.executable, "-m", module, *args],
+        [str(python), "-m", module, *args],
         cwd=tree,
         env=env,
         capture_output=True,
@@ -77,12 +100,14 @@ def main() -> None:
         )
         try:
             (baseline / "node_modules").symlink_to(ROOT / "node_modules")
+            old_python = _baseline_venv(baseline)
+            new_python = Path(sys.executable)
             before: list[dict[str, Any]] = []
             after: list[dict[str, Any]] = []
             for n in range(options.rounds):
-                before.append(_run(baseline, options.module, options.args))
+                before.append(_run(baseline, old_python, options.module, options.args))
                 print(f"round {n + 1} baseline: {json.dumps(before[-1])}", flush=True)
-                after.append(_run(ROOT, options.module, options.args))
+                after.append(_run(ROOT, new_python, options.module, options.args))
                 print(f"round {n + 1} current:  {json.dumps(after[-1])}", flush=True)
         finally:
             subprocess.run(
