@@ -97,6 +97,7 @@ bench: setup
 	$(PY) -m scripts.bench_indexer
 	$(PY) -m scripts.bench_inference
 	$(PY) -m scripts.bench_fulfiller
+	$(PY) -m scripts.bench_durability
 	$(PY) -m scripts.bench_e2e
 	$(PY) -m scripts.bench_scale
 	$(PY) -m scripts.bench_dispatch
