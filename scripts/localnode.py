@@ -82,6 +82,10 @@ class LocalNode:
         self.ready = json.loads(ready_file.read_text())
         values = dotenv_values(self.ready["env_file"])
         self.env = {k: v for k, v in values.items() if v is not None}
+        # The devnet's env file starts the embedded model (what a newcomer gets); benchmarks
+        # and tests of the node's machinery want the deterministic backend unless they say
+        # otherwise (the demo and the replay tests ask for the model in env_overrides).
+        self.env["HODLAI_LLM_BACKEND"] = "local"
         self.env.update(self.env_overrides)
         self.env["HODLAI_WORKER_COUNT"] = str(self.inference_shards)
 
