@@ -81,13 +81,20 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resume(args: argparse.Namespace) -> int:
-    resolution = halt.Resolution.ALLOW_ROLLBACK if args.allow_rollback else halt.Resolution.RESUME
+def resume_poller(name: str, *, allow_rollback: bool) -> tuple[halt.Halt | None, halt.Resolution]:
+    """Clear poller ``name``'s halt in the configured database (an operator's step, named
+    ``operator:cli``): the cleared halt (None when it was not halted) and the resolution."""
+    resolution = halt.Resolution.ALLOW_ROLLBACK if allow_rollback else halt.Resolution.RESUME
     conn = open_for_writing(inspection_settings())
     try:
-        cleared = halt.resume(conn, resolution=resolution, worker=args.name, by="operator:cli")
+        cleared = halt.resume(conn, resolution=resolution, worker=name, by="operator:cli")
     finally:
         conn.close()
+    return cleared, resolution
+
+
+def _resume(args: argparse.Namespace) -> int:
+    cleared, resolution = resume_poller(args.name, allow_rollback=args.allow_rollback)
     if args.json:
         print(
             json.dumps(

@@ -51,22 +51,11 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _resume(args: argparse.Namespace) -> int:
+    # The core's `hodlai poller-resume indexer`, under the name operators already know.
     from shared import halt
-    from shared.config import CoreSettings, load_settings
-    from shared.db import connect
-    from shared.errors import ConfigError
+    from shared.chain.cli import resume_poller
 
-    settings = load_settings(CoreSettings)
-    if not settings.db_path.exists():
-        raise ConfigError(f"HODLAI_DB_PATH: no database at {settings.db_path}")
-    conn = connect(settings.db_path)
-    try:
-        resolution = (
-            halt.Resolution.ALLOW_ROLLBACK if args.allow_rollback else halt.Resolution.RESUME
-        )
-        cleared = halt.resume(conn, resolution=resolution, worker=halt.INDEXER)
-    finally:
-        conn.close()
+    cleared, resolution = resume_poller(halt.INDEXER, allow_rollback=bool(args.allow_rollback))
     if args.json:
         print(
             json.dumps(
