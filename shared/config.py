@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal, TypeVar
@@ -224,6 +225,24 @@ class CoreSettings(BaseSettings):
 
 
 S = TypeVar("S", bound=BaseSettings)
+
+
+def settings_epilog(cls: type[BaseSettings], *, also: Sequence[tuple[str, str]] = ()) -> str:
+    """The settings of a command, for its ``--help``: every field of ``cls`` as its
+    environment variable with its default (and its description where it has one), then
+    ``also`` (name, meaning) for what is read outside the settings class. Secrets show no
+    default (they have none)."""
+    lines = ["settings (environment or .env) [default]:"]
+    for field, info in cls.model_fields.items():
+        if field == "chains":
+            continue  # HODLAI_CHAINS__<name>__…: named chains, docs/OPERATIONS.md
+        default = info.get_default(call_default_factory=True)
+        shown = "" if default in (None, "", [], {}) else f" [{default}]"
+        meaning = f"  {info.description}" if info.description else ""
+        lines.append(f"  {env_name(cls, field)}{shown}{meaning}")
+    lines += [f"  {name}  {meaning}" for name, meaning in also]
+    lines.append("More: docs/OPERATIONS.md.")
+    return "\n".join(lines)
 
 
 def env_name(cls: type[BaseSettings], field: str) -> str:

@@ -98,3 +98,16 @@ def test_the_key_file_may_name_the_systemd_credentials_directory(
     assert settings.key_passphrase_file == Path(
         "/run/credentials/hodlai-fulfiller.service/oracle-passphrase"
     )
+
+
+def test_the_fulfillers_help_names_its_settings_with_their_defaults() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "fulfiller", "--help"],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+    for name in ("HODLAI_KEY_FILE", "HODLAI_DB_PATH", "HODLAI_RPC_URLS", "HODLAI_LOCK_DIR"):
+        assert name in out
+    assert "HODLAI_FULFILLER_WINDOW [64]" in out

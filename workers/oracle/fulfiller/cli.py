@@ -13,6 +13,9 @@ from shared.cli import runs_executor
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``fulfiller`` to the ``hodlai`` command line."""
+    from shared.config import settings_epilog
+    from workers.oracle.fulfiller.settings import FulfillerSettings
+
     parser = subparsers.add_parser(
         "fulfiller",
         help="sign and send fulfilments of ANSWERED requests (holds the oracle key)",
@@ -20,6 +23,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "simulates each answered request, records the signed fulfilment before broadcasting "
         "it, keeps up to HODLAI_FULFILLER_WINDOW transactions in flight, and follows them "
         "until mined (re-broadcast, fee bumps, cancels). Stop with SIGTERM / Ctrl-C.",
+        epilog=settings_epilog(
+            FulfillerSettings,
+            also=[("HODLAI_LOCK_DIR", "directory of the sending-key locks [beside the database]")],
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.set_defaults(func=_run)
     runs_executor(parser, "oracle")
