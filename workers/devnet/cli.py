@@ -128,7 +128,13 @@ class _StopFlag:
 def cmd_devnet(args: argparse.Namespace) -> int:
     """Run the devnet in the foreground. Exit code 0 after a requested stop, 1 if anvil died."""
     from workers.devnet.anvil import Anvil
-    from workers.devnet.deploy import deploy_stack, write_deployment_json, write_env_file
+    from workers.devnet.deploy import (
+        deploy_stack,
+        oracle_env_settings,
+        write_deployment_json,
+        write_env_file,
+    )
+    from workers.devnet.parts import DevAccountKey, DevnetChain, part_settings, run_parts
 
     configure_logging(args.log_level)
     state_dir: Path = args.state_dir
@@ -159,6 +165,24 @@ def cmd_devnet(args: argparse.Namespace) -> int:
                 treasury=treasury.address,
                 fund_wei=DEVNET_ORACLE_FUNDING,
             )
+            oracle_settings = oracle_env_settings(
+                deployment,
+                db_path=state_dir / DB_FILE_NAME,
+                key_file=key_file,
+                rpc_url=anvil.rpc_url,
+                confirmations=0,
+            )
+            # Each executor's own contracts and keys (the hodlai.devnet entry points).
+            parts = run_parts(
+                DevnetChain(
+                    rpc_url=anvil.rpc_url,
+                    chain_id=deployment.chain_id,
+                    state_dir=state_dir,
+                    db_path=state_dir / DB_FILE_NAME,
+                    accounts=tuple(DevAccountKey(a.address, a.private_key) for a in anvil.accounts),
+                    settings={name: value for _, name, value in oracle_settings},
+                )
+            )
             write_env_file(
                 env_file,
                 deployment,
@@ -166,10 +190,18 @@ def cmd_devnet(args: argparse.Namespace) -> int:
                 key_file=key_file,
                 rpc_url=anvil.rpc_url,
                 confirmations=0,
+                parts=[(s.comment, s.name, s.value) for s in part_settings(parts)],
             )
             deployment_file = write_deployment_json(state_dir / "deployment.json", deployment)
             if ready_file is not None:
-                _write_ready_file(ready_file, anvil, deployment, env_file, deployment_file)
+                _write_ready_file(
+                    ready_file,
+                    anvil,
+                    deployment,
+                    env_file,
+                    deployment_file,
+                    {name: dict(part.deployment) for name, part in parts.items()},
+                )
             log.info(
                 "devnet_ready",
                 rpc_url=anvil.rpc_url,
@@ -181,6 +213,9 @@ def cmd_devnet(args: argparse.Namespace) -> int:
                 anvil_pid=anvil.pid,
             )
             _print_summary(anvil, deployment, env_file, key_file)
+            for part in parts.values():
+                if part.summary:
+                    print("\n".join(part.summary), flush=True)
             return _stay_in_foreground(stop, anvil)
     finally:
         if ready_file is not None:
@@ -233,7 +268,12 @@ def _oracle_from_key_file(key_file: Path) -> str:
 
 
 def _write_ready_file(
-    path: Path, anvil: Anvil, deployment: Deployment, env_file: Path, deployment_file: Path
+    path: Path,
+    anvil: Anvil,
+    deployment: Deployment,
+    env_file: Path,
+    deployment_file: Path,
+    parts: dict[str, dict[str, Any]],
 ) -> None:
     from workers.devnet.deploy import write_text_atomically
 
@@ -244,6 +284,7 @@ def _write_ready_file(
         "env_file": str(env_file.resolve()),
         "deployment_file": str(deployment_file.resolve()),
         "deployment": deployment.to_json(),
+        "parts": parts,
     }
     write_text_atomically(path, json.dumps(content, indent=2, sort_keys=True) + "\n")
 

@@ -21,7 +21,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, cast
@@ -364,8 +364,49 @@ def write_env_file(
     llm_backend: str = "llama",
     log_level: str = "INFO",
     extra: Mapping[str, str] | None = None,
+    parts: Sequence[tuple[str, str, str]] = (),
 ) -> Path:
-    """Write a ready-to-use ``.env`` for the node (paths made absolute). Returns the path."""
+    """Write a ready-to-use ``.env`` for the node (paths made absolute). Returns the path.
+
+    ``parts`` are (comment, name, value) settings the devnet's executor parts add
+    (workers/devnet/parts.py), written after the oracle's.
+    """
+    settings = oracle_env_settings(
+        deployment,
+        db_path=db_path,
+        key_file=key_file,
+        rpc_url=rpc_url,
+        confirmations=confirmations,
+        llm_backend=llm_backend,
+        log_level=log_level,
+    )
+    settings += list(parts)
+    for name, value in (extra or {}).items():
+        settings.append(("extra setting given to the deploy step", name, value))
+    lines = [
+        f"# hodlai node settings for chain {deployment.chain_id}, "
+        f"written {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}",
+        "",
+    ]
+    for comment, name, value in settings:
+        lines += [f"# {comment}", f"{name}={_env_value(value)}", ""]
+    target = Path(path)
+    write_text_atomically(target, "\n".join(lines).rstrip("\n") + "\n")
+    log.info("env_file_written", path=str(target))
+    return target
+
+
+def oracle_env_settings(
+    deployment: Deployment,
+    *,
+    db_path: Path | str,
+    key_file: Path | str | None,
+    rpc_url: str,
+    confirmations: int = 0,
+    llm_backend: str = "llama",
+    log_level: str = "INFO",
+) -> list[tuple[str, str, str]]:
+    """The (comment, name, value) settings of the core and the oracle's stack."""
     settings: list[tuple[str, str, str]] = [
         (
             "SQLite database every process of the node shares",
@@ -431,19 +472,7 @@ def write_env_file(
         ),
         ("DEBUG, INFO, WARNING or ERROR", "LOG_LEVEL", log_level),
     ]
-    for name, value in (extra or {}).items():
-        settings.append(("extra setting given to the deploy step", name, value))
-    lines = [
-        f"# hodlai node settings for chain {deployment.chain_id}, "
-        f"written {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}",
-        "",
-    ]
-    for comment, name, value in settings:
-        lines += [f"# {comment}", f"{name}={_env_value(value)}", ""]
-    target = Path(path)
-    write_text_atomically(target, "\n".join(lines).rstrip("\n") + "\n")
-    log.info("env_file_written", path=str(target))
-    return target
+    return settings
 
 
 def write_deployment_json(path: Path | str, deployment: Deployment) -> Path:
