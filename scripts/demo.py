@@ -95,11 +95,10 @@ def start_honcho(node: LocalNode, dispatch: demo_dispatch.DispatchPart) -> subpr
     }  # fmt: skip
     log = (WORKDIR / "logs" / "honcho.log").open("ab")
     # honcho layers env files left to right (each over the process environment), so the
-    # demo's settings go in a second file after the devnet's: the embedded model, the
-    # dispatcher switched on with its queue, the API on a free port.
+    # demo's settings go in a second file after the devnet's: the embedded model and the
+    # dispatcher switched on with its queue (the devnet's env gives the API a free port).
     demo_env = WORKDIR / "demo.env"
-    settings = {**MODEL_ENV, **demo_dispatch.dispatcher_env(dispatch),
-                "HODLAI_API_PORT": str(free_port())}  # fmt: skip
+    settings = {**MODEL_ENV, **demo_dispatch.dispatcher_env(dispatch)}
     demo_env.write_text("".join(f"{name}={value}\n" for name, value in settings.items()))
     return subprocess.Popen(
         [sys.executable, "-m", "honcho", "start", "-f", str(ROOT / "Procfile"), "-e",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -49,6 +50,13 @@ class Ask:
     model: str = "hodlai-local"
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the devnet's env file gives it to hodlai api)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 @dataclass
 class LocalNode:
     workdir: Path
@@ -67,7 +75,7 @@ class LocalNode:
         (self.workdir / "logs").mkdir(exist_ok=True)
         ready_file = self.workdir / "ready.json"
         argv = [str(BIN / "hodlai"), "devnet", "--state-dir", str(self.workdir),
-                "--ready-file", str(ready_file)]  # fmt: skip
+                "--ready-file", str(ready_file), "--api-port", str(free_port())]  # fmt: skip
         if self.block_time is not None:
             argv += ["--block-time", str(self.block_time)]
         log = (self.workdir / "logs" / "devnet.log").open("ab")

@@ -51,3 +51,32 @@ def test_a_setting_defined_twice_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(DevnetPartError, match="HODLAI_RPC_URLS, already set by oracle"):
         run_parts(_chain(tmp_path), [("clash", clash)])
+
+
+def test_the_api_part_writes_private_token_files_and_names_them(tmp_path: Path) -> None:
+    import stat
+
+    from shared.api.tokens import load_tokens
+    from workers.devnet.api_part import setup
+
+    chain = DevnetChain(
+        rpc_url="http://127.0.0.1:1",
+        chain_id=31337,
+        state_dir=tmp_path,
+        db_path=tmp_path / "hodlai.db",
+        accounts=(),
+        api_port=18080,
+    )
+    part = setup(chain)
+    settings = {s.name: s.value for s in part.settings}
+    assert settings["HODLAI_API_URL"] == "http://127.0.0.1:18080"
+    assert settings["HODLAI_API_PORT"] == "18080"
+    admin_file = Path(settings["HODLAI_DEVNET_ADMIN_TOKEN_FILE"])
+    tokens_file = Path(settings["HODLAI_API_TOKENS_FILE"])
+    for path in (admin_file, tokens_file):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    admin = admin_file.read_text().strip()
+    roles = {t.token_id: (t.role, t.value) for t in load_tokens(tokens_file)}
+    assert roles["devnet-admin"][0] == "admin" and roles["devnet-admin"][1] == admin.encode()
+    assert roles["devnet-read"][0] == "read"
+    assert admin not in " ".join(part.summary) + str(part.deployment)

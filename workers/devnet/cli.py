@@ -41,6 +41,7 @@ log = structlog.get_logger(__name__)
 DEFAULT_STATE_DIR: Final = Path(".devnet")
 DEFAULT_DEVNET_CHAIN_ID: Final = 31337
 DB_FILE_NAME: Final = "hodlai.db"
+DEFAULT_API_PORT: Final = 8000
 ORACLE_KEY_FILE_NAME: Final = "oracle-key.json"
 # Wei sent to the devnet oracle: enough gas money for hundreds of thousands of fulfilments
 # at devnet fees (~150k gas at ~2 gwei each), a tenth of a dev account's balance.
@@ -71,6 +72,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--env-file", type=Path, default=None, help="default: <state-dir>/devnet.env"
     )
     devnet.add_argument("--chain-id", type=int, default=DEFAULT_DEVNET_CHAIN_ID)
+    devnet.add_argument(
+        "--api-port",
+        type=int,
+        default=DEFAULT_API_PORT,
+        help="the port the env file gives hodlai api (HODLAI_API_PORT, HODLAI_API_URL)",
+    )
     devnet.add_argument(
         "--ready-file",
         type=Path,
@@ -181,6 +188,7 @@ def cmd_devnet(args: argparse.Namespace) -> int:
                     db_path=state_dir / DB_FILE_NAME,
                     accounts=tuple(DevAccountKey(a.address, a.private_key) for a in anvil.accounts),
                     settings={name: value for _, name, value in oracle_settings},
+                    api_port=args.api_port,
                 )
             )
             write_env_file(

@@ -60,6 +60,8 @@ class DevnetChain:
     state_dir: Path
     db_path: Path
     accounts: tuple[DevAccountKey, ...]
+    #: The port the node's one ``hodlai api`` listens on (``hodlai devnet --api-port``).
+    api_port: int = 8000
     #: The settings already written for the oracle's stack (HODLAI_RPC_URLS, ...).
     settings: Mapping[str, str] = field(default_factory=dict)
 
