@@ -101,11 +101,18 @@ class DistSettings(CoreSettings):
             " against the key by the distributor"
         ),
     )
-    dist_oracle_treasury: str = Field(
+    dist_multisend_address: str = Field(
         default="",
         description=(
-            "the treasury whose accrued oracle fees an oracle_fees condition reads (default:"
-            " the oracle provider's treasury() on the task's chain)"
+            "the multisend contract on the EVM networks (hodlai devnet deploys one): batched"
+            " payments and the unsigned transaction of a preview"
+        ),
+    )
+    dist_oracle_provider: str = Field(
+        default="",
+        description=(
+            "the oracle provider whose treasury an oracle_fees condition watches, unless the"
+            " condition names one"
         ),
     )
 
