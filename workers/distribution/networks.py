@@ -93,3 +93,14 @@ def build_networks(settings: DistSettings) -> dict[str, Network]:
             )
         built[cluster.name] = cluster
     return built
+
+
+def source_of(network: Network, settings: DistSettings) -> str | None:
+    """The paying address of ``network``: the rail's own (``network.source``) or, on EVM,
+    HODLAI_DIST_SOURCE_ADDRESS; None when this process does not know it (the payer sets it)."""
+    own = getattr(network, "source", None)
+    if isinstance(own, str) and own:
+        return own
+    if network.kind == "evm" and settings.dist_source_address:
+        return network.normalize_address(settings.dist_source_address)
+    return None

@@ -57,6 +57,15 @@ class DistSettings(CoreSettings):
     dist_max_recipients: int = Field(
         default=5000, ge=1, le=100_000, description="recipients a task may have at most"
     )
+    dist_missed_grace_s: float = Field(
+        default=60.0,
+        ge=0,
+        le=86_400,
+        description=(
+            "seconds after a cron slot within which it counts as on time; an older due slot"
+            " is missed and follows HODLAI_DIST_MISSED_SLOTS"
+        ),
+    )
     dist_condition_checks: int = Field(
         default=3,
         ge=1,
