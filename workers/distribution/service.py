@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -39,8 +40,8 @@ from workers.distribution.tasks import (
 from workers.distribution.templates import apply_template
 
 _BODY_KEYS: Final = frozenset({"network", "tokenMint", "task", "template"})
-#: (network, token) -> decimals: a token's decimals never change
-_DECIMALS: dict[tuple[str, str], int] = {}
+#: network -> token -> decimals: a token's decimals never change
+_DECIMALS: weakref.WeakKeyDictionary[Network, dict[str, int]] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -64,10 +65,10 @@ def pick_network(networks: Mapping[str, Network], name: object) -> Network:
 
 
 async def token_decimals(network: Network, token: str) -> int:
-    key = (network.name, token)
-    if key not in _DECIMALS:
-        _DECIMALS[key] = await network.decimals(token)
-    return _DECIMALS[key]
+    known = _DECIMALS.setdefault(network, {})
+    if token not in known:
+        known[token] = await network.decimals(token)
+    return known[token]
 
 
 def pick_token(network: Network, value: object) -> str:
