@@ -236,3 +236,60 @@ def test_the_distributor_process_records_a_fired_condition_and_stops_cleanly(
     assert json.loads(shown.stdout)["runs"][0]["id"] == run["run_id"]
     off = _hodlai({**env, "HODLAI_DIST_ENABLED": "false"}, "distributor")
     assert off.returncode == 0 and "executor_disabled" in off.stdout + off.stderr
+
+
+def test_two_distributor_processes_on_one_database_record_each_due_slot_once(
+    anvil: Anvil, tmp_path: Path
+) -> None:
+    from tests.distribution_fixtures import dist_settings
+    from workers.distribution import service
+
+    token = deploy_token(anvil)
+    mine(anvil, 1)
+    db = tmp_path / "node.db"
+    conn = connect(db)
+    settings = dist_settings(rpc_urls=[anvil.rpc_url], confirmations=0)
+    tasks = 20
+
+    async def create() -> None:
+        network = EvmNetwork("devnet", RpcClient([anvil.rpc_url]), confirmations=0,
+                             chain_id=anvil.chain_id)  # fmt: skip
+        try:
+            for i in range(tasks):
+                body = _seed_body(token.address, id=f"t{i}", schedule={"cron": "0 0 1 1 *"})
+                await service.create(conn, body, {"devnet": network}, settings, actor="test")
+        finally:
+            await network.aclose()
+
+    asyncio.run(create())
+    slot = time.time() - 5  # a slot due now for every task; the next one is months away
+    with conn:
+        conn.execute("UPDATE distribution_tasks SET next_run_at = ?", (slot,))
+    env = {"PATH": "/usr/bin:/bin", "HODLAI_DB_PATH": str(db), "HODLAI_RPC_URLS": anvil.rpc_url,
+           "HODLAI_CONFIRMATIONS": "0", "HODLAI_DIST_TICK_S": "0.05"}  # fmt: skip
+    logs = [tmp_path / f"distributor-{i}.log" for i in range(2)]
+    processes = []
+    for path in logs:
+        with path.open("w") as log_file:
+            processes.append(subprocess.Popen(
+                [sys.executable, "-m", "shared.cli", "distributor"], env=env, stdout=log_file,
+                stderr=subprocess.STDOUT, text=True,
+            ))  # fmt: skip
+    try:
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            runs = conn.execute("SELECT COUNT(*) FROM distribution_runs").fetchone()[0]
+            if runs >= tasks:
+                break
+            time.sleep(0.1)
+        time.sleep(1.0)  # both keep passing: nothing more may be recorded
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        codes = [p.wait(timeout=20) for p in processes]
+    assert codes == [0, 0], [p.read_text() for p in logs]
+    per_task = dict(conn.execute("SELECT task_id, COUNT(*) FROM distribution_runs GROUP BY 1"))
+    assert per_task == {f"t{i}": 1 for i in range(tasks)}
+    assert conn.execute("SELECT COUNT(*) FROM distribution_transfers").fetchone()[0] == 2 * tasks
+    recorded_by = [path.read_text().count("distribution_slot_run") for path in logs]
+    assert sum(recorded_by) == tasks, recorded_by
