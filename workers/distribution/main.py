@@ -7,8 +7,9 @@ Guarantees:
   once (workers/distribution/scheduler.py) and each payer works on a run only under its lease
   (workers/distribution/payers.py).
 - A payer is built per configured network through its rail's factory
-  (``workers.distribution.evm.payer.build(settings, name)``,
-  ``workers.distribution.solana.build_payer(settings)``); a rail that is not installed is
+  (``workers.distribution.evm.payer.build(settings, name, db=db)``,
+  ``workers.distribution.solana.build_payer(settings, db=db)``, ``db`` the process's
+  AsyncDatabase); a rail that is not installed is
   logged (``distribution_payer_missing``) and its runs wait, recorded, until a distributor
   that has it runs.
 - ``HODLAI_DIST_KEY_FILE`` and ``HODLAI_DIST_SOURCE_ADDRESS`` must name the same address when
@@ -75,7 +76,11 @@ async def _maybe_await(value: Any) -> Any:
     return await value if inspect.isawaitable(value) else value
 
 
-async def build_payers(settings: DistSettings, networks: dict[str, Network]) -> list[Payer]:
+async def build_payers(
+    settings: DistSettings, networks: dict[str, Network], db: AsyncDatabase
+) -> list[Payer]:
+    """One payer per network, through its rail's factory (``build(settings, name, db=db)``,
+    ``build_payer(settings, db=db)``), each on the process's database thread."""
     payers: list[Payer] = []
     evm = [n for n in networks.values() if n.kind == "evm"]
     if evm:
@@ -88,10 +93,10 @@ async def build_payers(settings: DistSettings, networks: dict[str, Network]) -> 
                         networks=[n.name for n in evm])  # fmt: skip
         else:
             for network in evm:
-                payers.append(await _maybe_await(module.build(settings, network.name)))
+                payers.append(await _maybe_await(module.build(settings, network.name, db=db)))
     if any(n.kind == "solana" for n in networks.values()):
         solana = importlib.import_module("workers.distribution.solana")
-        payer = await _maybe_await(solana.build_payer(settings))
+        payer = await _maybe_await(solana.build_payer(settings, db=db))
         if payer is not None:
             payers.append(payer)
     return payers
@@ -100,16 +105,17 @@ async def build_payers(settings: DistSettings, networks: dict[str, Network]) -> 
 class Distributor:
     """The scheduler pass and every payer's tick, one step of the run loop."""
 
-    def __init__(self, settings: DistSettings, owner: str) -> None:
+    def __init__(self, settings: DistSettings, owner: str, db: AsyncDatabase) -> None:
         self.settings = settings
         self.owner = owner
+        self.db = db
         self.networks: dict[str, Network] = {}
         self.payers: list[Payer] = []
         self.scheduler: Scheduler | None = None
 
     async def start(self, stop: asyncio.Event) -> bool:
         self.networks = build_networks(self.settings)
-        self.payers = await build_payers(self.settings, self.networks)
+        self.payers = await build_payers(self.settings, self.networks, self.db)
         # The scheduler's statements are short (a slot's run is one transaction); it keeps its
         # own connection on the loop's thread, beside the payers' own.
         conn = connect(self.settings.db_path, durable=True)
@@ -154,7 +160,7 @@ def run(settings: DistSettings) -> int:
     )
 
     @asynccontextmanager
-    async def build(_db: AsyncDatabase, _stop: asyncio.Event) -> AsyncIterator[Distributor]:
-        yield Distributor(settings, owner)
+    async def build(db: AsyncDatabase, _stop: asyncio.Event) -> AsyncIterator[Distributor]:
+        yield Distributor(settings, owner, db)
 
     return run_worker(spec, build, log_level=settings.log_level)
