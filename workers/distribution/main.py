@@ -12,6 +12,8 @@ Guarantees:
   AsyncDatabase); a rail that is not installed is
   logged (``distribution_payer_missing``) and its runs wait, recorded, until a distributor
   that has it runs.
+- ``HODLAI_DIST_PAY=false`` makes a scheduler-only distributor: it records runs and builds
+  no payer (a host without the key; the payers run elsewhere on the same database).
 - ``HODLAI_DIST_KEY_FILE`` and ``HODLAI_DIST_SOURCE_ADDRESS`` must name the same address when
   both are set (the API records the latter on the runs it creates): a mismatch is a
   ConfigError at start, naming both settings, never the key.
@@ -115,7 +117,8 @@ class Distributor:
 
     async def start(self, stop: asyncio.Event) -> bool:
         self.networks = build_networks(self.settings)
-        self.payers = await build_payers(self.settings, self.networks, self.db)
+        if self.settings.dist_pay:
+            self.payers = await build_payers(self.settings, self.networks, self.db)
         # The scheduler's statements are short (a slot's run is one transaction); it keeps its
         # own connection on the loop's thread, beside the payers' own.
         conn = connect(self.settings.db_path, durable=True)
@@ -145,7 +148,8 @@ class Distributor:
 
 def run(settings: DistSettings) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code."""
-    check_source(settings)
+    if settings.dist_pay:
+        check_source(settings)
     for name in settings.dist_networks:
         settings.evm_chain(name)  # ConfigError naming the setting before anything starts
     owner = f"{PROCESS}:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
