@@ -212,6 +212,13 @@ def test_a_scheduling_distributor_process_records_a_fired_condition_and_stops_cl
     created = _hodlai(env, "dist", "create", str(tmp_path / "task.json"))
     assert created.returncode == 0, created.stderr
     assert json.loads(created.stdout)["task"]["condition"]["checks"] == 2
+    preview = _hodlai(env, "dist", "preview", "gas-rich")
+    assert preview.returncode == 0, preview.stderr
+    assert json.loads(preview.stdout)["totalAmount"] == str(1000 * 10**6)
+    refused = _hodlai(env, "dist", "create", str(tmp_path / "task.json"))
+    assert refused.returncode == 1 and "used already" in refused.stderr
+    listed = json.loads(_hodlai(env, "dist", "list", "--json").stdout)["tasks"]
+    assert [t["id"] for t in listed] == ["gas-rich"]
     log_path = tmp_path / "distributor.log"
     with log_path.open("w") as log_file:
         process = subprocess.Popen(
