@@ -27,7 +27,7 @@ import inspect
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
@@ -35,7 +35,7 @@ import structlog
 
 from shared import keys
 from shared.db import AsyncDatabase, connect
-from shared.errors import ConfigError
+from shared.errors import ConfigError, RetryableError
 from shared.metrics import Health
 from shared.runtime import WorkerSpec, run_worker
 from workers.distribution.networks import Network, build_networks
@@ -131,10 +131,24 @@ class Distributor:
         return not stop.is_set()
 
     async def step(self) -> float:
+        """The scheduler's pass, then each payer's tick. A retryable failure of one (its
+        network's RPC is down) does not keep the others from their turn; the first such
+        failure is raised after all had it, so the run loop backs off and /healthz sees it."""
         assert self.scheduler is not None
-        did = await self.scheduler.tick()
-        for payer in self.payers:
-            did = await payer.tick() or did
+        did = False
+        failed: list[RetryableError] = []
+        parts: list[tuple[str, Callable[[], Awaitable[bool]]]] = [
+            ("scheduler", self.scheduler.tick),
+            *((",".join(sorted(p.networks)), p.tick) for p in self.payers),
+        ]
+        for name, tick in parts:
+            try:
+                did = await tick() or did
+            except RetryableError as exc:
+                log.warning("distribution_part_failed", part=name, error=str(exc))
+                failed.append(exc)
+        if failed:
+            raise failed[0]
         return 0.0 if did else self.settings.dist_tick_s
 
     async def stop(self) -> None:
