@@ -285,3 +285,4 @@ def test_a_failing_payer_does_not_keep_the_others_from_their_turn(db_path: Path)
         run(distributor.step())
     assert (down.ticks, up.ticks) == (1, 1)
     assert [e["part"] for e in logs if e["event"] == "distribution_part_failed"] == ["base"]
+    distributor.db.close()
