@@ -286,3 +286,16 @@ def test_a_failing_payer_does_not_keep_the_others_from_their_turn(db_path: Path)
     assert (down.ticks, up.ticks) == (1, 1)
     assert [e["part"] for e in logs if e["event"] == "distribution_part_failed"] == ["base"]
     distributor.db.close()
+
+
+def test_slots_passed_within_the_grace_but_not_run_are_logged_too(db_path: Path) -> None:
+    conn = connect(db_path)
+    net = {"devnet": MemoryNetwork()}
+    task_id = _create(conn, net, seed_task(cron="* * * * *"), MIDNIGHT - 1)
+    settings = dist_settings(dist_missed_grace_s=300)
+    with capture_logs() as logs:
+        run(Scheduler(conn, settings, net, owner="s", clock=Clock(MIDNIGHT + 150)).tick())
+    assert _slots(conn, task_id) == ["2027-01-15T00:02:00.000Z"]
+    (decision,) = [e for e in logs if e["event"] == "distribution_slots_missed"]
+    assert (decision["missed"], decision["skipped"], decision["first_skipped"]) == (
+        0, 2, "2027-01-15T00:00:00.000Z")  # fmt: skip

@@ -189,7 +189,7 @@ class Scheduler:
         else:
             chosen = None
         skipped = [s for s in slots if s != chosen]
-        if missed:
+        if skipped:  # every slot not run is logged, whatever made it late
             log.warning(
                 "distribution_slots_missed", task_id=task_id,
                 policy=self.settings.dist_missed_slots, missed=len(missed),
