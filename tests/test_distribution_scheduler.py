@@ -30,7 +30,7 @@ from tests.distribution_fixtures import (
 from workers.distribution import service
 from workers.distribution.machine import RUNS
 from workers.distribution.main import Distributor
-from workers.distribution.scheduler import Scheduler, next_slot
+from workers.distribution.scheduler import MAX_CATCHUP_SLOTS, Scheduler, due_slots, next_slot
 
 T = TypeVar("T")
 MIDNIGHT = 1_800_000_000.0 - 8 * 3600  # 2027-01-15T00:00:00Z
@@ -299,3 +299,11 @@ def test_slots_passed_within_the_grace_but_not_run_are_logged_too(db_path: Path)
     (decision,) = [e for e in logs if e["event"] == "distribution_slots_missed"]
     assert (decision["missed"], decision["skipped"], decision["first_skipped"]) == (
         0, 2, "2027-01-15T00:00:00.000Z")  # fmt: skip
+
+
+def test_a_year_of_downtime_is_caught_up_in_one_pass() -> None:
+    slots = due_slots("* * * * *", "UTC", MIDNIGHT, MIDNIGHT + 365 * 86_400 + 30)
+    assert len(slots) == MAX_CATCHUP_SLOTS + 1
+    assert slots[-1] == MIDNIGHT + 365 * 86_400  # the latest slot, for the "latest" policy
+    assert due_slots("0 0 * * *", "UTC", MIDNIGHT, MIDNIGHT + 3 * 86_400) == [
+        MIDNIGHT, MIDNIGHT + 86_400, MIDNIGHT + 2 * 86_400, MIDNIGHT + 3 * 86_400]  # fmt: skip

@@ -53,8 +53,9 @@ from workers.distribution.tasks import NATIVE_DECIMALS, iso, manifest_of, spec_f
 
 log = structlog.get_logger(__name__)
 
-#: slots examined at most when catching up (a "* * * * *" task down for a week has 10,080)
-MAX_CATCHUP_SLOTS: Final = 100_000
+#: slots listed at most when catching up (a "* * * * *" task down for a day has 1,440);
+#: beyond, only the latest is added (the log then says ``capped``): a pass stays short
+MAX_CATCHUP_SLOTS: Final = 1000
 
 
 def next_slot(cron: str, timezone: str, after: float) -> float:
@@ -64,15 +65,29 @@ def next_slot(cron: str, timezone: str, after: float) -> float:
     return value.astimezone(UTC).timestamp()
 
 
+def latest_slot(cron: str, timezone: str, now: float) -> float:
+    """The last slot of ``cron`` at or before ``now``."""
+    after = next_slot(cron, timezone, now - 1e-3)
+    if after <= now:
+        return after
+    start = datetime.fromtimestamp(now, ZoneInfo(timezone))
+    value: datetime = croniter(cron, start).get_prev(datetime)
+    return value.astimezone(UTC).timestamp()
+
+
 def due_slots(cron: str, timezone: str, first: float, now: float) -> list[float]:
-    """The slots from ``first`` (a slot) up to ``now``, oldest first (at most
-    MAX_CATCHUP_SLOTS, the newest kept)."""
+    """The slots from ``first`` (a slot) up to ``now``, oldest first. After downtime longer
+    than MAX_CATCHUP_SLOTS slots, the first MAX_CATCHUP_SLOTS and the latest one (the slots
+    between are skipped under either policy, so they need not be listed)."""
     slots: list[float] = []
     slot = first
     while slot <= now:
         slots.append(slot)
-        if len(slots) > MAX_CATCHUP_SLOTS:
-            slots.pop(0)
+        if len(slots) >= MAX_CATCHUP_SLOTS:
+            last = latest_slot(cron, timezone, now)
+            if last > slots[-1]:
+                slots.append(last)
+            break
         slot = next_slot(cron, timezone, slot)
     return slots
 
@@ -196,6 +211,7 @@ class Scheduler:
                 skipped=len(skipped), first_skipped=iso(skipped[0]) if skipped else None,
                 last_skipped=iso(skipped[-1]) if skipped else None,
                 run=iso(chosen) if chosen is not None else None,
+                capped=len(slots) > MAX_CATCHUP_SLOTS,
             )  # fmt: skip
 
         return chosen, following
