@@ -44,10 +44,37 @@ def _dispatch_agent(n: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _distribution_task(n: int) -> dict[str, Any]:
+    return {
+        "task_id": f"task-{n}", "network": "devnet", "token": "0x" + "cd" * 20,
+        "name": f"task {n}", "type": "manual",
+        "recipients": '[{"address": "0x' + "ab" * 20 + '", "amount": "1"}]',
+        "total_amount": "1", "use_percentage": 0,
+    }  # fmt: skip
+
+
+def _distribution_run(n: int) -> dict[str, Any]:
+    return {
+        "run_id": f"run-{n}", "task_id": f"task-{n % 7}", "network": "devnet",
+        "token": "0x" + "cd" * 20, "slot": f"2026-01-01T00:00:00.{n:06d}Z", "trigger": "manual",
+        "total_amount": "1000", "decimals": 18, "manifest": "[]", "manifest_hash": "0x" + "00" * 32,
+    }  # fmt: skip
+
+
+def _distribution_transfer(n: int) -> dict[str, Any]:
+    return {
+        "transfer_id": f"run-{n // 100}:{n % 100}", "run_id": f"run-{n // 100}",
+        "position": n % 100, "address": f"0x{n:040x}", "amount": str(n + 1),
+    }  # fmt: skip
+
+
 #: machine name -> (key of entity n, the insert columns of entity n)
 FACTORIES: dict[str, Callable[[int], dict[str, Any]]] = {
     "oracle.request": _oracle_request,
     "dispatch.job": _dispatch_job,
     "dispatch.distribution_agent": _dispatch_distribution_agent,
     "dispatch.agent": _dispatch_agent,
+    "distribution.task": _distribution_task,
+    "distribution.run": _distribution_run,
+    "distribution.transfer": _distribution_transfer,
 }

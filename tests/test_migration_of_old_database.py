@@ -150,8 +150,12 @@ def test_a_database_made_before_issue_19_is_upgraded_in_place(tmp_path: Path) ->
     conn = connect(path)
 
     # Every row is kept as it was, in every table the oracle and the core share.
-    for table in ("requests", "fulfillments", "txs", "state_counts", "meta"):
+    for table in ("requests", "fulfillments", "txs", "meta"):
         assert _rows(conn, table) == rows[table], table
+    # Every count kept; the machines of executor sets newer than the database start at zero.
+    counts = set(_rows(conn, "state_counts"))
+    assert set(rows["state_counts"]) <= counts
+    assert {r[-1] for r in counts - set(rows["state_counts"])} <= {0}
     # The transitions too; the row that read migration 4's default now stores it.
     after = _rows(conn, "transitions")
     machine = OLD_COLUMNS["transitions"].index("machine")
@@ -162,7 +166,7 @@ def test_a_database_made_before_issue_19_is_upgraded_in_place(tmp_path: Path) ->
     recorded = conn.execute(
         "SELECT set_name, MAX(version) FROM schema_migrations GROUP BY set_name"
     ).fetchall()
-    assert dict(recorded) == {"core": core_set().latest, "dispatch": 2, "oracle": 1}
+    assert dict(recorded).items() >= {"core": core_set().latest, "dispatch": 2, "oracle": 1}.items()
     assert store.status_counts(conn)[Status.PENDING] == 1
     assert store.status_counts(conn)[Status.FULFILLED] == 1
     # ... and the oracle's code works on them: the old PENDING request can be claimed.
