@@ -81,15 +81,19 @@ class DistChain:
         return decode_uint(raw)
 
     def transfer_logs(self, token: str | None = None) -> Counter[tuple[str, int]]:
-        """(recipient, value) -> Transfer logs from the source on chain, all blocks."""
+        """(recipient, value) -> Transfer logs on chain (all blocks) paying a recipient from the
+        source, directly or through the multisend."""
+        payers = [address_topic(self.source), address_topic(self.multisend)]
         logs = self.rpc(
             "eth_getLogs",
             [{"fromBlock": "0x0", "toBlock": "latest", "address": token or self.token,
-              "topics": [TRANSFER_TOPIC, address_topic(self.source)]}],
+              "topics": [TRANSFER_TOPIC, payers]}],
         )  # fmt: skip
         found: Counter[tuple[str, int]] = Counter()
         for entry in logs:
-            found[(to_checksum_address("0x" + entry["topics"][2][-40:]), int(entry["data"], 16))] += 1
+            to = to_checksum_address("0x" + entry["topics"][2][-40:])
+            if to != self.multisend:
+                found[(to, int(entry["data"], 16))] += 1
         return found
 
 
@@ -167,10 +171,10 @@ def transfers(path: Path, run_id: str) -> list[sqlite3.Row]:
 
 async def pay_until(
     payer: EvmPayer, db_path: Path, run_id: str, *, until: Sequence[str] = ("completed", "failed"),
-    timeout: float = 60.0,
+    within: float = 60.0,
 ) -> str:  # fmt: skip
     """Tick ``payer`` until the run's status is one of ``until``; returns it."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         did = await payer.tick()
         status, _ = run_status(db_path, run_id)
@@ -178,4 +182,4 @@ async def pay_until(
             return status
         if not did:
             await asyncio.sleep(0.1)
-    raise AssertionError(f"run {run_id} is {run_status(db_path, run_id)} after {timeout}s")
+    raise AssertionError(f"run {run_id} is {run_status(db_path, run_id)} after {within}s")

@@ -93,7 +93,7 @@ async def test_an_insufficient_balance_pauses_the_run_and_funding_resumes_it(
     payer = build(chain.settings(), "devnet", db=db)
     try:
         assert await pay_until(payer, chain.db_path, "p", until=["paused"]) == "paused"
-        status, reason = run_status(chain.db_path, "p")
+        _, reason = run_status(chain.db_path, "p")
         assert reason is not None and "fund it with at least 30000000000000000000" in reason
         for _ in range(5):  # still paused, nothing sent
             await payer.tick()

@@ -82,7 +82,7 @@ def test_one_approval_pays_every_recipient_exactly_with_one_transfer_log_each(
     receipt = parse_receipt(raw)
     for address, amount in manifest:
         assert token_balance(admin.w3, token, address) == amount
-    found = paid_transfers(receipt.logs, token=token, source=source.address)
+    found = paid_transfers(receipt.logs, token=token, source=multisend)
     assert found == {(a, v): 1 for a, v in manifest}
     total = sum(v for _, v in manifest)
     assert token_balance(admin.w3, token, source.address) == 10_000 * WHOLE - total
@@ -121,7 +121,7 @@ def test_every_revert_path_is_named(anvil: Anvil, setup: tuple[Deployer, str, st
     admin.mint(fee, [(source, 1_000 * WHOLE)])
     Deployer(anvil.rpc_url, anvil.accounts[1].private_key).approve(fee, multisend, 2**255)
     reason = reverted(anvil, source, multisend, disperse_calldata(fee, [(two[0], 100 * WHOLE)]))
-    assert reason.startswith("TransferShort("), reason
+    assert reason.startswith("PullShort("), reason
     assert str(99 * WHOLE) in reason
 
 

@@ -2,7 +2,7 @@
 pragma solidity 0.8.28;
 
 /// @title FalseToken
-/// @notice A broken test "ERC-20" whose transferFrom moves nothing and returns false, the
+/// @notice A broken test "ERC-20" whose transferFrom and transfer move nothing and returns false, the
 ///         non-reverting failure some old tokens signal: Multisend must refuse it
 ///         (TransferFailed) rather than count the recipient paid.
 contract FalseToken {
@@ -13,6 +13,10 @@ contract FalseToken {
     }
 
     function transferFrom(address, address, uint256) external pure returns (bool) {
+        return false;
+    }
+
+    function transfer(address, uint256) external pure returns (bool) {
         return false;
     }
 }

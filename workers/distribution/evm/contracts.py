@@ -10,7 +10,7 @@ Guarantees:
   Both are exactly what shared/tx/policy.py's ``MOVEMENTS`` decodes, so the spend policy caps
   what they move.
 - :func:`paid_transfers` reads a receipt's ``Transfer(from, to, value)`` logs of one token from
-  one source: the multisend emits no event of its own, each payment is the token's log.
+  one payer (the multisend): it emits no event of its own, each payment is the token's log.
 """
 
 from __future__ import annotations

@@ -9,8 +9,9 @@ Guarantees:
   raises TransitionConflict, which skips the whole batch: nothing is signed for it, and no
   recipient is ever in two batches at once.
 - :func:`settle_final` pays a recipient only from a FINAL receipt's ``Transfer`` log of the
-  run's token, from the source, to that recipient, of exactly its amount. A successful
-  receipt without that log fails the transfer (an unknown outcome is never paid again); a
+  run's token, from the multisend the batch called, to that recipient, of exactly its
+  amount. A successful receipt without that log fails the transfer (an unknown outcome is
+  never paid again); a
   reverted one sends the batch's transfers back to ``pending`` to be simulated again (after
   MAX_ATTEMPTS reverted batches, ``failed``).
 - :func:`return_orphans` sends back to ``pending`` only the transfers of a batch none of whose
@@ -189,7 +190,7 @@ def waiting_batches(conn: sqlite3.Connection, batch_ids: Sequence[str]) -> set[s
 
 
 def settle_final(
-    conn: sqlite3.Connection, *, batch_id: str, sender: str, receipt: Receipt, now: float
+    conn: sqlite3.Connection, *, batch_id: str, multisend: str, receipt: Receipt, now: float
 ) -> tuple[int, int, int]:
     """Act on a batch's FINAL receipt (module docstring); returns (paid, failed, returned)."""
     rows = _batch_rows(conn, batch_id)
@@ -198,7 +199,8 @@ def settle_final(
         return 0, 0, 0
     tx = receipt.tx_hash
     if receipt.ok:
-        logs = paid_transfers(receipt.logs, token=rows[0]["token"], source=sender)
+        # The multisend pays: each recipient's log is Transfer(multisend, recipient, amount).
+        logs = paid_transfers(receipt.logs, token=rows[0]["token"], source=multisend)
         for row in rows:
             key = (to_checksum_address(row["address"]), int(row["amount"]))
             if logs[key] > 0:

@@ -72,7 +72,7 @@ class BatchPurpose:
             log.debug("dist_batch_settled", batch_id=tx.purpose.subject, outcome=outcome.value)
             return
         paid, failed, returned = ledger.settle_final(
-            conn, batch_id=tx.purpose.subject, sender=tx.sender, receipt=receipt, now=now
+            conn, batch_id=tx.purpose.subject, multisend=tx.call.to, receipt=receipt, now=now
         )
         log.info(
             "dist_batch_final",
