@@ -73,8 +73,9 @@ async def test_1000_recipients_with_1_second_blocks_every_delta_is_the_manifest(
 
 def start(chain: DistChain, log: Path, **extra: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.dist_pay_process"],
-        cwd=ROOT, env=chain.env(HODLAI_DIST_MAX_BATCH="10", HODLAI_DIST_WINDOW="2", **extra),
+        [sys.executable, "-m", "shared.cli", "distributor"],
+        cwd=ROOT, env=chain.env(HODLAI_DIST_MAX_BATCH="10", HODLAI_DIST_WINDOW="2",
+                                HODLAI_DIST_TICK_S="0.2", **extra),
         stdout=log.open("ab"), stderr=subprocess.STDOUT,
     )  # fmt: skip
 

@@ -26,9 +26,6 @@ FaultPoint = Literal["", "after_record", "after_broadcast"]
 
 
 class EvmPaySettings(DistSettings):
-    dist_multisend_address: str = Field(
-        default="", description="the multisend contract on the default network (devnet)"
-    )
     dist_multisend_addresses: dict[str, str] = Field(
         default_factory=dict,
         description=(
