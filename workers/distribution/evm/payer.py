@@ -153,13 +153,18 @@ class EvmPayer:
         self._clock = clock
         self._chain = settings.evm_chain(self.network)
         multisend = settings.multisend(self.network)
+        #: why this payer cannot pay (no key, no multisend): it stays idle, its runs wait
+        self.idle: str | None = None
         if not multisend:
-            raise ConfigError(
+            self.idle = (
                 f"no multisend contract for network {self.network}: set "
                 "HODLAI_DIST_MULTISEND_ADDRESS (devnet) or "
                 f"HODLAI_DIST_MULTISEND_ADDRESSES__{self.network}"
             )
-        self.multisend = to_checksum_address(multisend)
+        elif settings.dist_key_file is None:
+            self.idle = "HODLAI_DIST_KEY_FILE is not set: the distributor has no source key"
+        self.multisend = to_checksum_address(multisend) if multisend else ""
+        self._idle_logged = False
         self.tokens = sorted(
             {
                 to_checksum_address(t)
@@ -184,6 +189,11 @@ class EvmPayer:
 
     async def tick(self) -> bool:
         """One pass (module docstring); True if it did work."""
+        if self.idle is not None:
+            if not self._idle_logged:
+                self._idle_logged = True
+                log.error("dist_payer_idle", network=self.network, reason=self.idle)
+            return False
         if self.service is None and not await self._open():
             return False
         assert self.service is not None
@@ -215,8 +225,7 @@ class EvmPayer:
         if now < self._busy_until:
             return False
         settings = self.settings
-        if settings.dist_key_file is None:
-            raise ConfigError("HODLAI_DIST_KEY_FILE is not set: the distributor has no source key")
+        assert settings.dist_key_file is not None  # else idle
         passphrase = keys.read_passphrase(
             passphrase=(
                 settings.dist_key_passphrase.get_secret_value()
@@ -604,7 +613,8 @@ class BatchSource:
     def _disperse_call(self, batch: Batch) -> Call:
         manifest = [(item.address, item.amount) for item in batch.items]
         return Call(
-            to=self._payer.multisend, data=disperse_calldata(batch.token, manifest), value=0,
+            to=to_checksum_address(self._payer.multisend),
+            data=disperse_calldata(batch.token, manifest), value=0,
             gas_limit=0,
         )  # fmt: skip
 
@@ -683,5 +693,7 @@ def build(
     clock: Callable[[], float] = time.time,
 ) -> EvmPayer:
     """The payer of EVM network ``chain_name`` (the frame's factory); ConfigError naming the
-    setting when the network, its multisend or the key is not configured."""
+    setting when the network is not configured. Without a source key or a multisend it is
+    idle: it logs ``dist_payer_idle`` (an error naming the setting) once and pays nothing,
+    so the network's runs wait, recorded (a scheduler-only distributor)."""
     return EvmPayer(pay_settings(settings), chain_name, db=db, clock=clock)
