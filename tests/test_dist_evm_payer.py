@@ -7,7 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from eth_utils.address import to_checksum_address
 
+from shared.db import connect
+from shared.errors import SpendPolicyError
+from shared.tx.signer import Call
 from tests.dist_fixtures import (
     WHOLE,
     DistChain,
@@ -20,10 +24,13 @@ from tests.dist_fixtures import (
     transfers,
 )
 from workers.devnet.anvil import Anvil
-from workers.distribution.evm.contracts import BLACKLIST_TOKEN_CONTRACT
-from workers.distribution.evm.payer import build
-
-pytestmark = pytest.mark.asyncio
+from workers.distribution.evm.contracts import (
+    BLACKLIST_TOKEN_CONTRACT,
+    FEE_TOKEN_CONTRACT,
+    approve_calldata,
+    disperse_calldata,
+)
+from workers.distribution.evm.payer import build, spend_policy
 
 
 @pytest.fixture
@@ -37,6 +44,7 @@ def chain(fast_anvil: Anvil, tmp_path: Path) -> DistChain:
     return dist_chain(fast_anvil, tmp_path)
 
 
+@pytest.mark.asyncio
 async def test_a_run_pays_every_recipient_its_amount_once_and_completes(chain: DistChain) -> None:
     manifest = [(a, (i + 1) * WHOLE // 3) for i, a in enumerate(recipients(30))]
     db = open_db(chain.db_path)
@@ -54,6 +62,7 @@ async def test_a_run_pays_every_recipient_its_amount_once_and_completes(chain: D
     assert chain.balance(chain.source) == 10**7 * WHOLE - sum(a for _, a in manifest)
 
 
+@pytest.mark.asyncio
 async def test_a_blacklisted_recipient_fails_with_the_reason_and_the_other_99_are_paid(
     chain: DistChain,
 ) -> None:
@@ -82,6 +91,7 @@ async def test_a_blacklisted_recipient_fails_with_the_reason_and_the_other_99_ar
         assert logs[(address, amount)] == (0 if address == banned else 1)
 
 
+@pytest.mark.asyncio
 async def test_an_insufficient_balance_pauses_the_run_and_funding_resumes_it(
     fast_anvil: Anvil, tmp_path: Path
 ) -> None:
@@ -106,3 +116,72 @@ async def test_an_insufficient_balance_pauses_the_run_and_funding_resumes_it(
     for address, amount in manifest:
         assert chain.balance(address) == amount
     assert chain.balance(chain.source) == 0
+
+
+@pytest.mark.asyncio
+async def test_a_fee_on_transfer_token_pays_nobody_short_and_fails_the_run(
+    chain: DistChain,
+) -> None:
+    token = chain.admin.deploy_token(FEE_TOKEN_CONTRACT)
+    chain.admin.mint(token, [(chain.source, 1_000 * WHOLE)])
+    manifest = [(a, 10 * WHOLE) for a in recipients(4)]
+    db = open_db(chain.db_path)
+    create_run(db.conn, "fee", token, manifest)
+    payer = build(chain.settings(dist_tokens=[token]), "devnet", db=db)
+    try:
+        assert await pay_until(payer, chain.db_path, "fee") == "failed"
+    finally:
+        await payer.aclose()
+    rows = transfers(chain.db_path, "fee")
+    assert {r["status"] for r in rows} == {"failed"}
+    assert all("PullShort(total=10000000000000000000" in r["reason"] for r in rows)
+    assert run_status(chain.db_path, "fee") == ("failed", "no transfer could be paid (4 failed)")
+    assert chain.balances([a for a, _ in manifest], token) == [0, 0, 0, 0]
+
+
+@pytest.mark.asyncio
+async def test_a_token_outside_the_spend_policy_is_refused_before_anything_is_signed(
+    chain: DistChain,
+) -> None:
+    other = chain.admin.deploy_token()
+    chain.admin.mint(other, [(chain.source, 1_000 * WHOLE)])
+    manifest = [(a, WHOLE) for a in recipients(3)]
+    db = open_db(chain.db_path)
+    create_run(db.conn, "pol", other, manifest)
+    payer = build(chain.settings(), "devnet", db=db)  # only the devnet token is configured
+    try:
+        assert await pay_until(payer, chain.db_path, "pol") == "failed"
+    finally:
+        await payer.aclose()
+    rows = transfers(chain.db_path, "pol")
+    assert {r["status"] for r in rows} == {"failed"}
+    assert all("contract_not_allowed" in r["reason"] for r in rows)
+    conn = connect(chain.db_path)
+    assert conn.execute("SELECT COUNT(*) FROM txs").fetchone()[0] == 0
+    conn.close()
+    assert int(chain.rpc("eth_getTransactionCount", [chain.source, "latest"]), 16) == 0
+
+
+def test_the_source_key_may_call_only_the_multisend_and_approve_on_configured_tokens() -> None:
+    multisend, token, other = (f"0x{i:040x}" for i in (0xA1, 0xB2, 0xC3))
+    policy = spend_policy(multisend, [token])
+    conn = connect(":memory:")
+    sender = "0x" + "11" * 20
+
+    def check(to: str, data: bytes, value: int = 0) -> str | None:
+        call = Call(to=to_checksum_address(to), data=data, value=value, gas_limit=100_000)
+        try:
+            policy.check(conn, call, sender=to_checksum_address(sender), now=0.0)
+        except SpendPolicyError as exc:
+            return exc.rule
+        return None
+
+    pay = [(to_checksum_address("0x" + "22" * 20), 5)]
+    assert check(multisend, disperse_calldata(token, pay)) is None
+    assert check(token, approve_calldata(multisend, 10)) is None
+    assert check(multisend, disperse_calldata(other, pay)) == "value_not_allowed"
+    assert check(other, approve_calldata(multisend, 10)) == "contract_not_allowed"
+    transfer = bytes.fromhex("a9059cbb") + bytes(12) + bytes.fromhex("22" * 20) + bytes(32)
+    assert check(token, transfer) == "selector_not_allowed"
+    assert check(other, disperse_calldata(token, pay)) == "contract_not_allowed"
+    assert check(multisend, disperse_calldata(token, pay), value=1) == "value_not_allowed"
