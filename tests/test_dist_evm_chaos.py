@@ -218,3 +218,88 @@ def _chain_with_mining(anvil: Anvil, tmp_path: Path) -> DistChain:
     finally:
         done.set()
         thread.join()
+
+
+@pytest.mark.asyncio
+async def test_a_batch_that_reverts_on_chain_is_simulated_again_and_isolates_the_recipient(
+    tmp_path: Path,
+) -> None:
+    """The chain changed between simulation and inclusion: a recipient was blacklisted by a
+    transaction mined first. The batch reverts on chain; at FINAL its transfers go back to
+    pending, are simulated again, and the blacklisted one is isolated; the rest paid once."""
+    with Anvil(no_mining=True) as anvil:
+        chain = await asyncio.to_thread(_chain_with_mining, anvil, tmp_path)
+        token = await asyncio.to_thread(_blacklist_token, anvil, chain)
+        people = recipients(6)
+        manifest = [(a, WHOLE + i) for i, a in enumerate(people)]
+        db = open_db(chain.db_path)
+        create_run(db.conn, "rv", token, manifest)
+        payer = build(chain.settings(dist_tokens=[token]), "devnet", db=db)
+        try:
+            for _ in range(50):  # the approval, then the batch (in the pool, not mined)
+                await payer.tick()
+                if {r["status"] for r in transfers(chain.db_path, "rv")} == {"sent"}:
+                    break
+                rpc(anvil, "evm_mine", [])
+            (first,) = {r["tx_hash"] for r in transfers(chain.db_path, "rv")}
+            admin = anvil.accounts[0].address
+            data = "0x" + _set_blacklisted(people[2]).hex()
+            fees = {"maxPriorityFeePerGas": hex(100 * 10**9), "maxFeePerGas": hex(200 * 10**9)}
+            rpc(anvil, "eth_sendTransaction", [{"from": admin, "to": token, "data": data, **fees}])
+            rpc(anvil, "evm_mine", [])  # the blacklisting goes first (its tip), the batch reverts
+            receipt = rpc(anvil, "eth_getTransactionReceipt", [first])
+            assert isinstance(receipt, dict) and receipt["status"] == "0x0"
+            deadline = time.monotonic() + 60
+            while run_status(chain.db_path, "rv")[0] != "completed":
+                assert time.monotonic() < deadline, transfers(chain.db_path, "rv")
+                await payer.tick()
+                rpc(anvil, "evm_mine", [])
+        finally:
+            await payer.aclose()
+        rows = {r["address"]: r for r in transfers(chain.db_path, "rv")}
+        assert rows[people[2]]["status"] == "failed"
+        assert f"Blacklisted(account={people[2]})" in rows[people[2]]["reason"]
+        assert all(rows[a]["status"] == "paid" and rows[a]["tx_hash"] != first
+                   for a in people if a != people[2])  # fmt: skip
+        conn = connect(chain.db_path)
+        statuses = [r[0] for r in conn.execute(
+            "SELECT status FROM txs WHERE purpose = 'distribution_batch' ORDER BY id")]  # fmt: skip
+        conn.close()
+        assert statuses[0] == "REVERTED" and set(statuses[1:]) == {"MINED"}, statuses
+        logs = chain.transfer_logs(token)
+        for address, amount in manifest:
+            expected = 0 if address == people[2] else 1
+            assert logs[(address, amount)] == expected
+        assert chain.balances(people, token) == [0 if a == people[2] else v for a, v in manifest]
+
+
+def _set_blacklisted(account: str) -> bytes:
+    from eth_abi.abi import encode as abi_encode
+    from eth_utils.crypto import keccak
+
+    return keccak(text="setBlacklisted(address,bool)")[:4] + abi_encode(
+        ["address", "bool"], [account, True]
+    )
+
+
+def _blacklist_token(anvil: Anvil, chain: DistChain) -> str:
+    import threading
+
+    from workers.distribution.evm.contracts import BLACKLIST_TOKEN_CONTRACT
+
+    done = threading.Event()
+
+    def miner() -> None:
+        while not done.is_set():
+            rpc(anvil, "evm_mine", [])
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=miner, daemon=True)
+    thread.start()
+    try:
+        token = chain.admin.deploy_token(BLACKLIST_TOKEN_CONTRACT)
+        chain.admin.mint(token, [(chain.source, 1_000 * WHOLE)])
+        return token
+    finally:
+        done.set()
+        thread.join()

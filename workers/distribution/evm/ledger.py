@@ -116,6 +116,30 @@ def unmined_sent(conn: sqlite3.Connection, run_ids: Sequence[str]) -> int:
     return total
 
 
+def runs_of_token(conn: sqlite3.Connection, run_ids: Sequence[str], token: str) -> list[str]:
+    """Of ``run_ids``, those paying ``token`` (in flight)."""
+    return [
+        r
+        for r in run_ids
+        if (row := conn.execute(
+            "SELECT token FROM distribution_runs WHERE run_id = ? AND status IN"
+            " ('pending', 'running', 'paused')", (r,)).fetchone()) is not None
+        and to_checksum_address(row[0]) == to_checksum_address(token)
+    ]  # fmt: skip
+
+
+def pending_total(conn: sqlite3.Connection, run_ids: Sequence[str]) -> int:
+    """Base units of the ``pending`` transfers of these runs."""
+    return sum(
+        int(amount)
+        for run_id in run_ids
+        for (amount,) in conn.execute(
+            "SELECT amount FROM distribution_transfers WHERE run_id = ? AND status = 'pending'",
+            (run_id,),
+        )
+    )
+
+
 def pending_items(conn: sqlite3.Connection, run_id: str, limit: int) -> list[Item]:
     return [
         Item(r["transfer_id"], to_checksum_address(r["address"]), int(r["amount"]), r["attempts"])

@@ -81,6 +81,13 @@ MAX_RUNS: Final = 4
 APPROVE_GAS: Final = 60_000
 #: Seconds before a payer whose key is held by another process tries to claim it again.
 KEY_BUSY_RETRY_S: Final = 5.0
+#: Revert texts (OpenZeppelin 4's, most tokens') that mean the source is short, not a recipient.
+SHORTFALL_PHRASES: Final = (
+    "transfer amount exceeds balance",
+    "transfer amount exceeds allowance",
+    "insufficient allowance",
+    "insufficient balance",
+)
 #: The headroom of a batch's gas limit over its estimate, and its cap over the budget.
 GAS_MARGIN_PERCENT: Final = 25
 EVENTS: Final = SendingEvents(
@@ -443,9 +450,10 @@ class EvmPayer:
         the allowance is short, and keeps the run out of the ready set until it is met."""
         assert self.source is not None
         token = to_checksum_address(run.token)
-        needed = totals.amounts.get("pending", 0)
-        same_token = [r for r in self._held if r != run.run_id]
-        committed = await self._db.run(ledger.unmined_sent, [run.run_id, *same_token])
+        # Every held run of this token draws on one balance and one allowance.
+        same_token = await self._db.run(ledger.runs_of_token, self._held, token)
+        needed = await self._db.run(ledger.pending_total, same_token)
+        committed = await self._db.run(ledger.unmined_sent, same_token)
         answers = await self._rpc.batch_settled(
             [
                 _eth_call(token, balance_of_calldata(self.source)),
@@ -471,7 +479,7 @@ class EvmPayer:
                 f"committed to batches in flight; {needed} more is pending: fund it with at "
                 f"least {needed - available}"
             )
-        pending = totals.counts.get("pending", 0)
+        pending = totals.counts.get("pending", 0)  # this run's recipients (the gas check)
         approve_short = allowance - committed < needed
         gas_needed = (pending * self.settings.dist_gas_per_transfer + (
             APPROVE_GAS if approve_short else 0)) * gas_price  # fmt: skip
@@ -578,7 +586,8 @@ class BatchSource:
         its end (failed with the decoded reason). A shortfall of the source is no recipient's
         fault: the run goes back to its pre-flight."""
         plan = self._payer._plan
-        if sim.error_name in SHORTFALL_ERRORS or "insufficient" in sim.reason.lower():
+        text = sim.reason.lower()
+        if sim.error_name in SHORTFALL_ERRORS or any(p in text for p in SHORTFALL_PHRASES):
             plan.ready.discard(batch.run_id)
             plan.recheck.add(batch.run_id)
             log.warning("dist_batch_short", run_id=batch.run_id, reason=sim.reason)
