@@ -194,7 +194,7 @@ def _hodlai(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
     )  # fmt: skip
 
 
-def test_the_distributor_process_records_a_fired_condition_and_stops_cleanly(
+def test_a_scheduling_distributor_process_records_a_fired_condition_and_stops_cleanly(
     anvil: Anvil, tmp_path: Path
 ) -> None:
     token = deploy_token(anvil)
@@ -203,7 +203,8 @@ def test_the_distributor_process_records_a_fired_condition_and_stops_cleanly(
     conn = connect(db)
     env = {"PATH": "/usr/bin:/bin", "HODLAI_DB_PATH": str(db), "HODLAI_RPC_URLS": anvil.rpc_url,
            "HODLAI_CONFIRMATIONS": "0", "HODLAI_DIST_SOURCE_ADDRESS": source,
-           "HODLAI_DIST_TICK_S": "0.2", "HODLAI_DIST_CHECK_INTERVAL_S": "0.2"}  # fmt: skip
+           "HODLAI_DIST_TICK_S": "0.2", "HODLAI_DIST_CHECK_INTERVAL_S": "0.2",
+           "HODLAI_DIST_PAY": "false"}  # fmt: skip
     condition = {"kind": "native_balance", "threshold": "1", "checks": 2}
     task = _seed_body(token.address, id="gas-rich", type="conditional", schedule=None,
                       condition=condition)  # fmt: skip
@@ -211,6 +212,13 @@ def test_the_distributor_process_records_a_fired_condition_and_stops_cleanly(
     created = _hodlai(env, "dist", "create", str(tmp_path / "task.json"))
     assert created.returncode == 0, created.stderr
     assert json.loads(created.stdout)["task"]["condition"]["checks"] == 2
+    preview = _hodlai(env, "dist", "preview", "gas-rich")
+    assert preview.returncode == 0, preview.stderr
+    assert json.loads(preview.stdout)["totalAmount"] == str(1000 * 10**6)
+    refused = _hodlai(env, "dist", "create", str(tmp_path / "task.json"))
+    assert refused.returncode == 1 and "used already" in refused.stderr
+    listed = json.loads(_hodlai(env, "dist", "list", "--json").stdout)["tasks"]
+    assert [t["id"] for t in listed] == ["gas-rich"]
     log_path = tmp_path / "distributor.log"
     with log_path.open("w") as log_file:
         process = subprocess.Popen(
@@ -266,7 +274,8 @@ def test_two_distributor_processes_on_one_database_record_each_due_slot_once(
     with conn:
         conn.execute("UPDATE distribution_tasks SET next_run_at = ?", (slot,))
     env = {"PATH": "/usr/bin:/bin", "HODLAI_DB_PATH": str(db), "HODLAI_RPC_URLS": anvil.rpc_url,
-           "HODLAI_CONFIRMATIONS": "0", "HODLAI_DIST_TICK_S": "0.05"}  # fmt: skip
+           "HODLAI_CONFIRMATIONS": "0", "HODLAI_DIST_TICK_S": "0.05",
+           "HODLAI_DIST_PAY": "false"}  # fmt: skip
     logs = [tmp_path / f"distributor-{i}.log" for i in range(2)]
     processes = []
     for path in logs:

@@ -269,3 +269,17 @@ def test_the_sqlite3_views_show_due_tasks_run_history_and_failed_transfers(
     (failed,) = conn.execute("SELECT * FROM v_distribution_failed_transfers").fetchall()
     assert (failed["task_id"], failed["address"], failed["reason"]) == (
         "m", addr(1), "BlacklistedRecipient(0x…)")  # fmt: skip
+
+
+def test_a_task_read_back_can_be_posted_again(
+    conn: sqlite3.Connection, net: dict[str, MemoryNetwork]
+) -> None:
+    settings = dist_settings()
+    task = seed_task("fees", type="conditional", schedule=None)
+    task["condition"] = {"kind": "token_balance", "threshold": "5", "checks": 2}
+    created = run(service.create(conn, body(task), net, settings, actor="op", now=NOW))
+    copy = {**created, "id": "fees-2"}
+    again = run(service.create(conn, body(copy), net, settings, actor="op", now=NOW))
+    assert again["distribution"] == created["distribution"]
+    assert again["condition"] == created["condition"] == {
+        "kind": "token_balance", "threshold": "5", "checks": 2}  # fmt: skip

@@ -12,6 +12,8 @@ Guarantees:
   AsyncDatabase); a rail that is not installed is
   logged (``distribution_payer_missing``) and its runs wait, recorded, until a distributor
   that has it runs.
+- ``HODLAI_DIST_PAY=false`` makes a scheduler-only distributor: it records runs and builds
+  no payer (a host without the key; the payers run elsewhere on the same database).
 - ``HODLAI_DIST_KEY_FILE`` and ``HODLAI_DIST_SOURCE_ADDRESS`` must name the same address when
   both are set (the API records the latter on the runs it creates): a mismatch is a
   ConfigError at start, naming both settings, never the key.
@@ -25,7 +27,7 @@ import inspect
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
@@ -33,7 +35,7 @@ import structlog
 
 from shared import keys
 from shared.db import AsyncDatabase, connect
-from shared.errors import ConfigError
+from shared.errors import ConfigError, RetryableError
 from shared.metrics import Health
 from shared.runtime import WorkerSpec, run_worker
 from workers.distribution.networks import Network, build_networks
@@ -115,7 +117,8 @@ class Distributor:
 
     async def start(self, stop: asyncio.Event) -> bool:
         self.networks = build_networks(self.settings)
-        self.payers = await build_payers(self.settings, self.networks, self.db)
+        if self.settings.dist_pay:
+            self.payers = await build_payers(self.settings, self.networks, self.db)
         # The scheduler's statements are short (a slot's run is one transaction); it keeps its
         # own connection on the loop's thread, beside the payers' own.
         conn = connect(self.settings.db_path, durable=True)
@@ -128,10 +131,24 @@ class Distributor:
         return not stop.is_set()
 
     async def step(self) -> float:
+        """The scheduler's pass, then each payer's tick. A retryable failure of one (its
+        network's RPC is down) does not keep the others from their turn; the first such
+        failure is raised after all had it, so the run loop backs off and /healthz sees it."""
         assert self.scheduler is not None
-        did = await self.scheduler.tick()
-        for payer in self.payers:
-            did = await payer.tick() or did
+        did = False
+        failed: list[RetryableError] = []
+        parts: list[tuple[str, Callable[[], Awaitable[bool]]]] = [
+            ("scheduler", self.scheduler.tick),
+            *((",".join(sorted(p.networks)), p.tick) for p in self.payers),
+        ]
+        for name, tick in parts:
+            try:
+                did = await tick() or did
+            except RetryableError as exc:
+                log.warning("distribution_part_failed", part=name, error=str(exc))
+                failed.append(exc)
+        if failed:
+            raise failed[0]
         return 0.0 if did else self.settings.dist_tick_s
 
     async def stop(self) -> None:
@@ -145,7 +162,8 @@ class Distributor:
 
 def run(settings: DistSettings) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code."""
-    check_source(settings)
+    if settings.dist_pay:
+        check_source(settings)
     for name in settings.dist_networks:
         settings.evm_chain(name)  # ConfigError naming the setting before anything starts
     owner = f"{PROCESS}:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
