@@ -11,6 +11,7 @@ from eth_utils.address import to_checksum_address
 
 from shared.db import connect
 from shared.errors import SpendPolicyError
+from shared.keys import load_private_key
 from shared.tx.signer import Call
 from tests.dist_fixtures import (
     WHOLE,
@@ -24,12 +25,14 @@ from tests.dist_fixtures import (
     transfers,
 )
 from workers.devnet.anvil import Anvil
+from workers.distribution.evm import network as evm_network
 from workers.distribution.evm.contracts import (
     BLACKLIST_TOKEN_CONTRACT,
     FEE_TOKEN_CONTRACT,
     approve_calldata,
     disperse_calldata,
 )
+from workers.distribution.evm.deploy import Deployer
 from workers.distribution.evm.payer import build, spend_policy
 
 
@@ -185,3 +188,24 @@ def test_the_source_key_may_call_only_the_multisend_and_approve_on_configured_to
     assert check(token, transfer) == "selector_not_allowed"
     assert check(other, disperse_calldata(token, pay)) == "contract_not_allowed"
     assert check(multisend, disperse_calldata(token, pay), value=1) == "value_not_allowed"
+
+
+@pytest.mark.asyncio
+async def test_the_unsigned_transaction_of_a_preview_signed_by_the_source_pays_the_manifest(
+    chain: DistChain,
+) -> None:
+    """The seed's buildTokenDistributionTransaction on EVM, signed as a wallet would (after
+    one approve), pays exactly the manifest through the multisend."""
+    manifest = [(a, WHOLE * (i + 1)) for i, a in enumerate(recipients(5))]
+    network = evm_network.build(chain.settings(), "devnet")
+    try:
+        unsigned = await network.build_unsigned(chain.token, chain.source, manifest)
+    finally:
+        await network.aclose()
+    assert unsigned["to"] == chain.multisend and unsigned["chainId"] == chain.anvil.chain_id
+    wallet = Deployer(chain.anvil.rpc_url, load_private_key(chain.key_file))
+    wallet.approve(chain.token, chain.multisend, sum(v for _, v in manifest))
+    wallet.wait([wallet.transact(unsigned["to"], bytes.fromhex(unsigned["data"][2:]),
+                                 what="unsigned")])  # fmt: skip
+    assert chain.balances([a for a, _ in manifest]) == [v for _, v in manifest]
+    assert chain.transfer_logs() == {m: 1 for m in manifest}
