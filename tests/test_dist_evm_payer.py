@@ -209,3 +209,23 @@ async def test_the_unsigned_transaction_of_a_preview_signed_by_the_source_pays_t
                                  what="unsigned")])  # fmt: skip
     assert chain.balances([a for a, _ in manifest]) == [v for _, v in manifest]
     assert chain.transfer_logs() == {m: 1 for m in manifest}
+
+
+@pytest.mark.asyncio
+async def test_two_payers_on_one_database_one_signs_the_other_waits_then_takes_over(
+    chain: DistChain,
+) -> None:
+    first_db, second_db = open_db(chain.db_path), open_db(chain.db_path)
+    create_run(first_db.conn, "a", chain.token, [(a, WHOLE) for a in recipients(5, salt=1)])
+    first = build(chain.settings(), "devnet", db=first_db)
+    second = build(chain.settings(), "devnet", db=second_db)
+    try:
+        assert await pay_until(first, chain.db_path, "a") == "completed"
+        assert await second.tick() is False  # the key is the first's: nothing leased
+        assert second.service is None
+        create_run(first_db.conn, "b", chain.token, [(a, WHOLE) for a in recipients(5, salt=2)])
+        await first.aclose()  # gives the key back
+        assert await pay_until(second, chain.db_path, "b", within=30) == "completed"
+    finally:
+        await second.aclose()
+    assert chain.transfer_logs() == {(a, WHOLE): 1 for s in (1, 2) for a in recipients(5, salt=s)}

@@ -265,7 +265,9 @@ class EvmPayer:
             )
         except ConfigError as exc:
             self._busy_until = now + KEY_BUSY_RETRY_S
-            log.info("dist_source_busy", source=signer.address, network=self.network, why=str(exc))
+            log.warning(
+                "dist_source_busy", source=signer.address, network=self.network, why=str(exc)
+            )
             return False
         fees = FeePolicy(
             max_fee_per_gas=settings.dist_max_fee_wei,
