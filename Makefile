@@ -102,6 +102,7 @@ bench: setup
 	$(PY) -m scripts.bench_scale
 	$(PY) -m scripts.bench_dispatch
 	$(PY) -m scripts.bench_model
+	$(PY) -m scripts.bench_distribution
 
 bench-dispatch: setup
 	$(PY) -m scripts.bench_dispatch
