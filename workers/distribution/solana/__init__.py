@@ -1,0 +1,93 @@
+"""The Solana SPL rail of the distribution executor (issue 21 §5, the seed's own chain).
+
+``build_network(settings)`` gives the frame its Network (validation, decimals, balances,
+``build_unsigned``) and ``build_payer(settings, db=…)`` the Payer of that network, both for
+the cluster ``HODLAI_DIST_SOLANA_NETWORK`` names (None when it names none). Modules:
+``cluster`` (what a cluster must answer; LiteSVM in process, AsyncClient over JSON-RPC),
+``spl`` (mints, batches, decoded failures), ``network``, ``payer``, ``store`` and ``machine``
+(the send rows), ``keyfile`` (the source keypair), ``settings``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from shared.config import CoreSettings
+from shared.errors import ConfigError
+
+if TYPE_CHECKING:
+    from shared.db import AsyncDatabase
+    from workers.distribution.solana.cluster import Cluster
+    from workers.distribution.solana.network import SolanaNetwork
+    from workers.distribution.solana.payer import SolanaPayer
+    from workers.distribution.solana.settings import SolanaSettings
+
+
+def solana_settings(settings: CoreSettings) -> SolanaSettings:
+    """``settings`` when it carries the Solana fields, else them read from the environment."""
+    from workers.distribution.solana.settings import SolanaSettings
+
+    return settings if isinstance(settings, SolanaSettings) else SolanaSettings()
+
+
+def build_network(
+    settings: CoreSettings, *, cluster: Cluster | None = None
+) -> SolanaNetwork | None:
+    """The configured Solana network, or None when ``HODLAI_DIST_SOLANA_NETWORK`` is empty.
+    ``cluster`` replaces the one the settings name (tests: an SvmCluster)."""
+    from workers.distribution.solana.cluster import RpcCluster, SvmCluster
+    from workers.distribution.solana.network import SolanaNetwork
+
+    sol = solana_settings(settings)
+    name = sol.dist_solana_network
+    if not name:
+        return None
+    if cluster is None:
+        if name == "local":
+            cluster = SvmCluster()
+        else:
+            cluster = RpcCluster(sol.solana_rpc_url(), name=f"{name} {sol.solana_rpc_label()}")
+    return SolanaNetwork(
+        name, cluster, batch_max=sol.dist_solana_batch_max,
+        priority_micro_lamports=sol.dist_solana_priority_micro_lamports,
+    )  # fmt: skip
+
+
+def build_payer(
+    settings: CoreSettings,
+    *,
+    db: AsyncDatabase,
+    network: SolanaNetwork | None = None,
+    lease_seconds: float | None = None,
+) -> SolanaPayer | None:
+    """The payer of the configured Solana network (None when there is none). Needs
+    ``HODLAI_DIST_SOLANA_KEY_FILE``; refuses a ``HODLAI_DIST_SOLANA_SOURCE_ADDRESS`` that is
+    not the key's public key."""
+    from workers.distribution.solana.keyfile import load_keypair
+    from workers.distribution.solana.payer import SolanaPayer
+
+    sol = solana_settings(settings)
+    network = network if network is not None else build_network(sol)
+    if network is None:
+        return None
+    if sol.dist_solana_key_file is None:
+        raise ConfigError(
+            f"HODLAI_DIST_SOLANA_KEY_FILE: the {network.name} payer needs the source keypair file"
+        )
+    keypair = load_keypair(sol.dist_solana_key_file)
+    declared = sol.dist_solana_source_address
+    if declared and declared != str(keypair.pubkey()):
+        raise ConfigError(
+            f"HODLAI_DIST_SOLANA_SOURCE_ADDRESS is {declared}, but the key file's public key is"
+            f" {keypair.pubkey()}"
+        )
+    lease = lease_seconds if lease_seconds is not None else _lease_seconds(settings)
+    return SolanaPayer(
+        db=db, network=network, keypair=keypair, lease_seconds=lease,
+        resend_s=sol.dist_solana_resend_s,
+    )  # fmt: skip
+
+
+def _lease_seconds(settings: CoreSettings) -> float:
+    value = getattr(settings, "dist_lease_s", 60.0)
+    return float(value)
