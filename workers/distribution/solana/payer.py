@@ -208,12 +208,13 @@ class SolanaPayer:
         for batch in batches:
             ids = [transfer_id for transfer_id, _, _ in items[start : start + len(batch)]]
             start += len(batch)
-            await self._send_batch(row, mint, ids, batch)
+            if not await self._send_batch(row, mint, ids, batch):
+                break
         return True
 
     async def _send_batch(
         self, row: _Run, mint: Mint, transfer_ids: list[str], batch: list[tuple[Pubkey, int]]
-    ) -> None:
+    ) -> bool:
         recent = await self.network.cluster.recent_blockhash()
         message = batch_message(
             self.source, mint, batch, recent.blockhash,
@@ -221,18 +222,22 @@ class SolanaPayer:
         )  # fmt: skip
         transaction = VersionedTransaction(message, [self._keypair])
         signature = str(transaction.signatures[0])
-        await self.db.run(
+        recorded = await self.db.run(
             store.record_batch, run_id=row.run_id, owner=self.owner, network=self.network.name,
             source=str(self.source), signature=signature, blockhash=str(recent.blockhash),
             last_valid_block_height=recent.last_valid_block_height,
             signed_tx=base64.b64encode(bytes(transaction)).decode("ascii"),
             transfer_ids=transfer_ids,
         )  # fmt: skip
+        if not recorded:
+            log.info("solana_blockhash_unchanged", run_id=row.run_id, signature=signature)
+            return False
         log.info(
             "solana_batch_recorded", run_id=row.run_id, signature=signature,
             recipients=len(transfer_ids), last_valid_block_height=recent.last_valid_block_height,
         )  # fmt: skip
         await self._broadcast(signature, transaction)
+        return True
 
     async def _broadcast(self, signature: str, transaction: VersionedTransaction) -> None:
         try:

@@ -159,10 +159,17 @@ def record_batch(
     signed_tx: str,
     transfer_ids: Sequence[str],
     now: float | None = None,
-) -> None:
+) -> bool:
+    """False (nothing written) when this signature is recorded already: the same batch under
+    the same blockhash, after its first try failed; it must wait for a new blockhash."""
     at = _now(now)
     with atomic(conn):
         _hold(conn, run_id, owner, at)
+        known = conn.execute(
+            "SELECT 1 FROM distribution_solana_sends WHERE signature = ?", (signature,)
+        ).fetchone()
+        if known is not None:
+            return False
         insert(
             conn, SENDS,
             {
@@ -185,6 +192,7 @@ def record_batch(
                 },
                 now=at,
             )  # fmt: skip
+    return True
 
 
 def mark_broadcast(conn: sqlite3.Connection, signature: str, *, now: float | None = None) -> None:
