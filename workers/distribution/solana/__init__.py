@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from shared.config import CoreSettings
-from shared.errors import ConfigError
+from shared.errors import ConfigError, KeyFileError
 
 if TYPE_CHECKING:
     from shared.db import AsyncDatabase
@@ -50,7 +50,30 @@ def build_network(
     return SolanaNetwork(
         name, cluster, batch_max=sol.dist_solana_batch_max,
         priority_micro_lamports=sol.dist_solana_priority_micro_lamports,
+        source=_source(sol),
     )  # fmt: skip
+
+
+def _source(sol: SolanaSettings) -> str:
+    """HODLAI_DIST_SOLANA_SOURCE_ADDRESS, else the key file's public key when this process
+    may read it (the API process usually may not: then "")."""
+    from workers.distribution.solana.keyfile import load_keypair
+    from workers.distribution.solana.network import parse_pubkey
+
+    declared = sol.dist_solana_source_address
+    if declared:
+        key = parse_pubkey(declared)
+        if key is None:
+            raise ConfigError(
+                f"HODLAI_DIST_SOLANA_SOURCE_ADDRESS {declared!r} is no Solana address"
+            )
+        return str(key)
+    if sol.dist_solana_key_file is None:
+        return ""
+    try:
+        return str(load_keypair(sol.dist_solana_key_file).pubkey())
+    except KeyFileError:
+        return ""
 
 
 def build_payer(
@@ -75,6 +98,7 @@ def build_payer(
             f"HODLAI_DIST_SOLANA_KEY_FILE: the {network.name} payer needs the source keypair file"
         )
     keypair = load_keypair(sol.dist_solana_key_file)
+    network.source = str(keypair.pubkey())
     declared = sol.dist_solana_source_address
     if declared and declared != str(keypair.pubkey()):
         raise ConfigError(

@@ -59,9 +59,13 @@ class SolanaNetwork:
         *,
         batch_max: int = 10,
         priority_micro_lamports: int = 0,
+        source: str = "",
     ) -> None:
         self.name = name
         self.cluster = cluster
+        #: the paying public key, when this process knows it ("" otherwise): the frame records
+        #: it on a run it creates (networks.source_of), and the payer pays only runs of its own
+        self.source = source
         self.batch_max = batch_max
         self.priority_micro_lamports = priority_micro_lamports
         self._mints: dict[str, Mint] = {}
