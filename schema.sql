@@ -747,6 +747,7 @@ CREATE TABLE IF NOT EXISTS distribution_tasks (
     condition_streak INTEGER NOT NULL DEFAULT 0, -- conditional: consecutive true checks
     cooldown_until REAL,                      -- conditional: no check fires before this
     last_check_at  REAL,                      -- conditional: the last check of the condition
+    condition_state TEXT,                     -- conditional: JSON progress (oracle_fees: the treasury's baseline)
     template       TEXT,                      -- the preset it was made from, if any
     status         TEXT NOT NULL CHECK (status IN ('active','deleted')),
     deleted_at     REAL,

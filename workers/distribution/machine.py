@@ -133,14 +133,14 @@ TASKS: Final = Machine(
     settable=frozenset(
         {
             "name", "enabled", "run_count", "last_run_at", "next_run_at", "condition_streak",
-            "cooldown_until", "last_check_at", "deleted_at",
+            "cooldown_until", "last_check_at", "condition_state", "deleted_at",
         }
     ) | _LEASE,
     insertable=frozenset(
         {
             "network", "token", "name", "type", "cron", "timezone", "condition", "recipients",
             "total_amount", "use_percentage", "enabled", "run_count", "last_run_at",
-            "next_run_at", "template", "lease_owner", "lease_until",
+            "next_run_at", "template", "condition_state", "lease_owner", "lease_until",
         }
     ),
     claim_order=("created_at",),

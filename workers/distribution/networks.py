@@ -16,17 +16,27 @@ Guarantees an implementation gives:
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+from shared.errors import ConfigError
+
+if TYPE_CHECKING:
+    from workers.distribution.settings import DistSettings
 
 NetworkKind = Literal["evm", "solana"]
 
 
 @runtime_checkable
 class Network(Protocol):
-    #: the seed's ``network``: "devnet", "base", "mainnet-beta"…
-    name: str
-    kind: NetworkKind
+    @property
+    def name(self) -> str:
+        """The seed's ``network``: "devnet", "base", "mainnet-beta"…"""
+        ...
+
+    @property
+    def kind(self) -> NetworkKind: ...
 
     def normalize_address(self, text: str) -> str | None:
         """Checksum / base58 form of ``text``; None if it is not a valid address."""
@@ -55,3 +65,42 @@ class Network(Protocol):
     async def aclose(self) -> None:
         """Release connections."""
         ...
+
+
+def build_networks(settings: DistSettings) -> dict[str, Network]:
+    """Every configured network by name: the EVM ones of ``HODLAI_DIST_NETWORKS`` (each must
+    have its RPC URLs: ConfigError naming the setting) and, when the Solana rail is installed
+    and configured (``workers.distribution.solana.build_network(settings)`` returns a Network,
+    or None when no cluster is configured), the Solana cluster. Two networks of one name are
+    a ConfigError."""
+    from workers.distribution.evm import network as evm  # the rails load lazily
+
+    built: dict[str, Network] = {}
+    for name in settings.dist_networks:
+        built[name] = evm.build(settings, name)
+    try:
+        solana = importlib.import_module("workers.distribution.solana")
+    except ModuleNotFoundError as exc:
+        if exc.name != "workers.distribution.solana":
+            raise
+        return built
+    cluster = solana.build_network(settings)
+    if cluster is not None:
+        if cluster.name in built:
+            raise ConfigError(
+                f"network {cluster.name!r} is both an EVM chain (HODLAI_DIST_NETWORKS) and the"
+                " Solana cluster: rename one"
+            )
+        built[cluster.name] = cluster
+    return built
+
+
+def source_of(network: Network, settings: DistSettings) -> str | None:
+    """The paying address of ``network``: the rail's own (``network.source``) or, on EVM,
+    HODLAI_DIST_SOURCE_ADDRESS; None when this process does not know it (the payer sets it)."""
+    own = getattr(network, "source", None)
+    if isinstance(own, str) and own:
+        return own
+    if network.kind == "evm" and settings.dist_source_address:
+        return network.normalize_address(settings.dist_source_address)
+    return None

@@ -57,6 +57,15 @@ class DistSettings(CoreSettings):
     dist_max_recipients: int = Field(
         default=5000, ge=1, le=100_000, description="recipients a task may have at most"
     )
+    dist_missed_grace_s: float = Field(
+        default=60.0,
+        ge=0,
+        le=86_400,
+        description=(
+            "seconds after a cron slot within which it counts as on time; an older due slot"
+            " is missed and follows HODLAI_DIST_MISSED_SLOTS"
+        ),
+    )
     dist_condition_checks: int = Field(
         default=3,
         ge=1,
@@ -101,11 +110,18 @@ class DistSettings(CoreSettings):
             " against the key by the distributor"
         ),
     )
-    dist_oracle_treasury: str = Field(
+    dist_multisend_address: str = Field(
         default="",
         description=(
-            "the treasury whose accrued oracle fees an oracle_fees condition reads (default:"
-            " the oracle provider's treasury() on the task's chain)"
+            "the multisend contract on the EVM networks (hodlai devnet deploys one): batched"
+            " payments and the unsigned transaction of a preview"
+        ),
+    )
+    dist_oracle_provider: str = Field(
+        default="",
+        description=(
+            "the oracle provider whose treasury an oracle_fees condition watches, unless the"
+            " condition names one"
         ),
     )
 
