@@ -4,8 +4,8 @@ a payer killed between sending and writing, frozen recipients and a short source
 
 from __future__ import annotations
 
-import asyncio
 import base64
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,7 +17,7 @@ from solders.transaction import VersionedTransaction
 from solders.transaction_metadata import FailedTransactionMetadata
 from spl.token.constants import TOKEN_2022_PROGRAM_ID
 
-from shared.db import AsyncDatabase
+from shared.db import AsyncDatabase, atomic
 from workers.distribution.machine import RunStatus, TransferStatus
 from workers.distribution.solana.cluster import MAX_PROCESSING_AGE, SvmCluster
 from workers.distribution.solana.localchain import (
@@ -195,14 +195,22 @@ class KillingCluster(SvmCluster):
         raise Killed
 
 
+def _lease_runs_out(conn: sqlite3.Connection, run_id: str) -> None:
+    # The clock moves past the lease (the payer reads the wall clock, so the lease moves).
+    with atomic(conn):
+        conn.execute(
+            "UPDATE distribution_runs SET lease_until = lease_until - 3600 WHERE run_id = ?",
+            (run_id,),
+        )
+
+
 async def test_a_payer_killed_after_sending_before_writing_is_replaced_and_pays_once(
     db: AsyncDatabase, tmp_path: Path
 ) -> None:
     chain = make_chain()
     manifest = _manifest(_recipients(25))
     await db.run(record_run, run_id="rk", token=str(chain.mint.address), manifest=manifest)
-    doomed = make_payer(db, chain, cluster=KillingCluster(chain.cluster), owner="doomed",
-                        lease_seconds=0.2)  # fmt: skip
+    doomed = make_payer(db, chain, cluster=KillingCluster(chain.cluster), owner="doomed")
     with pytest.raises(Killed):
         await doomed.tick()
     # The first batch is on chain; the database only knows it was recorded.
@@ -216,9 +224,9 @@ async def test_a_payer_killed_after_sending_before_writing_is_replaced_and_pays_
     # A fresh process: its own database connection, the same chain, the lease run out.
     fresh_db = AsyncDatabase(open_db(tmp_path / "node.db"))
     try:
-        successor = make_payer(fresh_db, chain, owner="successor", lease_seconds=0.2)
+        successor = make_payer(fresh_db, chain, owner="successor", lease_seconds=30.0)
         assert await successor.tick() is False  # the dead payer's lease still holds
-        await asyncio.sleep(0.25)
+        await fresh_db.run(_lease_runs_out, "rk")
         assert await drive(successor, fresh_db, "rk") == RunStatus.COMPLETED
         sends = await fresh_db.run(send_rows, "rk")
     finally:

@@ -183,9 +183,12 @@ class SolanaPayer:
                 items.append((t.transfer_id, key, t.amount))
         if invalid or exhausted:
             await self.db.run(
-                store.fail_transfers, run_id=row.run_id, owner=self.owner,
+                store.fail_transfers,
+                run_id=row.run_id,
+                owner=self.owner,
+                lease_seconds=self.lease_seconds,
                 reasons={**invalid, **exhausted},
-            )  # fmt: skip
+            )
             if not items:
                 return True
         shortfall = await self._shortfall(mint, items)
@@ -223,12 +226,18 @@ class SolanaPayer:
         transaction = VersionedTransaction(message, [self._keypair])
         signature = str(transaction.signatures[0])
         recorded = await self.db.run(
-            store.record_batch, run_id=row.run_id, owner=self.owner, network=self.network.name,
-            source=str(self.source), signature=signature, blockhash=str(recent.blockhash),
+            store.record_batch,
+            run_id=row.run_id,
+            owner=self.owner,
+            lease_seconds=self.lease_seconds,
+            network=self.network.name,
+            source=str(self.source),
+            signature=signature,
+            blockhash=str(recent.blockhash),
             last_valid_block_height=recent.last_valid_block_height,
             signed_tx=base64.b64encode(bytes(transaction)).decode("ascii"),
             transfer_ids=transfer_ids,
-        )  # fmt: skip
+        )
         if not recorded:
             log.info("solana_blockhash_unchanged", run_id=row.run_id, signature=signature)
             return False
@@ -264,9 +273,13 @@ class SolanaPayer:
                 last_valid = int(send["last_valid_block_height"])
                 if height > last_valid:
                     await self.db.run(
-                        store.settle_expired, run_id=row.run_id, owner=self.owner,
-                        signature=signature, height=height,
-                    )  # fmt: skip
+                        store.settle_expired,
+                        run_id=row.run_id,
+                        owner=self.owner,
+                        lease_seconds=self.lease_seconds,
+                        signature=signature,
+                        height=height,
+                    )
                     log.warning(
                         "solana_send_expired", run_id=row.run_id, signature=signature,
                         height=height, last_valid_block_height=last_valid,
@@ -280,9 +293,13 @@ class SolanaPayer:
                 continue
             if state.error is None:
                 paid = await self.db.run(
-                    store.settle_landed, run_id=row.run_id, owner=self.owner,
-                    signature=signature, slot=state.slot,
-                )  # fmt: skip
+                    store.settle_landed,
+                    run_id=row.run_id,
+                    owner=self.owner,
+                    lease_seconds=self.lease_seconds,
+                    signature=signature,
+                    slot=state.slot,
+                )
                 log.info("solana_batch_paid", run_id=row.run_id, signature=signature, paid=paid)
             else:
                 await self._settle_failure(row, mint, signature, state.slot, state.error)
@@ -308,9 +325,15 @@ class SolanaPayer:
             items = [(t.transfer_id, Pubkey.from_string(t.address), t.amount) for t in transfers]
             failed = await self._simulate_each(mint, items)
         await self.db.run(
-            store.settle_failed, run_id=row.run_id, owner=self.owner, signature=signature,
-            slot=slot, error=failure.reason, failed=failed,
-        )  # fmt: skip
+            store.settle_failed,
+            run_id=row.run_id,
+            owner=self.owner,
+            lease_seconds=self.lease_seconds,
+            signature=signature,
+            slot=slot,
+            error=failure.reason,
+            failed=failed,
+        )
         log.warning(
             "solana_batch_failed", run_id=row.run_id, signature=signature, error=failure.reason,
             isolated=len(failed), back_to_pending=len(transfers) - len(failed),
@@ -346,7 +369,11 @@ class SolanaPayer:
             failed.update(await self._simulate_each(mint, chunk))
         if failed:
             await self.db.run(
-                store.fail_transfers, run_id=row.run_id, owner=self.owner, reasons=failed
+                store.fail_transfers,
+                run_id=row.run_id,
+                owner=self.owner,
+                lease_seconds=self.lease_seconds,
+                reasons=failed,
             )
             log.warning("solana_recipients_isolated", run_id=row.run_id, failed=len(failed))
         return [item for item in items if item[0] not in failed]
@@ -370,9 +397,12 @@ class SolanaPayer:
         self, mint: Mint, batch: list[tuple[Pubkey, int]], blockhash: Hash
     ) -> TransactionErrorType | None:
         message = batch_message(
-            self.source, mint, batch, blockhash,
+            self.source,
+            mint,
+            batch,
+            blockhash,
             priority_micro_lamports=self.network.priority_micro_lamports,
-        )  # fmt: skip
+        )
         simulation = await self.network.cluster.simulate(
             VersionedTransaction(message, [self._keypair])
         )

@@ -84,13 +84,22 @@ def release_runs(conn: sqlite3.Connection, *, owner: str) -> None:
         )
 
 
-def _hold(conn: sqlite3.Connection, run_id: str, owner: str, now: float) -> None:
+def _hold(
+    conn: sqlite3.Connection, run_id: str, owner: str, now: float, extend: float | None = None
+) -> None:
+    """Raise LeaseLostError unless ``owner`` holds the run's lease now; with ``extend``, push
+    the lease out to ``now + extend`` (a long pass over many batches keeps its run)."""
     row = conn.execute(
         f"SELECT {LEASE_OWNER}, {LEASE_UNTIL} FROM distribution_runs WHERE run_id = ?", (run_id,)
     ).fetchone()
     if row is None or row[0] != owner or row[1] is None or row[1] < now:
         holder = None if row is None else row[0]
         raise LeaseLostError(f"run {run_id} lease is held by {holder!r}, not {owner!r}")
+    if extend is not None:
+        conn.execute(
+            f"UPDATE distribution_runs SET {LEASE_UNTIL} = ? WHERE run_id = ?",
+            (now + extend, run_id),
+        )
 
 
 def transfers(conn: sqlite3.Connection, run_id: str) -> list[sqlite3.Row]:
@@ -158,13 +167,14 @@ def record_batch(
     last_valid_block_height: int,
     signed_tx: str,
     transfer_ids: Sequence[str],
+    lease_seconds: float | None = None,
     now: float | None = None,
 ) -> bool:
     """False (nothing written) when this signature is recorded already: the same batch under
     the same blockhash, after its first try failed; it must wait for a new blockhash."""
     at = _now(now)
     with atomic(conn):
-        _hold(conn, run_id, owner, at)
+        _hold(conn, run_id, owner, at, lease_seconds)
         known = conn.execute(
             "SELECT 1 FROM distribution_solana_sends WHERE signature = ?", (signature,)
         ).fetchone()
@@ -223,12 +233,13 @@ def settle_landed(
     owner: str,
     signature: str,
     slot: int,
+    lease_seconds: float | None = None,
     now: float | None = None,
 ) -> int:
     """The transaction is finalized without error: its transfers are paid. Returns how many."""
     at = _now(now)
     with atomic(conn):
-        _hold(conn, run_id, owner, at)
+        _hold(conn, run_id, owner, at, lease_seconds)
         transition(
             conn, SENDS, signature, S.SENT, S.LANDED, actor=owner, note=f"slot {slot}",
             set_columns={"slot": slot, "resolved_at": at}, now=at,
@@ -251,13 +262,14 @@ def settle_failed(
     slot: int,
     error: str,
     failed: Mapping[str, str],
+    lease_seconds: float | None = None,
     now: float | None = None,
 ) -> None:
     """The transaction is finalized with ``error``: nothing of it happened. Transfers in
     ``failed`` (transfer id -> reason) end failed; the others go back to pending."""
     at = _now(now)
     with atomic(conn):
-        _hold(conn, run_id, owner, at)
+        _hold(conn, run_id, owner, at, lease_seconds)
         transition(
             conn, SENDS, signature, S.SENT, S.FAILED, actor=owner, note=error,
             set_columns={"error": error, "slot": slot, "resolved_at": at}, now=at,
@@ -284,13 +296,14 @@ def settle_expired(
     owner: str,
     signature: str,
     height: int,
+    lease_seconds: float | None = None,
     now: float | None = None,
 ) -> None:
     """The signature was not found and the finalized height passed its last valid height:
     it can never land. Its transfers go back to pending, to be sent under a new blockhash."""
     at = _now(now)
     with atomic(conn):
-        _hold(conn, run_id, owner, at)
+        _hold(conn, run_id, owner, at, lease_seconds)
         row = conn.execute(
             "SELECT last_valid_block_height FROM distribution_solana_sends WHERE signature = ?",
             (signature,),
@@ -313,12 +326,13 @@ def fail_transfers(
     run_id: str,
     owner: str,
     reasons: Mapping[str, str],
+    lease_seconds: float | None = None,
     now: float | None = None,
 ) -> None:
     """Pending transfers that can never be paid (an invalid recipient) end failed."""
     at = _now(now)
     with atomic(conn):
-        _hold(conn, run_id, owner, at)
+        _hold(conn, run_id, owner, at, lease_seconds)
         for transfer_id, reason in reasons.items():
             transition(
                 conn, TRANSFERS, transfer_id, T.PENDING, T.FAILED, actor=owner, note=reason,
