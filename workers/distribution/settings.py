@@ -31,8 +31,11 @@ MissedSlots = Literal["latest", "skip"]
 
 class DistSettings(CoreSettings):
     dist_enabled: bool = Field(
-        default=False,
-        description="run the distributor (Procfile / systemd): scheduler and payers",
+        default=True,
+        description=(
+            "run hodlai distributor (false: it logs executor_disabled and runs nothing; a node"
+            " without a distribution source sets it)"
+        ),
     )
     dist_networks: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: [DEVNET],
