@@ -10,6 +10,7 @@ the cluster ``HODLAI_DIST_SOLANA_NETWORK`` names (None when it names none). Modu
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from shared.config import CoreSettings
@@ -44,7 +45,7 @@ def build_network(
         return None
     if cluster is None:
         if name == "local":
-            cluster = SvmCluster()
+            cluster = _local_cluster(SvmCluster)
         else:
             cluster = RpcCluster(sol.solana_rpc_url(), name=f"{name} {sol.solana_rpc_label()}")
     return SolanaNetwork(
@@ -79,17 +80,20 @@ def _source(sol: SolanaSettings) -> str:
 def build_payer(
     settings: CoreSettings,
     *,
-    db: AsyncDatabase,
+    db: AsyncDatabase | None = None,
     network: SolanaNetwork | None = None,
     lease_seconds: float | None = None,
 ) -> SolanaPayer | None:
     """The payer of the configured Solana network (None when there is none). Needs
     ``HODLAI_DIST_SOLANA_KEY_FILE``; refuses a ``HODLAI_DIST_SOLANA_SOURCE_ADDRESS`` that is
-    not the key's public key."""
+    not the key's public key. Without ``db`` it opens its own durable connection to
+    ``HODLAI_DB_PATH`` (closed by ``aclose``)."""
+    from shared.db import AsyncDatabase, connect
     from workers.distribution.solana.keyfile import load_keypair
     from workers.distribution.solana.payer import SolanaPayer
 
     sol = solana_settings(settings)
+    owns_network = network is None
     network = network if network is not None else build_network(sol)
     if network is None:
         return None
@@ -106,10 +110,23 @@ def build_payer(
             f" {keypair.pubkey()}"
         )
     lease = lease_seconds if lease_seconds is not None else _lease_seconds(settings)
+    owned = db is None
+    database = db if db is not None else AsyncDatabase(connect(settings.db_path, durable=True))
     return SolanaPayer(
-        db=db, network=network, keypair=keypair, lease_seconds=lease,
-        resend_s=sol.dist_solana_resend_s,
+        db=database, network=network, keypair=keypair, lease_seconds=lease,
+        resend_s=sol.dist_solana_resend_s, owns_db=owned, owns_network=owns_network,
     )  # fmt: skip
+
+
+_LOCAL: list[Cluster] = []
+
+
+def _local_cluster(make: Callable[[], Cluster]) -> Cluster:
+    """The process's one in-process SVM: the frame's network and the payer's must be the
+    same chain."""
+    if not _LOCAL:
+        _LOCAL.append(make())
+    return _LOCAL[0]
 
 
 def _lease_seconds(settings: CoreSettings) -> float:

@@ -97,8 +97,11 @@ class SolanaPayer:
         lease_seconds: float = 60.0,
         resend_s: float = 2.0,
         owner: str | None = None,
+        owns_db: bool = False,
+        owns_network: bool = False,
     ) -> None:
         self.db = db
+        self._owns_db, self._owns_network = owns_db, owns_network
         self.network = network
         self.networks = frozenset({network.name})
         self._keypair = keypair
@@ -118,7 +121,13 @@ class SolanaPayer:
         return worked
 
     async def aclose(self) -> None:
+        """Give back this payer's leases (another payer takes its runs at once); close the
+        database connection and the cluster client it owns."""
         await self.db.run(store.release_runs, owner=self.owner)
+        if self._owns_network:
+            await self.network.aclose()
+        if self._owns_db:
+            self.db.close()
 
     # --- one run ----------------------------------------------------------------------------
 
