@@ -18,10 +18,12 @@ from solders.transaction_metadata import FailedTransactionMetadata
 from spl.token.constants import TOKEN_2022_PROGRAM_ID
 
 from shared.db import AsyncDatabase, atomic
+from shared.errors import InvalidRequestError
 from workers.distribution.machine import RunStatus, TransferStatus
 from workers.distribution.solana.cluster import MAX_PROCESSING_AGE, SvmCluster
 from workers.distribution.solana.localchain import (
     balance,
+    create_fee_mint,
     create_token_account,
     freeze,
     has_account,
@@ -388,3 +390,17 @@ async def test_the_network_reads_decimals_and_balances_and_normalizes_addresses(
     assert network.normalize_address("0x" + "ab" * 20) is None
     assert network.normalize_address(source[:-1] + "0") is None  # '0' is not base58
     assert network.normalize_address("1" * 31) is None
+
+
+async def test_a_mint_with_a_transfer_fee_is_refused_and_its_run_fails_unsent(
+    db: AsyncDatabase,
+) -> None:
+    chain = make_chain()
+    fee_mint = create_fee_mint(chain.cluster, chain.authority, decimals=6, basis_points=100)
+    network = SolanaNetwork("devnet", chain.cluster)
+    with pytest.raises(InvalidRequestError, match="transfer fee"):
+        await network.decimals(str(fee_mint))
+    manifest = _manifest(_recipients(2))
+    await db.run(record_run, run_id="rfee", token=str(fee_mint), manifest=manifest)
+    assert await drive(make_payer(db, chain), db, "rfee") == RunStatus.FAILED
+    assert await db.run(send_rows, "rfee") == []

@@ -15,14 +15,20 @@ from solders.pubkey import Pubkey
 from solders.system_program import CreateAccountParams, create_account
 from solders.transaction import VersionedTransaction
 from solders.transaction_metadata import FailedTransactionMetadata
-from spl.token.constants import TOKEN_PROGRAM_ID
+from spl.token.constants import TOKEN_2022_PROGRAM_ID, TOKEN_PROGRAM_ID
 from spl.token.instructions import (
     create_idempotent_associated_token_account,
     freeze_account,
     initialize_mint2,
+    initialize_transfer_fee_config,
     mint_to_checked,
 )
-from spl.token.models import FreezeAccountParams, InitializeMint2Params, MintToCheckedParams
+from spl.token.models import (
+    FreezeAccountParams,
+    InitializeMint2Params,
+    InitializeTransferFeeConfigParams,
+    MintToCheckedParams,
+)
 
 from workers.distribution.solana.cluster import SvmCluster
 from workers.distribution.solana.spl import MINT_SIZE, Mint, associated_account, token_amount
@@ -126,3 +132,33 @@ def balance(cluster: SvmCluster, owner: Pubkey, mint: Mint) -> int:
 
 def has_account(cluster: SvmCluster, owner: Pubkey, mint: Mint) -> bool:
     return cluster.svm.get_account(associated_account(owner, mint)) is not None
+
+
+def create_fee_mint(
+    cluster: SvmCluster, authority: Keypair, *, decimals: int, basis_points: int
+) -> Pubkey:
+    """A Token-2022 mint with a transfer fee (TransferFeeConfig): what the rail refuses."""
+    mint = Keypair()
+    size = 278  # the mint, padding, the account type and one TransferFeeConfig extension
+    rent = cluster.svm.minimum_balance_for_rent_exemption(size)
+    execute(
+        cluster, authority,
+        [
+            create_account(CreateAccountParams(
+                from_pubkey=authority.pubkey(), to_pubkey=mint.pubkey(), lamports=rent,
+                space=size, owner=TOKEN_2022_PROGRAM_ID,
+            )),
+            initialize_transfer_fee_config(InitializeTransferFeeConfigParams(
+                program_id=TOKEN_2022_PROGRAM_ID, mint=mint.pubkey(),
+                transfer_fee_config_authority=authority.pubkey(),
+                withdraw_withheld_authority=authority.pubkey(),
+                transfer_fee_basis_points=basis_points, maximum_fee=2**63 - 1,
+            )),
+            initialize_mint2(InitializeMint2Params(
+                decimals=decimals, program_id=TOKEN_2022_PROGRAM_ID, mint=mint.pubkey(),
+                mint_authority=authority.pubkey(), freeze_authority=None,
+            )),
+        ],
+        mint,
+    )  # fmt: skip
+    return mint.pubkey()

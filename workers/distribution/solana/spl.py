@@ -59,11 +59,42 @@ class Mint:
     decimals: int
 
 
+# Token-2022 mint extensions with which a transfer_checked of N does not credit exactly N
+# to the recipient, or cannot be made by this batch at all: refused with the reason.
+UNSUPPORTED_EXTENSIONS: Final = {
+    1: "a transfer fee (TransferFeeConfig): recipients would receive less than the manifest",
+    9: "non-transferable tokens (NonTransferable)",
+    14: "a transfer hook (TransferHook), whose extra accounts this transfer does not carry",
+}
+#: where a Token-2022 account's type byte and then its extensions (type u16, length u16,
+#: value) start: after the base layout padded to a token account's 165 bytes
+_ACCOUNT_TYPE_AT: Final = 165
+
+
+def mint_extensions(data: bytes) -> frozenset[int]:
+    """The Token-2022 extension types of a mint account (empty for SPL Token)."""
+    found: set[int] = set()
+    at = _ACCOUNT_TYPE_AT + 1
+    while at + 4 <= len(data):
+        kind = int.from_bytes(data[at : at + 2], "little")
+        length = int.from_bytes(data[at + 2 : at + 4], "little")
+        if kind == 0:
+            break
+        found.add(kind)
+        at += 4 + length
+    return frozenset(found)
+
+
 def parse_mint(address: Pubkey, owner: Pubkey, data: bytes) -> Mint:
     if owner not in TOKEN_PROGRAMS:
         raise InvalidRequestError(f"{address} is not an SPL token mint (owner {owner})")
     if len(data) < MINT_SIZE or not data[_INITIALIZED_AT]:
         raise InvalidRequestError(f"{address} is not an initialized SPL token mint")
+    for kind in sorted(mint_extensions(data)):
+        if kind in UNSUPPORTED_EXTENSIONS:
+            raise InvalidRequestError(
+                f"mint {address} has {UNSUPPORTED_EXTENSIONS[kind]}; not supported"
+            )
     return Mint(address, owner, data[_DECIMALS_AT])
 
 
