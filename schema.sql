@@ -918,6 +918,7 @@ CREATE TABLE IF NOT EXISTS distribution_solana_sends (
     source         TEXT NOT NULL,             -- the paying public key
     blockhash      TEXT NOT NULL,
     last_valid_block_height INTEGER NOT NULL, -- past this (finalized) height it can never land
+    blockhash_slot INTEGER NOT NULL,          -- the slot the blockhash was read at: it lands later
     signed_tx      TEXT NOT NULL,             -- the signed bytes, base64
     recipients     INTEGER NOT NULL,
     status         TEXT NOT NULL CHECK (status IN ('sent','landed','failed','expired')),

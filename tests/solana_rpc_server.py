@@ -2,7 +2,8 @@
 methods the distribution rail calls, answered in the cluster's wire format, so that
 ``RpcCluster`` (solana's AsyncClient) is tested over HTTP without a validator (none runs
 here). Knobs a test turns: ``drop`` (sends the network loses), ``confirmed_only`` (landed,
-but not finalized yet), ``fail_with`` (a JSON-RPC error object for every call)."""
+but not finalized yet), ``fail_with`` (a JSON-RPC error object for every call),
+``minimum_ledger_slot`` (a node that pruned its history)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,8 @@ class SvmRpc:
         self.drop_next = 0
         self.confirmed_only = False
         self.fail_with: dict[str, Any] | None = None
+        #: the lowest slot the node can still look transactions up in (raise it: pruned)
+        self.minimum_ledger_slot = 0
         self.calls: list[str] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -103,6 +106,9 @@ class SvmRpc:
             "context": self._context(),
             "value": {"blockhash": str(blockhash), "lastValidBlockHeight": issued},
         }
+
+    def rpc_minimumLedgerSlot(self) -> object:
+        return self.minimum_ledger_slot
 
     def rpc_getBlockHeight(self, config: object = None) -> object:
         return self.cluster.height

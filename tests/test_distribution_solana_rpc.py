@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from solders.keypair import Keypair
 from solders.pubkey import Pubkey
+from structlog.testing import capture_logs
 
 from shared.config import CoreSettings
 from shared.db import AsyncDatabase
@@ -76,7 +77,7 @@ async def test_over_json_rpc_a_run_is_paid_only_once_its_batches_are_finalized(
     await payer.network.aclose()
 
 
-async def test_over_json_rpc_a_lost_batch_is_resent_only_after_the_finalized_height_passed(
+async def test_over_json_rpc_a_lost_batch_is_resent_only_after_its_expiry_is_known(
     db: AsyncDatabase, chain: Chain, rpc: SvmRpc
 ) -> None:
     manifest = _manifest(10)
@@ -90,6 +91,16 @@ async def test_over_json_rpc_a_lost_batch_is_resent_only_after_the_finalized_hei
     assert rpc.calls.count("sendTransaction") == 4  # the same bytes, again and again
 
     chain.cluster.advance(MAX_PROCESSING_AGE + 1)
+    # A node that pruned the slots since the blockhash cannot tell "never landed" from
+    # "landed and forgotten": the send stays unknown, nothing is sent again.
+    rpc.minimum_ledger_slot = chain.cluster.height
+    with capture_logs() as logs:
+        for _ in range(3):
+            await payer.tick()
+    assert [s["status"] for s in await db.run(send_rows, "lost")] == ["sent"]
+    assert any(e["event"] == "solana_send_unverifiable" for e in logs)
+
+    rpc.minimum_ledger_slot = 0  # a node with the history (an archive RPC)
     assert await drive(payer, db, "lost") == RunStatus.COMPLETED
     assert [s["status"] for s in await db.run(send_rows, "lost")] == ["expired", "landed"]
     for address, amount in manifest:

@@ -58,6 +58,8 @@ class RecentBlockhash:
     blockhash: Hash
     #: the last block height at which a transaction with this blockhash can still land
     last_valid_block_height: int
+    #: the slot the blockhash was read at: a transaction using it lands at this slot or later
+    slot: int
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,11 @@ class Cluster(Protocol):
     async def block_height(self) -> int:
         """The finalized block height: a blockhash whose last valid height is below it can
         no longer land anywhere."""
+        ...
+
+    async def minimum_ledger_slot(self) -> int:
+        """The lowest slot whose transactions the node can still look up: a signature sent
+        before it that the node does not find may still have landed."""
         ...
 
     async def signature_states(
@@ -150,10 +157,13 @@ class SvmCluster:
         key = str(blockhash)
         if key not in self._issued:
             self._issued[key] = self.height + MAX_PROCESSING_AGE
-        return RecentBlockhash(blockhash, self._issued[key])
+        return RecentBlockhash(blockhash, self._issued[key], self.height)
 
     async def block_height(self) -> int:
         return self.height
+
+    async def minimum_ledger_slot(self) -> int:
+        return 0  # LiteSVM keeps its whole transaction history
 
     async def signature_states(
         self, signatures: Sequence[Signature]
@@ -218,10 +228,16 @@ class RpcCluster:
         # bounds the transaction whichever fork the blockhash came from).
         answer = await self._call(self._client.get_latest_blockhash(Confirmed))
         value = answer.value
-        return RecentBlockhash(value.blockhash, int(value.last_valid_block_height))
+        return RecentBlockhash(
+            value.blockhash, int(value.last_valid_block_height), int(answer.context.slot)
+        )
 
     async def block_height(self) -> int:
         answer = await self._call(self._client.get_block_height(Finalized))
+        return int(answer.value)
+
+    async def minimum_ledger_slot(self) -> int:
+        answer = await self._call(self._client.get_minimum_ledger_slot())
         return int(answer.value)
 
     async def signature_states(

@@ -54,7 +54,7 @@ SENDS: Final = Machine(
     settable=frozenset({"error", "slot", "resolved_at", "lease_owner", "lease_until"}),
     insertable=frozenset(
         {
-            "run_id", "network", "source", "blockhash", "last_valid_block_height",
+            "run_id", "network", "source", "blockhash", "last_valid_block_height", "blockhash_slot",
             "signed_tx", "recipients", "broadcasts", "last_broadcast_at",
         }
     ),

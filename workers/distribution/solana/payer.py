@@ -15,9 +15,10 @@ transaction can never be processed. So:
      ``failed``; the others go back to ``pending``;
    - not found → unknown. While the finalized block height has not passed the last valid
      height the same bytes are re-sent (the same signature lands at most once); only once it
-     has passed (read *before* the statuses, so a landing at the edge is seen) is the send
-     ``expired`` and its transfers ``pending`` again, to go out under a new blockhash and a
-     new signature.
+     has passed (read *before* the statuses, so a landing at the edge is seen), and only if
+     the node's ledger still reaches back to the blockhash's slot (a pruned node cannot tell
+     "never landed" from "landed long ago"), is the send ``expired`` and its transfers
+     ``pending`` again, to go out under a new blockhash and a new signature.
 3. New batches go out only while the run has no unresolved send, after a pre-flight: the
    source's token balance covers every pending amount, and its lamports cover the fees and
    the rent of the recipients' missing token accounts. A shortfall pauses the run with the
@@ -244,6 +245,7 @@ class SolanaPayer:
             signature=signature,
             blockhash=str(recent.blockhash),
             last_valid_block_height=recent.last_valid_block_height,
+            blockhash_slot=recent.slot,
             signed_tx=base64.b64encode(bytes(transaction)).decode("ascii"),
             transfer_ids=transfer_ids,
         )
@@ -279,24 +281,7 @@ class SolanaPayer:
         for send, state in zip(sends, states, strict=True):
             signature = str(send["signature"])
             if state is None:
-                last_valid = int(send["last_valid_block_height"])
-                if height > last_valid:
-                    await self.db.run(
-                        store.settle_expired,
-                        run_id=row.run_id,
-                        owner=self.owner,
-                        lease_seconds=self.lease_seconds,
-                        signature=signature,
-                        height=height,
-                    )
-                    log.warning(
-                        "solana_send_expired", run_id=row.run_id, signature=signature,
-                        height=height, last_valid_block_height=last_valid,
-                    )  # fmt: skip
-                    changed = True
-                elif self._resend_due(send):
-                    raw = base64.b64decode(send["signed_tx"])
-                    await self._broadcast(signature, VersionedTransaction.from_bytes(raw))
+                changed |= await self._unknown(row, send, height)
                 continue
             if not state.finalized:
                 continue
@@ -314,6 +299,36 @@ class SolanaPayer:
                 await self._settle_failure(row, mint, signature, state.slot, state.error)
             changed = True
         return changed
+
+    async def _unknown(self, row: _Run, send: sqlite3.Row, height: int) -> bool:
+        """A signature the cluster does not know. Before its last valid height: re-send the
+        same bytes. After it: expired — but only if the node's ledger reaches back to the
+        blockhash's slot; a node that has pruned that history cannot tell "never landed" from
+        "landed long ago", so the send stays unknown (and the operator is told) rather than
+        being paid again."""
+        signature = str(send["signature"])
+        last_valid = int(send["last_valid_block_height"])
+        if height <= last_valid:
+            if self._resend_due(send):
+                raw = base64.b64decode(send["signed_tx"])
+                await self._broadcast(signature, VersionedTransaction.from_bytes(raw))
+            return False
+        ledger_from = await self.network.cluster.minimum_ledger_slot()
+        if ledger_from > int(send["blockhash_slot"]):
+            log.error(
+                "solana_send_unverifiable", run_id=row.run_id, signature=signature,
+                blockhash_slot=send["blockhash_slot"], minimum_ledger_slot=ledger_from,
+            )  # fmt: skip
+            return False
+        await self.db.run(
+            store.settle_expired, run_id=row.run_id, owner=self.owner,
+            lease_seconds=self.lease_seconds, signature=signature, height=height,
+        )  # fmt: skip
+        log.warning(
+            "solana_send_expired", run_id=row.run_id, signature=signature, height=height,
+            last_valid_block_height=last_valid,
+        )  # fmt: skip
+        return True
 
     def _resend_due(self, send: sqlite3.Row) -> bool:
         last = send["last_broadcast_at"]

@@ -165,6 +165,7 @@ def record_batch(
     signature: str,
     blockhash: str,
     last_valid_block_height: int,
+    blockhash_slot: int,
     signed_tx: str,
     transfer_ids: Sequence[str],
     lease_seconds: float | None = None,
@@ -185,6 +186,7 @@ def record_batch(
             {
                 "signature": signature, "run_id": run_id, "network": network, "source": source,
                 "blockhash": blockhash, "last_valid_block_height": last_valid_block_height,
+                "blockhash_slot": blockhash_slot,
                 "signed_tx": signed_tx, "recipients": len(transfer_ids), "broadcasts": 0,
                 "last_broadcast_at": None,
             },
