@@ -72,8 +72,8 @@ def _distribution_solana_send(n: int) -> dict[str, Any]:
     return {
         "signature": f"sig-{n}", "run_id": f"run-{n % 7}", "network": "devnet",
         "source": "11111111111111111111111111111111", "blockhash": "1" * 32,
-        "last_valid_block_height": n + 150, "blockhash_slot": n, "signed_tx": "AA==", "recipients": 1,
-        "broadcasts": 0, "last_broadcast_at": None,
+        "last_valid_block_height": n + 150, "blockhash_slot": n, "signed_tx": "AA==",
+        "recipients": 1, "broadcasts": 0, "last_broadcast_at": None,
     }  # fmt: skip
 
 
