@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import base64
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -16,6 +16,7 @@ from solders.pubkey import Pubkey
 from solders.transaction import VersionedTransaction
 from solders.transaction_metadata import FailedTransactionMetadata
 from spl.token.constants import TOKEN_2022_PROGRAM_ID
+from structlog.testing import capture_logs
 
 from shared.db import AsyncDatabase, atomic
 from shared.errors import InvalidRequestError
@@ -404,3 +405,46 @@ async def test_a_mint_with_a_transfer_fee_is_refused_and_its_run_fails_unsent(
     await db.run(record_run, run_id="rfee", token=str(fee_mint), manifest=manifest)
     assert await drive(make_payer(db, chain), db, "rfee") == RunStatus.FAILED
     assert await db.run(send_rows, "rfee") == []
+
+
+class StallingCluster(SvmCluster):
+    """On its first send, the payer using it stalls past its lease, and another payer takes
+    the run over and works on it, before the first one goes on."""
+
+    def __init__(self, chain: Chain) -> None:
+        super().__init__(chain.cluster.svm)
+        self._issued = chain.cluster._issued
+        self.meanwhile: list[Callable[[], Awaitable[None]]] = []
+
+    async def send(self, transaction: VersionedTransaction) -> None:
+        await super().send(transaction)
+        while self.meanwhile:
+            await self.meanwhile.pop()()
+
+
+async def test_a_payer_that_stalls_past_its_lease_is_fenced_off_and_nobody_is_paid_twice(
+    db: AsyncDatabase, tmp_path: Path
+) -> None:
+    chain = make_chain()
+    manifest = _manifest(_recipients(40))
+    await db.run(record_run, run_id="rt", token=str(chain.mint.address), manifest=manifest)
+    stalling = StallingCluster(chain)
+    slow = make_payer(db, chain, cluster=stalling, owner="slow")
+    other_db = AsyncDatabase(open_db(tmp_path / "node.db"))
+    other = make_payer(other_db, chain, owner="other")
+
+    async def take_over() -> None:
+        await other_db.run(_lease_runs_out, "rt")
+        assert await other.tick() is True  # resolves the first batch, sends the rest
+
+    stalling.meanwhile.append(take_over)
+    with capture_logs() as logs:
+        await slow.tick()  # goes on after the take-over: every write of it is refused
+    assert any(e["event"] == "solana_run_lease_lost" for e in logs)
+    try:
+        assert await drive(other, other_db, "rt") == RunStatus.COMPLETED
+    finally:
+        other_db.close()
+    _assert_paid_exactly(chain, {}, manifest)
+    sends = await db.run(send_rows, "rt")
+    assert {s["status"] for s in sends} == {"landed"} and len(sends) == 4

@@ -51,7 +51,7 @@ from solders.transaction_status import (
 )
 
 from shared.db import AsyncDatabase
-from shared.errors import InvalidRequestError, RetryableError
+from shared.errors import InvalidRequestError, LeaseLostError, RetryableError
 from workers.distribution.machine import RunStatus, TransferStatus
 from workers.distribution.solana import store
 from workers.distribution.solana.network import SolanaNetwork, parse_pubkey
@@ -118,7 +118,12 @@ class SolanaPayer:
         )  # fmt: skip
         worked = False
         for run in runs:
-            worked |= await self._advance(run)
+            try:
+                worked |= await self._advance(run)
+            except LeaseLostError as exc:
+                # Another payer took the run over (this one stalled past its lease): it
+                # resolves what this one recorded; nothing here may write to the run.
+                log.warning("solana_run_lease_lost", run_id=run["run_id"], error=str(exc))
         return worked
 
     async def aclose(self) -> None:
