@@ -5,6 +5,7 @@ a payer killed between sending and writing, frozen recipients and a short source
 from __future__ import annotations
 
 import base64
+import json
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ from solders.transaction_metadata import FailedTransactionMetadata
 from spl.token.constants import TOKEN_2022_PROGRAM_ID
 from structlog.testing import capture_logs
 
+from shared import cli
 from shared.db import AsyncDatabase, atomic
 from shared.errors import InvalidRequestError
 from workers.distribution.machine import RunStatus, TransferStatus
@@ -448,3 +450,28 @@ async def test_a_payer_that_stalls_past_its_lease_is_fenced_off_and_nobody_is_pa
     _assert_paid_exactly(chain, {}, manifest)
     sends = await db.run(send_rows, "rt")
     assert {s["status"] for s in sends} == {"landed"} and len(sends) == 4
+
+
+async def test_the_cli_makes_a_private_keypair_and_lists_the_recorded_sends(
+    db: AsyncDatabase, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    key_file = tmp_path / "source.json"
+    assert cli.main(["dist-solana", "keygen", str(key_file)]) == 0
+    public = capsys.readouterr().out.strip()
+    assert key_file.stat().st_mode & 0o777 == 0o600 and public not in key_file.read_text()
+    assert cli.main(["dist-solana", "address", str(key_file)]) == 0
+    assert capsys.readouterr().out.strip() == public
+    assert cli.main(["dist-solana", "keygen", str(key_file)]) == 1  # never over a key
+
+    chain = make_chain()
+    manifest = _manifest(_recipients(12))
+    await db.run(record_run, run_id="rc", token=str(chain.mint.address), manifest=manifest)
+    await drive(make_payer(db, chain), db, "rc")
+    monkeypatch.setenv("HODLAI_DB_PATH", str(tmp_path / "node.db"))
+    capsys.readouterr()
+    assert cli.main(["dist-solana", "sends", "--run", "rc", "--json"]) == 0
+    sends = json.loads(capsys.readouterr().out)["sends"]
+    assert sorted((s["status"], s["recipients"]) for s in sends) == [("landed", 2), ("landed", 10)]
+    assert cli.main(["dist-solana", "sends", "--open"]) == 0
+    assert capsys.readouterr().out.strip() == "no Solana sends"
