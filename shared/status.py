@@ -90,6 +90,9 @@ class StatusProvider:
     roles: tuple[str, ...] = ()
     #: its pollers and their chains, from the node's settings
     pollers: Callable[[CoreSettings], Sequence[PollerChain]] = lambda _settings: ()
+    #: prefixes of its machines' names other than ``executor`` (``distribution.run`` belongs
+    #: to the executor ``dist``, switched by HODLAI_DIST_ENABLED)
+    machine_prefixes: tuple[str, ...] = ()
 
 
 def register_status(sub: Any) -> None:
@@ -136,7 +139,9 @@ def collect(
     if machines is None:
         machines = registry.machines()
     by_executor = {p.executor: p for p in providers}
-    machine_owner = {name: name.split(".", 1)[0] for name in machines}
+    aliases = {prefix: p.executor for p in providers for prefix in p.machine_prefixes}
+    machine_owner = {name: aliases.get(name.split(".", 1)[0], name.split(".", 1)[0])
+                     for name in machines}  # fmt: skip
     names = sorted(set(by_executor) | set(machine_owner.values()))
     chains = {c.poller: (p.executor, c) for p in providers for c in p.pollers(settings)}
     heads = asyncio.run(_heads({name: c.rpc_urls for name, (_, c) in chains.items()}))

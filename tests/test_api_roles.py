@@ -39,10 +39,18 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("POST", "/api/dispatch/agents/{agent_id}"): "admin",
     ("POST", "/api/dispatch/agents/{agent_id}/disable"): "admin",
     ("POST", "/api/dispatch/agents/{agent_id}/enable"): "admin",
+    ("GET", "/api/execution/kmt-automation"): "read",
+    ("POST", "/api/execution/kmt-automation"): "admin",
+    ("PATCH", "/api/execution/kmt-automation"): "admin",
+    ("POST", "/api/execution/kmt-automation/preview"): "read",
+    ("GET", "/api/execution/kmt-automation/runs"): "read",
+    ("GET", "/api/execution/kmt-automation/runs/{run_id}"): "read",
+    ("GET", "/api/execution/kmt-automation/templates"): "read",
 }
 # Values for path parameters that name nothing: an admin call then fails after the access
 # check (404/422) and changes nothing.
-PATH_VALUES = {"{request_id}": "99", "{job_id}": "nope", "{agent_id}": "nope"}
+PATH_VALUES = {"{request_id}": "99", "{job_id}": "nope", "{agent_id}": "nope",
+               "{run_id}": "nope"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")

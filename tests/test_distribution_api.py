@@ -194,7 +194,7 @@ def _hodlai(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
     )  # fmt: skip
 
 
-def test_the_distributor_process_records_a_fired_condition_and_stops_cleanly(
+def test_a_scheduling_distributor_process_records_a_fired_condition_and_stops_cleanly(
     anvil: Anvil, tmp_path: Path
 ) -> None:
     token = deploy_token(anvil)
@@ -203,7 +203,8 @@ def test_the_distributor_process_records_a_fired_condition_and_stops_cleanly(
     conn = connect(db)
     env = {"PATH": "/usr/bin:/bin", "HODLAI_DB_PATH": str(db), "HODLAI_RPC_URLS": anvil.rpc_url,
            "HODLAI_CONFIRMATIONS": "0", "HODLAI_DIST_SOURCE_ADDRESS": source,
-           "HODLAI_DIST_TICK_S": "0.2", "HODLAI_DIST_CHECK_INTERVAL_S": "0.2"}  # fmt: skip
+           "HODLAI_DIST_TICK_S": "0.2", "HODLAI_DIST_CHECK_INTERVAL_S": "0.2",
+           "HODLAI_DIST_PAY": "false"}  # fmt: skip
     condition = {"kind": "native_balance", "threshold": "1", "checks": 2}
     task = _seed_body(token.address, id="gas-rich", type="conditional", schedule=None,
                       condition=condition)  # fmt: skip
@@ -211,6 +212,13 @@ def test_the_distributor_process_records_a_fired_condition_and_stops_cleanly(
     created = _hodlai(env, "dist", "create", str(tmp_path / "task.json"))
     assert created.returncode == 0, created.stderr
     assert json.loads(created.stdout)["task"]["condition"]["checks"] == 2
+    preview = _hodlai(env, "dist", "preview", "gas-rich")
+    assert preview.returncode == 0, preview.stderr
+    assert json.loads(preview.stdout)["totalAmount"] == str(1000 * 10**6)
+    refused = _hodlai(env, "dist", "create", str(tmp_path / "task.json"))
+    assert refused.returncode == 1 and "used already" in refused.stderr
+    listed = json.loads(_hodlai(env, "dist", "list", "--json").stdout)["tasks"]
+    assert [t["id"] for t in listed] == ["gas-rich"]
     log_path = tmp_path / "distributor.log"
     with log_path.open("w") as log_file:
         process = subprocess.Popen(
@@ -236,3 +244,61 @@ def test_the_distributor_process_records_a_fired_condition_and_stops_cleanly(
     assert json.loads(shown.stdout)["runs"][0]["id"] == run["run_id"]
     off = _hodlai({**env, "HODLAI_DIST_ENABLED": "false"}, "distributor")
     assert off.returncode == 0 and "executor_disabled" in off.stdout + off.stderr
+
+
+def test_two_distributor_processes_on_one_database_record_each_due_slot_once(
+    anvil: Anvil, tmp_path: Path
+) -> None:
+    from tests.distribution_fixtures import dist_settings
+    from workers.distribution import service
+
+    token = deploy_token(anvil)
+    mine(anvil, 1)
+    db = tmp_path / "node.db"
+    conn = connect(db)
+    settings = dist_settings(rpc_urls=[anvil.rpc_url], confirmations=0)
+    tasks = 20
+
+    async def create() -> None:
+        network = EvmNetwork("devnet", RpcClient([anvil.rpc_url]), confirmations=0,
+                             chain_id=anvil.chain_id)  # fmt: skip
+        try:
+            for i in range(tasks):
+                body = _seed_body(token.address, id=f"t{i}", schedule={"cron": "0 0 1 1 *"})
+                await service.create(conn, body, {"devnet": network}, settings, actor="test")
+        finally:
+            await network.aclose()
+
+    asyncio.run(create())
+    slot = time.time() - 5  # a slot due now for every task; the next one is months away
+    with conn:
+        conn.execute("UPDATE distribution_tasks SET next_run_at = ?", (slot,))
+    env = {"PATH": "/usr/bin:/bin", "HODLAI_DB_PATH": str(db), "HODLAI_RPC_URLS": anvil.rpc_url,
+           "HODLAI_CONFIRMATIONS": "0", "HODLAI_DIST_TICK_S": "0.05",
+           "HODLAI_DIST_PAY": "false"}  # fmt: skip
+    logs = [tmp_path / f"distributor-{i}.log" for i in range(2)]
+    processes = []
+    for path in logs:
+        with path.open("w") as log_file:
+            processes.append(subprocess.Popen(
+                [sys.executable, "-m", "shared.cli", "distributor"], env=env, stdout=log_file,
+                stderr=subprocess.STDOUT, text=True,
+            ))  # fmt: skip
+    try:
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            runs = conn.execute("SELECT COUNT(*) FROM distribution_runs").fetchone()[0]
+            if runs >= tasks:
+                break
+            time.sleep(0.1)
+        time.sleep(1.0)  # both keep passing: nothing more may be recorded
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        codes = [p.wait(timeout=20) for p in processes]
+    assert codes == [0, 0], [p.read_text() for p in logs]
+    per_task = dict(conn.execute("SELECT task_id, COUNT(*) FROM distribution_runs GROUP BY 1"))
+    assert per_task == {f"t{i}": 1 for i in range(tasks)}
+    assert conn.execute("SELECT COUNT(*) FROM distribution_transfers").fetchone()[0] == 2 * tasks
+    recorded_by = [path.read_text().count("distribution_slot_run") for path in logs]
+    assert sum(recorded_by) == tasks, recorded_by

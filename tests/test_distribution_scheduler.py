@@ -16,7 +16,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from shared import state
-from shared.db import connect
+from shared.db import AsyncDatabase, connect
+from shared.errors import RpcServerError
 from tests.distribution_fixtures import (
     PROVIDER,
     SOURCE,
@@ -28,6 +29,7 @@ from tests.distribution_fixtures import (
 )
 from workers.distribution import service
 from workers.distribution.machine import RUNS
+from workers.distribution.main import Distributor
 from workers.distribution.scheduler import Scheduler, next_slot
 
 T = TypeVar("T")
@@ -254,3 +256,33 @@ def test_oracle_fees_count_the_treasurys_growth_since_the_last_run(db_path: Path
     clock.now += 1
     assert run(scheduler.tick()) is True
     assert len(_slots(conn, task_id)) == 2
+
+
+class _Payer:
+    def __init__(self, network: str, *, fails: bool) -> None:
+        self.networks = frozenset({network})
+        self.fails = fails
+        self.ticks = 0
+
+    async def tick(self) -> bool:
+        self.ticks += 1
+        if self.fails:
+            raise RpcServerError("the RPC of this network is down")
+        return False
+
+    async def aclose(self) -> None:
+        return None
+
+
+def test_a_failing_payer_does_not_keep_the_others_from_their_turn(db_path: Path) -> None:
+    conn = connect(db_path)
+    net = {"devnet": MemoryNetwork()}
+    distributor = Distributor(dist_settings(db_path=db_path), "d1", AsyncDatabase(conn))
+    distributor.scheduler = Scheduler(conn, dist_settings(), net, owner="d1")
+    down, up = _Payer("base", fails=True), _Payer("devnet", fails=False)
+    distributor.payers = [down, up]
+    with pytest.raises(RpcServerError), capture_logs() as logs:
+        run(distributor.step())
+    assert (down.ticks, up.ticks) == (1, 1)
+    assert [e["part"] for e in logs if e["event"] == "distribution_part_failed"] == ["base"]
+    distributor.db.close()

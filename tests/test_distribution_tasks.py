@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
@@ -241,3 +242,44 @@ def test_a_run_and_its_transfers_are_one_transaction_unique_per_slot(tmp_path: A
             " '1', 18, '[]', '0x', 0, 0)",
             (task["id"], TOKEN),
         )
+
+
+def test_the_sqlite3_views_show_due_tasks_run_history_and_failed_transfers(
+    conn: sqlite3.Connection, net: dict[str, MemoryNetwork]
+) -> None:
+    settings = dist_settings()
+    now = time.time()
+    due = run(service.create(conn, body(seed_task("due", cron="* * * * *")), net, settings,
+                             actor="op", now=now - 120))  # fmt: skip
+    run(service.create(conn, body(seed_task("later", cron="0 0 1 1 *")), net, settings,
+                       actor="op", now=now))  # fmt: skip
+    manual = run(service.create(conn, body(seed_task("m", type="manual")), net, settings,
+                                actor="op", now=now))  # fmt: skip
+    ran = run(service.execute(conn, manual["id"], net, settings, actor="op", now=now))
+    first, second = f"{ran['id']}:0", f"{ran['id']}:1"
+    state.transition(conn, TRANSFERS, first, "pending", "sent", actor="payer")
+    state.transition(conn, TRANSFERS, first, "sent", "paid", actor="payer")
+    state.transition(conn, TRANSFERS, second, "pending", "failed", actor="payer",
+                     set_columns={"reason": "BlacklistedRecipient(0x…)"})  # fmt: skip
+    assert [r["task_id"] for r in conn.execute("SELECT * FROM v_distribution_due_tasks")] == [
+        due["id"]]  # fmt: skip
+    (history,) = conn.execute("SELECT * FROM v_distribution_run_history").fetchall()
+    assert (history["run_id"], history["recipients"], history["paid"], history["failed"],
+            history["open"]) == (ran["id"], 2, 1, 1, 0)  # fmt: skip
+    (failed,) = conn.execute("SELECT * FROM v_distribution_failed_transfers").fetchall()
+    assert (failed["task_id"], failed["address"], failed["reason"]) == (
+        "m", addr(1), "BlacklistedRecipient(0x…)")  # fmt: skip
+
+
+def test_a_task_read_back_can_be_posted_again(
+    conn: sqlite3.Connection, net: dict[str, MemoryNetwork]
+) -> None:
+    settings = dist_settings()
+    task = seed_task("fees", type="conditional", schedule=None)
+    task["condition"] = {"kind": "token_balance", "threshold": "5", "checks": 2}
+    created = run(service.create(conn, body(task), net, settings, actor="op", now=NOW))
+    copy = {**created, "id": "fees-2"}
+    again = run(service.create(conn, body(copy), net, settings, actor="op", now=NOW))
+    assert again["distribution"] == created["distribution"]
+    assert again["condition"] == created["condition"] == {
+        "kind": "token_balance", "threshold": "5", "checks": 2}  # fmt: skip

@@ -67,17 +67,22 @@ class Network(Protocol):
         ...
 
 
-def build_networks(settings: DistSettings) -> dict[str, Network]:
+def build_networks(settings: DistSettings, *, strict: bool = True) -> dict[str, Network]:
     """Every configured network by name: the EVM ones of ``HODLAI_DIST_NETWORKS`` (each must
     have its RPC URLs: ConfigError naming the setting) and, when the Solana rail is installed
     and configured (``workers.distribution.solana.build_network(settings)`` returns a Network,
     or None when no cluster is configured), the Solana cluster. Two networks of one name are
-    a ConfigError."""
+    a ConfigError. ``strict=False`` (the API) leaves out an EVM network without RPC URLs, so
+    a task naming it is refused as "not configured here" rather than failing the request."""
     from workers.distribution.evm import network as evm  # the rails load lazily
 
     built: dict[str, Network] = {}
     for name in settings.dist_networks:
-        built[name] = evm.build(settings, name)
+        try:
+            built[name] = evm.build(settings, name)
+        except ConfigError:
+            if strict:
+                raise
     try:
         solana = importlib.import_module("workers.distribution.solana")
     except ModuleNotFoundError as exc:

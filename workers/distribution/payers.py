@@ -16,8 +16,10 @@ Guarantees an implementation gives:
 - a run is ``completed`` when every transfer is final and at least one was paid, ``failed``
   (with the reason) otherwise.
 
-Factories: ``workers.distribution.evm.payer.build(settings, chain_name, …)`` and
-``workers.distribution.solana.build_payer(settings)``.
+Factories (called by the distributor, workers/distribution/main.py):
+``workers.distribution.evm.payer.build(settings, chain_name, *, db)`` and
+``workers.distribution.solana.build_payer(settings, *, db)``, ``db`` the process's
+shared.db.AsyncDatabase; either may return an awaitable.
 """
 
 from __future__ import annotations

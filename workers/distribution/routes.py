@@ -72,7 +72,7 @@ def _networks() -> Mapping[str, Network]:
     settings = _settings()
     with _lock:
         if _Node.networks is None:
-            _Node.networks = build_networks(settings)
+            _Node.networks = build_networks(settings, strict=False)
         return _Node.networks
 
 

@@ -323,10 +323,12 @@ class Scheduler:
             ).fetchone()
             if holder is None or holder["lease_owner"] != self.owner:
                 return False  # the lease expired under a slow check: another scheduler checks
+            if store.in_flight_run(self.db, task_id) is not None:
+                return False  # an execute recorded one since the check above
             run_id = store.record_run(
                 self.db, task_id, slot=iso(now) or "", trigger="conditional", decimals=decimals,
                 total=total, manifest=manifest, source=source,
-                actor=f"scheduler:{self.owner}", now=now, refuse_if_in_flight=False,
+                actor=f"scheduler:{self.owner}", now=now,
                 task_columns={
                     "condition_streak": 0, "last_check_at": now, "cooldown_until": now + cooldown,
                     "condition_state": json.dumps(fired_state) if fired_state else None,

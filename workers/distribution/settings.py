@@ -37,6 +37,13 @@ class DistSettings(CoreSettings):
             " without a distribution source sets it)"
         ),
     )
+    dist_pay: bool = Field(
+        default=True,
+        description=(
+            "false: this distributor only schedules (records the runs of due slots and fired"
+            " conditions) and holds no key; a distributor with the key pays them"
+        ),
+    )
     dist_networks: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: [DEVNET],
         description=(

@@ -52,7 +52,8 @@ MAX_NAME: Final = 200
 NATIVE_DECIMALS: Final = {"evm": 18, "solana": 9}
 _TASK_KEYS: Final = frozenset(
     {"id", "name", "type", "schedule", "condition", "distribution", "enabled", "runCount",
-     "lastRunAt", "nextRunAt", "template", "network", "tokenMint", "status", "createdAt"}
+     "lastRunAt", "nextRunAt", "template", "network", "tokenMint", "status", "createdAt",
+     "conditionStreak", "cooldownUntil"}
 )  # fmt: skip
 
 
@@ -391,11 +392,8 @@ def task_answer(row: RowLike) -> dict[str, Any]:
     return out
 
 
-def known_keys() -> frozenset[str]:
-    """Keys a task body may carry (others are refused: a typo must not be ignored)."""
-    return _TASK_KEYS
-
-
 def check_keys(task: Mapping[str, Any], *, allowed: Sequence[str] = ()) -> None:
+    """Refuse keys a task cannot carry (a typo must not be ignored); the keys the node adds
+    to its answers are accepted and ignored, so a task read back can be posted again."""
     unknown = set(task) - _TASK_KEYS - set(allowed)
     _require(not unknown, f"task has unknown field(s): {', '.join(sorted(unknown))[:200]}")
