@@ -5,7 +5,8 @@
 the cluster ``HODLAI_DIST_SOLANA_NETWORK`` names (None when it names none). Modules:
 ``cluster`` (what a cluster must answer; LiteSVM in process, AsyncClient over JSON-RPC),
 ``spl`` (mints, batches, decoded failures), ``network``, ``payer``, ``store`` and ``machine``
-(the send rows), ``keyfile`` (the source keypair), ``settings``.
+(the send rows), ``keyfile`` (the source keypair), ``settings``, ``cli`` (``hodlai
+dist-solana``) and ``localchain`` (setting up an in-process chain for tests and the demo).
 """
 
 from __future__ import annotations
