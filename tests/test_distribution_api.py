@@ -302,3 +302,48 @@ def test_two_distributor_processes_on_one_database_record_each_due_slot_once(
     assert conn.execute("SELECT COUNT(*) FROM distribution_transfers").fetchone()[0] == 2 * tasks
     recorded_by = [path.read_text().count("distribution_slot_run") for path in logs]
     assert sum(recorded_by) == tasks, recorded_by
+
+
+def test_an_oracle_fees_condition_reads_the_providers_treasury_on_chain(
+    deployed: Any, tmp_path: Path
+) -> None:
+    from tests.distribution_fixtures import dist_settings
+    from tests.eip3009_fixtures import rpc, wait_receipt
+    from workers.distribution import service
+    from workers.distribution.scheduler import Scheduler
+
+    anvil = deployed.anvil
+    token = deploy_token(anvil)
+    conn = connect(tmp_path / "node.db")
+    settings = dist_settings(rpc_urls=[anvil.rpc_url], confirmations=0,
+                             dist_check_interval_s=1e-6)  # fmt: skip
+    condition = {"kind": "oracle_fees", "threshold": "0.5", "checks": 1, "cooldownS": 0,
+                 "provider": deployed.deployment.provider_address}  # fmt: skip
+    body = _seed_body(token.address, id="oracle-income", type="conditional", schedule=None,
+                      condition=condition)  # fmt: skip
+
+    def pay_treasury(wei: int) -> None:
+        tx = {"from": anvil.accounts[3].address, "to": deployed.deployment.treasury,
+              "value": hex(wei)}  # fmt: skip
+        wait_receipt(anvil, rpc(anvil, "eth_sendTransaction", [tx]))
+
+    async def main() -> list[bool]:
+        network = EvmNetwork("devnet", RpcClient([anvil.rpc_url]), confirmations=0,
+                             chain_id=anvil.chain_id)  # fmt: skip
+        networks = {"devnet": network}
+        try:
+            await service.create(conn, body, networks, settings, actor="test")
+            scheduler = Scheduler(conn, settings, networks, owner="s")
+            fired = [await scheduler.tick()]  # the baseline: the treasury's balance now
+            pay_treasury(4 * 10**17)
+            fired.append(await scheduler.tick())  # 0.4 accrued
+            pay_treasury(10**17)
+            fired.append(await scheduler.tick())  # 0.5 accrued: fires
+            fired.append(await scheduler.tick())  # counted from the run on
+            return fired
+        finally:
+            await network.aclose()
+
+    assert asyncio.run(main()) == [False, False, True, False]
+    state = json.loads(conn.execute("SELECT condition_state FROM distribution_tasks").fetchone()[0])
+    assert state["treasury"].lower() == deployed.deployment.treasury.lower()

@@ -5,6 +5,7 @@ templates; execute and delete refused while a run is in flight."""
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import time
 from collections.abc import Awaitable
@@ -283,3 +284,33 @@ def test_a_task_read_back_can_be_posted_again(
     assert again["distribution"] == created["distribution"]
     assert again["condition"] == created["condition"] == {
         "kind": "token_balance", "threshold": "5", "checks": 2}  # fmt: skip
+
+
+def test_hodlai_status_shows_the_distribution_under_its_switch(
+    conn: sqlite3.Connection, db_path: Any, net: dict[str, MemoryNetwork]
+) -> None:
+    import subprocess
+    import sys
+
+    settings = dist_settings()
+    task = run(service.create(conn, body(seed_task(type="manual")), net, settings, actor="op",
+                              now=time.time()))  # fmt: skip
+    ran = run(service.execute(conn, task["id"], net, settings, actor="op", now=time.time()))
+    hours_ago = time.time() - 7200  # a run paused two hours ago: the source stays short
+    state.transition(conn, RUNS, ran["id"], "pending", "running", actor="payer", now=hours_ago)
+    state.transition(conn, RUNS, ran["id"], "running", "paused", actor="payer", now=hours_ago,
+                     set_columns={"reason": "balance 0 < 1000"})  # fmt: skip
+    env = {"PATH": "/usr/bin:/bin", "HODLAI_DB_PATH": str(db_path)}
+    for switch, health in (("true", "problem"), ("false", "disabled")):
+        shown = subprocess.run(
+            [sys.executable, "-m", "shared.cli", "status", "--json"], capture_output=True,
+            text=True, env={**env, "HODLAI_DIST_ENABLED": switch}, check=False, timeout=60,
+        )  # fmt: skip
+        executors = json.loads(shown.stdout)["executors"]
+        assert "distribution" not in executors  # its machines count under "dist"
+        dist = executors["dist"]
+        assert (dist["enabled"], dist["health"]) == (switch == "true", health)
+        assert dist["counts"]["distribution.run"]["paused"] == 1
+        assert dist["runs_paused"] == 1 and dist["tasks"] == 1
+        if switch == "true":
+            assert ran["id"] in dist["problems"][0] and "balance 0 < 1000" in dist["problems"][0]

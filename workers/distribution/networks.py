@@ -12,6 +12,11 @@ Guarantees an implementation gives:
   pre-flight never acts on a state that a reorganisation can take back.
 - ``decimals`` is read from the token (ERC-20 ``decimals()``, the SPL mint); an error is a
   shared.errors error, never a guess.
+
+Optional members the frame uses when a network has them: ``source: str``, the paying address
+(recorded on the runs the scheduler and ``execute`` create; :func:`source_of`), and
+``async treasury(provider) -> str`` (EVM: the oracle provider's treasury, for an
+``oracle_fees`` condition).
 """
 
 from __future__ import annotations

@@ -67,6 +67,10 @@ class EvmNetwork:
     async def native_balance(self, owner: str) -> int:
         return await self.reads.native_balance(owner)
 
+    async def treasury(self, provider: str) -> str:
+        """The oracle provider's treasury (an ``oracle_fees`` condition watches its balance)."""
+        return await self.reads.treasury(provider)
+
     async def build_unsigned(
         self, token: str, source: str, manifest: Sequence[tuple[str, int]]
     ) -> dict[str, Any]:
