@@ -19,7 +19,7 @@ LLAMA_WHEELS := $(VENV)/wheels/llama-$(LLAMA_BUILD)
 # Named by the build, so that changed flags (or a removed stamp) install the model again.
 MODELSTAMP := $(VENV)/.model-installed-$(LLAMA_BUILD)
 
-.PHONY: help setup test lint typecheck unit demo bench bench-dispatch chaos compile check-artifacts clean
+.PHONY: help setup test lint typecheck unit demo demo-solana bench bench-dispatch chaos compile check-artifacts clean
 
 help:
 	@echo "make demo   - run the whole node end to end on a local chain with the embedded model"
@@ -91,6 +91,9 @@ check-artifacts: setup
 
 demo: setup
 	$(PY) -m scripts.demo
+
+demo-solana: setup
+	$(PY) -m scripts.demo_distribution_solana
 
 bench: setup
 	$(PY) -m scripts.bench_claims

@@ -68,6 +68,15 @@ def _distribution_transfer(n: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _distribution_solana_send(n: int) -> dict[str, Any]:
+    return {
+        "signature": f"sig-{n}", "run_id": f"run-{n % 7}", "network": "devnet",
+        "source": "11111111111111111111111111111111", "blockhash": "1" * 32,
+        "last_valid_block_height": n + 150, "blockhash_slot": n, "signed_tx": "AA==",
+        "recipients": 1, "broadcasts": 0, "last_broadcast_at": None,
+    }  # fmt: skip
+
+
 #: machine name -> (key of entity n, the insert columns of entity n)
 FACTORIES: dict[str, Callable[[int], dict[str, Any]]] = {
     "oracle.request": _oracle_request,
@@ -77,4 +86,5 @@ FACTORIES: dict[str, Callable[[int], dict[str, Any]]] = {
     "distribution.task": _distribution_task,
     "distribution.run": _distribution_run,
     "distribution.transfer": _distribution_transfer,
+    "distribution.solana_send": _distribution_solana_send,
 }
