@@ -757,8 +757,8 @@ CREATE INDEX IF NOT EXISTS idx_ai_agent_tasks_user ON ai_agent_tasks (user_addre
 
 -- One x402 purchase of one mint. id is the x402 payment identifier (fixed before signing);
 -- authorization_id the agent wallet's EIP-3009 authorization in the core ledger; accepted,
--- resource and extensions the server's requirements as paid, so the same payment can be
--- sent again after a crash. At most one live (prepared/signed) or minted row per unit.
+-- resource and extensions the server's requirements as paid, and payment_header the exact
+-- header, recorded before it is sent, so the same payment can be sent again after a crash. At most one live (prepared/signed) or minted row per unit.
 CREATE TABLE IF NOT EXISTS mint_payments (
     id               TEXT PRIMARY KEY,
     task_id          TEXT NOT NULL,
@@ -772,6 +772,7 @@ CREATE TABLE IF NOT EXISTS mint_payments (
     accepted         TEXT,
     resource         TEXT,
     extensions       TEXT,
+    payment_header   TEXT,                        -- the PAYMENT-SIGNATURE header as sent (JSON of the headers)
     mint_tx_hash     TEXT,
     settle_tx_hash   TEXT,
     minted_amount    TEXT,

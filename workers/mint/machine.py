@@ -129,7 +129,7 @@ PAYMENTS: Final = Machine(
     moves=PAYMENT_MOVES,
     settable=frozenset(
         {
-            "authorization_id", "accepted", "resource", "extensions", "mint_tx_hash",
+            "authorization_id", "accepted", "resource", "extensions", "payment_header", "mint_tx_hash",
             "settle_tx_hash", "minted_amount", "error",
         }
     ) | _LEASE,
