@@ -209,21 +209,35 @@ class LedgerSigner:
                 f"at most {self._max_validity_s} s are signed"
             )
         given = {
-            name: [{"name": f.name, "type": f.type} if hasattr(f, "name") else dict(f)
-                   for f in fields]
+            name: [
+                {"name": f.name, "type": f.type} if hasattr(f, "name") else dict(f) for f in fields
+            ]
             for name, fields in types.items()
-        }  # fmt: skip
+        }
         record = sign_typed_payment(
-            self._conn, self._vault, self._allowlist, self._domain,
-            signer=task.agent_address, proposed_domain=proposed, types=given,
-            primary_type=primary_type, message=message, purpose=store.MINT_PURPOSE,
-            subject=task.id, unit=str(self._payment.unit), now=now,
-        )  # fmt: skip
+            self._conn,
+            self._vault,
+            self._allowlist,
+            self._domain,
+            signer=task.agent_address,
+            proposed_domain=proposed,
+            types=given,
+            primary_type=primary_type,
+            message=message,
+            purpose=store.MINT_PURPOSE,
+            subject=task.id,
+            unit=str(self._payment.unit),
+            now=now,
+        )
         self.authorization_id = record.id
         store.move_payment(
-            self._conn, self._payment, PaymentStatus.SIGNED, now=now,
-            note=f"authorization {record.id}", authorization_id=record.id,
-        )  # fmt: skip
+            self._conn,
+            self._payment,
+            PaymentStatus.SIGNED,
+            now=now,
+            note=f"authorization {record.id}",
+            authorization_id=record.id,
+        )
         return bytes.fromhex(record.signature[2:])
 
 
@@ -248,9 +262,7 @@ class _PaymentIdentifier:
 class _RecordingTransport(httpx.AsyncBaseTransport):
     """Stores a paid request's payment header (committed) before passing it on."""
 
-    def __init__(
-        self, inner: httpx.AsyncBaseTransport, db: AsyncDatabase, payment_id: str
-    ) -> None:
+    def __init__(self, inner: httpx.AsyncBaseTransport, db: AsyncDatabase, payment_id: str) -> None:
         self._inner = inner
         self._db = db
         self._payment_id = payment_id
@@ -311,37 +323,46 @@ class Purchaser:
         from x402.mechanisms.evm.exact.register import register_exact_evm_client
 
         signer = LedgerSigner(
-            self.sign_conn, self.vault, self.allowlist, domain, task, payment,
+            self.sign_conn,
+            self.vault,
+            self.allowlist,
+            domain,
+            task,
+            payment,
             max_validity_s=self.max_validity_s,
-        )  # fmt: skip
+        )
         client = x402Client()
         register_exact_evm_client(client, signer, networks=f"eip155:{task.chain_id}")
-        client.register_extension(_PaymentIdentifier(payment.id))  # type: ignore[arg-type]
+        client.register_extension(_PaymentIdentifier(payment.id))
         client.set_spend_controls(False)
 
         async def before(context: Any) -> None:
             required = context.payment_required
             await self.db.run(
                 lambda c: store.set_requirements(
-                    c, payment.id,
+                    c,
+                    payment.id,
                     accepted=context.selected_requirements.model_dump(by_alias=True, mode="json"),
-                    resource=None if required.resource is None
+                    resource=None
+                    if required.resource is None
                     else required.resource.model_dump(by_alias=True, mode="json"),
-                    extensions=required.extensions, now=time.time(),
-                )  # fmt: skip
+                    extensions=required.extensions,
+                    now=time.time(),
+                )
             )
 
         client.on_before_payment_creation(before)
-        transport = x402AsyncTransport(
-            client, _RecordingTransport(self.base, self.db, payment.id)
-        )
+        transport = x402AsyncTransport(client, _RecordingTransport(self.base, self.db, payment.id))
         http = httpx.AsyncClient(transport=transport, timeout=self.timeout_s)
         url = mint_url(task.server_url, task.token_address, task.user_address)
         try:
             response = await http.post(url)
         except Exception as exc:  # noqa: BLE001 - any failure: the ledger says if money could move
-            return Outcome(False, signer.authorization_id is not None,
-                           error=f"{type(exc).__name__}: {exc}"[:500])  # fmt: skip
+            return Outcome(
+                False,
+                signer.authorization_id is not None,
+                error=f"{type(exc).__name__}: {exc}"[:500],
+            )
         return _outcome(response, signed=signer.authorization_id is not None)
 
     async def resend(self, task: Task, payment: Payment) -> Outcome:
@@ -355,8 +376,9 @@ class Purchaser:
             return Outcome(False, True, error="no requirements recorded to send it again")
         url = mint_url(task.server_url, task.token_address, task.user_address)
         try:
-            async with httpx.AsyncClient(transport=_Shared(self.base),
-                                         timeout=self.timeout_s) as http:  # fmt: skip
+            async with httpx.AsyncClient(
+                transport=_Shared(self.base), timeout=self.timeout_s
+            ) as http:
                 response = await http.post(url, headers=headers)
         except httpx.HTTPError as exc:
             return Outcome(False, True, error=f"{type(exc).__name__}: {exc}"[:500])
@@ -384,12 +406,17 @@ def _outcome(response: httpx.Response, *, signed: bool) -> Outcome:
         if isinstance(tx_hash, str):
             amount = body.get("amount")
             return Outcome(
-                True, signed, 200, mint_tx_hash=tx_hash,
+                True,
+                signed,
+                200,
+                mint_tx_hash=tx_hash,
                 settle_tx_hash=body.get("settleTxHash"),
                 amount=int(amount) if isinstance(amount, str | int) else None,
-            )  # fmt: skip
+            )
     text = response.text[:300]
-    return Outcome(False, signed, response.status_code, error=f"HTTP {response.status_code}: {text}")
+    return Outcome(
+        False, signed, response.status_code, error=f"HTTP {response.status_code}: {text}"
+    )
 
 
 def _header_of(conn: sqlite3.Connection, payment_id: str) -> dict[str, str] | None:
@@ -418,17 +445,22 @@ def _rebuild_header(conn: sqlite3.Connection, payment: Payment) -> dict[str, str
         x402_version=2,
         payload={
             "authorization": {
-                "from": auth.from_address, "to": auth.to_address, "value": str(auth.value),
-                "validAfter": str(auth.valid_after), "validBefore": str(auth.valid_before),
+                "from": auth.from_address,
+                "to": auth.to_address,
+                "value": str(auth.value),
+                "validAfter": str(auth.valid_after),
+                "validBefore": str(auth.valid_before),
                 "nonce": auth.nonce,
             },
             "signature": auth.signature,
         },
         accepted=PaymentRequirements.model_validate(payment.accepted),
-        resource=None if payment.resource is None else ResourceInfo.model_validate(payment.resource),
+        resource=None
+        if payment.resource is None
+        else ResourceInfo.model_validate(payment.resource),
         extensions=extensions or None,
-    )  # fmt: skip
-    encoded: dict[str, str] = x402HTTPClient.__new__(x402HTTPClient).encode_payment_signature_header(
-        payload
     )
+    encoded: dict[str, str] = x402HTTPClient.__new__(
+        x402HTTPClient
+    ).encode_payment_signature_header(payload)
     return encoded

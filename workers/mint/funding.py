@@ -126,9 +126,14 @@ def parse_funding(body: Mapping[str, Any]) -> FundingAuthorization:
     if raw[64] not in (27, 28):
         raise FundingRefused("funding_malformed", "the signature's v is not 27/28 or 0/1")
     return FundingAuthorization(
-        fields["from"], fields["to"], fields["value"], fields["validAfter"],
-        fields["validBefore"], nonce.lower(), "0x" + raw.hex(),
-    )  # fmt: skip
+        fields["from"],
+        fields["to"],
+        fields["value"],
+        fields["validAfter"],
+        fields["validBefore"],
+        nonce.lower(),
+        "0x" + raw.hex(),
+    )
 
 
 def _uint(value: object, name: str) -> int:
@@ -169,14 +174,13 @@ async def check_funding(
     if signer is None or str(signer).lower() != auth.from_address.lower():
         raise FundingRefused(
             "funding_wrong_signer",
-            "the authorization is not signed by its from address under the token's EIP-712 "
-            "domain",
+            "the authorization is not signed by its from address under the token's EIP-712 domain",
         )
     if auth.to_address.lower() != task.agent_address.lower():
         raise FundingRefused(
-            "funding_wrong_to", f"authorization.to must be the task's agent wallet "
-            f"{task.agent_address}",
-        )  # fmt: skip
+            "funding_wrong_to",
+            f"authorization.to must be the task's agent wallet {task.agent_address}",
+        )
     if auth.value < task.total_cost:
         raise FundingRefused(
             "funding_value_too_low",
@@ -225,16 +229,39 @@ def funding_row(task: Task, auth: FundingAuthorization, answer: dict[str, Any]) 
 
 def transfer_call(transfer: Transfer) -> Call:
     v, r, s = FundingAuthorization(
-        transfer.from_address, transfer.to_address, transfer.value, transfer.valid_after,
-        transfer.valid_before, transfer.nonce, transfer.signature,
-    ).vrs  # fmt: skip
+        transfer.from_address,
+        transfer.to_address,
+        transfer.value,
+        transfer.valid_after,
+        transfer.valid_before,
+        transfer.nonce,
+        transfer.signature,
+    ).vrs
     data = encode_call(
         TRANSFER_WITH_AUTHORIZATION_SELECTOR,
-        ["address", "address", "uint256", "uint256", "uint256", "bytes32", "uint8", "bytes32",
-         "bytes32"],
-        [transfer.from_address, transfer.to_address, transfer.value, transfer.valid_after,
-         transfer.valid_before, bytes.fromhex(transfer.nonce[2:]), v, r, s],
-    )  # fmt: skip
+        [
+            "address",
+            "address",
+            "uint256",
+            "uint256",
+            "uint256",
+            "bytes32",
+            "uint8",
+            "bytes32",
+            "bytes32",
+        ],
+        [
+            transfer.from_address,
+            transfer.to_address,
+            transfer.value,
+            transfer.valid_after,
+            transfer.valid_before,
+            bytes.fromhex(transfer.nonce[2:]),
+            v,
+            r,
+            s,
+        ],
+    )
     return Call(
         to=to_checksum_address(transfer.token),
         data=bytes.fromhex(data[2:]),
@@ -278,15 +305,10 @@ class TransferSource:
         for transfer in units:
             verdict = await judge(self._rpc, transfer, now=now)
             if verdict is not None:
-                await self._db.run(lambda c, t=transfer, v=verdict: _settle(c, t, v, now=now))
+                await self._db.run(_settle, transfer, verdict, now=now)
                 self._claimed.discard(transfer.id)
                 continue
-            n = await self._db.run(
-                lambda c, t=transfer: c.execute(
-                    "SELECT COUNT(*) FROM txs WHERE purpose = ? AND subject = ?",
-                    (TRANSFER_PURPOSE, t.id),
-                ).fetchone()[0]
-            )
+            n = await self._db.run(_submissions_of, transfer.id)
             out.append(
                 (
                     transfer,
@@ -321,26 +343,45 @@ async def judge(rpc: RpcClient, transfer: Transfer, *, now: float) -> tuple[X, s
     return None
 
 
-def _settle(conn: sqlite3.Connection, transfer: Transfer, verdict: tuple[X, str], *, now: float) -> None:
+def _submissions_of(conn: sqlite3.Connection, transfer_id: str) -> int:
+    row = conn.execute(
+        "SELECT COUNT(*) FROM txs WHERE purpose = ? AND subject = ?",
+        (TRANSFER_PURPOSE, transfer_id),
+    ).fetchone()
+    return int(row[0])
+
+
+def _settle(
+    conn: sqlite3.Connection, transfer: Transfer, verdict: tuple[X, str], *, now: float
+) -> None:
     status, note = verdict
     try:
         with atomic(conn):
             store.move_transfer(
-                conn, transfer, status, note=note, now=now,
+                conn,
+                transfer,
+                status,
+                note=note,
+                now=now,
                 **({"error": note} if status is X.FAILED else {}),
-            )  # fmt: skip
+            )
     except TransitionConflict:
         return
-    log.info("mint_transfer_settled", id=transfer.id, kind=transfer.kind, status=status.value,
-             note=note)  # fmt: skip
+    log.info(
+        "mint_transfer_settled", id=transfer.id, kind=transfer.kind, status=status.value, note=note
+    )
 
 
 def _bind(transfer: Transfer) -> Any:
     def bind(conn: sqlite3.Connection, signed: SignedTx) -> None:
         store.move_transfer(
-            conn, transfer, X.SUBMITTED, note="submitted by the relayer", now=time.time(),
+            conn,
+            transfer,
+            X.SUBMITTED,
+            note="submitted by the relayer",
+            now=time.time(),
             tx_hash=signed.tx_hash,
-        )  # fmt: skip
+        )
 
     return bind
 
@@ -360,8 +401,13 @@ def return_orphans(conn: sqlite3.Connection, *, now: float) -> int:
             continue
         try:
             with atomic(conn):
-                store.move_transfer(conn, transfer, X.RECORDED, now=now,
-                                    note="no transaction of it can mine any more")  # fmt: skip
+                store.move_transfer(
+                    conn,
+                    transfer,
+                    X.RECORDED,
+                    now=now,
+                    note="no transaction of it can mine any more",
+                )
         except TransitionConflict:
             continue
         moved += 1
@@ -402,24 +448,37 @@ class TransferPurpose:
         if transfer is None or transfer.status is not X.SUBMITTED:
             return
         if receipt.status == 1:
-            store.move_transfer(conn, transfer, X.CONFIRMED, now=now, tx_hash=tx.tx_hash,
-                                note=f"mined in block {receipt.block_number}")  # fmt: skip
+            store.move_transfer(
+                conn,
+                transfer,
+                X.CONFIRMED,
+                now=now,
+                tx_hash=tx.tx_hash,
+                note=f"mined in block {receipt.block_number}",
+            )
             if transfer.kind == "funding":
                 conn.execute(
                     "UPDATE ai_agent_tasks SET funding_tx_hash = COALESCE(funding_tx_hash, ?)"
                     " WHERE id = ?",
                     (tx.tx_hash, transfer.task_id),
                 )
-            log.info("mint_transfer_confirmed", id=transfer.id, kind=transfer.kind,
-                     tx_hash=tx.tx_hash)  # fmt: skip
+            log.info(
+                "mint_transfer_confirmed", id=transfer.id, kind=transfer.kind, tx_hash=tx.tx_hash
+            )
             return
         reverts = conn.execute(
             "SELECT COUNT(*) FROM txs WHERE purpose = ? AND subject = ? AND status = 'REVERTED'",
             (TRANSFER_PURPOSE, transfer.id),
         ).fetchone()[0]
         to = X.FAILED if reverts >= MAX_REVERTS else X.RECORDED
-        store.move_transfer(conn, transfer, to, now=now, error=f"reverted ({detail})",
-                            note="reverted on chain; the authorization's state decides next")  # fmt: skip
+        store.move_transfer(
+            conn,
+            transfer,
+            to,
+            now=now,
+            error=f"reverted ({detail})",
+            note="reverted on chain; the authorization's state decides next",
+        )
         log.warning("mint_transfer_reverted", id=transfer.id, tx_hash=tx.tx_hash, reverts=reverts)
 
     def reorged(

@@ -4,7 +4,7 @@ Tasks (``ai_agent_tasks``), the seed's statuses, lower-case as the seed writes t
 
 | status | meaning | who moves it on |
 |---|---|---|
-| pending_payment | created by the chat; waiting for the user's USDC | executor: balance, timeout; user: cancel |
+| pending_payment | created by the chat; waiting for USDC | executor: balance, timeout; cancel |
 | funded | the agent wallet holds the total cost at a confirmed block | executor: first batch |
 | processing | mints are being bought | executor: done, or a unit out of retries |
 | completed | every mint landed | — (refund moves its remainder) |
@@ -129,8 +129,8 @@ PAYMENTS: Final = Machine(
     moves=PAYMENT_MOVES,
     settable=frozenset(
         {
-            "authorization_id", "accepted", "resource", "extensions", "payment_header", "mint_tx_hash",
-            "settle_tx_hash", "minted_amount", "error",
+            "authorization_id", "accepted", "resource", "extensions", "payment_header",
+            "mint_tx_hash", "settle_tx_hash", "minted_amount", "error",
         }
     ) | _LEASE,
     insertable=frozenset({"task_id", "unit", "attempt", "retry_round", "value", "server_url"}),

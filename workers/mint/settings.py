@@ -10,6 +10,7 @@ chain, ``HODLAI_RPC_URLS``).
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Final
 
@@ -67,6 +68,11 @@ class MintSettings(CoreSettings):
     # Concurrent purchases of one batch (and tasks processed at once).
     mint_concurrency: int = Field(default=10, ge=1, le=200)
     mint_http_timeout_s: float = Field(default=30.0, gt=0, le=600)
+    # The relayer's fee caps (gwei per gas) and its sending window.
+    mint_max_fee_gwei: Decimal = Field(default=Decimal(100), gt=0, le=100_000)
+    mint_max_priority_fee_gwei: Decimal = Field(default=Decimal(2), ge=0, le=100_000)
+    mint_relayer_window: int = Field(default=16, ge=1, le=256)
+    mint_relayer_poll_s: float = Field(default=0.5, gt=0, le=60)
     # LLM of the chat (shared/llm); the mock LLM of the devnet answers by default there.
     mint_chat_model: str = Field(default="", description="the chat's model")
 
@@ -90,12 +96,20 @@ class MintSettings(CoreSettings):
             raise ValueError("not a 20-byte hex address")
         return str(to_checksum_address(value)) if value else value
 
+    @property
+    def max_fee_wei(self) -> int:
+        return int(self.mint_max_fee_gwei * 10**9)
+
+    @property
+    def max_priority_fee_wei(self) -> int:
+        return int(self.mint_max_priority_fee_gwei * 10**9)
+
     def servers(self) -> list[str]:
         """Every configured mint server's base URL, without a trailing slash, in order."""
         urls = [self.mint_server_url, *self.mint_server_urls]
         seen: list[str] = []
-        for url in urls:
-            url = url.rstrip("/")
+        for given in urls:
+            url = given.rstrip("/")
             if url and url not in seen:
                 seen.append(url)
         return seen

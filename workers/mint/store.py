@@ -194,9 +194,14 @@ def create_task(
     }
     with atomic(conn):
         state.insert(
-            conn, TASKS, row, status=TaskStatus.PENDING_PAYMENT.value, actor=ACTOR,
-            note=f"{new.quantity} mints of {row['token_address']}", now=created,
-        )  # fmt: skip
+            conn,
+            TASKS,
+            row,
+            status=TaskStatus.PENDING_PAYMENT.value,
+            actor=ACTOR,
+            note=f"{new.quantity} mints of {row['token_address']}",
+            now=created,
+        )
     return get_task(conn, task_id)
 
 
@@ -246,9 +251,16 @@ def move_task(
     **columns: object,
 ) -> None:
     state.transition(
-        conn, TASKS, task.id, task.status.value, to.value, actor=actor, note=note,
-        set_columns=columns, now=now,
-    )  # fmt: skip
+        conn,
+        TASKS,
+        task.id,
+        task.status.value,
+        to.value,
+        actor=actor,
+        note=note,
+        set_columns=columns,
+        now=now,
+    )
 
 
 def refresh_counts(conn: sqlite3.Connection, task_id: str, *, now: float) -> None:
@@ -369,12 +381,21 @@ def prepare_payment(conn: sqlite3.Connection, task: Task, unit: int, *, now: flo
             "SELECT COUNT(*) FROM mint_payments WHERE task_id = ? AND unit = ?", (task.id, unit)
         ).fetchone()
         state.insert(
-            conn, PAYMENTS,
-            {"id": payment_id, "task_id": task.id, "unit": unit, "attempt": int(attempt),
-             "retry_round": task.retry_round, "value": str(task.price_per_mint),
-             "server_url": task.server_url},
-            status=PaymentStatus.PREPARED.value, actor=ACTOR, now=now,
-        )  # fmt: skip
+            conn,
+            PAYMENTS,
+            {
+                "id": payment_id,
+                "task_id": task.id,
+                "unit": unit,
+                "attempt": int(attempt),
+                "retry_round": task.retry_round,
+                "value": str(task.price_per_mint),
+                "server_url": task.server_url,
+            },
+            status=PaymentStatus.PREPARED.value,
+            actor=ACTOR,
+            now=now,
+        )
     return get_payment(conn, payment_id)
 
 
@@ -414,9 +435,16 @@ def move_payment(
 ) -> None:
     with atomic(conn):
         state.transition(
-            conn, PAYMENTS, payment.id, payment.status.value, to.value, actor=ACTOR,
-            note=note, set_columns=columns, now=now,
-        )  # fmt: skip
+            conn,
+            PAYMENTS,
+            payment.id,
+            payment.status.value,
+            to.value,
+            actor=ACTOR,
+            note=note,
+            set_columns=columns,
+            now=now,
+        )
         refresh_counts(conn, payment.task_id, now=now)
 
 
@@ -501,9 +529,14 @@ def insert_transfer(
             values["answer"] = json.dumps(values["answer"], sort_keys=True)
         values["value"] = str(values["value"])
         state.insert(
-            conn, TRANSFERS, values, status=TransferStatus.RECORDED.value, actor=ACTOR,
-            note=f"{row['kind']} {row['value']} to {row['to_address']}", now=now,
-        )  # fmt: skip
+            conn,
+            TRANSFERS,
+            values,
+            status=TransferStatus.RECORDED.value,
+            actor=ACTOR,
+            note=f"{row['kind']} {row['value']} to {row['to_address']}",
+            now=now,
+        )
     found = find_transfer(conn, row["id"])
     assert found is not None
     return found, True
@@ -519,9 +552,16 @@ def move_transfer(
     **columns: object,
 ) -> None:
     state.transition(
-        conn, TRANSFERS, transfer.id, transfer.status.value, to.value, actor=ACTOR,
-        note=note, set_columns=columns, now=now,
-    )  # fmt: skip
+        conn,
+        TRANSFERS,
+        transfer.id,
+        transfer.status.value,
+        to.value,
+        actor=ACTOR,
+        note=note,
+        set_columns=columns,
+        now=now,
+    )
 
 
 # --- the money account ----------------------------------------------------------------------
