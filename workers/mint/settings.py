@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Final
 
 from eth_utils.address import is_hex_address, to_checksum_address
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
 from shared.config import DEFAULT_CHAIN, CoreSettings
@@ -75,6 +75,10 @@ class MintSettings(CoreSettings):
     mint_relayer_poll_s: float = Field(default=0.5, gt=0, le=60)
     # LLM of the chat (shared/llm); the mock LLM of the devnet answers by default there.
     mint_chat_model: str = Field(default="", description="the chat's model")
+    # An OpenAI-compatible endpoint for the chat (the devnet's mock LLM, a hosted model);
+    # empty: the embedded deterministic backend.
+    mint_llm_base_url: str = Field(default="", description="the chat's OpenAI-compatible URL")
+    mint_llm_api_key: SecretStr | None = Field(default=None, description="its API key")
 
     @field_validator("mint_server_urls", "mint_tokens", "mint_pay_to", mode="before")
     @classmethod
