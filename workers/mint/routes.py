@@ -402,6 +402,16 @@ def _operator(
 MaybeOperator = Annotated[OperatorIdentity | None, Depends(_operator)]
 
 
+def _need_proof(operator: OperatorIdentity | None, body: ActionBody | None) -> None:
+    if operator is None and (body is None or body.siwe is None):
+        raise Refusal(
+            401,
+            "user_proof_missing",
+            'send {"siwe": {"message", "signature"}} signed by the task\'s user, or an admin'
+            " token (Authorization: Bearer)",
+        )
+
+
 def _actor(
     request: Request,
     conn: sqlite3.Connection,
@@ -460,6 +470,7 @@ def cancel(
     task_id: str,
     body: ActionBody | None = None,
 ) -> dict[str, Any]:
+    _need_proof(operator, body)
     conn = _durable(api)
     try:
         task = store.get_task(conn, task_id)
@@ -492,6 +503,7 @@ def retry(
     task_id: str,
     body: ActionBody | None = None,
 ) -> dict[str, Any]:
+    _need_proof(operator, body)
     conn = _durable(api)
     try:
         task = store.get_task(conn, task_id)
@@ -538,6 +550,7 @@ def refund(
     task_id: str,
     body: ActionBody | None = None,
 ) -> dict[str, Any]:
+    _need_proof(operator, body)
     conn = _durable(api)
     try:
         task = store.get_task(conn, task_id)
