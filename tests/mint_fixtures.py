@@ -48,7 +48,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_http(url: str, *, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_http(
+    url: str, *, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -71,9 +73,11 @@ class MintChain:
     pay_to: str
 
     def token_balance(self, holder: str) -> int:
-        data = "0x" + keccak(text="balanceOf(address)").hex()[:8] + abi_encode(
-            ["address"], [holder]
-        ).hex()
+        data = (
+            "0x"
+            + keccak(text="balanceOf(address)").hex()[:8]
+            + abi_encode(["address"], [holder]).hex()
+        )
         return int(rpc(self.anvil, "eth_call", [{"to": self.token, "data": data}, "latest"]), 16)
 
     def mints_to(self, recipient: str) -> list[dict[str, Any]]:
@@ -126,19 +130,24 @@ class MintChain:
 
 def deploy_mint_token(anvil: Anvil, *, max_mints: int = 10_000) -> str:
     owner = anvil.accounts[0].address
-    code = artifact("MintToken").bytecode + abi_encode(
-        ["string", "string", "uint256", "uint256"],
-        ["Mint Me", "MINT", PER_MINT, PER_MINT * max_mints],
-    ).hex()
+    code = (
+        artifact("MintToken").bytecode
+        + abi_encode(
+            ["string", "string", "uint256", "uint256"],
+            ["Mint Me", "MINT", PER_MINT, PER_MINT * max_mints],
+        ).hex()
+    )
     receipt = send(anvil, owner, None, code)
     assert receipt["status"] == "0x1"
     return str(to_checksum_address(receipt["contractAddress"]))
 
 
 def configure_minter(anvil: Anvil, token: str, minter: str) -> None:
-    data = "0x" + keccak(text="configureMinter(address,bool)").hex()[:8] + abi_encode(
-        ["address", "bool"], [minter, True]
-    ).hex()
+    data = (
+        "0x"
+        + keccak(text="configureMinter(address,bool)").hex()[:8]
+        + abi_encode(["address", "bool"], [minter, True]).hex()
+    )
     assert send(anvil, anvil.accounts[0].address, token, data)["status"] == "0x1"
 
 
@@ -181,7 +190,9 @@ class Process:
         return self.log.read_text(errors="replace")[-6000:]
 
 
-def reference_server(chain: MintChain, tmp: Path, *, max_timeout_s: int = 60) -> tuple[str, Process]:
+def reference_server(
+    chain: MintChain, tmp: Path, *, max_timeout_s: int = 60
+) -> tuple[str, Process]:
     """The x402-only mint server (tests/x402_reference_server.py) as a process."""
     facilitator = chain.anvil.accounts[8]
     minter = chain.anvil.accounts[9]

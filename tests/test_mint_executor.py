@@ -3,7 +3,6 @@ x402's own parts (interoperability: code nobody here wrote), counted on chain.""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,8 +56,19 @@ def test_the_executor_buys_every_mint_from_an_x402_only_server_exactly_once(
     assert len(chain.uses_by(task.agent_address)) == 12
     assert chain.usdc.balance(chain.pay_to) == 12 * PRICE
     assert chain.usdc.balance(task.agent_address) == 0
-    banner = [line for line in executor.log.read_text().splitlines() if "mint_executor_started" in line]
+    banner = [
+        line for line in executor.log.read_text().splitlines() if "mint_executor_started" in line
+    ]
     assert len(banner) == 1 and '"version": "1.1"' in banner[0]
-    for name in ("network", "server_url", "rpc_endpoints", "agent_account", "usdc",
-                 "mint_interval_s", "check_interval_s", "payment_timeout_s", "max_retries"):
+    for name in (
+        "network",
+        "server_url",
+        "rpc_endpoints",
+        "agent_account",
+        "usdc",
+        "mint_interval_s",
+        "check_interval_s",
+        "payment_timeout_s",
+        "max_retries",
+    ):
         assert f'"{name}"' in banner[0]

@@ -293,7 +293,8 @@ class MintExecutor:
         elsewhere = await self.db.run(lambda c: store.held_elsewhere(c, task))
         available = balance - elsewhere
         age = now - task.created_at
-        timeout = self.settings.mint_payment_timeout_s
+        # The task's own deadline (created_at + the timeout it was created with).
+        timeout = int(task.payment_deadline - task.created_at)
         log.info(
             "mint_task_payment_check",
             task=task.id,
@@ -306,7 +307,7 @@ class MintExecutor:
         if available >= task.total_cost:
             await self.db.run(lambda c: self._fund(c, task, available, now=now))
             return
-        if age < timeout:
+        if now < task.payment_deadline:
             log.debug("mint_task_waiting_for_payment", task=task.id)
             return
         on_its_way = await self.db.run(
@@ -364,6 +365,8 @@ class MintExecutor:
                 TaskStatus.FUNDED,
                 now=now,
                 funded_amount=str(funded),
+                funding_tx_hash=task.funding_tx_hash
+                or next((t.tx_hash for t in fundings if t.tx_hash), None),
                 note=f"agent wallet holds {available} for it",
             )
         except TransitionConflict:

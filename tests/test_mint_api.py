@@ -1,0 +1,207 @@
+"""The mint routes of ``hodlai api`` and ``hodlai mint-executor`` as processes on one database
+and a real anvil, buying from the x402-only reference server: funding checks (each refusal a
+400 with its reason, nothing recorded or sent), idempotent funding, the relayer's
+submission, cancel/retry with SIWE, the payment timeout and a funding just before it."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from eth_account import Account
+from eth_account.messages import encode_defunct
+from siwe import SiweMessage
+
+from tests.mint_fixtures import PRICE, MintChain, Node, Process, mint_chain, reference_server
+from tests.test_api import TOKEN_A, Api, _start, _tokens_file
+from workers.devnet.anvil import Anvil
+from workers.mint.executor import timeout_message
+
+
+@dataclass
+class Stack:
+    chain: MintChain
+    node: Node
+    api: Api
+    executor: Process
+
+    def http(self, token: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+        return httpx.Client(base_url=self.api.url, timeout=30, headers=headers)
+
+    def transfers(self) -> int:
+        conn = self.node.conn()
+        try:
+            return int(conn.execute("SELECT COUNT(*) FROM mint_transfers").fetchone()[0])
+        finally:
+            conn.close()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp("mintapi")
+    with Anvil() as anvil:
+        chain = mint_chain(anvil, tmp)
+        url, server = reference_server(chain, tmp)
+        node = Node(chain, url, tmp, extra={"HODLAI_MINT_RATE_PER_MIN": "1000"})
+        executor = node.start_executor()
+        env = {k: v for k, v in node.env().items() if k.startswith(("HODLAI_", "LOG_"))}
+        env["HODLAI_API_TOKENS_FILE"] = str(_tokens_file(tmp))
+        time.sleep(1.0)  # the executor migrates the database first
+        api = _start(node.db_path, **env)
+        try:
+            yield Stack(chain, node, api, executor)
+        finally:
+            api.stop()
+            executor.stop()
+            server.stop()
+
+
+def _siwe(stack: Stack, key: str, action: str, task_id: str) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    message = SiweMessage(
+        domain=stack.api.url.removeprefix("http://"),
+        address=Account.from_key(key).address,
+        statement=f"hodlai: {action} task {task_id}",
+        uri=stack.api.url,
+        version="1",
+        chain_id=stack.chain.anvil.chain_id,
+        nonce=secrets.token_hex(8),
+        issued_at=now.isoformat().replace("+00:00", "Z"),
+        expiration_time=(now + timedelta(minutes=2)).isoformat().replace("+00:00", "Z"),
+    ).prepare_message()
+    signature = Account.sign_message(encode_defunct(text=message), key).signature.hex()
+    return {"siwe": {"message": message, "signature": "0x" + signature.removeprefix("0x")}}
+
+
+def test_six_bad_fundings_are_each_a_400_with_its_reason_and_nothing_is_sent(
+    stack: Stack,
+) -> None:
+    chain, node = stack.chain, stack.node
+    user, key = chain.user(2)
+    _, other_key = chain.user(3)
+    task = node.create_task(user, 3)
+    cost, deadline = task.total_cost, task.payment_deadline
+    used_nonce = secrets.token_bytes(32)
+    # a nonce already used on chain: the user spent it on another transfer
+    from tests.mint_fixtures import pay_directly
+
+    spent = chain.sign_funding(key, chain.user(4)[0], 1, valid_before=deadline, nonce=used_nonce)
+    assert pay_directly(chain, spent)["status"] == "0x1"
+    before = chain.usdc.balance(user)
+    cases = {
+        "funding_wrong_signer": {**chain.sign_funding(other_key, task.agent_address, cost,
+                                                      valid_before=deadline)},
+        "funding_wrong_to": chain.sign_funding(key, chain.pay_to, cost, valid_before=deadline),
+        "funding_value_too_low": chain.sign_funding(key, task.agent_address, cost - 1,
+                                                    valid_before=deadline),
+        "funding_expired": chain.sign_funding(key, task.agent_address, cost,
+                                              valid_before=int(time.time()) - 5),
+        "funding_nonce_used": chain.sign_funding(key, task.agent_address, cost,
+                                                 valid_before=deadline, nonce=used_nonce),
+        "funding_valid_before_past_deadline": chain.sign_funding(
+            key, task.agent_address, cost, valid_before=deadline + 1),
+    }  # fmt: skip
+    # wrong signer: another key signed an authorization that names this user as from
+    forged = cases["funding_wrong_signer"]
+    forged["authorization"]["from"] = user
+    with stack.http() as http:
+        for reason, body in cases.items():
+            answer = http.post(f"/api/ai-agent/task/{task.id}/fund", json=body)
+            assert answer.status_code == 400, (reason, answer.text)
+            assert answer.json()["error"] == reason, answer.text
+        assert http.post("/api/ai-agent/task/nope/fund", json=cases["funding_wrong_to"]
+                         ).status_code in (400, 404)  # fmt: skip
+    assert stack.transfers() == 0
+    time.sleep(1.5)
+    assert chain.usdc.balance(user) == before
+    assert chain.usdc.balance(task.agent_address) == 0
+    assert node.task(task.id).status.value == "pending_payment"
+
+
+def test_a_funding_posted_twice_is_one_submission_and_the_task_completes(stack: Stack) -> None:
+    chain, node = stack.chain, stack.node
+    user, key = chain.user(5)
+    task = node.create_task(user, 4)
+    body = chain.sign_funding(key, task.agent_address, task.total_cost,
+                              valid_before=task.payment_deadline)  # fmt: skip
+    with stack.http() as http:
+        first = http.post(f"/api/ai-agent/task/{task.id}/fund", json=body)
+        second = http.post(f"/api/ai-agent/task/{task.id}/fund", json=body)
+        assert first.status_code == 200, first.text
+        assert second.json() == first.json()
+        done = node.wait_task(task.id, "completed", "failed", timeout=60)
+        assert done.status.value == "completed", done.error_message
+        third = http.post(f"/api/ai-agent/task/{task.id}/fund", json=body)
+        assert third.json() == first.json()
+        view = http.get(f"/api/ai-agent/task/{task.id}").json()
+        listed = http.get(f"/api/ai-agent/tasks/{user}").json()["tasks"]
+    assert view["status"] == "completed" and view["mintsCompleted"] == 4
+    assert view["fundingTxHash"]
+    assert view["account"] == {"funded": str(4 * PRICE), "spentOnMints": str(4 * PRICE),
+                               "held": "0", "refunded": "0"}  # fmt: skip
+    assert [t["id"] for t in listed] == [task.id]
+    assert len(chain.uses_by(user)) == 1  # the funding authorization, used once
+    assert len(chain.mints_to(user)) == 4
+    assert chain.usdc.balance(task.agent_address) == 0
+
+
+def test_another_user_cannot_cancel_and_a_completed_task_cannot_be_retried(stack: Stack) -> None:
+    chain, node = stack.chain, stack.node
+    user, key = chain.user(5)
+    _, stranger_key = chain.user(6)
+    task = node.create_task(user, 2)
+    with stack.http() as http:
+        refused = http.post(f"/api/ai-agent/task/{task.id}/cancel",
+                            json=_siwe(stack, stranger_key, "cancel", task.id))  # fmt: skip
+        assert refused.status_code == 403, refused.text
+        wrong_action = http.post(f"/api/ai-agent/task/{task.id}/cancel",
+                                 json=_siwe(stack, key, "retry", task.id))  # fmt: skip
+        assert wrong_action.status_code == 403, wrong_action.text
+        assert node.task(task.id).status.value == "pending_payment"
+        proof = _siwe(stack, key, "cancel", task.id)
+        ok = http.post(f"/api/ai-agent/task/{task.id}/cancel", json=proof)
+        assert ok.status_code == 200 and ok.json()["status"] == "cancelled", ok.text
+        again = http.post(f"/api/ai-agent/task/{task.id}/cancel", json=proof)
+        assert again.status_code == 401  # the nonce is spent
+        completed = next(t for t in http.get(f"/api/ai-agent/tasks/{user}").json()["tasks"]
+                         if t["status"] == "completed")  # fmt: skip
+        retry = http.post(f"/api/ai-agent/task/{completed['id']}/retry",
+                          json=_siwe(stack, key, "retry", completed["id"]))  # fmt: skip
+        assert retry.status_code == 409, retry.text
+    with stack.http(TOKEN_A) as admin:
+        assert admin.post(f"/api/ai-agent/task/{completed['id']}/retry").status_code == 409
+
+
+def test_an_unpaid_task_is_cancelled_at_its_deadline_with_the_seeds_message(stack: Stack) -> None:
+    user, _ = stack.chain.user(2)
+    task = stack.node.create_task(user, 1, timeout_s=3)
+    done = stack.node.wait_task(task.id, "cancelled", timeout=20)
+    assert done.error_message == timeout_message(3)
+    assert done.error_message.startswith("Payment timeout: No sufficient balance received within")
+    assert timeout_message(600) == (
+        "Payment timeout: No sufficient balance received within 10 minutes"
+    )
+    assert done.completed_at is not None and done.completed_at >= task.payment_deadline
+
+
+def test_a_funding_two_seconds_before_the_deadline_completes(stack: Stack) -> None:
+    chain, node = stack.chain, stack.node
+    user, key = chain.user(4)
+    task = node.create_task(user, 3, timeout_s=6)
+    while time.time() < task.payment_deadline - 2:
+        time.sleep(0.05)
+    body = chain.sign_funding(key, task.agent_address, task.total_cost,
+                              valid_before=task.payment_deadline)  # fmt: skip
+    with stack.http() as http:
+        answer = http.post(f"/api/ai-agent/task/{task.id}/fund", json=body)
+    assert answer.status_code == 200, answer.text
+    done = node.wait_task(task.id, "completed", "failed", "cancelled", timeout=60)
+    assert done.status.value == "completed", done.error_message
+    assert len(chain.mints_to(user)) == 3
