@@ -3,13 +3,18 @@ EIP-3009 ``authorizationState``, and a minted token's ``tokensPerMint``."""
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 from eth_abi.abi import decode as abi_decode
 from eth_utils.crypto import keccak
 
 from shared.chain.rpc import RpcClient, hex_int
-from shared.tx.authorizations.eip3009 import AUTHORIZATION_STATE_SELECTOR, encode_call
+from shared.tx.authorizations.eip3009 import (
+    AUTHORIZATION_STATE_SELECTOR,
+    TRANSFER_TOPIC,
+    address_topic,
+    encode_call,
+)
 
 BALANCE_OF: Final = "0x" + keccak(text="balanceOf(address)").hex()[:8]
 TOKENS_PER_MINT: Final = "0x" + keccak(text="tokensPerMint()").hex()[:8]
@@ -39,6 +44,22 @@ async def authorization_used(rpc: RpcClient, token: str, authorizer: str, nonce:
 async def tokens_per_mint(rpc: RpcClient, token: str) -> int:
     raw = await rpc.call("eth_call", [{"to": token, "data": TOKENS_PER_MINT}, "latest"])
     return _uint(raw)
+
+
+async def mint_logs(rpc: RpcClient, token: str, recipient: str, from_block: int) -> list[Any]:
+    """Transfers of ``token`` from the zero address to ``recipient`` (mints), oldest first."""
+    logs: list[Any] = await rpc.call(
+        "eth_getLogs",
+        [
+            {
+                "address": token,
+                "fromBlock": hex(from_block),
+                "toBlock": "latest",
+                "topics": [TRANSFER_TOPIC, "0x" + "00" * 32, address_topic(recipient)],
+            }
+        ],
+    )
+    return logs
 
 
 def _uint(raw: object) -> int:

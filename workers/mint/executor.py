@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -80,6 +81,9 @@ TRANSFER_WITH_AUTHORIZATION: Final = (
     "bytes32)"
 )
 HEALTH_MIN_S: Final = 120.0
+# Blocks before a paid authorization's settlement in which its mint is looked for (a server
+# may mint before it settles).
+MINT_SEARCH_BLOCKS: Final = 256
 
 
 def timeout_message(timeout_s: int) -> str:
@@ -237,6 +241,7 @@ class MintExecutor:
     _next_check: float = 0.0
     _due: dict[str, float] = field(default_factory=dict)
     _in_flight: set[str] = field(default_factory=set)
+    _in_flight_tasks: Counter[str] = field(default_factory=Counter)
 
     async def start(self, stop: asyncio.Event) -> bool:
         s = self.settings
@@ -427,7 +432,32 @@ class MintExecutor:
             minted=outcome.minted,
             error=outcome.error,
         )
+        busy = self._in_flight_tasks[task.id] > 0
+        if not outcome.minted and auth.status is AuthorizationStatus.USED and not busy:
+            outcome = await self._mint_on_chain(task, auth.used_block) or outcome
         await self._record(task, payment.id, outcome)
+
+    async def _mint_on_chain(self, task: Task, used_block: int | None) -> Outcome | None:
+        """A paid authorization whose server does not give its mint again (it is not
+        idempotent): the chain decides. A mint of the task's token to the user (a Transfer
+        from the zero address) near the payment's settlement that no payment row holds yet
+        is this payment's mint."""
+        start = max(0, (used_block or 0) - MINT_SEARCH_BLOCKS)
+        logs = await reads.mint_logs(self.rpc, task.token_address, task.user_address, start)
+        known = await self.db.run(
+            lambda c: {
+                str(r[0]).lower()
+                for r in c.execute(
+                    "SELECT mint_tx_hash FROM mint_payments WHERE mint_tx_hash IS NOT NULL"
+                )
+            }
+        )
+        for entry in logs:
+            tx_hash = str(entry["transactionHash"]).lower()
+            if tx_hash not in known:
+                log.info("mint_payment_found_on_chain", task=task.id, tx_hash=tx_hash)
+                return Outcome(True, True, mint_tx_hash=tx_hash, amount=int(entry["data"], 16))
+        return None
 
     # --- batches ----------------------------------------------------------------------------
 
@@ -496,6 +526,7 @@ class MintExecutor:
         now = time.time()
         payment = await self.db.run(lambda c: store.prepare_payment(c, task, unit, now=now))
         self._in_flight.add(payment.id)
+        self._in_flight_tasks[task.id] += 1
         try:
             try:
                 outcome = await self.purchaser.buy(task, payment, domain)
@@ -503,6 +534,7 @@ class MintExecutor:
                 outcome = Outcome(False, False, error=str(exc))
         finally:
             self._in_flight.discard(payment.id)
+            self._in_flight_tasks[task.id] -= 1
         log.log(
             20 if outcome.minted else 30,
             "mint_purchase",

@@ -84,6 +84,8 @@ CREATE TABLE IF NOT EXISTS mint_payments (
 CREATE INDEX IF NOT EXISTS idx_mint_payments_claim ON mint_payments (status, lease_owner, created_at);
 CREATE INDEX IF NOT EXISTS idx_mint_payments_lease ON mint_payments (status, lease_until) WHERE lease_until IS NOT NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS idx_mint_payments_one_live ON mint_payments (task_id, unit) WHERE status IN ('prepared', 'signed', 'minted');
+-- One mint transaction pays for one payment at most (a mint found on chain is claimed once).
+CREATE UNIQUE INDEX IF NOT EXISTS idx_mint_payments_mint_tx ON mint_payments (mint_tx_hash) WHERE mint_tx_hash IS NOT NULL;
 CREATE INDEX IF NOT EXISTS idx_mint_payments_open ON mint_payments (status, task_id) WHERE status IN ('prepared', 'signed');
 
 -- A user's funding authorization (kind funding) or the agent wallet's refund (kind refund),
