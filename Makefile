@@ -82,6 +82,7 @@ test: setup lint
 
 chaos: setup
 	$(VENV)/bin/pytest -q -s -m slow -p no:cacheprovider --override-ini addopts=
+	HODLAI_MINT_KILLS=20 $(VENV)/bin/pytest -q -s -p no:cacheprovider tests/test_mint_kill.py
 
 compile: setup
 	node scripts/compile_contracts.js
@@ -102,6 +103,7 @@ bench: setup
 	$(PY) -m scripts.bench_scale
 	$(PY) -m scripts.bench_dispatch
 	$(PY) -m scripts.bench_model
+	$(PY) -m scripts.bench_mint
 
 bench-dispatch: setup
 	$(PY) -m scripts.bench_dispatch

@@ -15,7 +15,7 @@ from tests.mint_fixtures import PRICE, Node, mint_chain, pay_directly, reference
 from workers.devnet.anvil import Anvil
 
 KILLS = int(os.environ.get("HODLAI_MINT_KILLS", "5"))
-QUANTITY = 8 * KILLS
+QUANTITY = 3 * KILLS + 5
 
 
 def _minted(node: Node, task_id: str) -> int:

@@ -104,7 +104,7 @@ def build() -> FastAPI:
         )  # fmt: skip
         signed = minter.sign_transaction(tx)
         tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
-        receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=30)
+        receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=30, poll_latency=0.02)
         amount = mint_contract.functions.tokensPerMint().call()
         ext = (payload.get("extensions") or {}).get(PAYMENT_IDENTIFIER) or {}
         return JSONResponse(

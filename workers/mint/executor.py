@@ -535,8 +535,7 @@ class MintExecutor:
         finally:
             self._in_flight.discard(payment.id)
             self._in_flight_tasks[task.id] -= 1
-        log.log(
-            20 if outcome.minted else 30,
+        (log.info if outcome.minted else log.warning)(
             "mint_purchase",
             task=task.id,
             unit=unit,
