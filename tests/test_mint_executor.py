@@ -35,7 +35,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MintChain,
 def test_the_executor_buys_every_mint_from_an_x402_only_server_exactly_once(
     stack: tuple[MintChain, str, Process], tmp_path: Path
 ) -> None:
-    chain, url, server = stack
+    chain, url, _server = stack
     node = Node(chain, url, tmp_path)
     user, key = chain.user(1)
     task = node.create_task(user, 12)
