@@ -102,8 +102,8 @@ def deterministic_instance(schema: Mapping[str, Any], texts: Sequence[str]) -> A
     """A value of ``schema`` filled from ``texts`` (the user's messages, newest first) by
     fixed rules, for the test backend and the mock LLM. Rules, per schema node:
 
-    - ``enum``: the one member the texts name as a whole word (newest text first; case-
-      insensitive), else the first member;
+    - ``enum``: the one member the newest text naming exactly one names (a string as a whole
+      word, case-insensitive; an integer as a standalone integer), else the first member;
     - string with a ``pattern``: the first match of the pattern (its anchors dropped) in the
       texts, newest first; else ``""`` if the pattern admits it, else the ``default``;
     - integer / number: the first standalone ASCII integer in the texts, newest first, else
@@ -153,15 +153,20 @@ def _fill_integer(schema: Mapping[str, Any], texts: Sequence[str], *, nullable: 
 
 def _enum(members: list[Any], texts: Sequence[str]) -> Any:
     for text in texts:
-        named = [
-            member
-            for member in members
-            if isinstance(member, str)
-            and re.search(rf"(?<![A-Za-z0-9_]){re.escape(member)}(?![A-Za-z0-9_])", text, re.I)
-        ]
+        named = [member for member in members if _names(text, member)]
         if len(named) == 1:
             return named[0]
     return members[0]
+
+
+def _names(text: str, member: object) -> bool:
+    """True when ``text`` names ``member``: a string as a whole word (case-insensitive), an
+    integer as a standalone integer."""
+    if isinstance(member, bool) or not isinstance(member, str | int) or member == "":
+        return False
+    if isinstance(member, int):
+        return any(int(found) == member for found in _INTEGER.findall(text))
+    return bool(re.search(rf"(?<![A-Za-z0-9_]){re.escape(member)}(?![A-Za-z0-9_])", text, re.I))
 
 
 def _pattern_match(pattern: object, texts: Sequence[str]) -> str | None:

@@ -58,19 +58,41 @@ MAX_MESSAGE_CHARS = 2000
 ANSWER_TOKENS = 128
 ADDRESS_PATTERN = "^(0x[0-9a-fA-F]{40})?$"
 
-#: What the model is asked for. Every field required and no others (OpenAI's strict mode);
-#: "" and 0 say "not given" (a grammar from a type list would lose the address pattern).
+# Candidates offered to the model as enums (see order_schema); a conversation writing more is
+# asked with the open schema (the guards hold either way).
+MAX_ENUM_ADDRESSES = 8
+MAX_ENUM_NUMBERS = 32
+
+#: What the model is asked for when the candidates are too many to list. Every field
+#: required and no others (OpenAI's strict mode); "" and 0 say "not given" (a grammar from
+#: a type list would lose the address pattern).
+ORDER_PROPERTIES: Final[dict[str, object]] = {
+    "intent": {"type": "string", "enum": ["mint", "other"]},
+    "tokenAddress": {"type": "string", "pattern": ADDRESS_PATTERN},
+    "quantity": {"type": "integer", "minimum": 0},
+}
 ORDER_SCHEMA: Final[dict[str, object]] = {
     "type": "object",
-    "properties": {
-        "intent": {"type": "string", "enum": ["mint", "other"]},
-        "tokenAddress": {"type": "string", "pattern": ADDRESS_PATTERN},
-        "quantity": {"type": "integer", "minimum": 0},
-    },
+    "properties": ORDER_PROPERTIES,
     "required": ["intent", "tokenAddress", "quantity"],
     "additionalProperties": False,
 }
-SCHEMA = JsonSchema("mint_order", ORDER_SCHEMA)
+SCHEMA_NAME = "mint_order"
+
+
+def order_schema(addresses: Sequence[str], numbers: Sequence[int]) -> dict[str, object]:
+    """:data:`ORDER_SCHEMA` narrowed to what the user wrote: the address is "" or one of
+    ``addresses``, the quantity 0 or one of ``numbers``. A constraining backend (the embedded
+    model's grammar, OpenAI's strict schema) then cannot write anything else, and a small
+    model only has to choose, not copy 40 hex digits. Not a guard: the guards check the
+    answer anyway (an endpoint may ignore the schema)."""
+    properties = dict(ORDER_PROPERTIES)
+    if len(addresses) <= MAX_ENUM_ADDRESSES:
+        properties["tokenAddress"] = {"type": "string", "enum": ["", *addresses]}
+    if len(numbers) <= MAX_ENUM_NUMBERS:
+        properties["quantity"] = {"type": "integer", "enum": [0, *sorted(set(numbers) - {0})]}
+    return {**ORDER_SCHEMA, "properties": properties}
+
 
 SYSTEM_PROMPT = (
     "You extract a token mint order from a conversation with a user of a token-mint service."
@@ -123,7 +145,8 @@ async def converse(  # noqa: PLR0911, PLR0912 -- one return per guard, in the or
     written_addresses = {a for text in user_texts for a in addresses_written(text)}
     written_numbers = {n for text in user_texts for n in numbers_written(text)}
 
-    proposal = await _propose(backend, model, turns, message)
+    schema = order_schema(sorted(written_addresses), sorted(written_numbers))
+    proposal = await _propose(backend, model, turns, message, schema)
     if proposal is None:
         return ask("bad_answer")
     if proposal.address and proposal.address not in written_addresses:
@@ -184,16 +207,22 @@ def _language(user_texts: Sequence[str]) -> Language:
 
 
 async def _propose(
-    backend: LlmBackend, model: str, turns: Sequence[Turn], message: str
+    backend: LlmBackend,
+    model: str,
+    turns: Sequence[Turn],
+    message: str,
+    schema: dict[str, object],
 ) -> _Proposal | None:
     """The model's proposal, or None when its answer is not the JSON asked for."""
     messages = (
-        ChatMessage("system", SYSTEM_PROMPT + schema_instruction(ORDER_SCHEMA)),
+        ChatMessage("system", SYSTEM_PROMPT + schema_instruction(schema)),
         *(ChatMessage(turn.role, turn.content) for turn in turns),
         ChatMessage("user", message),
     )
     completion = await backend.complete(
-        CompletionCall.structured(model, messages, SCHEMA, max_tokens=ANSWER_TOKENS)
+        CompletionCall.structured(
+            model, messages, JsonSchema(SCHEMA_NAME, schema), max_tokens=ANSWER_TOKENS
+        )
     )
     try:
         answer = parse_json_answer(completion.text)

@@ -4,8 +4,9 @@ Guarantees:
 - :func:`numbers_written` finds every whole number written in a text as digits ("100",
   "1,000", full-width "１００", "5万"), in Chinese numerals ("十", "一百", "两千五",
   "一万零一") or in English words ("one hundred", "twenty-five", "a thousand and one").
-  Digits inside hexadecimal strings (addresses, hashes: "0x1234…") and inside decimals
-  ("2.5") are not numbers the user wrote. Values are exact Python ints, however large.
+  Powers ("10^30", "10**30", "1e30") are one number. Digits inside hexadecimal strings
+  (addresses, hashes: "0x1234…") and inside decimals ("2.5") are not numbers the user
+  wrote. Values are exact Python ints, however large.
 - :func:`addresses_written` finds every 0x-address of exactly 40 hex digits standing on its
   own (not the head of a 64-digit hash), in the order written, compared checksum-
   insensitively (lower case).
@@ -25,6 +26,13 @@ _HEX = re.compile(r"(?<![0-9A-Za-z])0[xX][0-9a-fA-F]+")
 _DIGITS = re.compile(
     r"(?<![0-9A-Za-z_.])([0-9]{1,3}(?:,[0-9]{3})+|[0-9]+)(?![0-9A-Za-z_]|\.[0-9])"
     r"\s*([十百千万亿]?)"
+)
+# Powers written out ("10^30", "10**30", "1e30"): one number, not its parts (or "10^30"
+# would offer the model 10 and 30 as numbers the user wrote). Bounded (20-digit base,
+# 3-digit exponent) so that no message costs more than a trivial big-integer power.
+_POWER = re.compile(
+    r"(?<![0-9A-Za-z_.])([0-9]{1,20})\s*(?:\^|\*\*)\s*([0-9]{1,3})(?![0-9])"
+    r"|(?<![0-9A-Za-z_.])([0-9]{1,20})[eE]\+?([0-9]{1,3})(?![0-9A-Za-z_])"
 )
 _CHINESE = re.compile(r"[零〇一二两三四五六七八九十百千万亿]+")
 _CN_DIGIT = {"零": 0, "〇": 0, "一": 1, "二": 2, "两": 2, "三": 3, "四": 4, "五": 5, "六": 6,
@@ -60,6 +68,12 @@ def numbers_written(text: str) -> set[int]:
     # NFKC turns full-width digits and commas into ASCII ones; hex runs are not numbers.
     plain = _HEX.sub(" ", unicodedata.normalize("NFKC", text))
     found: set[int] = set()
+    for match in _POWER.finditer(plain):
+        if match.group(1) is not None:
+            found.add(int(match.group(1)) ** int(match.group(2)))
+        else:
+            found.add(int(match.group(3)) * 10 ** int(match.group(4)))
+    plain = _POWER.sub(" ", plain)
     for match in _DIGITS.finditer(plain):
         found.add(int(match.group(1).replace(",", "")) * _CN_MULTIPLIER[match.group(2)])
     for match in _CHINESE.finditer(plain):
