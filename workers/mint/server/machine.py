@@ -6,13 +6,13 @@ authorization nonce).
 |---|---|---|
 | RECEIVED | a paid request was recorded, before anything was sent | the facilitator's settle |
 | REFUSED | x402 refused the payment before anything was sent (verify, expired, ...) | a retry |
-| SETTLE_QUEUED | the settle call (``transferWithAuthorization``) is recorded, to be sent | the sender |
+| SETTLE_QUEUED | the settle call (``transferWithAuthorization``) is recorded | the sender |
 | SETTLING | the settle transaction is signed and recorded (txs), in flight | its FINAL outcome |
 | SETTLE_FAILED | the settle reverted or cannot mine: no money moved | a retry |
 | MINT_QUEUED | the settle is FINAL: paid; the mint is owed | the sender |
 | MINTING | the ``mint(to)`` transaction is signed and recorded, in flight | its FINAL outcome |
 | MINTED | the mint is FINAL; the answer body is stored | — |
-| MINT_FAILED | the mint reverted (sold out, role revoked): paid, not minted; an operator refunds | — |
+| MINT_FAILED | the mint reverted (role revoked): paid, not minted; an operator refunds | — |
 
 The settle's FINAL outcome moves SETTLING -> MINT_QUEUED in the database transaction that
 records it, so the mint is owed durably the moment the payment is final: a process killed

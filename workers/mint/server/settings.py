@@ -44,6 +44,12 @@ class MintServerSettings(CoreSettings):
     mint_server_chain: str = Field(
         default="default", description="the named chain it serves (HODLAI_CHAINS__<name>__…)"
     )
+    mint_server_confirmations: int | None = Field(
+        default=None,
+        ge=0,
+        le=10_000,
+        description="blocks before a settle or mint is final (default: the chain's)",
+    )
     mint_server_price_per_mint: int = Field(
         default=1_000_000,
         ge=1,

@@ -145,9 +145,13 @@ class PurchaseSource:
         if deferred:
             await self._db.run(
                 lambda conn: state.extend(
-                    conn, PURCHASES, deferred, owner=LEASE_OWNER,
-                    lease_seconds=IN_FLIGHT_DEFER_S, now=self._clock(),
-                )  # fmt: skip
+                    conn,
+                    PURCHASES,
+                    deferred,
+                    owner=LEASE_OWNER,
+                    lease_seconds=IN_FLIGHT_DEFER_S,
+                    now=self._clock(),
+                )
             )
         for unit, r in results:
             if r.signed is not None:

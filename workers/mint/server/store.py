@@ -121,7 +121,9 @@ class Admission:
 
 
 def get(conn: sqlite3.Connection, payment_id: str) -> Purchase | None:
-    row = conn.execute("SELECT * FROM mint_purchases WHERE payment_id = ?", (payment_id,)).fetchone()
+    row = conn.execute(
+        "SELECT * FROM mint_purchases WHERE payment_id = ?", (payment_id,)
+    ).fetchone()
     return None if row is None else Purchase.of(row)
 
 
