@@ -44,10 +44,20 @@ def _dispatch_agent(n: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _mint_server_purchase(n: int) -> dict[str, Any]:
+    return {
+        "payment_id": f"pay_contract_{n:012d}", "fingerprint": f"{n:064x}",
+        "payer": "0x" + "ab" * 20, "auth_nonce": f"0x{n:064x}", "token": "0x" + "cd" * 20,
+        "recipient": "0x" + "ab" * 20, "asset": "0x" + "ef" * 20, "amount": "1000000",
+        "pay_to": "0x" + "12" * 20, "network": "eip155:31337",
+    }  # fmt: skip
+
+
 #: machine name -> (key of entity n, the insert columns of entity n)
 FACTORIES: dict[str, Callable[[int], dict[str, Any]]] = {
     "oracle.request": _oracle_request,
     "dispatch.job": _dispatch_job,
     "dispatch.distribution_agent": _dispatch_distribution_agent,
     "dispatch.agent": _dispatch_agent,
+    "mint_server.purchase": _mint_server_purchase,
 }
