@@ -67,6 +67,12 @@ def _mint_transfer(n: int) -> dict[str, Any]:
         "chain_id": 31337, "from_address": "0x" + "ab" * 20, "to_address": "0x" + "cd" * 20,
         "value": "300000", "valid_after": 0, "valid_before": 2_000_000_000,
         "nonce": f"0x{n:064x}", "signature": "0x" + "00" * 65,
+def _mint_server_purchase(n: int) -> dict[str, Any]:
+    return {
+        "payment_id": f"pay_contract_{n:012d}", "fingerprint": f"{n:064x}",
+        "payer": "0x" + "ab" * 20, "auth_nonce": f"0x{n:064x}", "token": "0x" + "cd" * 20,
+        "recipient": "0x" + "ab" * 20, "asset": "0x" + "ef" * 20, "amount": "1000000",
+        "pay_to": "0x" + "12" * 20, "network": "eip155:31337",
     }  # fmt: skip
 
 
@@ -79,4 +85,5 @@ FACTORIES: dict[str, Callable[[int], dict[str, Any]]] = {
     "mint.transfer": _mint_transfer,
     "dispatch.distribution_agent": _dispatch_distribution_agent,
     "dispatch.agent": _dispatch_agent,
+    "mint_server.purchase": _mint_server_purchase,
 }

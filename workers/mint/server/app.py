@@ -26,11 +26,12 @@ Layers, outermost first:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -81,14 +82,28 @@ class MintServerContext:
     wait_timeout_s: float
     facilitator: LocalFacilitatorClient
     clock: Callable[[], float] = time.time
-    _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    #: payment id -> (its lock, requests holding or waiting for it)
+    _locks: dict[str, tuple[asyncio.Lock, int]] = field(default_factory=dict)
 
     @property
     def network(self) -> str:
         return f"eip155:{self.chain_id}"
 
-    def lock(self, payment_id: str) -> asyncio.Lock:
-        return self._locks.setdefault(payment_id, asyncio.Lock())
+    @contextlib.asynccontextmanager
+    async def lock(self, payment_id: str) -> AsyncIterator[None]:
+        """One request at a time per payment identifier (in this process: one mint server
+        per database); the lock is dropped when nobody holds or waits for it."""
+        held, users = self._locks.get(payment_id, (asyncio.Lock(), 0))
+        self._locks[payment_id] = (held, users + 1)
+        try:
+            async with held:
+                yield
+        finally:
+            held, users = self._locks[payment_id]
+            if users == 1:
+                del self._locks[payment_id]
+            else:
+                self._locks[payment_id] = (held, users - 1)
 
 
 def error(
