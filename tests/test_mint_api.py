@@ -205,3 +205,38 @@ def test_a_funding_two_seconds_before_the_deadline_completes(stack: Stack) -> No
     done = node.wait_task(task.id, "completed", "failed", "cancelled", timeout=60)
     assert done.status.value == "completed", done.error_message
     assert len(chain.mints_to(user)) == 3
+
+
+def test_a_chinese_chat_creates_a_task_that_names_the_wallet_cost_and_deadline(
+    stack: Stack,
+) -> None:
+    chain = stack.chain
+    user, key = chain.user(6)
+    with stack.http() as http:
+        first = http.post(
+            "/api/ai-agent/chat", json={"userAddress": user, "message": "我想 mint 5 个 token"}
+        )
+        assert first.status_code == 200, first.text
+        assert first.json()["task"] is None
+        assert "地址" in first.json()["reply"]
+        second = http.post("/api/ai-agent/chat", json={"userAddress": user, "message": chain.token})
+        assert second.status_code == 200, second.text
+        task = second.json()["task"]
+        assert task is not None, second.json()["reply"]
+        reply = second.json()["reply"]
+        assert task["quantity"] == 5 and task["totalCost"] == str(5 * PRICE)
+        assert task["agentAddress"] in reply and task["id"] in reply
+        assert task["status"] == "pending_payment" and task["userAddress"] == user
+        unsold = http.post(
+            "/api/ai-agent/chat",
+            json={"userAddress": user, "message": f"mint 3 of {chain.usdc.address}"},
+        )
+        assert unsold.json()["task"] is None
+        body = chain.sign_funding(key, task["agentAddress"], int(task["totalCost"]),
+                                  valid_before=int(datetime.fromisoformat(
+                                      task["paymentDeadline"].replace("Z", "+00:00")
+                                  ).timestamp()))  # fmt: skip
+        assert http.post(f"/api/ai-agent/task/{task['id']}/fund", json=body).status_code == 200
+    done = stack.node.wait_task(task["id"], "completed", "failed", timeout=60)
+    assert done.status.value == "completed", done.error_message
+    assert len(chain.mints_to(user)) == 5

@@ -187,7 +187,10 @@ def chat(request: Request, api: Api, body: ChatBody) -> dict[str, Any]:
 
     conn = _durable(api)
     try:
-        history = [talk.Turn(role, text) for role, text in store.turns(conn, user)]
+        history = [
+            talk.Turn("assistant" if role == "assistant" else "user", text)
+            for role, text in store.turns(conn, user)
+        ]
         reply = asyncio.run(_converse(api, history, body.message))
         task_json: dict[str, Any] | None = None
         text = reply.reply
