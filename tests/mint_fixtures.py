@@ -259,7 +259,9 @@ class Node:
     def conn(self) -> sqlite3.Connection:
         return connect(self.db_path, durable=True)
 
-    def create_task(self, user: str, quantity: int, *, timeout_s: int = 600) -> store.Task:
+    def create_task(
+        self, user: str, quantity: int, *, timeout_s: int = 600, price: int = PRICE
+    ) -> store.Task:
         """A task as the chat creates it (the agent wallet derived in the vault)."""
         from shared.keys.vault import Vault
 
@@ -273,7 +275,7 @@ class Node:
                 conn,
                 store.NewTask(
                     user_address=user, token_address=self.chain.token, quantity=quantity,
-                    price_per_mint=PRICE, chain_id=self.chain.anvil.chain_id,
+                    price_per_mint=price, chain_id=self.chain.anvil.chain_id,
                     usdc_address=self.chain.usdc.address, server_url=self.server_url,
                     pay_to=self.chain.pay_to,
                 ),

@@ -365,6 +365,15 @@ class Purchaser:
             )
         return _outcome(response, signed=signer.authorization_id is not None)
 
+    async def reachable(self, server_url: str) -> bool:
+        """Whether the server answers HTTP at all (any status)."""
+        try:
+            async with httpx.AsyncClient(transport=_Shared(self.base), timeout=2.0) as http:
+                await http.get(server_url.rstrip("/") + "/")
+        except httpx.HTTPError:
+            return False
+        return True
+
     async def resend(self, task: Task, payment: Payment) -> Outcome:
         """Send a signed payment's recorded header again (the server is idempotent per
         payment identifier); without a recorded header, rebuild it from the ledger's

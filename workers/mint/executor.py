@@ -477,6 +477,7 @@ class MintExecutor:
     async def _batch(self, task: Task, limit: asyncio.Semaphore) -> None:
         s = self.settings
         now = time.time()
+        backoff = False
         try:
             if task.status is TaskStatus.FUNDED:
                 started = task.started_at or now
@@ -505,24 +506,35 @@ class MintExecutor:
                 await self.resolve_open(task.id)
                 await self._finish_if_done(await self.db.run(lambda c: store.get_task(c, task.id)))
                 return
+            if not await self.purchaser.reachable(task.server_url):
+                # Nothing is recorded for a server that does not answer at all: an attempt
+                # counts against a mint's retries only when it could have been bought.
+                log.warning("mint_server_unreachable", task=task.id, server=task.server_url)
+                backoff = True
+                return
             domain = await self.allowlist.resolve(
                 self.rpc, task.usdc_address, task.chain_id, now=now
             )
 
-            async def one(unit: int) -> None:
+            async def one(unit: int) -> bool:
                 async with limit:
-                    await self._buy(task, unit, domain)
+                    return await self._buy(task, unit, domain)
 
-            await asyncio.gather(*(one(u) for u in units))
+            results = await asyncio.gather(*(one(u) for u in units))
+            backoff = not all(results)
             await self._finish_if_done(await self.db.run(lambda c: store.get_task(c, task.id)))
         except TransitionConflict as exc:
             log.info("mint_task_moved_elsewhere", task=task.id, why=str(exc))
         except HodlaiError as exc:
             log.warning("mint_batch_failed", task=task.id, error=str(exc))
         finally:
-            self._due[task.id] = time.time() + s.mint_interval_s
+            # After a failed purchase the next batch waits at least a check interval, so a
+            # server that is restarting does not use up a mint's retries in a second.
+            wait = max(s.mint_interval_s, s.mint_check_interval_s) if backoff else s.mint_interval_s
+            self._due[task.id] = time.time() + wait
 
-    async def _buy(self, task: Task, unit: int, domain: ledger.TokenDomain) -> None:
+    async def _buy(self, task: Task, unit: int, domain: ledger.TokenDomain) -> bool:
+        """One purchase; False when it failed (minted or still open: True)."""
         now = time.time()
         payment = await self.db.run(lambda c: store.prepare_payment(c, task, unit, now=now))
         self._in_flight.add(payment.id)
@@ -545,6 +557,7 @@ class MintExecutor:
             error=outcome.error,
         )
         await self._record(task, payment.id, outcome)
+        return outcome.minted
 
     async def _record(self, task: Task, payment_id: str, outcome: Outcome) -> None:
         now = time.time()
