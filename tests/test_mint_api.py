@@ -240,3 +240,23 @@ def test_a_chinese_chat_creates_a_task_that_names_the_wallet_cost_and_deadline(
     done = stack.node.wait_task(task["id"], "completed", "failed", timeout=60)
     assert done.status.value == "completed", done.error_message
     assert len(chain.mints_to(user)) == 5
+
+
+def test_the_demo_part_chats_in_chinese_funds_and_sees_exactly_25_mints(stack: Stack) -> None:
+    from types import SimpleNamespace
+
+    from scripts import demo_mint
+
+    chain = stack.chain
+    node = SimpleNamespace(
+        rpc_url=chain.anvil.rpc_url,
+        env={
+            "HODLAI_API_URL": stack.api.url, "HODLAI_MINT_USDC_ADDRESS": chain.usdc.address,
+            "HODLAI_MINT_TOKENS": chain.token, "HODLAI_MINT_PAY_TO": chain.pay_to,
+        },
+    )  # fmt: skip
+    demo = demo_mint.prepare(node)
+    assert demo.user == chain.user(1)[0]
+    demo_mint.wait(demo, lambda: True)
+    assert demo.task is not None and "任务" in demo.replies[-1]
+    assert demo_mint.report(demo)
