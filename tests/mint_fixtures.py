@@ -49,7 +49,7 @@ def free_port() -> int:
 
 
 def wait_http(
-    url: str, *, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None
+    url: str, *, timeout: float = 60.0, proc: subprocess.Popen[bytes] | None = None
 ) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
