@@ -90,8 +90,11 @@ def call(url: str, to: str, signature: str, types: list[str], args: list[Any]) -
 
 
 def logs(url: str, address: str, topics: list[Any]) -> list[Any]:
-    found: list[Any] = rpc(url, "eth_getLogs", [{"address": address, "fromBlock": "0x0",
-                                                 "toBlock": "latest", "topics": topics}])  # fmt: skip
+    found: list[Any] = rpc(
+        url,
+        "eth_getLogs",
+        [{"address": address, "fromBlock": "0x0", "toBlock": "latest", "topics": topics}],
+    )
     return found
 
 
@@ -174,8 +177,14 @@ class Bench:
         name = self._string("name()")
         version = self._string("version()")
         nonce = secrets.token_bytes(32)
-        message = {"from": self.funder.address, "to": agent, "value": task.total_cost,
-                   "validAfter": 0, "validBefore": task.payment_deadline, "nonce": nonce}  # fmt: skip
+        message = {
+            "from": self.funder.address,
+            "to": agent,
+            "value": task.total_cost,
+            "validAfter": 0,
+            "validBefore": task.payment_deadline,
+            "nonce": nonce,
+        }
         domain = eip712_domain(name=name, version=version, chain_id=self.anvil.chain_id,
                                token=self.usdc)  # fmt: skip
         signed = Account.sign_message(
@@ -204,8 +213,11 @@ class Bench:
             view = sqlite3.connect(f"file:{self.workdir / 'node.db'}?mode=ro", uri=True)
             try:
                 marks = ",".join("?" * len(ids))
-                done = view.execute(f"SELECT COUNT(*) FROM ai_agent_tasks WHERE id IN ({marks})"
-                                    " AND status IN ('completed', 'failed')", ids).fetchone()[0]  # fmt: skip
+                done = view.execute(
+                    f"SELECT COUNT(*) FROM ai_agent_tasks WHERE id IN ({marks})"
+                    " AND status IN ('completed', 'failed')",
+                    ids,
+                ).fetchone()[0]
             finally:
                 view.close()
             if sys.stdout.isatty():
@@ -221,8 +233,11 @@ class Bench:
         view = sqlite3.connect(f"file:{self.workdir / 'node.db'}?mode=ro", uri=True)
         try:
             marks = ",".join("?" * len(ids))
-            rows = view.execute(f"SELECT created_at, updated_at FROM mint_payments WHERE"
-                                f" task_id IN ({marks}) AND status = 'minted'", ids).fetchall()  # fmt: skip
+            rows = view.execute(
+                f"SELECT created_at, updated_at FROM mint_payments WHERE"
+                f" task_id IN ({marks}) AND status = 'minted'",
+                ids,
+            ).fetchall()
         finally:
             view.close()
         return [(float(a), float(b)) for a, b in rows]
