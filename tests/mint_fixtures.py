@@ -260,7 +260,13 @@ class Node:
         return connect(self.db_path, durable=True)
 
     def create_task(
-        self, user: str, quantity: int, *, timeout_s: int = 600, price: int = PRICE
+        self,
+        user: str,
+        quantity: int,
+        *,
+        timeout_s: int = 600,
+        price: int = PRICE,
+        token: str | None = None,
     ) -> store.Task:
         """A task as the chat creates it (the agent wallet derived in the vault)."""
         from shared.keys.vault import Vault
@@ -274,7 +280,7 @@ class Node:
             return store.create_task(
                 conn,
                 store.NewTask(
-                    user_address=user, token_address=self.chain.token, quantity=quantity,
+                    user_address=user, token_address=token or self.chain.token, quantity=quantity,
                     price_per_mint=price, chain_id=self.chain.anvil.chain_id,
                     usdc_address=self.chain.usdc.address, server_url=self.server_url,
                     pay_to=self.chain.pay_to,

@@ -260,3 +260,40 @@ def test_the_demo_part_chats_in_chinese_funds_and_sees_exactly_25_mints(stack: S
     demo_mint.wait(demo, lambda: True)
     assert demo.task is not None and "任务" in demo.replies[-1]
     assert demo_mint.report(demo)
+
+
+def test_a_failed_task_is_refunded_to_its_user_and_then_cannot_be_retried(stack: Stack) -> None:
+    chain, node = stack.chain, stack.node
+    user, key = chain.user(3)
+    # A token the server does not sell: every purchase is refused before anything is signed.
+    task = node.create_task(user, 2, token=chain.usdc.address)
+    body = chain.sign_funding(key, task.agent_address, task.total_cost,
+                              valid_before=task.payment_deadline)  # fmt: skip
+    from tests.mint_fixtures import pay_directly
+
+    before = chain.usdc.balance(user)
+    assert pay_directly(chain, body)["status"] == "0x1"
+    failed = node.wait_task(task.id, "failed", "completed", timeout=60)
+    assert failed.status.value == "failed" and "failed 4 times" in (failed.error_message or "")
+    assert failed.mints_failed == 2 * 4 and failed.mints_completed == 0  # 2 mints, 1 + 3 tries
+    with stack.http() as http:
+        view = http.get(f"/api/ai-agent/task/{task.id}").json()
+        assert view["account"] == {"funded": str(task.total_cost), "spentOnMints": "0",
+                                   "held": str(task.total_cost), "refunded": "0"}  # fmt: skip
+        refund = http.post(f"/api/ai-agent/task/{task.id}/refund",
+                           json=_siwe(stack, key, "refund", task.id))  # fmt: skip
+        assert refund.status_code == 200, refund.text
+        assert refund.json()["account"]["refunded"] == str(task.total_cost)
+        assert refund.json()["account"]["held"] == "0"
+        deadline = time.monotonic() + 30
+        while chain.usdc.balance(user) != before and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert chain.usdc.balance(user) == before
+        assert chain.usdc.balance(task.agent_address) == 0
+        again = http.post(f"/api/ai-agent/task/{task.id}/refund",
+                          json=_siwe(stack, key, "refund", task.id))  # fmt: skip
+        assert again.status_code == 200 and again.json()["refund"]["value"] == str(task.total_cost)
+        retry = http.post(f"/api/ai-agent/task/{task.id}/retry",
+                          json=_siwe(stack, key, "retry", task.id))  # fmt: skip
+        assert retry.status_code == 409 and retry.json()["error"] == "no_funds", retry.text
+    assert len(chain.uses_by(task.agent_address)) == 1  # the refund, once
