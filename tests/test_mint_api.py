@@ -297,3 +297,48 @@ def test_a_failed_task_is_refunded_to_its_user_and_then_cannot_be_retried(stack:
                           json=_siwe(stack, key, "retry", task.id))  # fmt: skip
         assert retry.status_code == 409 and retry.json()["error"] == "no_funds", retry.text
     assert len(chain.uses_by(task.agent_address)) == 1  # the refund, once
+
+
+def test_mint_show_prints_a_task_and_its_money_account(stack: Stack) -> None:
+    import json
+    import subprocess
+
+    from tests.mint_fixtures import ROOT
+
+    user, _ = stack.chain.user(5)
+    with stack.http() as http:
+        task = next(t for t in http.get(f"/api/ai-agent/tasks/{user}").json()["tasks"]
+                    if t["status"] == "completed")  # fmt: skip
+    hodlai = str(ROOT / ".venv" / "bin" / "hodlai")
+    env = stack.node.env()
+    shown = subprocess.run([hodlai, "mint", "show", task["id"]], env=env, capture_output=True,
+                           text=True, timeout=60, check=True).stdout  # fmt: skip
+    lines = {line.split()[0]: line.split()[-1] for line in shown.splitlines() if line.strip()}
+    assert "money account" in shown and lines["funded"] == task["account"]["funded"]
+    assert lines["held"] == task["account"]["held"]
+    detail = json.loads(subprocess.run([hodlai, "mint", "show", task["id"], "--json"], env=env,
+                                       capture_output=True, text=True, timeout=60,
+                                       check=True).stdout)  # fmt: skip
+    assert detail["account"] == task["account"]
+    assert len([p for p in detail["payments"] if p["status"] == "minted"]) == task["quantity"]
+
+
+def test_user_calls_are_limited_per_address_and_per_ip_with_retry_after() -> None:
+    from types import SimpleNamespace
+
+    from shared.api.errors import Refusal
+    from workers.mint.routes import MintApi
+    from workers.mint.settings import MintSettings
+
+    api = MintApi(MintSettings(mint_rate_per_min=3))
+    one = SimpleNamespace(client=SimpleNamespace(host="10.0.0.1"))
+    other = SimpleNamespace(client=SimpleNamespace(host="10.0.0.2"))
+    for _ in range(3):
+        api.limit(one, "0x" + "aa" * 20)  # type: ignore[arg-type]
+    with pytest.raises(Refusal) as limited:
+        api.limit(one, "0x" + "bb" * 20)  # type: ignore[arg-type]  # the same IP
+    assert limited.value.status_code == 429 and limited.value.code == "rate_limited"
+    assert 1 <= int((limited.value.headers or {})["Retry-After"]) <= 60
+    with pytest.raises(Refusal):
+        api.limit(other, "0x" + "aa" * 20)  # type: ignore[arg-type]  # the same user
+    api.limit(other, "0x" + "cc" * 20)  # type: ignore[arg-type]  # neither: allowed
