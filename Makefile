@@ -82,7 +82,7 @@ test: setup lint
 
 chaos: setup
 	$(VENV)/bin/pytest -q -s -m slow -p no:cacheprovider --override-ini addopts=
-	HODLAI_MINT_KILLS=20 $(VENV)/bin/pytest -q -s -p no:cacheprovider tests/test_mint_kill.py
+	HODLAI_MINT_KILLS=20 $(VENV)/bin/pytest -q -s -p no:cacheprovider --override-ini addopts= tests/test_mint_kill.py tests/test_mint_devnet_kill.py
 
 compile: setup
 	node scripts/compile_contracts.js
