@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import stat
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -16,7 +18,18 @@ from x402.http.clients.httpx import PaymentError
 from x402.http.utils import decode_payment_required_header, decode_payment_response_header
 from x402.schemas import PaymentRequired
 
-from tests.mint_server_fixtures import PRICE, MintDevnet, buy, buyer, mint_devnet  # noqa: F401
+from tests.mint_server_fixtures import (  # noqa: F401
+    PRICE,
+    MintDevnet,
+    buy,
+    buyer,
+    mint_devnet,
+    rpc,
+    view,
+)
+from workers.devnet.parts import DevAccountKey, DevnetChain
+from workers.mint.devnet import setup
+from workers.mint.keyfile import load_mint_keys
 
 MINT_WAIT_S = 30.0
 
@@ -184,3 +197,41 @@ def _relabel(header: str, payment_id: str | None) -> str:
         entry["info"] = {**entry["info"], "id": payment_id}
         extensions[PAYMENT_IDENTIFIER] = entry
     return encode_payment_signature_header(payload.model_copy(update={"extensions": extensions}))
+
+
+def test_devnet_part_deploys_credits_funds_and_names_everything(
+    mint_devnet: MintDevnet,  # noqa: F811
+) -> None:
+    devnet = mint_devnet
+    assert set(devnet.settings) == {
+        "HODLAI_MINT_USDC_ADDRESS", "HODLAI_MINT_SERVER_URL", "HODLAI_MINT_TOKENS",
+        "HODLAI_MINT_RELAYER_ADDRESS", "HODLAI_MINT_PAY_TO", "HODLAI_MINT_KEY_FILE",
+        "HODLAI_MINT_SERVER_PORT", "HODLAI_MINT_SERVER_CONFIRMATIONS",
+    }  # fmt: skip
+    port = devnet.settings["HODLAI_MINT_SERVER_PORT"]
+    assert devnet.url == f"http://127.0.0.1:{port}"
+    key_file = Path(devnet.settings["HODLAI_MINT_KEY_FILE"])
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    keys = load_mint_keys(key_file)
+    anvil_accounts = {a.address for a in devnet.anvil.accounts}
+    node_keys = {keys.relayer_address, keys.minter_address, devnet.pay_to}
+    assert not node_keys & anvil_accounts
+    assert devnet.settings["HODLAI_MINT_RELAYER_ADDRESS"] == keys.relayer_address
+    for account in devnet.anvil.accounts:
+        assert devnet.usdc_balance(account.address) == 1_000_000 * 10**6
+    for funded in (keys.relayer_address, keys.minter_address):
+        assert int(rpc(devnet.anvil, "eth_getBalance", [funded, "latest"]), 16) >= 10**20
+    assert view(devnet.anvil, devnet.token, "isMinter(address)", ["address"],
+                [keys.minter_address]) == 1  # fmt: skip
+    assert view(devnet.anvil, devnet.usdc, "decimals()") == 6
+    # A second run on the same state directory reuses the keys.
+    again = setup(
+        DevnetChain(
+            rpc_url=devnet.anvil.rpc_url, chain_id=devnet.anvil.chain_id,
+            state_dir=devnet.tmp / "state", db_path=devnet.tmp / "mint.db",
+            accounts=tuple(DevAccountKey(a.address, a.private_key) for a in devnet.anvil.accounts),
+        )
+    )  # fmt: skip
+    again_settings = {s.name: s.value for s in again.settings}
+    assert again_settings["HODLAI_MINT_RELAYER_ADDRESS"] == keys.relayer_address
+    assert again_settings["HODLAI_MINT_PAY_TO"] == devnet.pay_to

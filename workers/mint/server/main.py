@@ -293,6 +293,9 @@ async def mint_server(
         except BaseException:
             await db.run(claim.release)  # nothing was signed: give the key back
             raise
-        yield MintServerService(sending, server, sock, url)
+        try:
+            yield MintServerService(sending, server, sock, url)
+        finally:
+            facilitator.close()
     finally:
         await rpc.aclose()
