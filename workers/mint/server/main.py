@@ -31,7 +31,7 @@ from typing import Final, Literal
 import structlog
 import uvicorn
 
-from shared.api.server import bind
+from shared.api.server import _route_server_logs, bind
 from shared.chain.rpc import RpcClient, hex_int
 from shared.config import Chain
 from shared.db import AsyncDatabase, check_executor_identity
@@ -82,6 +82,7 @@ EVENTS: Final = SendingEvents(
 def run(settings: MintServerSettings) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code."""
     configure_logging(settings.log_level)
+    _route_server_logs(settings.log_level)  # uvicorn's own lines through structlog, as the API's
     settings.require("mint_key_file", "mint_usdc_address", "mint_tokens", "mint_pay_to")
     chain = settings.chain(settings.mint_server_chain)
     if not chain.rpc_urls:
