@@ -23,6 +23,7 @@ from tests.mint_server_fixtures import (  # noqa: F401
     MintDevnet,
     buy,
     buyer,
+    deploy_small_token,
     mint_devnet,
     rpc,
     view,
@@ -75,7 +76,9 @@ def test_unpaid_requests_get_402_with_the_requirements(mint_devnet: MintDevnet) 
 
 def test_x402_client_buys_mints_and_retries_are_idempotent(mint_devnet: MintDevnet) -> None:  # noqa: F811
     devnet = mint_devnet
-    devnet.start()
+    minter = load_mint_keys(Path(devnet.settings["HODLAI_MINT_KEY_FILE"])).minter_address
+    small = deploy_small_token(devnet, mints=1, minter=minter)
+    devnet.start(HODLAI_MINT_TOKENS=f"{devnet.token},{small}")
     payer = devnet.anvil.accounts[1].address
     recipient = devnet.anvil.accounts[4].address
     per_mint = devnet.tokens_per_mint()
@@ -139,6 +142,14 @@ def test_x402_client_buys_mints_and_retries_are_idempotent(mint_devnet: MintDevn
     )
     assert (bare.status_code, bare.json()["error"]) == (400, "payment_identifier_required")
     assert len(devnet.authorizations_used()) == 2
+
+    # A token with one mint left sells it once; the next buyer is refused before paying.
+    last, _ = asyncio.run(buy(devnet, 3, "pay_mint_test_small_0004", token=small))
+    assert last.status_code == 200, last.text
+    late, _ = asyncio.run(buy(devnet, 5, "pay_mint_test_small_0005", token=small))
+    assert (late.status_code, late.json()["error"]) == (409, "sold_out")
+    assert len(devnet.authorizations_used()) == 3
+    assert devnet.usdc_balance(devnet.pay_to) == 3 * PRICE
 
 
 @pytest.mark.parametrize("fault", ["after_settle", "after_record"])
