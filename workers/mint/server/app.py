@@ -64,7 +64,9 @@ log = structlog.get_logger(__name__)
 P = PurchaseStatus
 MINT_PATH: Final = re.compile(r"^/mint/([^/]+)$")
 WAIT_POLL_S: Final = 0.05
-IN_PROGRESS: Final = frozenset({P.SETTLE_QUEUED, P.SETTLING, P.MINT_QUEUED, P.MINTING})
+IN_PROGRESS: Final = frozenset(
+    {P.SETTLE_QUEUED, P.SETTLING, P.SETTLE_CHECK, P.MINT_QUEUED, P.MINTING}
+)
 
 
 @dataclass

@@ -142,6 +142,7 @@ class SettleBridge:
             if found.status is P.SETTLE_FAILED:
                 mined = await self._db.run(_mined_settle, payment_id)
                 return mined or tx_hash, False
+            # SETTLING, or SETTLE_CHECK (ours failed; did another submission pay?): wait.
             if time.monotonic() > deadline:
                 raise RetryableError(f"settle {tx_hash} not final in time")
             await asyncio.sleep(WAIT_POLL_S)

@@ -48,6 +48,7 @@ from shared.tx.signer import LocalSigner
 from workers.mint.keyfile import load_mint_keys
 from workers.mint.server import chain as reads
 from workers.mint.server.app import MintServerContext, create_app
+from workers.mint.server.check import SettleChecker
 from workers.mint.server.facilitator import (
     CoreFacilitatorSigner,
     LocalFacilitatorClient,
@@ -224,9 +225,11 @@ async def mint_server(
             core_fault: Literal["", "after_record", "after_broadcast"] = (
                 "" if fault == "after_settle" else fault
             )
+            checker = SettleChecker(db=db, rpc=rpc, usdc=usdc.address, confirmations=confirmations)
             source = PurchaseSource(
-                db=db, gas_limit=settings.mint_server_gas_limit, fault_point=fault
-            )
+                db=db, gas_limit=settings.mint_server_gas_limit, checker=checker,
+                fault_point=fault,
+            )  # fmt: skip
             sending: SendingService[Purchase] = SendingService(
                 db=db,
                 rpc=rpc,
