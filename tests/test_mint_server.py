@@ -7,11 +7,14 @@ from __future__ import annotations
 import asyncio
 import signal
 import stat
+import threading
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+from eth_abi.abi import encode as abi_encode
+from eth_utils.crypto import keccak
 from x402.extensions.payment_identifier import PAYMENT_IDENTIFIER
 from x402.http.clients import x402_httpx_transport
 from x402.http.clients.httpx import PaymentError
@@ -250,3 +253,77 @@ def test_devnet_part_deploys_credits_funds_and_names_everything(
     again_settings = {s.name: s.value for s in again.settings}
     assert again_settings["HODLAI_MINT_RELAYER_ADDRESS"] == keys.relayer_address
     assert again_settings["HODLAI_MINT_PAY_TO"] == devnet.pay_to
+
+
+def test_an_authorization_someone_else_submits_first_counts_as_paid(
+    mint_devnet: MintDevnet,  # noqa: F811
+) -> None:
+    """Anyone may submit an EIP-3009 authorization. With mining paused, a front-runner sends
+    the buyer's authorization with a higher tip after the server broadcast its settle: the
+    front-runner's transaction mines first and ours reverts. The buyer paid, so the mint is
+    owed: exactly one mint, the USDC moved once, the answer names the front-runner's
+    transaction as the settle."""
+    devnet = mint_devnet
+    anvil = devnet.anvil
+    payer = anvil.accounts[7].address
+    devnet.start()
+    client, recorder = buyer(devnet, 7, "pay_mint_test_frontrun_01")
+    outcome: dict[str, httpx.Response] = {}
+
+    async def purchase() -> None:
+        async with httpx.AsyncClient(
+            transport=x402_httpx_transport(client, recorder), timeout=90
+        ) as http:
+            outcome["response"] = await http.post(f"{devnet.url}/mint/{devnet.token}")
+
+    rpc(anvil, "evm_setAutomine", [False])
+    thread = threading.Thread(target=lambda: asyncio.run(purchase()))
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not _pending(devnet) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _pending(devnet), devnet.log()
+    front = _front_run(devnet, recorder.payment_header())
+    rpc(anvil, "evm_mine", [])
+    rpc(anvil, "evm_setAutomine", [True])
+    thread.join(timeout=90)
+    response = outcome["response"]
+    assert response.status_code == 200, response.text
+    assert response.json()["settleTxHash"] == front
+    mined = rpc(anvil, "eth_getTransactionReceipt", [front])
+    assert mined["status"] == "0x1"
+    (minted,) = devnet.mints()
+    assert int(minted["topics"][2], 16) == int(payer, 16)
+    assert len(devnet.authorizations_used()) == 1
+    assert devnet.usdc_balance(devnet.pay_to) == PRICE
+
+
+def _pending(devnet: MintDevnet) -> bool:
+    block = rpc(devnet.anvil, "eth_getBlockByNumber", ["pending", False])
+    return bool(block and block["transactions"])
+
+
+def _front_run(devnet: MintDevnet, header: str) -> str:
+    """The buyer's signed authorization, submitted by anvil's account 0 with a high tip."""
+    from x402.http.utils import decode_payment_signature_header
+
+    payload = decode_payment_signature_header(header).payload
+    auth = payload["authorization"]
+    selector = keccak(
+        text="transferWithAuthorization(address,address,uint256,uint256,uint256,bytes32,bytes)"
+    )[:4]
+    args = abi_encode(
+        ["address", "address", "uint256", "uint256", "uint256", "bytes32", "bytes"],
+        [auth["from"], auth["to"], int(auth["value"]), int(auth["validAfter"]),
+         int(auth["validBefore"]), bytes.fromhex(auth["nonce"][2:]),
+         bytes.fromhex(payload["signature"][2:])],
+    )  # fmt: skip
+    tx = {
+        "from": devnet.anvil.accounts[0].address,
+        "to": devnet.usdc,
+        "data": "0x" + (selector + args).hex(),
+        "gas": hex(200_000),
+        "maxPriorityFeePerGas": hex(500 * 10**9),
+        "maxFeePerGas": hex(1_000 * 10**9),
+    }
+    return str(rpc(devnet.anvil, "eth_sendTransaction", [tx]))
