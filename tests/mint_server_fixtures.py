@@ -36,7 +36,6 @@ from workers.devnet.parts import DevAccountKey, DevnetChain, DevnetPart
 from workers.mint.devnet import setup
 
 ROOT = Path(__file__).resolve().parent.parent
-HODLAI = ROOT / ".venv" / "bin" / "hodlai"
 PRICE = 2_500_000  # 2.5 USDC per mint
 START_LIMIT_S = 30.0
 
@@ -108,7 +107,7 @@ class MintDevnet:
         """Start the server; return once it listens (or fail with its log)."""
         log = open(self.tmp / "server.log", "ab")  # noqa: SIM115 -- the process keeps it
         process = subprocess.Popen(
-            [str(HODLAI), "mint-server"], env=self.env(**extra), cwd=self.tmp,
+            [sys.executable, "-m", "shared.cli", "mint-server"], env=self.env(**extra), cwd=self.tmp,
             stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         self.processes.append(process)
@@ -273,7 +272,3 @@ def _send(anvil: Anvil, sender: str, to: str | None, data: str) -> dict[str, Any
             return result
         time.sleep(0.05)
     raise AssertionError(f"no receipt for {tx_hash}")
-
-
-def python() -> str:
-    return sys.executable
