@@ -107,8 +107,8 @@ class MintDevnet:
         """Start the server; return once it listens (or fail with its log)."""
         log = open(self.tmp / "server.log", "ab")  # noqa: SIM115 -- the process keeps it
         process = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", "mint-server"], env=self.env(**extra), cwd=self.tmp,
-            stdout=log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "shared.cli", "mint-server"], env=self.env(**extra),
+            cwd=self.tmp, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         self.processes.append(process)
         deadline = time.monotonic() + START_LIMIT_S
