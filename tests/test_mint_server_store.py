@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import sqlite3
+import subprocess
+import sys
 
 import pytest
 
@@ -96,3 +98,19 @@ def test_orphans_a_mint_is_owed_again_and_a_settle_without_a_transaction_is_chec
     assert return_orphans(conn, now=2.0) == 2
     assert store.get(conn, NEW.payment_id).status is P.SETTLE_CHECK  # type: ignore[union-attr]
     assert store.get(conn, other.payment_id).status is P.MINT_QUEUED  # type: ignore[union-attr]
+
+
+def test_help_lists_every_setting_with_its_default() -> None:
+    from shared.config import env_name
+    from workers.mint.server.settings import MintServerSettings
+
+    done = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "mint-server", "--help"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    for field in MintServerSettings.model_fields:
+        if field != "chains":
+            assert env_name(MintServerSettings, field) in done.stdout, field
+    assert "HODLAI_MINT_SERVER_PRICE_PER_MINT [1000000]" in done.stdout
+    assert "HODLAI_LOCK_DIR" in done.stdout
