@@ -131,9 +131,11 @@ class MintServerService:
     async def start(self, stop: asyncio.Event) -> bool:
         self._task = asyncio.create_task(self._server.serve(sockets=[self._sock]))
         while not self._server.started:
-            if self._task.done() or stop.is_set():
-                await self._task if self._task.done() else None
-                return not stop.is_set()
+            if self._task.done():
+                await self._task  # raises what stopped it before it served
+                return False
+            if stop.is_set():
+                return False
             await asyncio.sleep(0.02)
         log.info("mint_server_listening", url=self._url)
         print(f"hodlai mint-server listening on {self._url}", flush=True)  # noqa: T201
@@ -141,8 +143,11 @@ class MintServerService:
 
     async def step(self) -> float:
         if self._task is not None and self._task.done():
-            self._task.result()
-            raise ConfigError("the HTTP server stopped")
+            # Serving is half the process: without it, end (exit 1) for the supervisor to
+            # restart, rather than send on while no buyer can reach the server.
+            error = None if self._task.cancelled() else self._task.exception()
+            log.error("mint_server_http_stopped", error=str(error))
+            raise SystemExit(1)
         return await self.sending.step()
 
     async def stop(self) -> None:
