@@ -70,7 +70,7 @@ MOVES: Final[frozenset[tuple[str, str]]] = frozenset(
 )
 
 PURCHASES: Final = Machine(
-    name="mint_server.purchase",
+    name="mint.server_purchase",
     table="mint_purchases",
     key="payment_id",
     statuses=PurchaseStatus,
