@@ -163,10 +163,13 @@ def create_app(ctx: MintServerContext) -> FastAPI:
             return await call_next(request)
         return await _gate(ctx, request, match.group(1), call_next)
 
-    @app.get("/tokens")
-    async def tokens() -> dict[str, Any]:
+    @app.get("/tokens", response_model=None)
+    async def tokens() -> dict[str, Any] | JSONResponse:
         addresses = list(ctx.sales)
-        supplies = await chain.supply(ctx.rpc, addresses) if addresses else {}
+        try:
+            supplies = await chain.supply(ctx.rpc, addresses) if addresses else {}
+        except HodlaiError as exc:
+            return error(503, "chain_unavailable", f"cannot read the tokens' supply: {exc}")
         return {
             "tokens": [
                 {
