@@ -726,9 +726,10 @@ CREATE TABLE IF NOT EXISTS mint_purchases (
     payment_response TEXT,                      -- PAYMENT-RESPONSE header of the first answer
     body             TEXT,                      -- the JSON answer, replayed to a retry
     error            TEXT,                      -- why it was refused or failed
+    check_to_block   INTEGER,                   -- SETTLE_CHECK: look for a use up to this block
     status           TEXT NOT NULL CHECK (status IN ('RECEIVED','REFUSED','SETTLE_QUEUED',
-                         'SETTLING','SETTLE_FAILED','MINT_QUEUED','MINTING','MINTED',
-                         'MINT_FAILED')),
+                         'SETTLING','SETTLE_CHECK','SETTLE_FAILED','MINT_QUEUED','MINTING',
+                         'MINTED','MINT_FAILED')),
     lease_owner      TEXT,
     lease_until      REAL,
     created_at       REAL NOT NULL,
@@ -738,20 +739,20 @@ CREATE TABLE IF NOT EXISTS mint_purchases (
 CREATE INDEX IF NOT EXISTS idx_mint_purchases_claim ON mint_purchases (status, lease_owner, created_at);
 CREATE INDEX IF NOT EXISTS idx_mint_purchases_token ON mint_purchases (token, status);
 
-INSERT OR IGNORE INTO state_counts (machine, status, n) VALUES ('mint_server.purchase', 'RECEIVED', 0), ('mint_server.purchase', 'REFUSED', 0), ('mint_server.purchase', 'SETTLE_QUEUED', 0), ('mint_server.purchase', 'SETTLING', 0), ('mint_server.purchase', 'SETTLE_FAILED', 0), ('mint_server.purchase', 'MINT_QUEUED', 0), ('mint_server.purchase', 'MINTING', 0), ('mint_server.purchase', 'MINTED', 0), ('mint_server.purchase', 'MINT_FAILED', 0);
+INSERT OR IGNORE INTO state_counts (machine, status, n) VALUES ('mint.server_purchase', 'RECEIVED', 0), ('mint.server_purchase', 'REFUSED', 0), ('mint.server_purchase', 'SETTLE_QUEUED', 0), ('mint.server_purchase', 'SETTLING', 0), ('mint.server_purchase', 'SETTLE_CHECK', 0), ('mint.server_purchase', 'SETTLE_FAILED', 0), ('mint.server_purchase', 'MINT_QUEUED', 0), ('mint.server_purchase', 'MINTING', 0), ('mint.server_purchase', 'MINTED', 0), ('mint.server_purchase', 'MINT_FAILED', 0);
 CREATE TRIGGER IF NOT EXISTS trg_mint_server_purchase_count_insert AFTER INSERT ON mint_purchases
 BEGIN
-    UPDATE state_counts SET n = n + 1 WHERE machine = 'mint_server.purchase' AND status = NEW.status;
+    UPDATE state_counts SET n = n + 1 WHERE machine = 'mint.server_purchase' AND status = NEW.status;
 END;
 CREATE TRIGGER IF NOT EXISTS trg_mint_server_purchase_count_delete AFTER DELETE ON mint_purchases
 BEGIN
-    UPDATE state_counts SET n = n - 1 WHERE machine = 'mint_server.purchase' AND status = OLD.status;
+    UPDATE state_counts SET n = n - 1 WHERE machine = 'mint.server_purchase' AND status = OLD.status;
 END;
 CREATE TRIGGER IF NOT EXISTS trg_mint_server_purchase_count_update AFTER UPDATE OF status ON mint_purchases
 WHEN OLD.status <> NEW.status
 BEGIN
-    UPDATE state_counts SET n = n - 1 WHERE machine = 'mint_server.purchase' AND status = OLD.status;
-    UPDATE state_counts SET n = n + 1 WHERE machine = 'mint_server.purchase' AND status = NEW.status;
+    UPDATE state_counts SET n = n - 1 WHERE machine = 'mint.server_purchase' AND status = OLD.status;
+    UPDATE state_counts SET n = n + 1 WHERE machine = 'mint.server_purchase' AND status = NEW.status;
 END;
 
 

@@ -17,6 +17,7 @@ import httpx
 import pytest
 from eth_abi.abi import encode as abi_encode
 from eth_account import Account
+from eth_utils.address import to_checksum_address
 from eth_utils.crypto import keccak
 from x402 import x402Client
 from x402.extensions.payment_identifier import (
@@ -28,13 +29,13 @@ from x402.mechanisms.evm.exact import register_exact_evm_client
 from x402.mechanisms.evm.signers import EthAccountSigner
 from x402.schemas import PaymentPayload, PaymentRequired
 
+from shared.contracts import artifact
 from shared.tx.authorizations.eip3009 import AUTHORIZATION_USED_TOPIC, TRANSFER_TOPIC
 from workers.devnet.anvil import Anvil
 from workers.devnet.parts import DevAccountKey, DevnetChain, DevnetPart
 from workers.mint.devnet import setup
 
 ROOT = Path(__file__).resolve().parent.parent
-HODLAI = ROOT / ".venv" / "bin" / "hodlai"
 PRICE = 2_500_000  # 2.5 USDC per mint
 START_LIMIT_S = 30.0
 
@@ -106,8 +107,8 @@ class MintDevnet:
         """Start the server; return once it listens (or fail with its log)."""
         log = open(self.tmp / "server.log", "ab")  # noqa: SIM115 -- the process keeps it
         process = subprocess.Popen(
-            [str(HODLAI), "mint-server"], env=self.env(**extra), cwd=self.tmp,
-            stdout=log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "shared.cli", "mint-server"], env=self.env(**extra),
+            cwd=self.tmp, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         self.processes.append(process)
         deadline = time.monotonic() + START_LIMIT_S
@@ -229,16 +230,45 @@ def buyer(devnet: MintDevnet, account: int, payment_id: str) -> tuple[x402Client
     return client, Recorder()
 
 
-async def buy(devnet: MintDevnet, account: int, payment_id: str, *, to: str | None = None
-              ) -> tuple[httpx.Response, Recorder]:  # fmt: skip
+async def buy(devnet: MintDevnet, account: int, payment_id: str, *, to: str | None = None,
+              token: str | None = None) -> tuple[httpx.Response, Recorder]:  # fmt: skip
     client, recorder = buyer(devnet, account, payment_id)
     query = "" if to is None else f"?to={to}"
     async with httpx.AsyncClient(
         transport=x402_httpx_transport(client, recorder), timeout=60
     ) as http:
-        response = await http.post(f"{devnet.url}/mint/{devnet.token}{query}")
+        response = await http.post(f"{devnet.url}/mint/{token or devnet.token}{query}")
     return response, recorder
 
 
-def python() -> str:
-    return sys.executable
+def deploy_small_token(devnet: MintDevnet, *, mints: int, minter: str) -> str:
+    """Another MintToken, of ``mints`` mints at most, ``minter`` holding the role (anvil's
+    account 0 deploys it, unlocked)."""
+    owner = devnet.anvil.accounts[0].address
+    code = (
+        artifact("MintToken").bytecode
+        + abi_encode(
+            ["string", "string", "uint256", "uint256"], ["Small", "SML", 10**18, mints * 10**18]
+        ).hex()
+    )
+    receipt = _send(devnet.anvil, owner, None, code)
+    token = str(to_checksum_address(receipt["contractAddress"]))
+    grant = keccak(text="configureMinter(address,bool)")[:4] + abi_encode(
+        ["address", "bool"], [minter, True]
+    )
+    assert _send(devnet.anvil, owner, token, "0x" + grant.hex())["status"] == "0x1"
+    return token
+
+
+def _send(anvil: Anvil, sender: str, to: str | None, data: str) -> dict[str, Any]:
+    tx: dict[str, Any] = {"from": sender, "data": data}
+    if to is not None:
+        tx["to"] = to
+    tx_hash = rpc(anvil, "eth_sendTransaction", [tx])
+    for _ in range(200):
+        receipt = rpc(anvil, "eth_getTransactionReceipt", [tx_hash])
+        if receipt is not None:
+            result: dict[str, Any] = receipt
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"no receipt for {tx_hash}")

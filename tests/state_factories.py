@@ -85,5 +85,5 @@ FACTORIES: dict[str, Callable[[int], dict[str, Any]]] = {
     "mint.transfer": _mint_transfer,
     "dispatch.distribution_agent": _dispatch_distribution_agent,
     "dispatch.agent": _dispatch_agent,
-    "mint_server.purchase": _mint_server_purchase,
+    "mint.server_purchase": _mint_server_purchase,
 }

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import sqlite3
+import subprocess
+import sys
 
 import pytest
 
@@ -65,7 +67,9 @@ def test_settle_queued_once_then_known_and_a_failed_one_may_be_presented_again(
     assert store.admit(conn, NEW, now=4.0).verdict == "known"
     assert not store.refuse(conn, NEW.payment_id, "late", now=4.0)  # only RECEIVED is refused
     state.transition(conn, PURCHASES, NEW.payment_id, P.SETTLE_QUEUED, P.SETTLING, actor="t")
-    state.transition(conn, PURCHASES, NEW.payment_id, P.SETTLING, P.SETTLE_FAILED, actor="t")
+    state.transition(conn, PURCHASES, NEW.payment_id, P.SETTLING, P.SETTLE_CHECK, actor="t")
+    assert store.admit(conn, NEW, now=4.5).verdict == "known"  # being checked: not again
+    state.transition(conn, PURCHASES, NEW.payment_id, P.SETTLE_CHECK, P.SETTLE_FAILED, actor="t")
     again = store.admit(conn, NEW, now=5.0)
     assert (again.verdict, again.purchase.status) == ("proceed", P.RECEIVED)
 
@@ -78,7 +82,7 @@ def test_refused_payment_presented_again_proceeds(conn: sqlite3.Connection) -> N
     assert store.admit(conn, NEW, now=3.0).verdict == "proceed"
 
 
-def test_orphans_a_mint_is_owed_again_and_a_settle_without_a_transaction_failed(
+def test_orphans_a_mint_is_owed_again_and_a_settle_without_a_transaction_is_checked(
     conn: sqlite3.Connection,
 ) -> None:
     other = dataclasses.replace(
@@ -92,5 +96,21 @@ def test_orphans_a_mint_is_owed_again_and_a_settle_without_a_transaction_failed(
             state.transition(conn, PURCHASES, new.payment_id, P.SETTLING, P.MINT_QUEUED, actor="t")
             state.transition(conn, PURCHASES, new.payment_id, P.MINT_QUEUED, P.MINTING, actor="t")
     assert return_orphans(conn, now=2.0) == 2
-    assert store.get(conn, NEW.payment_id).status is P.SETTLE_FAILED  # type: ignore[union-attr]
+    assert store.get(conn, NEW.payment_id).status is P.SETTLE_CHECK  # type: ignore[union-attr]
     assert store.get(conn, other.payment_id).status is P.MINT_QUEUED  # type: ignore[union-attr]
+
+
+def test_help_lists_every_setting_with_its_default() -> None:
+    from shared.config import env_name
+    from workers.mint.server.settings import MintServerSettings
+
+    done = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "mint-server", "--help"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    for field in MintServerSettings.model_fields:
+        if field != "chains":
+            assert env_name(MintServerSettings, field) in done.stdout, field
+    assert "HODLAI_MINT_SERVER_PRICE_PER_MINT [1000000]" in done.stdout
+    assert "HODLAI_LOCK_DIR" in done.stdout

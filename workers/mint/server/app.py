@@ -64,7 +64,9 @@ log = structlog.get_logger(__name__)
 P = PurchaseStatus
 MINT_PATH: Final = re.compile(r"^/mint/([^/]+)$")
 WAIT_POLL_S: Final = 0.05
-IN_PROGRESS: Final = frozenset({P.SETTLE_QUEUED, P.SETTLING, P.MINT_QUEUED, P.MINTING})
+IN_PROGRESS: Final = frozenset(
+    {P.SETTLE_QUEUED, P.SETTLING, P.SETTLE_CHECK, P.MINT_QUEUED, P.MINTING}
+)
 
 
 @dataclass
@@ -161,10 +163,13 @@ def create_app(ctx: MintServerContext) -> FastAPI:
             return await call_next(request)
         return await _gate(ctx, request, match.group(1), call_next)
 
-    @app.get("/tokens")
-    async def tokens() -> dict[str, Any]:
+    @app.get("/tokens", response_model=None)
+    async def tokens() -> dict[str, Any] | JSONResponse:
         addresses = list(ctx.sales)
-        supplies = await chain.supply(ctx.rpc, addresses) if addresses else {}
+        try:
+            supplies = await chain.supply(ctx.rpc, addresses) if addresses else {}
+        except HodlaiError as exc:
+            return error(503, "chain_unavailable", f"cannot read the tokens' supply: {exc}")
         return {
             "tokens": [
                 {

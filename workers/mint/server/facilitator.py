@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final, TypeVar
 
 import structlog
@@ -61,6 +63,8 @@ P = PurchaseStatus
 T = TypeVar("T")
 SETTLE_FUNCTION: Final = "transferWithAuthorization"
 WAIT_POLL_S: Final = 0.05
+#: purchases the facilitator verifies or settles at once (each settle waits in a thread)
+FACILITATOR_THREADS: Final = 64
 #: the purchase a facilitator call in this thread settles (set per call, never shared)
 CURRENT_PAYMENT: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "mint_server_payment", default=None
@@ -138,6 +142,7 @@ class SettleBridge:
             if found.status is P.SETTLE_FAILED:
                 mined = await self._db.run(_mined_settle, payment_id)
                 return mined or tx_hash, False
+            # SETTLING, or SETTLE_CHECK (ours failed; did another submission pay?): wait.
             if time.monotonic() > deadline:
                 raise RetryableError(f"settle {tx_hash} not final in time")
             await asyncio.sleep(WAIT_POLL_S)
@@ -225,23 +230,38 @@ class LocalFacilitatorClient:
     """x402's async facilitator-client protocol over the local ``x402FacilitatorSync``:
     each verify and settle runs in a worker thread, with the purchase it is for."""
 
-    def __init__(self, signer: CoreFacilitatorSigner, *, network: str) -> None:
+    def __init__(
+        self, signer: CoreFacilitatorSigner, *, network: str, threads: int = FACILITATOR_THREADS
+    ) -> None:
         self.facilitator = x402FacilitatorSync()
         register_exact_evm_facilitator(self.facilitator, signer, networks=network)
+        # Its own threads: a settle holds one until final, and asyncio's default pool (CPUs
+        # + 4) would let a handful of purchases in flight block every other one.
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="x402-facilitator")
 
     async def verify(
         self, payload: PaymentPayload, requirements: PaymentRequirements
     ) -> VerifyResponse:
-        return await asyncio.to_thread(
-            _with_payment, payload, self.facilitator.verify, payload, requirements
-        )
+        return await self._in_thread(payload, self.facilitator.verify, requirements)
 
     async def settle(
         self, payload: PaymentPayload, requirements: PaymentRequirements
     ) -> SettleResponse:
-        return await asyncio.to_thread(
-            _with_payment, payload, self.facilitator.settle, payload, requirements
+        return await self._in_thread(payload, self.facilitator.settle, requirements)
+
+    async def _in_thread(
+        self,
+        payload: PaymentPayload,
+        fn: Callable[[PaymentPayload, PaymentRequirements], T],
+        requirements: PaymentRequirements,
+    ) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._pool, functools.partial(_with_payment, payload, fn, payload, requirements)
         )
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     def get_supported(self) -> SupportedResponse:
         return self.facilitator.get_supported()

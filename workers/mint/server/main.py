@@ -31,7 +31,7 @@ from typing import Final, Literal
 import structlog
 import uvicorn
 
-from shared.api.server import bind
+from shared.api.server import _route_server_logs, bind
 from shared.chain.rpc import RpcClient, hex_int
 from shared.config import Chain
 from shared.db import AsyncDatabase, check_executor_identity
@@ -48,6 +48,7 @@ from shared.tx.signer import LocalSigner
 from workers.mint.keyfile import load_mint_keys
 from workers.mint.server import chain as reads
 from workers.mint.server.app import MintServerContext, create_app
+from workers.mint.server.check import SettleChecker
 from workers.mint.server.facilitator import (
     CoreFacilitatorSigner,
     LocalFacilitatorClient,
@@ -82,6 +83,7 @@ EVENTS: Final = SendingEvents(
 def run(settings: MintServerSettings) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code."""
     configure_logging(settings.log_level)
+    _route_server_logs(settings.log_level)  # uvicorn's own lines through structlog, as the API's
     settings.require("mint_key_file", "mint_usdc_address", "mint_tokens", "mint_pay_to")
     chain = settings.chain(settings.mint_server_chain)
     if not chain.rpc_urls:
@@ -129,9 +131,11 @@ class MintServerService:
     async def start(self, stop: asyncio.Event) -> bool:
         self._task = asyncio.create_task(self._server.serve(sockets=[self._sock]))
         while not self._server.started:
-            if self._task.done() or stop.is_set():
-                await self._task if self._task.done() else None
-                return not stop.is_set()
+            if self._task.done():
+                await self._task  # raises what stopped it before it served
+                return False
+            if stop.is_set():
+                return False
             await asyncio.sleep(0.02)
         log.info("mint_server_listening", url=self._url)
         print(f"hodlai mint-server listening on {self._url}", flush=True)  # noqa: T201
@@ -139,8 +143,11 @@ class MintServerService:
 
     async def step(self) -> float:
         if self._task is not None and self._task.done():
-            self._task.result()
-            raise ConfigError("the HTTP server stopped")
+            # Serving is half the process: without it, end (exit 1) for the supervisor to
+            # restart, rather than send on while no buyer can reach the server.
+            error = None if self._task.cancelled() else self._task.exception()
+            log.error("mint_server_http_stopped", error=str(error))
+            raise SystemExit(1)
         return await self.sending.step()
 
     async def stop(self) -> None:
@@ -223,9 +230,11 @@ async def mint_server(
             core_fault: Literal["", "after_record", "after_broadcast"] = (
                 "" if fault == "after_settle" else fault
             )
+            checker = SettleChecker(db=db, rpc=rpc, usdc=usdc.address, confirmations=confirmations)
             source = PurchaseSource(
-                db=db, gas_limit=settings.mint_server_gas_limit, fault_point=fault
-            )
+                db=db, gas_limit=settings.mint_server_gas_limit, checker=checker,
+                fault_point=fault,
+            )  # fmt: skip
             sending: SendingService[Purchase] = SendingService(
                 db=db,
                 rpc=rpc,
@@ -293,6 +302,9 @@ async def mint_server(
         except BaseException:
             await db.run(claim.release)  # nothing was signed: give the key back
             raise
-        yield MintServerService(sending, server, sock, url)
+        try:
+            yield MintServerService(sending, server, sock, url)
+        finally:
+            facilitator.close()
     finally:
         await rpc.aclose()

@@ -7,7 +7,9 @@ Two purposes, both with the purchase's payment identifier as subject:
   USDC, moves SETTLING -> MINT_QUEUED in the database transaction that records it: the mint
   is owed from that instant, durably (a process killed next still mints after a restart).
   A FINAL revert, or a nonce taken by another of our transactions (SUPERSEDED) or by a
-  foreign one (DROPPED), is SETTLE_FAILED: no money moved, the payer may present it again.
+  foreign one (DROPPED), is SETTLE_CHECK: someone else may have submitted the same
+  authorization first (anyone may), which pays as well; workers/mint/server/check.py asks
+  the chain and moves it to MINT_QUEUED or SETTLE_FAILED.
 - ``mint_server_mint``: ``MintToken.mint(to)``. FINAL with status 1 -> MINTED, and the answer
   body is written from the receipt (the Transfer from zero of tokensPerMint to the
   recipient). A FINAL revert is MINT_FAILED (paid, not minted: an operator refunds; sold out
@@ -17,8 +19,8 @@ Two purposes, both with the purchase's payment identifier as subject:
 Only FINAL is acted on for the books (MINED and REVERTED may still be undone by a reorg).
 :meth:`_Purpose.invalid` cancels an unmined transaction whose purchase moved on (no
 purchase is paid or minted by a transaction it no longer expects). :func:`return_orphans`
-sends a MINTING purchase none of whose mints can still mine back to MINT_QUEUED, and fails a
-SETTLING one none of whose settles can (nothing was paid).
+sends a MINTING purchase none of whose mints can still mine back to MINT_QUEUED, and sends a
+SETTLING one none of whose settles can to SETTLE_CHECK.
 """
 
 from __future__ import annotations
@@ -177,17 +179,17 @@ class SettlePurpose(_Purpose):
                     )
                 return
             why = "settle reverted" if not receipt.ok else "settle moved no matching Transfer"
-            self._fail(conn, tx, purchase, f"{why} ({receipt.tx_hash})", now)
+            self._check(conn, tx, purchase, f"{why} ({receipt.tx_hash})", now)
         elif outcome in (Settlement.SUPERSEDED, Settlement.DROPPED):
-            self._fail(conn, tx, purchase, f"settle cannot mine: {outcome} ({detail})", now)
+            self._check(conn, tx, purchase, f"settle cannot mine: {outcome} ({detail})", now)
 
-    def _fail(
+    def _check(
         self, conn: sqlite3.Connection, tx: TxRecord, purchase: store.Purchase, why: str, now: float
     ) -> None:
         if self._move(
-            conn, tx, P.SETTLING, P.SETTLE_FAILED, now=now, note=why, columns={"error": why}
+            conn, tx, P.SETTLING, P.SETTLE_CHECK, now=now, note=why, columns={"error": why}
         ):
-            log.warning("mint_server_settle_failed", payment_id=purchase.payment_id, why=why)
+            log.warning("mint_server_settle_not_ours", payment_id=purchase.payment_id, why=why)
 
 
 class MintPurpose(_Purpose):
@@ -242,11 +244,11 @@ class MintPurpose(_Purpose):
 
 def return_orphans(conn: sqlite3.Connection, *, now: float) -> int:
     """MINTING purchases without a mint that can still mine are owed again; SETTLING ones
-    without a settle that can still mine failed (nothing was paid)."""
+    without a settle that can still mine are checked (did another transaction pay?)."""
     moved = 0
     for status, purpose, to in (
         (P.MINTING, MINT_PURPOSE, P.MINT_QUEUED),
-        (P.SETTLING, SETTLE_PURPOSE, P.SETTLE_FAILED),
+        (P.SETTLING, SETTLE_PURPOSE, P.SETTLE_CHECK),
     ):
         rows = conn.execute(
             "SELECT p.payment_id FROM mint_purchases p WHERE p.status = ? AND NOT EXISTS "
@@ -259,7 +261,7 @@ def return_orphans(conn: sqlite3.Connection, *, now: float) -> int:
             try:
                 state.transition(
                     conn, PURCHASES, row[0], status, to, actor=ACTOR, note=note, now=now,
-                    set_columns={"error": note} if to is P.SETTLE_FAILED else None,
+                    set_columns={"error": note} if to is P.SETTLE_CHECK else None,
                 )  # fmt: skip
             except TransitionConflict:
                 continue

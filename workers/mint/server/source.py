@@ -8,6 +8,8 @@ mint is owed (SETTLE_QUEUED, MINT_QUEUED), turned into submissions from the mint
   broadcast, one live transaction per purchase and purpose (the service's ``one_live``).
 - Idempotency keys name the purpose, the payment and how many were intended before, so a
   mint sent again after a cancel is a new intent and a retried record is the same one.
+- Before claiming, purchases whose own settle failed are checked against the chain
+  (workers/mint/server/check.py): paid by another submission, they are owed their mint.
 - ``HODLAI_MINT_SERVER_FAULT_POINT=after_settle`` (test only) SIGKILLs the process when a
   paid purchase is about to get its mint: the settle is FINAL and the mint not recorded.
 """
@@ -33,6 +35,7 @@ from shared.tx.policy import selector_of
 from shared.tx.signer import Call, SignedTx
 from shared.tx.subjects import InFlightError, PriorSends, prior_sends
 from workers.mint.server import store
+from workers.mint.server.check import SettleChecker
 from workers.mint.server.machine import PURCHASES, PurchaseStatus
 from workers.mint.server.purpose import MINT_PURPOSE, SETTLE_PURPOSE, return_orphans
 from workers.mint.server.settings import FaultPoint
@@ -62,11 +65,13 @@ class PurchaseSource:
         *,
         db: AsyncDatabase,
         gas_limit: int,
+        checker: SettleChecker | None = None,
         fault_point: FaultPoint = "",
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._db = db
         self._gas_limit = gas_limit
+        self._checker = checker
         self._fault_point = fault_point
         self._clock = clock
 
@@ -76,6 +81,8 @@ class PurchaseSource:
             log.info("mint_server_leases_recovered", rows=released)
 
     async def claim(self, limit: int, *, now: float) -> list[store.Purchase]:
+        if self._checker is not None:  # failed settles first: a paid one is owed its mint
+            await self._checker.run(now=now)
         return await self._db.run(self._claim, limit, now)
 
     def _claim(self, conn: sqlite3.Connection, limit: int, now: float) -> list[store.Purchase]:

@@ -86,6 +86,7 @@ class Purchase:
     payment_response: str | None
     body: dict[str, Any] | None
     error: str | None
+    check_to_block: int | None
     created_at: float
 
     @classmethod
@@ -109,6 +110,7 @@ class Purchase:
             payment_response=row["payment_response"],
             body=None if row["body"] is None else json.loads(row["body"]),
             error=row["error"],
+            check_to_block=row["check_to_block"],
             created_at=float(row["created_at"]),
         )
 
@@ -221,7 +223,7 @@ def sold(conn: sqlite3.Connection, token: str) -> int:
     """Purchases of ``token`` paid or being paid and not yet minted (they will mint)."""
     row = conn.execute(
         "SELECT COUNT(*) FROM mint_purchases WHERE token = ? AND status IN "
-        "('RECEIVED', 'SETTLE_QUEUED', 'SETTLING', 'MINT_QUEUED', 'MINTING')",
+        "('RECEIVED', 'SETTLE_QUEUED', 'SETTLING', 'SETTLE_CHECK', 'MINT_QUEUED', 'MINTING')",
         (token,),
     ).fetchone()
     return int(row[0])
