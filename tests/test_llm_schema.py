@@ -4,7 +4,11 @@ ladder), and the mock LLM's scripted and schema-filled answers over real HTTP.""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,7 +24,7 @@ from shared.llm.schema import (
     schema_in_messages,
     schema_instruction,
 )
-from shared.llm.types import ChatMessage, CompletionCall, JsonSchema
+from shared.llm.types import ChatMessage, Completion, CompletionCall, JsonSchema
 from workers.devnet.mockllm.server import MockLlmServer
 
 SCHEMA: dict[str, Any] = {
@@ -181,3 +185,29 @@ def test_reject_json_schema_refuses_only_the_schema_and_keeps_the_scripted_answe
     assert json.loads(_chat(server, _extraction("x", {"type": "json_object"}))) == {
         "token": "0xDEAD"
     }
+
+
+def test_the_mock_llm_command_refusing_json_schema_gets_json_object_from_the_backend() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shared.cli", "mock-llm", "--port", "0", "--reject-json-schema"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().split(" on ")[1].strip()
+
+        async def ask() -> Completion:
+            backend = OpenAIBackend(base_url=url, model_map={"hodlai-local": "m"})
+            try:
+                return await backend.complete(_call("sell 5 of 0xBEEF"))
+            finally:
+                await backend.aclose()
+
+        completion = asyncio.run(ask())
+        assert completion.params["constraint"] == "json_object"
+        assert json.loads(completion.text)["token"] == "0xBEEF"
+        stats = httpx.get(url.removesuffix("/v1") + "/stats", timeout=5).json()
+        assert stats["constraints"] == {"json_schema": 1, "json_object": 1}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
