@@ -209,6 +209,16 @@ async def test_a_token_nobody_sells_is_refused_by_name(backend: LlmBackend) -> N
     assert catalog.asked == [UNSOLD]
 
 
+async def test_an_offer_for_another_token_is_no_offer(backend: LlmBackend) -> None:
+    class Confused(StaticCatalog):
+        async def offer(self, token_address: str) -> Offer | None:
+            return OFFERS[TOKEN_B]  # whatever was asked
+
+    answer = await converse((), f"mint 5 of {TOKEN}", backend=backend, model=MODEL,
+                            catalog=Confused(()), max_quantity=MAX_QUANTITY)  # fmt: skip
+    assert answer.order is None and "No configured mint server sells" in answer.reply
+
+
 @pytest.mark.parametrize("quantity", ["0", "1" + "0" * 30, "10^30", "1e30", "10001"])
 async def test_quantity_zero_or_absurd_asks_again(backend: LlmBackend, quantity: str) -> None:
     catalog = FixedCatalog()

@@ -184,8 +184,8 @@ async def converse(  # noqa: PLR0911, PLR0912 -- one return per guard, in the or
 
     token = to_checksum_address(address)
     offer = await catalog.offer(token)
-    if offer is None:
-        return ask("not_sold", token=token)
+    if offer is None or offer.token_address.lower() != address:
+        return ask("not_sold", token=token)  # an offer for another token is no offer for this
     order = Order(token_address=offer.token_address, quantity=quantity, offer=offer)
     log.info("mint_chat_order", token=order.token_address, quantity=quantity,
              total_cost=str(order.total_cost), language=language)  # fmt: skip
