@@ -24,6 +24,7 @@ from workers.mint.chat import (
     ChatReply,
     Offer,
     Order,
+    StaticCatalog,
     Turn,
     converse,
     format_usdc,
@@ -39,21 +40,22 @@ PRICE = 100_000
 MAX_QUANTITY = 10_000
 
 
-class FixedCatalog:
+OFFERS = {
+    TOKEN: Offer(TOKEN, PRICE, "http://127.0.0.1:9/", "eip155:31337", "0x" + "11" * 20),
+    TOKEN_B: Offer(TOKEN_B, 2_500_000, "http://127.0.0.1:9/", "eip155:31337", "0x" + "22" * 20),
+}
+
+
+class FixedCatalog(StaticCatalog):
     """Two tokens on sale; records every look-up."""
 
     def __init__(self) -> None:
+        super().__init__(OFFERS.values())
         self.asked: list[str] = []
-        self._offers = {
-            TOKEN: Offer(TOKEN, PRICE, "http://127.0.0.1:9/", "eip155:31337", "0x" + "11" * 20),
-            TOKEN_B: Offer(
-                TOKEN_B, 2_500_000, "http://127.0.0.1:9/", "eip155:31337", "0x" + "22" * 20
-            ),
-        }
 
     async def offer(self, token_address: str) -> Offer | None:
         self.asked.append(token_address)
-        return self._offers.get(token_address)
+        return await super().offer(token_address)
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +121,7 @@ async def test_a_one_message_english_order_prices_from_the_offer(backend: LlmBac
     catalog = FixedCatalog()
     answer = await chat(backend, f"Please mint 40 of {TOKEN_B}", catalog=catalog)
     assert answer.language == "en"
-    assert answer.order == Order(TOKEN_B, 40, catalog._offers[TOKEN_B])
+    assert answer.order == Order(TOKEN_B, 40, OFFERS[TOKEN_B])
     assert answer.order.total_cost == 40 * 2_500_000
     assert catalog.asked == [TOKEN_B]
 
@@ -155,7 +157,7 @@ async def test_a_scripted_model_choosing_the_users_number_word_gets_an_order(
 
 async def test_a_new_order_starts_after_the_task_created_reply(backend: LlmBackend) -> None:
     catalog = FixedCatalog()
-    done = Order(TOKEN, 100, catalog._offers[TOKEN])
+    done = Order(TOKEN, 100, OFFERS[TOKEN])
     history = (
         Turn("user", f"mint 100 of {TOKEN}"),
         Turn(
@@ -175,6 +177,12 @@ async def test_a_new_order_starts_after_the_task_created_reply(backend: LlmBacke
     # The earlier order's address and number are out of reach: only "5" remains.
     alone = await chat(backend, "and the same again", history, catalog=catalog)
     assert alone.order is None
+
+
+async def test_only_the_recent_history_counts(backend: LlmBackend) -> None:
+    old = (Turn("user", f"mint 5 of {TOKEN}"), Turn("assistant", "x" * 2000))
+    answer = await chat(backend, "yes please", old)
+    assert answer.order is None and "token address" in answer.reply
 
 
 # --- questions back, never an order -------------------------------------------------------
@@ -199,6 +207,16 @@ async def test_a_token_nobody_sells_is_refused_by_name(backend: LlmBackend) -> N
     assert answer.order is None
     assert UNSOLD in answer.reply and "No configured mint server sells" in answer.reply
     assert catalog.asked == [UNSOLD]
+
+
+async def test_an_offer_for_another_token_is_no_offer(backend: LlmBackend) -> None:
+    class Confused(StaticCatalog):
+        async def offer(self, token_address: str) -> Offer | None:
+            return OFFERS[TOKEN_B]  # whatever was asked
+
+    answer = await converse((), f"mint 5 of {TOKEN}", backend=backend, model=MODEL,
+                            catalog=Confused(()), max_quantity=MAX_QUANTITY)  # fmt: skip
+    assert answer.order is None and "No configured mint server sells" in answer.reply
 
 
 @pytest.mark.parametrize("quantity", ["0", "1" + "0" * 30, "10^30", "1e30", "10001"])
@@ -338,7 +356,7 @@ async def test_an_endpoint_refusing_every_response_format_is_asked_without_one(
 
 
 def test_task_created_reply_renders_the_seeds_message_in_both_languages() -> None:
-    order = Order(TOKEN, 100, FixedCatalog()._offers[TOKEN])
+    order = Order(TOKEN, 100, OFFERS[TOKEN])
     deadline = datetime(2026, 12, 7, 3, 10, tzinfo=UTC)
     agent = "0x" + "Ab" * 20
     zh = task_created_reply(order, agent_address=agent, task_id="abc-123-def",
@@ -369,6 +387,12 @@ def test_task_created_reply_renders_the_seeds_message_in_both_languages() -> Non
 )  # fmt: skip
 def test_numbers_written(text: str, numbers: set[int]) -> None:
     assert numbers_written(text) == numbers
+
+
+async def test_the_static_catalog_ignores_address_case() -> None:
+    catalog = StaticCatalog(OFFERS.values())
+    assert await catalog.offer(TOKEN.lower()) == OFFERS[TOKEN]
+    assert await catalog.offer(UNSOLD) is None
 
 
 def test_addresses_written_are_standalone_and_case_insensitive() -> None:

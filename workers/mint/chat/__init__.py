@@ -8,7 +8,15 @@ task. The values exchanged with the executor are in :mod:`workers.mint.chat.type
 
 from workers.mint.chat.converse import MAX_MESSAGE_CHARS, ORDER_SCHEMA, converse
 from workers.mint.chat.replies import TASK_CREATED_MARK, format_usdc, task_created_reply
-from workers.mint.chat.types import Catalog, ChatReply, Language, Offer, Order, Turn
+from workers.mint.chat.types import (
+    Catalog,
+    ChatReply,
+    Language,
+    Offer,
+    Order,
+    StaticCatalog,
+    Turn,
+)
 
 __all__ = [
     "MAX_MESSAGE_CHARS",
@@ -19,6 +27,7 @@ __all__ = [
     "Language",
     "Offer",
     "Order",
+    "StaticCatalog",
     "Turn",
     "converse",
     "format_usdc",

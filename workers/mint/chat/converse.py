@@ -22,7 +22,8 @@ The conversation: ``history`` is the earlier turns, oldest first (user turns are
 text; assistant turns are shown to the model but never count as the user's words). An
 order's conversation starts after the newest assistant turn that is a task-created reply
 (:data:`workers.mint.chat.replies.TASK_CREATED_MARK`), and at most :data:`MAX_TURNS` turns
-back, so an address or number of an earlier order never leaks into the next one.
+back (and :data:`MAX_HISTORY_CHARS`), so an address or number of an earlier order never
+leaks into the next one and the prompt fits the embedded model's context.
 
 Errors: the backend's (LlmTransportError, LlmAccessError, LlmRejectedError, ...) and the
 catalog's propagate unchanged; the caller (the chat route) answers them. A model answer that
@@ -51,6 +52,10 @@ log = structlog.get_logger(__name__)
 # twelve leaves room for corrections while bounding the prompt (and the embedded model's
 # context of 4,096 tokens).
 MAX_TURNS = 12
+# Characters of the earlier turns kept (newest first): with one full message and the prompt
+# this stays far below the embedded model's 4,096-token context, even in Chinese (~1 token a
+# character).
+MAX_HISTORY_CHARS = 2000
 # Characters of one message: an order is a sentence; a longer text is refused before any
 # model call (bounds the prompt and the work of the number parser).
 MAX_MESSAGE_CHARS = 2000
@@ -179,8 +184,8 @@ async def converse(  # noqa: PLR0911, PLR0912 -- one return per guard, in the or
 
     token = to_checksum_address(address)
     offer = await catalog.offer(token)
-    if offer is None:
-        return ask("not_sold", token=token)
+    if offer is None or offer.token_address.lower() != address:
+        return ask("not_sold", token=token)  # an offer for another token is no offer for this
     order = Order(token_address=offer.token_address, quantity=quantity, offer=offer)
     log.info("mint_chat_order", token=order.token_address, quantity=quantity,
              total_cost=str(order.total_cost), language=language)  # fmt: skip
@@ -190,12 +195,20 @@ async def converse(  # noqa: PLR0911, PLR0912 -- one return per guard, in the or
 
 
 def _conversation(history: Sequence[Turn]) -> list[Turn]:
-    """The turns of the current order: after the last task-created reply, at most MAX_TURNS."""
+    """The turns of the current order: after the last task-created reply, at most MAX_TURNS
+    and MAX_HISTORY_CHARS of them, newest kept."""
     start = 0
     for index, turn in enumerate(history):
         if turn.role == "assistant" and turn.content.lstrip().startswith(TASK_CREATED_MARK):
             start = index + 1
-    return list(history[start:])[-MAX_TURNS:]
+    kept: list[Turn] = []
+    size = 0
+    for turn in reversed(history[start:]):
+        size += len(turn.content)
+        if len(kept) == MAX_TURNS or size > MAX_HISTORY_CHARS:
+            break
+        kept.append(turn)
+    return kept[::-1]
 
 
 def _language(user_texts: Sequence[str]) -> Language:

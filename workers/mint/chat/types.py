@@ -7,6 +7,7 @@ wrote within 1..max, its price the :class:`Offer`'s. Nothing in it comes from th
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -30,6 +31,17 @@ class Catalog(Protocol):
     async def offer(self, token_address: str) -> Offer | None:
         """The offer for ``token_address`` (checksum), None when nobody sells it."""
         ...
+
+
+class StaticCatalog:
+    """A :class:`Catalog` of fixed offers (tests, and a node whose offers are configured
+    rather than read from the servers' 402 requirements). Look-ups ignore address case."""
+
+    def __init__(self, offers: Iterable[Offer]) -> None:
+        self._offers = {offer.token_address.lower(): offer for offer in offers}
+
+    async def offer(self, token_address: str) -> Offer | None:
+        return self._offers.get(token_address.lower())
 
 
 @dataclass(frozen=True)
