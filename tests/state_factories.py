@@ -67,6 +67,9 @@ def _mint_transfer(n: int) -> dict[str, Any]:
         "chain_id": 31337, "from_address": "0x" + "ab" * 20, "to_address": "0x" + "cd" * 20,
         "value": "300000", "valid_after": 0, "valid_before": 2_000_000_000,
         "nonce": f"0x{n:064x}", "signature": "0x" + "00" * 65,
+    }  # fmt: skip
+
+
 def _mint_server_purchase(n: int) -> dict[str, Any]:
     return {
         "payment_id": f"pay_contract_{n:012d}", "fingerprint": f"{n:064x}",

@@ -127,7 +127,8 @@ def test_only_the_signer_sees_the_key_only_inference_the_llm_key_only_dispatch_t
             assert "oracle-key" not in text
         elif name == "hodlai-api.service":  # the operator tokens, and no key
             assert re.findall(r"^LoadCredential=(\S+)$", text, re.M) == [
-                "api-tokens:/etc/hodlai/api-tokens", "mint-key:/etc/hodlai/mint-private.key"
+                "api-tokens:/etc/hodlai/api-tokens",
+                "mint-key:/etc/hodlai/mint-private.key",
             ]
             assert "oracle-key" not in text
         else:
