@@ -125,7 +125,7 @@ def test_only_the_signer_sees_the_key_only_inference_the_llm_key_only_dispatch_t
             ]
             assert "Environment=HODLAI_MINT_KEY_FILE=%d/mint-key" in text
             assert "oracle-key" not in text
-        elif name == "hodlai-api.service":  # the operator tokens, and no key
+        elif name == "hodlai-api.service":  # the operator tokens and the mint key (the chat)
             assert re.findall(r"^LoadCredential=(\S+)$", text, re.M) == [
                 "api-tokens:/etc/hodlai/api-tokens",
                 "mint-key:/etc/hodlai/mint-private.key",
