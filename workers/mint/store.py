@@ -577,14 +577,26 @@ def account(conn: sqlite3.Connection, task: Task) -> Account:
 
 
 def held_elsewhere(conn: sqlite3.Connection, task: Task) -> int:
-    """What the agent wallet holds for the user's other funded tasks."""
+    """What the agent wallet's balance still holds for the user's other funded tasks: their
+    funded amounts less what actually left the wallet (USED authorizations). An authorization
+    that is signed but not used yet (a mint in flight, a refund not submitted yet) still sits
+    in the balance, so it is counted here, not credited to ``task``."""
     total = 0
     for other in conn.execute(
         f"SELECT {TASK_COLUMNS} FROM ai_agent_tasks WHERE agent_address = ? AND id <> ?"
         " AND status <> 'pending_payment'",
         (task.agent_address, task.id),
-    ):
-        total += account(conn, _task(other)).held
+    ).fetchall():
+        row = _task(other)
+        left = sum(
+            int(r[0])
+            for r in conn.execute(
+                "SELECT value FROM authorizations WHERE purpose IN (?, ?) AND subject = ?"
+                " AND status = 'USED' AND kind <> 'CancelAuthorization'",
+                (MINT_PURPOSE, REFUND_PURPOSE, row.id),
+            )
+        )
+        total += max(0, row.funded_amount - left)
     return total
 
 
