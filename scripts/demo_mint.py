@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -152,6 +153,43 @@ def report(demo: MintDemo) -> bool:
     return ok
 
 
+def run(workdir: Path) -> bool:
+    """The mint flow alone (``python -m scripts.demo_mint``): ``hodlai devnet``, then ``hodlai
+    api``, ``hodlai mint-server`` and ``hodlai mint-executor`` as processes on its database."""
+    import shutil
+    import signal
+    import subprocess
+
+    from scripts.localnode import BIN, LocalNode
+    from shared.logs import configure_logging
+
+    shutil.rmtree(workdir, ignore_errors=True)
+    configure_logging("WARNING")
+    node = LocalNode(workdir, inference_shards=0)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        print("== hodlai devnet: USDC-like token, MintToken, the mint server's keys")
+        node.start_chain()
+        for command in ("api", "mint-server", "mint-executor"):
+            log = (workdir / "logs" / f"{command}.log").open("ab")
+            procs.append(subprocess.Popen(
+                [str(BIN / "hodlai"), command], stdout=log, stderr=log, cwd=workdir,
+                env=node.process_env(**env()),
+            ))  # fmt: skip
+        demo = prepare(node)
+        print(f"== chat with the mint agent at {demo.api_url}")
+        wait(demo, lambda: all(p.poll() is None for p in procs))
+        return report(demo)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(30)
+        if node.devnet is not None and node.devnet.poll() is None:
+            node.devnet.send_signal(signal.SIGTERM)
+            node.devnet.wait(30)
+
+
 # --- helpers --------------------------------------------------------------------------------
 
 
@@ -234,3 +272,7 @@ def _mints(demo: MintDemo) -> list[Any]:
           "topics": [TRANSFER_TOPIC, ZERO_TOPIC, address_topic(demo.user)]}],
     )  # fmt: skip
     return logs
+
+
+if __name__ == "__main__":
+    sys.exit(0 if run(Path(__file__).resolve().parent.parent / ".devnet" / "demo-mint") else 1)
