@@ -77,12 +77,14 @@ class ServerCatalog:
         chain_id: int,
         pay_to: list[str],
         http: httpx.AsyncClient,
+        tokens: list[str] | None = None,
         ttl_s: float = 30.0,
     ) -> None:
         self._servers = servers
         self._usdc = usdc.lower()
         self._network = f"eip155:{chain_id}"
         self._pay_to = {a.lower() for a in pay_to}
+        self._tokens = {t.lower() for t in tokens or ()}
         self._http = http
         self._ttl_s = ttl_s
         self._cache: dict[str, tuple[float, Offer | None]] = {}
@@ -91,6 +93,8 @@ class ServerCatalog:
         if not is_hex_address(token_address):
             return None
         token = str(to_checksum_address(token_address))
+        if self._tokens and token.lower() not in self._tokens:
+            return None
         cached = self._cache.get(token)
         if cached is not None and time.monotonic() - cached[0] < self._ttl_s:
             return cached[1]

@@ -243,6 +243,7 @@ async def _converse(api: MintApi, history: list[Any], message: str) -> Any:
             chain_id=chain_id,
             pay_to=s.mint_pay_to,
             http=http,
+            tokens=s.mint_tokens,
         )
         return await talk.converse(
             history,
