@@ -39,15 +39,7 @@ def _paid(node: Node, task_id: str) -> int:
 
 
 @pytest.mark.timeout(400)
-@pytest.mark.parametrize(
-    "victim",
-    [
-        "executor",
-        # A killed server costs its restart (tens of seconds on shared CI cores) five times:
-        # run by `make chaos`.
-        pytest.param("server", marks=pytest.mark.slow),
-    ],
-)
+@pytest.mark.parametrize("victim", ["executor", "server"])
 def test_sigkill_mid_batch_against_the_node_s_mint_server(
     mint_devnet: MintDevnet,  # noqa: F811
     tmp_path: Path,

@@ -34,8 +34,7 @@ def _minted(node: Node, task_id: str) -> int:
 
 # The same kills against the x402-only reference server, which is not idempotent: a payment
 # it settled answers 402 when presented again, so each resolution goes through the ledger's
-# reconciler and the mint found on chain. Slower than against the node's server: `make chaos`.
-@pytest.mark.slow
+# reconciler and the mint found on chain. `make chaos` runs 20 kills (HODLAI_MINT_KILLS).
 @pytest.mark.timeout(300)
 def test_sigkill_mid_batch_never_pays_a_mint_twice(tmp_path: Path) -> None:
     with Anvil() as anvil:
