@@ -342,3 +342,40 @@ def test_user_calls_are_limited_per_address_and_per_ip_with_retry_after() -> Non
     with pytest.raises(Refusal):
         api.limit(other, "0x" + "aa" * 20)  # type: ignore[arg-type]  # the same user
     api.limit(other, "0x" + "cc" * 20)  # type: ignore[arg-type]  # neither: allowed
+
+
+def test_a_funding_someone_else_submits_first_counts_once(stack: Stack) -> None:
+    from tests.mint_fixtures import pay_directly
+
+    chain, node = stack.chain, stack.node
+    user, key = chain.user(8)
+    task = node.create_task(user, 2)
+    body = chain.sign_funding(key, task.agent_address, task.total_cost,
+                              valid_before=task.payment_deadline)  # fmt: skip
+    with stack.http() as http:
+        assert http.post(f"/api/ai-agent/task/{task.id}/fund", json=body).status_code == 200
+    # Another account submits the same authorization at once (a front end, a bot): whichever
+    # lands first, the authorization is used once and the task is funded once.
+    try:
+        pay_directly(chain, body, submitter=6)
+    except AssertionError:
+        pass  # the relayer was first: this submission reverted or was refused
+    done = node.wait_task(task.id, "completed", "failed", timeout=60)
+    assert done.status.value == "completed", done.error_message
+    assert len(chain.uses_by(user)) == 1
+    conn = node.conn()
+    try:
+        from workers.mint import store
+
+        (funding,) = store.transfers(conn, task_id=task.id)
+    finally:
+        conn.close()
+    deadline = time.monotonic() + 20
+    while funding.status.value != "confirmed" and time.monotonic() < deadline:
+        time.sleep(0.2)
+        conn = node.conn()
+        try:
+            (funding,) = store.transfers(conn, task_id=task.id)
+        finally:
+            conn.close()
+    assert funding.status.value == "confirmed"
