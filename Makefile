@@ -82,6 +82,7 @@ test: setup lint
 
 chaos: setup
 	$(VENV)/bin/pytest -q -s -m slow -p no:cacheprovider --override-ini addopts=
+	HODLAI_MINT_KILLS=20 $(VENV)/bin/pytest -q -s -p no:cacheprovider --override-ini addopts= tests/test_mint_kill.py tests/test_mint_devnet_kill.py
 
 compile: setup
 	node scripts/compile_contracts.js
@@ -106,6 +107,7 @@ bench: setup
 	$(PY) -m scripts.bench_dispatch
 	$(PY) -m scripts.bench_model
 	$(PY) -m scripts.bench_distribution
+	$(PY) -m scripts.bench_mint
 
 bench-dispatch: setup
 	$(PY) -m scripts.bench_dispatch

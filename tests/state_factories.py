@@ -77,8 +77,47 @@ def _distribution_solana_send(n: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _mint_task(n: int) -> dict[str, Any]:
+    return {
+        "id": f"task-{n}", "user_address": "0x" + "ab" * 20, "agent_wallet_id": f"w-{n % 7}",
+        "agent_address": "0x" + "cd" * 20, "token_address": "0x" + "ef" * 20, "quantity": 3,
+        "price_per_mint": "100000", "total_cost": "300000", "chain_id": 31337,
+        "usdc_address": "0x" + "12" * 20, "server_url": "http://127.0.0.1:1",
+        "pay_to": "0x" + "34" * 20, "payment_deadline": 2_000_000_000 + n,
+    }  # fmt: skip
+
+
+def _mint_payment(n: int) -> dict[str, Any]:
+    return {
+        "id": f"pay-{n:016d}", "task_id": f"task-{n // 5}", "unit": n % 5, "attempt": 0,
+        "retry_round": 0, "value": "100000", "server_url": "http://127.0.0.1:1",
+    }  # fmt: skip
+
+
+def _mint_transfer(n: int) -> dict[str, Any]:
+    return {
+        "id": f"xfer-{n}", "kind": "funding", "task_id": f"task-{n}", "token": "0x" + "12" * 20,
+        "chain_id": 31337, "from_address": "0x" + "ab" * 20, "to_address": "0x" + "cd" * 20,
+        "value": "300000", "valid_after": 0, "valid_before": 2_000_000_000,
+        "nonce": f"0x{n:064x}", "signature": "0x" + "00" * 65,
+    }  # fmt: skip
+
+
+def _mint_server_purchase(n: int) -> dict[str, Any]:
+    return {
+        "payment_id": f"pay_contract_{n:012d}", "fingerprint": f"{n:064x}",
+        "payer": "0x" + "ab" * 20, "auth_nonce": f"0x{n:064x}", "token": "0x" + "cd" * 20,
+        "recipient": "0x" + "ab" * 20, "asset": "0x" + "ef" * 20, "amount": "1000000",
+        "pay_to": "0x" + "12" * 20, "network": "eip155:31337",
+    }  # fmt: skip
+
+
 #: machine name -> (key of entity n, the insert columns of entity n)
 FACTORIES: dict[str, Callable[[int], dict[str, Any]]] = {
+    "mint.task": _mint_task,
+    "mint.payment": _mint_payment,
+    "mint.transfer": _mint_transfer,
+    "mint.server_purchase": _mint_server_purchase,
     "oracle.request": _oracle_request,
     "dispatch.job": _dispatch_job,
     "dispatch.distribution_agent": _dispatch_distribution_agent,

@@ -32,6 +32,13 @@ EXPECTED: dict[tuple[str, str], str] = {
     ("POST", "/api/oracle/requests/{request_id}/retry"): "admin",
     ("GET", "/api/dispatch/stats"): "read",
     ("GET", "/api/dispatch/jobs"): "read",
+    ("POST", "/api/ai-agent/chat"): "public",
+    ("POST", "/api/ai-agent/task/{task_id}/fund"): "public",
+    ("GET", "/api/ai-agent/tasks/{user_address}"): "public",
+    ("GET", "/api/ai-agent/task/{task_id}"): "public",
+    ("POST", "/api/ai-agent/task/{task_id}/cancel"): "user",
+    ("POST", "/api/ai-agent/task/{task_id}/retry"): "user",
+    ("POST", "/api/ai-agent/task/{task_id}/refund"): "user",
     ("GET", "/api/dispatch/jobs/{job_id}"): "read",
     ("POST", "/api/dispatch/jobs/{job_id}/cancel"): "admin",
     ("GET", "/api/dispatch/agents"): "read",
@@ -49,8 +56,10 @@ EXPECTED: dict[tuple[str, str], str] = {
 }
 # Values for path parameters that name nothing: an admin call then fails after the access
 # check (404/422) and changes nothing.
-PATH_VALUES = {"{request_id}": "99", "{job_id}": "nope", "{agent_id}": "nope",
-               "{run_id}": "nope"}  # fmt: skip
+PATH_VALUES = {
+    "{request_id}": "99", "{job_id}": "nope", "{agent_id}": "nope", "{task_id}": "nope",
+    "{user_address}": "nope", "{run_id}": "nope",
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -90,12 +99,16 @@ def test_every_route_against_no_token_a_read_token_and_an_admin_token(
             "public": (True, True, True),
             "read": (False, True, True),
             "admin": (False, False, True),
+            # the task's user (a SIWE proof in the body) or an admin token
+            "user": (False, False, True),
         }[access]
     ), (none.text, read.text, admin.text)
-    if access != "public":
+    if access == "user":
+        assert none.status_code == 401 and none.json()["error"] == "user_proof_missing"
+    elif access != "public":
         assert none.status_code == 401 and none.json()["error"] == "unauthorized"
         assert none.headers["www-authenticate"] == "Bearer"
-    if access == "admin":
+    if access in ("admin", "user"):
         assert read.status_code == 403 and read.json()["error"] == "forbidden"
 
 

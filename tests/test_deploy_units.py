@@ -15,6 +15,7 @@ UNITS = ROOT / "deploy" / "systemd"
 SERVICES = (
     "hodlai-indexer.service", "hodlai-inference@.service", "hodlai-fulfiller.service",
     "hodlai-dispatcher.service", "hodlai-api.service", "hodlai-distributor.service",
+    "hodlai-mint-server.service", "hodlai-mint-executor.service",
 )  # fmt: skip
 # systemd-analyze security's exposure score (0 safest, 10 worst) each unit must stay within:
 # the oracle's units scored 1.3 when the dispatcher's and the API's joined them.
@@ -23,6 +24,7 @@ MAX_EXPOSURE = 1.3
 EXECUTOR_PROCESSES = {
     "indexer": "indexer", "inference0": "inference", "inference1": "inference",
     "fulfiller": "fulfiller", "dispatcher": "dispatcher", "distributor": "distributor",
+    "mint-server": "mint-server", "mint-executor": "mint-executor",
 }  # fmt: skip
 HARDENING = (
     "CapabilityBoundingSet=\n", "SystemCallFilter=@system-service", "ProtectClock=yes",
@@ -71,7 +73,7 @@ def test_the_target_wants_every_unit_and_units_exit_at_once_when_disabled() -> N
 def test_systemd_units_verify_cleanly(tmp_path: Path) -> None:
     names = ["hodlai-indexer.service", "hodlai-inference@0.service", "hodlai-fulfiller.service",
              "hodlai-dispatcher.service", "hodlai-api.service", "hodlai-distributor.service",
-             "hodlai.target"]  # fmt: skip
+             "hodlai-mint-server.service", "hodlai-mint-executor.service", "hodlai.target"]  # fmt: skip
     proc = subprocess.run(
         ["systemd-analyze", "verify", *names], cwd=_units_in(tmp_path), capture_output=True,
         text=True, check=False,
@@ -117,9 +119,16 @@ def test_only_the_signer_sees_the_key_only_inference_the_llm_key_only_dispatch_t
         if name == "hodlai-fulfiller.service":
             assert "LoadCredential=oracle-key:/etc/hodlai/oracle-key.json" in text
             assert "Environment=HODLAI_KEY_FILE=%d/oracle-key" in text
-        elif name == "hodlai-api.service":  # the operator tokens, and no key
+        elif name in ("hodlai-mint-server.service", "hodlai-mint-executor.service"):
             assert re.findall(r"^LoadCredential=(\S+)$", text, re.M) == [
-                "api-tokens:/etc/hodlai/api-tokens"
+                "mint-key:/etc/hodlai/mint-private.key"
+            ]
+            assert "Environment=HODLAI_MINT_KEY_FILE=%d/mint-key" in text
+            assert "oracle-key" not in text
+        elif name == "hodlai-api.service":  # the operator tokens and the mint key (the chat)
+            assert re.findall(r"^LoadCredential=(\S+)$", text, re.M) == [
+                "api-tokens:/etc/hodlai/api-tokens",
+                "mint-key:/etc/hodlai/mint-private.key",
             ]
             assert "oracle-key" not in text
         elif name == "hodlai-distributor.service":  # the distribution source key only

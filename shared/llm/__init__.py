@@ -18,7 +18,9 @@ from shared.llm.types import (
     Constraint,
     InferenceRequest,
     InferenceResult,
+    JsonSchema,
     LlmBackend,
+    SchemaConstraint,
 )
 from shared.llm.validate import validate_request
 
@@ -31,7 +33,9 @@ __all__ = [
     "Constraint",
     "InferenceRequest",
     "InferenceResult",
+    "JsonSchema",
     "LlmBackend",
+    "SchemaConstraint",
     "cid_v1_raw",
     "execute_holdai_inference",
     "match_action",

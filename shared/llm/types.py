@@ -24,6 +24,9 @@ Constraint = Literal["json_schema", "guided_choice", "none"]
 #: ``{"reasoning": "…", "action": "…"}`` (a backend that constrains decoding to that object
 #: asks for it; :mod:`shared.llm.answer` reads the action out of either).
 AnswerFormat = Literal["action", "reasoned_json"]
+#: How a backend held a JSON-schema answer (see :mod:`shared.llm.schema`): to the schema, to
+#: "some JSON object" (an endpoint that refused the schema), or not at all.
+SchemaConstraint = Literal["json_schema", "json_object", "none"]
 
 
 @dataclass(frozen=True)
@@ -53,13 +56,41 @@ class InferenceRequest:
 
 
 @dataclass(frozen=True)
+class JsonSchema:
+    """A JSON schema the answer is held to, and its name (OpenAI's ``response_format`` needs
+    one: letters, digits, ``_`` and ``-``, at most 64)."""
+
+    name: str
+    schema: Mapping[str, object]
+
+
+@dataclass(frozen=True)
 class CompletionCall:
-    """What a backend is asked: the messages, plus the facts it may use to constrain output."""
+    """What a backend is asked: the messages, plus the facts it may use to constrain output.
+
+    Two kinds of call: choose one action of ``action_set`` (the oracle's), or, when
+    ``json_schema`` is set, answer JSON held to that schema (data extraction; ``action_set``
+    and ``state_string`` are then not used). Build the second with :meth:`structured`."""
 
     model: str  # the on-chain model name; the backend maps it to its own id
     messages: tuple[ChatMessage, ...]
     action_set: tuple[str, ...]
     state_string: str
+    json_schema: JsonSchema | None = None
+    #: tokens the answer may take; None: the backend's own bound
+    max_tokens: int | None = None
+
+    @classmethod
+    def structured(
+        cls,
+        model: str,
+        messages: tuple[ChatMessage, ...],
+        schema: JsonSchema,
+        *,
+        max_tokens: int | None = None,
+    ) -> CompletionCall:
+        """A JSON-schema call (see :mod:`shared.llm.schema`)."""
+        return cls(model, messages, (), "", json_schema=schema, max_tokens=max_tokens)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,9 @@ holds them once) and has its own KV cache (``n_ctx`` tokens, ~23 KB a token for 
 Guarantees:
 - Decoding is held to :func:`shared.llm.grammar.reasoned_action_grammar` of the request's
   action set: the model can only write ``{"reasoning": "…", "action": <one action>}``. The
-  answer is still validated by :mod:`shared.llm.answer`, like any backend's.
+  answer is still validated by :mod:`shared.llm.answer`, like any backend's. A JSON-schema
+  call (``CompletionCall.json_schema``) is held to the grammar llama.cpp makes of the schema
+  (its ``response_format`` json_object + schema converter); its caller validates the JSON.
 - Temperature 0 (greedy) and a fixed seed; every call starts from an empty KV cache, so no
   prefix of an earlier request is reused and an answer depends only on its messages, the
   weights, the build and the loading parameters. That is what ``hodlai replay`` re-runs.
@@ -80,6 +82,9 @@ DEFAULT_BATCH_TOKENS = 512
 # Seed of the sampler. Greedy decoding does not draw from it, but it is fixed and recorded
 # so that a trace says everything the decoder was given.
 DEFAULT_SEED = 0
+# Tokens a JSON-schema answer may take when the call names no bound: an extraction answer
+# (a few short fields) is well under 100 tokens; a cut answer is invalid JSON, not a wrong one.
+DEFAULT_SCHEMA_TOKENS = 256
 #: What the decoder is held to (see the module docstring): greedy, no penalties.
 SAMPLING: Mapping[str, object] = {
     "temperature": 0.0,
@@ -229,6 +234,11 @@ class LlamaBackend:
         backend_model = self._models.get(call.model)
         if backend_model is None:
             raise InvalidRequestError(f"model {call.model!r} is not served by this node")
+        if call.json_schema is not None:
+            return await self._complete_schema(
+                call.messages, call.json_schema.schema,
+                max_tokens=call.max_tokens or DEFAULT_SCHEMA_TOKENS, backend_model=backend_model,
+            )  # fmt: skip
         grammar = reasoned_action_grammar(call.action_set)
         budget = max_answer_bytes(call.action_set) + 1  # + the end-of-generation token
         text, facts = await self._generate(call.messages, grammar, budget)
@@ -248,9 +258,25 @@ class LlamaBackend:
         self, messages: Sequence[ChatMessage], schema: Mapping[str, object], *, max_tokens: int
     ) -> Completion:
         """One chat answer held to a JSON schema (llama.cpp turns it into a grammar), for
-        callers that extract data rather than choose an action, e.g. the mint executor's
-        order extraction. The text is JSON the schema admits, unless ``max_tokens`` cut it:
-        ``params["finish_reason"] == "length"``; the caller validates it either way."""
+        callers that extract data rather than choose an action. The text is JSON the schema
+        admits, unless ``max_tokens`` cut it: ``params["finish_reason"] == "length"``; the
+        caller validates it either way. ``complete`` with ``CompletionCall.json_schema`` set
+        comes here too."""
+        return await self._complete_schema(
+            tuple(messages), schema, max_tokens=max_tokens, backend_model=self.model.path.name
+        )
+
+    async def _complete_schema(
+        self,
+        messages: tuple[ChatMessage, ...],
+        schema: Mapping[str, object],
+        *,
+        max_tokens: int,
+        backend_model: str,
+    ) -> Completion:
+        # The grammar llama.cpp's own response_format={"type": "json_object", "schema": …}
+        # would use (create_chat_completion builds it with the same converter); built here so
+        # that it is hashed, recorded and parsed before sampling like every grammar we use.
         schema_json = json.dumps(schema, sort_keys=True, separators=(",", ":"))
         try:
             from llama_cpp.llama_grammar import json_schema_to_gbnf
@@ -260,13 +286,13 @@ class LlamaBackend:
             raise LlmRejectedError(
                 f"the schema cannot be turned into a grammar: {exc}", status=422
             ) from exc
-        text, facts = await self._generate(tuple(messages), grammar, max_tokens)
+        text, facts = await self._generate(messages, grammar, max_tokens)
         params: dict[str, object] = {**SAMPLING, "seed": self.params.seed}
         params.update(max_tokens=max_tokens, constraint="json_schema",
                       grammar_sha256=_sha256(grammar), **facts)  # fmt: skip
         return Completion(
             text=text,
-            backend_model=self.model.path.name,
+            backend_model=backend_model,
             params=params,
             runtime={**self.runtime, "schema": schema_json, "grammar": grammar},
         )

@@ -11,6 +11,10 @@ contacted beyond the standard library.
 Rule, in order: if exactly one permitted action appears in the state as a whole word
 (case-insensitive), that one, so a test can steer the vault by writing e.g. "signal=SELL"
 into the state; otherwise the SHA-256 of the model, prompt, state and actions picks one.
+
+A JSON-schema call (``call.json_schema``) is answered with
+:func:`shared.llm.schema.deterministic_instance` of the schema over the user's messages,
+newest first: a test writes "mint 100 of 0x…" and gets that address and that number back.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import json
 import re
 from collections.abc import Mapping
 
+from shared.llm.schema import deterministic_instance, user_texts
 from shared.llm.types import AnswerFormat, Completion, CompletionCall
 
 #: The on-chain model the local backend serves when no map is configured.
@@ -39,6 +44,13 @@ class LocalBackend:
         return model in self._models
 
     async def complete(self, call: CompletionCall) -> Completion:
+        if call.json_schema is not None:
+            value = deterministic_instance(call.json_schema.schema, user_texts(call.messages))
+            return Completion(
+                text=json.dumps(value, ensure_ascii=False),
+                backend_model=self._models.get(call.model, call.model),
+                params={"temperature": 0, "rule": "schema_from_text", "constraint": "json_schema"},
+            )
         action, rule = choose(call.model, call.messages[0].content, call.state_string,
                               call.action_set)  # fmt: skip
         return Completion(

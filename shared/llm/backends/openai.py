@@ -14,6 +14,14 @@ is accepted, the backend model is remembered as unconstrained for the life of th
 (logged once), so we do not pay the refusal on every call. If it is refused too, the 400
 was about the request, not the constraint, and nothing is remembered.
 
+A JSON-schema call (``CompletionCall.json_schema``, :mod:`shared.llm.schema`) carries
+``response_format: {type: json_schema, json_schema: {name, strict: true, schema}}``. An
+endpoint that refuses it (400/422) is asked again with ``{type: json_object}`` (JSON, any
+shape: what Ollama, older vLLM and many OpenRouter models accept), and if that is refused too,
+with no ``response_format``; the step that was accepted is remembered per backend model
+(``llm_schema_constraint_refused``). A node set to ``HODLAI_LLM_CONSTRAINED=none`` starts at
+no ``response_format``. The caller validates the answer in every case.
+
 Errors are translated here, at the boundary:
 - 408, 409, 425, 429, 503 -> LlmBusyError ("come back later": about us, not the request),
   with the server's Retry-After when it sent one;
@@ -55,7 +63,13 @@ from shared.errors import (
     LlmRejectedError,
     LlmTransportError,
 )
-from shared.llm.types import AnswerFormat, Completion, CompletionCall, Constraint
+from shared.llm.types import (
+    AnswerFormat,
+    Completion,
+    CompletionCall,
+    Constraint,
+    SchemaConstraint,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -147,6 +161,8 @@ class OpenAIBackend:
         self._max_tokens = max_tokens
         self._constraint: Constraint = constraint
         self._unconstrained: set[str] = set()  # backend models that refused the constraint
+        # backend model -> the strongest schema constraint it accepted after a refusal
+        self._schema_level: dict[str, SchemaConstraint] = {}
         headers = {
             "Content-Type": "application/json",
             "Accept-Encoding": "identity",
@@ -182,6 +198,8 @@ class OpenAIBackend:
         backend_model = self._models.get(call.model)
         if backend_model is None:
             raise InvalidRequestError(f"model {call.model!r} is not served by this node")
+        if call.json_schema is not None:
+            return await self._complete_schema(backend_model, call)
         constraint = self.constraint_for(backend_model)
         response = await self._post(self._body(backend_model, call, constraint))
         if response.status in _CONSTRAINT_REFUSED and constraint != "none":
@@ -211,6 +229,77 @@ class OpenAIBackend:
                 "endpoint": self._public_url,
             },
         )
+
+    def schema_constraint_for(self, backend_model: str) -> SchemaConstraint:
+        """The constraint the next JSON-schema call for ``backend_model`` will carry."""
+        if self._constraint == "none":
+            return "none"
+        return self._schema_level.get(backend_model, "json_schema")
+
+    async def _complete_schema(self, backend_model: str, call: CompletionCall) -> Completion:
+        first = constraint = self.schema_constraint_for(backend_model)
+        max_tokens = call.max_tokens or self._max_tokens
+        refusals: list[tuple[SchemaConstraint, int, str]] = []
+        while True:
+            response = await self._post(
+                self._schema_body(backend_model, call, constraint, max_tokens)
+            )
+            if response.status not in _CONSTRAINT_REFUSED or constraint == "none":
+                break
+            refusals.append((constraint, response.status, response.snippet()))
+            constraint = "json_object" if constraint == "json_schema" else "none"
+        if refusals and response.is_success and constraint != first:
+            self._schema_level[backend_model] = constraint
+            for refused, status, body in refusals:
+                log.warning(
+                    "llm_schema_constraint_refused", constraint=refused, model=backend_model,
+                    status=status, body=body, fallback=constraint,
+                )  # fmt: skip
+        _raise_for_status(response)
+        if response.cut:
+            raise LlmAnswerTooLargeError(
+                f"the answer is larger than {self._max_response_bytes} bytes"
+                f"{_announced(response)}; the rest was not read",
+                limit=self._max_response_bytes,
+            )
+        return Completion(
+            text=_content(response),
+            backend_model=backend_model,
+            params={
+                "temperature": 0,
+                "max_tokens": max_tokens,
+                "constraint": constraint,
+                "endpoint": self._public_url,
+            },
+        )
+
+    def _schema_body(
+        self,
+        backend_model: str,
+        call: CompletionCall,
+        constraint: SchemaConstraint,
+        max_tokens: int,
+    ) -> dict[str, Any]:
+        assert call.json_schema is not None  # only JSON-schema calls come here
+        body: dict[str, Any] = {
+            "model": backend_model,
+            "messages": [message.as_json() for message in call.messages],
+            "temperature": 0,
+            "max_tokens": max_tokens,
+            "stream": False,
+        }
+        if constraint == "json_schema":
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {
+                    "name": call.json_schema.name,
+                    "strict": True,
+                    "schema": dict(call.json_schema.schema),
+                },
+            }
+        elif constraint == "json_object":
+            body["response_format"] = {"type": "json_object"}
+        return body
 
     def _body(
         self, backend_model: str, call: CompletionCall, constraint: Constraint

@@ -22,6 +22,8 @@ A *behaviour* is a comma-separated list of tokens:
 ``garbage_body``       HTTP 200 whose body is not JSON at all
 ``parrot``             whatever the state tells the model to answer (prompt injection)
 ``reject_constraints`` 400 when the call carries ``response_format`` or ``guided_choice``
+``reject_json_schema`` 400 to ``response_format`` of type ``json_schema`` only (``json_object``
+                       is accepted), as servers without structured outputs answer
 =====================  ==================================================================
 
 Where it comes from, first match wins for the answer (latencies add up):
@@ -29,6 +31,15 @@ the ``X-Mock-Behaviour`` header; the next entry of the script set with ``POST /c
 a marker ``[[mock:TOKENS]]`` in the state (``[[mock:outside@1]]`` applies to attempt 1
 only, counting attempts by the assistant turns in the conversation; ``[[mock:500x2]]`` to
 the first two requests carrying this state only); the server default.
+
+JSON-schema calls (data extraction, not an action choice: the schema of ``response_format``
+has no ``action`` enum, or a call without one names its schema in a system line, see
+:mod:`shared.llm.schema`) are answered in mode ``ok`` with
+:func:`shared.llm.schema.deterministic_instance` of that schema over the user's messages.
+A test can script the exact answer instead: ``POST /control {"answers": [...]}`` (or
+``MockLlmServer.answer(...)``) queues contents (a JSON value is sent as its JSON text),
+consumed one per chat request answered in mode ``ok``, whatever the request; e.g. an
+extraction answer naming an address the user never wrote.
 """
 
 from __future__ import annotations
@@ -38,6 +49,8 @@ import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
+
+from shared.llm.schema import schema_in_messages
 
 PERMITTED_PREFIX = "Permitted Action Set: "
 OUTSIDE_ACTION = "WITHDRAW_ALL_TO_ATTACKER"
@@ -63,8 +76,11 @@ class Plan:
     retry_after_s: float | None = None
     latency_ms: int = 0
     reject_constraints: bool = False
+    reject_json_schema: bool = False
     huge_bytes: int | None = None  # size of a "huge" answer; None = the server default
     sources: list[str] = field(default_factory=list)
+    #: a scripted answer content, sent as is (mode ``ok`` only)
+    answer: str | None = None
 
 
 def parse_tokens(spec: str, plan: Plan, *, default_retry_after_s: float) -> bool:
@@ -78,6 +94,8 @@ def parse_tokens(spec: str, plan: Plan, *, default_retry_after_s: float) -> bool
             plan.latency_ms += int(token.split("=", 1)[1])
         elif token == "reject_constraints":
             plan.reject_constraints = True
+        elif token == "reject_json_schema":
+            plan.reject_json_schema = True
         elif token.startswith("huge="):
             plan.mode, plan.huge_bytes = "huge", int(token.split("=", 1)[1])
             chose = True
@@ -134,6 +152,35 @@ def permitted_actions(body: dict[str, Any]) -> list[str]:
                     return [a.strip() for a in listed.strip("[]").split(",") if a.strip()]
                 return [str(a) for a in value] if isinstance(value, list) else []
     return []
+
+
+def constraint_of(body: dict[str, Any]) -> str:
+    """How the call asks to constrain its answer (the key of the ``constraints`` stats)."""
+    if "response_format" in body:
+        format_ = body.get("response_format") or {}
+        return "json_object" if format_.get("type") == "json_object" else "json_schema"
+    return "guided_choice" if "guided_choice" in body else "none"
+
+
+def extraction_schema(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The schema of a data-extraction call, None for an action call (or no schema)."""
+    schema = (body.get("response_format") or {}).get("json_schema", {}).get("schema")
+    if not isinstance(schema, dict):
+        schema = schema_in_messages(body.get("messages", []))
+    if not isinstance(schema, dict):
+        return None
+    if isinstance(schema.get("properties", {}).get("action", {}).get("enum"), list):
+        return None
+    return schema
+
+
+def user_messages(body: dict[str, Any]) -> list[str]:
+    """The user messages, newest first."""
+    return [
+        str(m.get("content", ""))
+        for m in reversed(body.get("messages", []))
+        if m.get("role") == "user"
+    ]
 
 
 def state_of(body: dict[str, Any]) -> str:

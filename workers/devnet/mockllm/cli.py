@@ -42,6 +42,10 @@ def register(subparsers: Any) -> None:
         "--reject-constraints", action="store_true",
         help="answer 400 to response_format / guided_choice",
     )  # fmt: skip
+    parser.add_argument(
+        "--reject-json-schema", action="store_true",
+        help="answer 400 to response_format json_schema only (json_object passes)",
+    )  # fmt: skip
     parser.set_defaults(func=run)
 
 
@@ -54,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     config = MockConfig(
         behaviour=args.behaviour, latency_ms=args.latency_ms, hang_s=args.hang_s,
         retry_after_s=args.retry_after_s, reject_constraints=args.reject_constraints,
+        reject_json_schema=args.reject_json_schema,
         huge_bytes=args.huge_bytes,
     )  # fmt: skip
     server = MockLlmServer(args.host, args.port, config)

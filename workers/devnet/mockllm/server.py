@@ -11,9 +11,12 @@ Endpoints:
   headers are counted by scheme and a short SHA-256 fingerprint, never by value: /stats
   is a plain HTTP page, and a key shown there is a key leaked.
 - ``POST /control``: change the defaults (``behaviour``, ``latency_ms``, ``hang_s``,
-  ``retry_after_s``, ``reject_constraints``, ``huge_bytes``) and queue a ``script`` of
-  behaviours consumed one per chat request.
-- ``POST /reset``: clear the counters, the script and the per-state hit counters.
+  ``retry_after_s``, ``reject_constraints``, ``reject_json_schema``, ``huge_bytes``), queue a
+  ``script`` of behaviours consumed one per chat request, and queue ``answers``: exact
+  contents (a JSON value is sent as its JSON text) consumed one per chat request answered
+  in mode ``ok``, e.g. an extraction answer the test wants "the model" to give.
+- ``POST /reset``: clear the counters, the script, the answers and the per-state hit
+  counters.
 
 Guarantees: the same request gets the same answer; every chat request is counted before
 it is answered (or hangs), so a test can see a call that never completed. Built on the
@@ -34,6 +37,7 @@ from typing import Any
 
 import structlog
 
+from shared.llm.schema import deterministic_instance
 from workers.devnet.mockllm import behaviour as bh
 
 log = structlog.get_logger(__name__)
@@ -74,6 +78,9 @@ class MockConfig:
     # Seconds sent in Retry-After with a bare "429".
     retry_after_s: float = 1.0
     reject_constraints: bool = False
+    # 400 to response_format json_schema only (json_object passes): a server without
+    # structured outputs.
+    reject_json_schema: bool = False
     # Bytes of a bare "huge" answer's content: the runaway answer of issue 10.
     huge_bytes: int = 10_000_000
 
@@ -85,6 +92,7 @@ class MockState:
         self.lock = threading.Lock()
         self.config = config
         self.script: deque[str] = deque()
+        self.answers: deque[str] = deque()
         self.hits: Counter[str] = Counter()
         self.stats: dict[str, Any] = {}
         self.reset()
@@ -92,6 +100,7 @@ class MockState:
     def reset(self) -> None:
         with self.lock:
             self.script.clear()
+            self.answers.clear()
             self.hits.clear()
             self.stats = {
                 "requests": 0,
@@ -106,12 +115,14 @@ class MockState:
                 "max_request_bytes": 0,
                 "huge_sent_bytes": 0,
                 "aborted": 0,
+                "scripted_answers": 0,
             }
 
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
             out = {k: dict(v) if isinstance(v, Counter) else v for k, v in self.stats.items()}
             out["script_left"] = len(self.script)
+            out["answers_left"] = len(self.answers)
             out["config"] = asdict(self.config)
             return out
 
@@ -120,8 +131,9 @@ class MockState:
         with self.lock:
             config = self.config
             plan = bh.Plan(
-                latency_ms=config.latency_ms, reject_constraints=config.reject_constraints
-            )
+                latency_ms=config.latency_ms, reject_constraints=config.reject_constraints,
+                reject_json_schema=config.reject_json_schema,
+            )  # fmt: skip
             retry = config.retry_after_s
             chosen = False
             if header:
@@ -146,9 +158,17 @@ class MockState:
                     chosen = True
                 plan.latency_ms += probe.latency_ms
                 plan.reject_constraints |= probe.reject_constraints
+                plan.reject_json_schema |= probe.reject_json_schema
                 plan.sources.append("marker")
             if not chosen:
                 bh.parse_tokens(config.behaviour, plan, default_retry_after_s=retry)
+            refused = (plan.reject_constraints and bh.constraint_of(body) != "none") or (
+                plan.reject_json_schema and bh.constraint_of(body) == "json_schema"
+            )
+            if plan.mode == "ok" and self.answers and not refused:
+                plan.answer = self.answers.popleft()
+                plan.sources.append("answers")
+                self.stats["scripted_answers"] += 1
         return plan
 
 
@@ -198,15 +218,14 @@ class _Handler(BaseHTTPRequestHandler):
             for key, value in body.items():
                 if key == "script":
                     self.state.script.extend(str(item) for item in value)
+                elif key == "answers":
+                    self.state.answers.extend(_answer_text(item) for item in value)
                 elif hasattr(self.state.config, key):
                     setattr(self.state.config, key, type(getattr(self.state.config, key))(value))
         self._json(200, self.state.snapshot())
 
     def _chat(self, body: dict[str, Any]) -> None:
-        constraint = (
-            "json_schema" if "response_format" in body
-            else "guided_choice" if "guided_choice" in body else "none"
-        )  # fmt: skip
+        constraint = bh.constraint_of(body)
         try:
             plan = self.state.plan(body, self.headers.get("X-Mock-Behaviour"))
         except ValueError as exc:
@@ -240,6 +259,12 @@ class _Handler(BaseHTTPRequestHandler):
                 "type": "invalid_request_error", "param": constraint,
             }})  # fmt: skip
             return
+        if plan.reject_json_schema and constraint == "json_schema":
+            self._json(400, {"error": {
+                "message": "response_format json_schema is not supported; use json_object",
+                "type": "invalid_request_error", "param": "response_format",
+            }})  # fmt: skip
+            return
         if plan.mode == "status":
             headers = {}
             if plan.retry_after_s is not None:
@@ -255,8 +280,15 @@ class _Handler(BaseHTTPRequestHandler):
             size = plan.huge_bytes if plan.huge_bytes is not None else self.state.config.huge_bytes
             self._huge(body, action, size)
             return
+        schema = bh.extraction_schema(body)
         content = bh.content_for(plan.mode, action, state)
-        if (
+        if plan.answer is not None:
+            content = plan.answer
+        elif schema is not None and plan.mode in ("ok", "hang"):
+            content = json.dumps(
+                deterministic_instance(schema, bh.user_messages(body)), ensure_ascii=False
+            )
+        elif (
             content is not None
             and constraint == "json_schema"
             and plan.mode in ("ok", "hang", "lower", "outside", "parrot")
@@ -328,6 +360,11 @@ class _Handler(BaseHTTPRequestHandler):
         """Per-request access logs would drown benchmark output; /stats has the counts."""
 
 
+def _answer_text(item: object) -> str:
+    """A queued answer: a string is the content itself, anything else its JSON text."""
+    return item if isinstance(item, str) else json.dumps(item, ensure_ascii=False)
+
+
 class _Server(ThreadingHTTPServer):
     request_queue_size = LISTEN_BACKLOG
     daemon_threads = True
@@ -366,6 +403,11 @@ class MockLlmServer:
     def script(self, *behaviours: str) -> None:
         with self.state.lock:
             self.state.script.extend(behaviours)
+
+    def answer(self, *contents: object) -> None:
+        """Queue exact answer contents (see ``POST /control`` ``answers``)."""
+        with self.state.lock:
+            self.state.answers.extend(_answer_text(item) for item in contents)
 
     def configure(self, **settings: object) -> None:
         with self.state.lock:
