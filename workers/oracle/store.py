@@ -93,7 +93,16 @@ def insert_requests(
     """Create PENDING rows (request, generation) that do not exist yet, with their audit
     rows, in one statement each (the indexer's bulk path). An existing id is an
     IntegrityError: callers look up existing rows first."""
-    rows = [
+    notes = [_creation_note(r.block_number, generation) for r, generation in requests]
+    state.insert_many(
+        conn, REQUESTS, request_rows(requests), status=Status.PENDING, actor=actor,
+        notes=notes, now=now,
+    )  # fmt: skip
+
+
+def request_rows(requests: Sequence[tuple[NewRequest, int]]) -> list[dict[str, object]]:
+    """The ``requests`` columns of new rows (request, generation), status and times aside."""
+    return [
         {
             "request_id": rid.encode(r.request_id), "shard_key": rid.shard_key(r.request_id),
             "generation": generation, "requester": r.requester, "model": r.model,
@@ -105,10 +114,6 @@ def insert_requests(
         }
         for r, generation in requests
     ]  # fmt: skip
-    notes = [_creation_note(r.block_number, generation) for r, generation in requests]
-    state.insert_many(
-        conn, REQUESTS, rows, status=Status.PENDING, actor=actor, notes=notes, now=now
-    )
 
 
 def _creation_note(block_number: int, generation: int) -> str:
