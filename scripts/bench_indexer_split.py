@@ -4,12 +4,14 @@ Same chain as scripts/bench_indexer.py (N request events from the example vault'
 ``askBatch``, 100 per block, on anvil). Each repetition reads the whole backfill serially,
 in the indexer's own polls (ranges of ``indexer_target_logs`` logs, the production batch:
 head, eth_getLogs, the range's last header, the anchor's, the bloom window's), stage by
-stage, with the production functions, on one thread, and times each stage:
+stage, with the production functions, on one thread, and times each stage, in wall-clock
+time (``_wall``) and in this thread's CPU time (``_cpu``, which the load of other processes
+on a shared box disturbs far less):
 
-- ``http``: the POST and the body read (wall clock: includes anvil's work), and the CPU time
-  this process spent in it (``http_cpu``: receiving ~19.5 MB per poll);
+- ``http``: the POST, the body read and building the answer (its wall time includes anvil's
+  work; its CPU time is receiving ~19.5 MB per poll);
 - ``json``: parsing the body (the RPC client's own parse, depth check included);
-- ``judge``: building the answer (headers) and scan.judge;
+- ``judge``: scan.judge;
 - ``decode``: filters.decode_routed (routing, the oracle's decoder, keccak of the content);
 - ``rows``: building the requests' row tuples (store.request_rows);
 - ``insert``: the sink's write without the rows (lookups, the multi-row INSERTs, the count
@@ -40,6 +42,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +50,10 @@ import structlog
 
 from scripts.bench_indexer import GAS_PER_REQUEST, TARGET_LOGS, _chain, indexer_run
 from shared.chain import history
+from shared.chain import rpc as rpc_module
 from shared.chain.filters import decode_routed
 from shared.chain.rpc import RpcClient
-from shared.chain.scan import ChainScanner, LogRange, judge
+from shared.chain.scan import BlockHeader, LogRange, PollAnswer, Verdict, judge
 from shared.db import AsyncDatabase
 from shared.logs import configure_logging
 from workers.devnet.anvil import Anvil
@@ -58,16 +62,25 @@ from workers.oracle import store
 from workers.oracle.indexer.main import Indexer, open_database
 from workers.oracle.indexer.settings import IndexerSettings
 
+Mark = tuple[float, float]
+
+
+def _mark() -> Mark:
+    return time.perf_counter(), time.thread_time()
+
 
 class _Clock:
-    """Wall seconds per stage."""
+    """Wall seconds and this thread's CPU seconds per stage (the CPU time is what a loaded box
+    disturbs least: other processes take wall time, not this thread's CPU time)."""
 
     def __init__(self) -> None:
         self.spent: dict[str, float] = defaultdict(float)
+        self.cpu: dict[str, float] = defaultdict(float)
 
-    def lap(self, stage: str, started: float) -> float:
-        now = time.perf_counter()
-        self.spent[stage] += now - started
+    def lap(self, stage: str, started: Mark) -> Mark:
+        now = _mark()
+        self.spent[stage] += now[0] - started[0]
+        self.cpu[stage] += now[1] - started[1]
         return now
 
 
@@ -81,78 +94,79 @@ def _indexer(url: str, deployment: Deployment, db_path: Path) -> tuple[Indexer, 
     return Indexer(settings, rpc=rpc, db=AsyncDatabase(open_database(db_path).conn)), rpc
 
 
-async def serial_pass(url: str, deployment: Deployment, head: int, db_path: Path,
-                      chunk: int) -> tuple[dict[str, float], int]:  # fmt: skip
+async def serial_pass(
+    url: str, deployment: Deployment, head: int, db_path: Path, chunk: int
+) -> tuple[dict[str, float], int]:
     """One backfill, stage after stage on this thread; wall seconds per stage, and events."""
     indexer, rpc = _indexer(url, deployment, db_path)
     await indexer.start()
-    scanner: ChainScanner = indexer.scanner
-    conn = indexer.db.conn
     clock = _Clock()
-    cpu = 0.0
     events = 0
-    anchor = indexer.anchor.header
-    cursor = indexer.anchor.number
-    registrations = indexer._registrations  # noqa: SLF001 -- the bench reads the poller's parts
-    original_read = RpcClient._read_answer  # noqa: SLF001
+    original = rpc_module._parse_json, rpc_module._nests_too_deep
 
-    async def timed_read(self: RpcClient, ep: Any, response: Any) -> Any:
-        started, cpu_started = time.perf_counter(), time.process_time()
-        body = await self._read_capped(ep, response)  # noqa: SLF001
-        nonlocal cpu
-        cpu += time.process_time() - cpu_started
-        started = clock.lap("http", started)
-        parsed = json.loads(body) if not RpcClient_nests(body) else None
-        clock.lap("json", started)
-        return parsed
+    def timed(fn: Callable[[bytearray], Any]) -> Callable[[bytearray], Any]:
+        def measured(body: bytearray) -> Any:
+            started = _mark()
+            try:
+                return fn(body)
+            finally:
+                clock.lap("json", started)
 
-    RpcClient._read_answer = timed_read  # type: ignore[method-assign]  # noqa: SLF001
+        return measured
+
+    rpc_module._parse_json = timed(original[0])  # type: ignore[assignment]
+    rpc_module._nests_too_deep = timed(original[1])  # type: ignore[assignment]
     try:
+        anchor, cursor = indexer.anchor.header, indexer.anchor.number
         while cursor < head:
             rng = LogRange(cursor + 1, min(head, cursor + chunk))
-            bloom_first = max(rng.first, head - indexer.config.bloom_window + 1)
-            started = time.perf_counter()
-            answer = await scanner.poll(rng, anchor.number if anchor else None, bloom_first)
-            # poll() = http + json (timed inside) + building the answer: charge the rest to
-            # judge, whose input it is.
-            inner = clock.spent["http"] + clock.spent["json"]
-            started = time.perf_counter()
-            verdict = judge(answer, anchor=anchor, confirmations=0, addresses=scanner.addresses)
-            assert verdict.verdict.name == "ACCEPT", verdict
-            started = clock.lap("judge", started)
-            decoded = decode_routed(registrations, answer.logs, rng.first)
-            started = clock.lap("decode", started)
-            batch = decoded.batches[0]
-            rows = store.request_rows([(r, 1) for r in batch.requests])
-            started = clock.lap("rows", started)
-            del rows
-            conn.execute("BEGIN IMMEDIATE")
-            stats = registrations[0].sink.apply(conn, batch, now=time.time())
-            started = clock.lap("insert", started)
-            assert answer.range_end is not None
-            history._store_blocks(conn, indexer.name, decoded.blocks,  # noqa: SLF001
-                                  [*answer.checked_headers(), answer.range_end], time.time())  # fmt: skip
-            history._write_cursor(conn, indexer.name, rng.last, time.time())  # noqa: SLF001
-            started = clock.lap("history", started)
-            conn.execute("COMMIT")
-            clock.lap("commit", started)
-            del inner
-            events += stats.inserted
+            answer, stats = await _serial_range(indexer, clock, rng, anchor, head)
+            events += stats
             cursor, anchor = rng.last, answer.range_end
     finally:
-        RpcClient._read_answer = original_read  # type: ignore[method-assign]  # noqa: SLF001
-    # "rows" was measured on its own, and "insert" builds the rows again inside: move it.
-    clock.spent["insert"] -= clock.spent["rows"]
-    clock.spent["http_cpu"] = cpu
+        rpc_module._parse_json, rpc_module._nests_too_deep = original
+    for spent in (clock.spent, clock.cpu):
+        # "http" was timed around the whole poll, the parse inside it included: take it out.
+        spent["http"] -= spent["json"]
+        # "rows" was measured on its own, and "insert" builds the rows again inside.
+        spent["insert"] -= spent["rows"]
     await rpc.aclose()
     indexer.db.close()
-    return dict(clock.spent), events
+    return {
+        **{f"{stage}_wall": value for stage, value in clock.spent.items()},
+        **{f"{stage}_cpu": value for stage, value in clock.cpu.items()},
+    }, events
 
 
-def RpcClient_nests(body: bytearray) -> bool:  # noqa: N802 -- names the client's check
-    from shared.chain.rpc import _nests_too_deep
-
-    return _nests_too_deep(body)
+async def _serial_range(
+    indexer: Indexer, clock: _Clock, rng: LogRange, anchor: BlockHeader | None, head: int
+) -> tuple[PollAnswer, int]:
+    """One range, stage by stage; the answer and the requests inserted."""
+    scanner, conn = indexer.scanner, indexer.db.conn
+    registrations = indexer._registrations
+    bloom_first = max(rng.first, head - indexer.config.bloom_window + 1)
+    started = _mark()
+    answer = await scanner.poll(rng, anchor.number if anchor else None, bloom_first)
+    started = clock.lap("http", started)
+    verdict = judge(answer, anchor=anchor, confirmations=0, addresses=scanner.addresses)
+    assert verdict.verdict is Verdict.ACCEPT, verdict
+    started = clock.lap("judge", started)
+    decoded = decode_routed(registrations, answer.logs, rng.first)
+    started = clock.lap("decode", started)
+    batch = decoded.batches[0]
+    store.request_rows([(r, 1) for r in batch.requests])
+    started = clock.lap("rows", started)
+    conn.execute("BEGIN IMMEDIATE")
+    stats = registrations[0].sink.apply(conn, batch, now=time.time())
+    started = clock.lap("insert", started)
+    assert answer.range_end is not None
+    ends = [*answer.checked_headers(), answer.range_end]
+    history._store_blocks(conn, indexer.name, decoded.blocks, ends, time.time())
+    history._write_cursor(conn, indexer.name, rng.last, time.time())
+    started = clock.lap("history", started)
+    conn.execute("COMMIT")
+    clock.lap("commit", started)
+    return answer, int(stats.inserted)
 
 
 class _ThreadCpu:
@@ -198,7 +212,7 @@ async def pipelined_threads(url: str, deployment: Deployment, head: int,
 
         return await original_run(self, measured)
 
-    pipeline_module.Pipeline.decode = decode  # type: ignore[method-assign]
+    pipeline_module.Pipeline.decode = decode  # type: ignore[method-assign,assignment]
     AsyncDatabase.run = run  # type: ignore[method-assign]
     try:
         cpu_started = time.process_time()
@@ -238,9 +252,9 @@ def main() -> int:
             assert count == events, (count, events)
             for stage, seconds in spent.items():
                 per_event[stage].append(seconds / count * 1e6)
-            per_event["serial_total"].append(
-                sum(v for k, v in spent.items() if k != "http_cpu") / count * 1e6
-            )
+            for kind in ("wall", "cpu"):
+                total = sum(v for k, v in spent.items() if k.endswith(kind))
+                per_event[f"serial_total_{kind}"].append(total / count * 1e6)
             cpu, seconds, count = asyncio.run(
                 pipelined_threads(anvil.rpc_url, deployment, head, Path(tmp) / f"p{rep}.db")
             )
