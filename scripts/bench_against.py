@@ -93,7 +93,7 @@ def main() -> None:
     parser.add_argument("rev", help="the earlier commit to compare with")
     parser.add_argument("--rounds", type=int, default=2, help="alternations (default 2)")
     parser.add_argument("--apply", action="append", default=[], type=Path, metavar="PATCH",
-                        help="a patch applied to the earlier tree (a benchmark's own fix)")  # fmt: skip
+                        help="a patch for the earlier tree (a benchmark fix)")  # fmt: skip
     parser.add_argument("module", help="the benchmark module, e.g. scripts.bench_fulfiller")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="its arguments")
     options = parser.parse_args()
