@@ -56,7 +56,12 @@ def _baseline_venv(tree: Path) -> Path:
         [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
         check=True, capture_output=True, text=True,
     ).stdout.strip()  # fmt: skip
-    Path(site, "hodlai-bench-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    # Every site-packages directory this interpreter sees, in its order: a worktree's venv
+    # reaches the integrator's packages through a .pth file of its own, which a path listed
+    # in another .pth file would not process.
+    sites = [p for p in sys.path if Path(p).name == "site-packages"]
+    sites = sites or [sysconfig.get_paths()["purelib"]]
+    Path(site, "hodlai-bench-deps.pth").write_text("".join(f"{p}\n" for p in sites))
     subprocess.run(
         [str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
          "-e", str(tree)],
