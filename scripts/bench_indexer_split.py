@@ -19,11 +19,15 @@ on a shared box disturbs far less):
 - ``history``: the block hashes and the cursor;
 - ``commit``: COMMIT (synchronous=NORMAL, WAL, as the indexer runs).
 
-Then ``--profile`` prints cProfile's top functions of the same serial pass.
+Then ``--profile`` prints cProfile's top functions of the same serial pass. ``--readers``
+measures only the CPU milliseconds to receive one poll's answer (~5,000 logs, ~19.5 MB)
+with httpx's async stream and with aiohttp, and to parse it with json, msgspec, orjson and
+pysimdjson (the last two if installed) and the client's depth check.
 Then it runs the real indexer (pipelined) and reports the CPU time each of its threads
 spent: the event loop (fetch, parse, judge), the decode thread, the database thread.
 
     .venv/bin/python -m scripts.bench_indexer_split [--events 20000] [--reps 3] [--profile]
+    .venv/bin/python -m scripts.bench_indexer_split --readers
 
 Last line: {"per_event_us": {stage: microseconds per event, median over repetitions}, ...}
 """
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import io
 import json
@@ -46,6 +51,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+import httpx
+import msgspec
 import structlog
 
 from scripts.bench_indexer import GAS_PER_REQUEST, TARGET_LOGS, _chain, indexer_run
@@ -61,6 +69,7 @@ from workers.devnet.deploy import Deployment
 from workers.oracle import store
 from workers.oracle.indexer.main import Indexer, open_database
 from workers.oracle.indexer.settings import IndexerSettings
+from workers.oracle.indexer.sink import ORACLE_TOPICS
 
 Mark = tuple[float, float]
 
@@ -227,6 +236,69 @@ async def pipelined_threads(url: str, deployment: Deployment, head: int,
     return cpu, seconds, count
 
 
+async def _read_httpx(client: httpx.AsyncClient, url: str, content: str) -> bytes:
+    body = bytearray()
+    async with client.stream("POST", url, content=content) as response:
+        async for chunk in response.aiter_bytes():
+            body += chunk
+    return bytes(body)
+
+
+async def _read_aiohttp(session: aiohttp.ClientSession, url: str, content: str) -> bytes:
+    async with session.post(url, data=content) as response:
+        return await response.read()
+
+
+async def compare_readers(url: str, content: str, reps: int) -> dict[str, float]:
+    """CPU milliseconds to receive one answer: httpx's async stream (the client before) and
+    aiohttp's read (the client now), alternating."""
+    headers = {"content-type": "application/json"}
+    cpu: dict[str, list[float]] = defaultdict(list)
+    async with httpx.AsyncClient(headers=headers, timeout=120) as client, \
+            aiohttp.ClientSession(headers=headers) as session:  # fmt: skip
+        for _ in range(reps):
+            started = time.process_time()
+            await _read_httpx(client, url, content)
+            middle = time.process_time()
+            await _read_aiohttp(session, url, content)
+            cpu["httpx"].append((middle - started) * 1e3)
+            cpu["aiohttp"].append((time.process_time() - middle) * 1e3)
+    return {name: round(statistics.median(values), 1) for name, values in cpu.items()}
+
+
+def compare_parsers(body: bytes, reps: int) -> dict[str, float]:
+    """CPU milliseconds to parse one answer with each JSON parser at hand (orjson and
+    pysimdjson only if installed: they are not dependencies) and the client's depth check."""
+    parsers: dict[str, Callable[[bytes], Any]] = {
+        "json": json.loads,
+        "msgspec": msgspec.json.Decoder().decode,
+    }
+    with contextlib.suppress(ImportError):
+        import orjson
+
+        parsers["orjson"] = orjson.loads
+    with contextlib.suppress(ImportError):
+        import simdjson
+
+        parsers["pysimdjson"] = simdjson.loads
+    parsers["depth check"] = lambda raw: rpc_module._nests_too_deep(bytearray(raw))
+    cpu: dict[str, list[float]] = defaultdict(list)
+    for _ in range(reps):
+        for name, parse in parsers.items():
+            started = time.process_time()
+            parse(body)
+            cpu[name].append((time.process_time() - started) * 1e3)
+    return {name: round(statistics.median(values), 1) for name, values in cpu.items()}
+
+
+def one_poll(url: str, deployment: Deployment, head: int, chunk: int) -> str:
+    """The JSON of an eth_getLogs batch of the first ``chunk`` blocks (~5,000 logs)."""
+    last = min(head, deployment.deploy_block + chunk - 1)
+    return json.dumps([{"jsonrpc": "2.0", "id": 1, "method": "eth_getLogs", "params": [
+        {"address": deployment.provider_address, "fromBlock": hex(deployment.deploy_block),
+         "toBlock": hex(last), "topics": [list(ORACLE_TOPICS)]}]}])  # fmt: skip
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -235,6 +307,8 @@ def main() -> int:
     parser.add_argument("--per-block", type=int, default=100)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--profile", action="store_true", help="cProfile one serial pass")
+    parser.add_argument("--readers", action="store_true",
+                        help="HTTP readers and JSON parsers on one answer only")  # fmt: skip
     args = parser.parse_args()
     args.empty_blocks = 0
     configure_logging("WARNING")
@@ -245,6 +319,15 @@ def main() -> int:
     with Anvil(gas_limit=GAS_PER_REQUEST * args.per_block * 2 + 1_000_000) as anvil, \
             tempfile.TemporaryDirectory(prefix="bench-split-") as tmp:  # fmt: skip
         deployment, head, events = _chain(anvil, args)
+        if args.readers:
+            content = one_poll(anvil.rpc_url, deployment, head, chunk)
+            body = httpx.post(anvil.rpc_url, content=content, timeout=120,
+                              headers={"content-type": "application/json"}).content  # fmt: skip
+            readers = asyncio.run(compare_readers(anvil.rpc_url, content, max(5, args.reps)))
+            parsers = compare_parsers(body, max(5, args.reps))
+            print(json.dumps({"answer_bytes": len(body), "logs": chunk * args.per_block,
+                              "read_cpu_ms": readers, "parse_cpu_ms": parsers}))  # fmt: skip
+            return 0
         for rep in range(args.reps):
             spent, count = asyncio.run(
                 serial_pass(anvil.rpc_url, deployment, head, Path(tmp) / f"s{rep}.db", chunk)
