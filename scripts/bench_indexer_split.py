@@ -22,12 +22,17 @@ on a shared box disturbs far less):
 Then ``--profile`` prints cProfile's top functions of the same serial pass. ``--readers``
 measures only the CPU milliseconds to receive one poll's answer (~5,000 logs, ~19.5 MB)
 with httpx's async stream and with aiohttp, and to parse it with json, msgspec, orjson and
-pysimdjson (the last two if installed) and the client's depth check.
+pysimdjson (the last two if installed) and the client's depth check. ``--inserts`` measures
+only the CPU per request of the requests insert (store.insert_requests) for one poll's
+requests, on scratch databases with one of its costs taken away at a time: the count
+trigger, the three secondary indexes of ``requests``, the index of ``transitions``, the
+audit rows.
 Then it runs the real indexer (pipelined) and reports the CPU time each of its threads
 spent: the event loop (fetch, parse, judge), the decode thread, the database thread.
 
     .venv/bin/python -m scripts.bench_indexer_split [--events 20000] [--reps 3] [--profile]
     .venv/bin/python -m scripts.bench_indexer_split --readers
+    .venv/bin/python -m scripts.bench_indexer_split --inserts
 
 Last line: {"per_event_us": {stage: microseconds per event, median over repetitions}, ...}
 """
@@ -47,7 +52,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,11 +64,12 @@ import structlog
 from scripts.bench_indexer import GAS_PER_REQUEST, TARGET_LOGS, _chain, indexer_run
 from shared.chain import history
 from shared.chain import rpc as rpc_module
-from shared.chain.filters import decode_routed
+from shared.chain.filters import Registration, decode_routed
 from shared.chain.rpc import RpcClient
 from shared.chain.scan import BlockHeader, LogRange, PollAnswer, Verdict, judge
 from shared.db import AsyncDatabase
 from shared.logs import configure_logging
+from shared.state import store as state_store
 from workers.devnet.anvil import Anvil
 from workers.devnet.deploy import Deployment
 from workers.oracle import store
@@ -291,6 +297,50 @@ def compare_parsers(body: bytes, reps: int) -> dict[str, float]:
     return {name: round(statistics.median(values), 1) for name, values in cpu.items()}
 
 
+# What the requests insert pays for, each part taken away in turn on a scratch database.
+INSERT_VARIANTS: dict[str, list[str] | None] = {
+    "as is": [],
+    "without the count trigger": ["DROP TRIGGER trg_oracle_request_count_insert"],
+    "without the 3 secondary request indexes": [
+        "DROP INDEX idx_requests_claim", "DROP INDEX idx_requests_status_order",
+        "DROP INDEX idx_requests_block",
+    ],
+    "without the transitions index": ["DROP INDEX idx_transitions_entity"],
+    "request rows only (no audit rows)": None,
+}  # fmt: skip
+
+
+def compare_inserts(
+    registrations: Sequence[Registration], logs: list[Any], tmp: Path, reps: int
+) -> dict[str, float]:
+    """CPU microseconds per request of store.insert_requests for one poll's requests, in a
+    fresh database each time, with one of its costs taken away (the variants alternate)."""
+    batch = decode_routed(registrations, logs, 0).batches[0]
+    requests = [(r, 1) for r in batch.requests]
+    cpu: dict[str, list[float]] = defaultdict(list)
+    for rep in range(reps):
+        for n, (name, statements) in enumerate(INSERT_VARIANTS.items()):
+            db = open_database(tmp / f"insert-{rep}-{n}.db")
+            conn = db.conn
+            for statement in statements or []:
+                conn.execute(statement)
+            conn.execute("BEGIN IMMEDIATE")
+            started = time.thread_time()
+            if statements is None:
+                rows = store.request_rows(requests)
+                names = [*rows[0], "status", "created_at", "updated_at"]
+                state_store._insert_rows(
+                    conn, f"INSERT INTO requests ({', '.join(names)})", ["?"] * len(names),
+                    [(*row.values(), "PENDING", 0.0, 0.0) for row in rows],
+                )  # fmt: skip
+            else:
+                store.insert_requests(conn, requests, actor="indexer", now=time.time())
+            cpu[name].append((time.thread_time() - started) / len(requests) * 1e6)
+            conn.execute("COMMIT")
+            db.close()
+    return {name: round(statistics.median(values), 1) for name, values in cpu.items()}
+
+
 def one_poll(url: str, deployment: Deployment, head: int, chunk: int) -> str:
     """The JSON of an eth_getLogs batch of the first ``chunk`` blocks (~5,000 logs)."""
     last = min(head, deployment.deploy_block + chunk - 1)
@@ -307,6 +357,8 @@ def main() -> int:
     parser.add_argument("--per-block", type=int, default=100)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--profile", action="store_true", help="cProfile one serial pass")
+    parser.add_argument("--inserts", action="store_true",
+                        help="the requests insert's costs, one taken away at a time")  # fmt: skip
     parser.add_argument("--readers", action="store_true",
                         help="HTTP readers and JSON parsers on one answer only")  # fmt: skip
     args = parser.parse_args()
@@ -327,6 +379,15 @@ def main() -> int:
             parsers = compare_parsers(body, max(5, args.reps))
             print(json.dumps({"answer_bytes": len(body), "logs": chunk * args.per_block,
                               "read_cpu_ms": readers, "parse_cpu_ms": parsers}))  # fmt: skip
+            return 0
+        if args.inserts:
+            content = one_poll(anvil.rpc_url, deployment, head, chunk)
+            answer = httpx.post(anvil.rpc_url, content=content, timeout=120,
+                                headers={"content-type": "application/json"})  # fmt: skip
+            logs = answer.json()[0]["result"]
+            indexer, _ = _indexer(anvil.rpc_url, deployment, Path(tmp) / "registrations.db")
+            inserts = compare_inserts(indexer._registrations, logs, Path(tmp), max(5, args.reps))
+            print(json.dumps({"requests": len(logs), "insert_cpu_us_per_request": inserts}))
             return 0
         for rep in range(args.reps):
             spent, count = asyncio.run(
