@@ -24,9 +24,9 @@ Guarantees:
   the cap is refused before reading. A call holds at most the cap, not what the server sends.
 - URLs appear in logs, errors and metrics as ``scheme://host:port`` only.
 
-HTTP goes through aiohttp: receiving a 19.5 MB getLogs answer cost ~15 ms of CPU with it
-against 46-62 ms through httpx's async stream (scripts/bench_indexer_split.py,
-docs/BENCHMARKS.md), the largest cost the indexer pays that its decoder does not. A client
+HTTP goes through aiohttp: receiving a 17 MB getLogs answer (5,000 request logs) cost 14-20
+ms of CPU with it against 50-65 ms through httpx's async stream (``python -m
+scripts.bench_indexer_split --readers``, docs/BENCHMARKS.md). A client
 built with an httpx ``transport=`` (tests' httpx.MockTransport) talks through httpx instead;
 both go through the same status, size, depth and JSON checks. web3.py is not used here: it
 refuses eth_sendRawTransaction inside a batch, and its per-log decoding measured ~6x slower
@@ -653,8 +653,8 @@ def _nests_too_deep(body: bytearray) -> bool:
 
 def _parse_json(body: bytearray) -> Any:
     """The answer's JSON, checked for depth beforehand (_nests_too_deep). msgspec parses a
-    getLogs answer in about half the time json takes (14 against 29 ms for 19.5 MB of
-    request logs; orjson took 33 ms: scripts/bench_indexer_split.py, docs/BENCHMARKS.md).
+    getLogs answer in about half the time json takes (23-27 against 42-50 ms for 17 MB of
+    request logs; orjson 37-42 ms: ``scripts.bench_indexer_split --readers``).
     It is stricter than json (no BOM, NaN or lone surrogate escapes), so what it refuses is
     parsed by json, which accepts exactly what this client accepted before."""
     try:

@@ -87,8 +87,8 @@ encode_action_set = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": ")
 @functools.lru_cache(maxsize=1024)
 def _stored_action_set(actions: tuple[str, ...]) -> str:
     """:func:`encode_action_set` of a decoded action set. A backfill's requests share a few
-    action sets, and encoding one costs ~10 us: a third of building a row (measured by
-    scripts/bench_indexer_split.py)."""
+    action sets, and encoding one was about a third of building a row (the ``rows`` stage
+    of scripts/bench_indexer_split.py, docs/BENCHMARKS.md)."""
     return encode_action_set(list(actions))
 
 
