@@ -10,10 +10,14 @@ runs as its own process with its tree's interpreter. Rounds
 alternate (earlier, this, earlier, this, ...), so a machine that gets slower or faster during
 the run shifts both sides alike.
 
-    .venv/bin/python -m scripts.bench_against REV [--rounds 2] -- MODULE [ARGS...]
+``--apply PATCH`` (repeatable) applies a patch to the earlier tree before it runs: a
+benchmark's own fix, so that both trees run the same measurement (the patch touches the
+benchmark script only; scripts/patches/ holds those used in docs/BENCHMARKS.md).
+
+    .venv/bin/python -m scripts.bench_against REV [--rounds 2] [--apply PATCH] -- MODULE [ARGS...]
     e.g. .venv/bin/python -m scripts.bench_against 8c99a0f -- scripts.bench_fulfiller --lagging
 
-Last line: {"baseline": REV, "module": ..., "rounds": N, "baseline_runs": [...],
+Last line: {"baseline": REV, "module": ..., "rounds": N, "applied": [...], "baseline_runs": [...],
 "current_runs": [...], "ratio": {key: median(current) / median(baseline), ...}}
 """
 
@@ -52,7 +56,12 @@ def _baseline_venv(tree: Path) -> Path:
         [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
         check=True, capture_output=True, text=True,
     ).stdout.strip()  # fmt: skip
-    Path(site, "hodlai-bench-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    # Every site-packages directory this interpreter sees, in its order: a worktree's venv
+    # reaches the integrator's packages through a .pth file of its own, which a path listed
+    # in another .pth file would not process.
+    sites = [p for p in sys.path if Path(p).name == "site-packages"]
+    sites = sites or [sysconfig.get_paths()["purelib"]]
+    Path(site, "hodlai-bench-deps.pth").write_text("".join(f"{p}\n" for p in sites))
     subprocess.run(
         [str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
          "-e", str(tree)],
@@ -88,6 +97,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("rev", help="the earlier commit to compare with")
     parser.add_argument("--rounds", type=int, default=2, help="alternations (default 2)")
+    parser.add_argument("--apply", action="append", default=[], type=Path, metavar="PATCH",
+                        help="a patch for the earlier tree (a benchmark fix)")  # fmt: skip
     parser.add_argument("module", help="the benchmark module, e.g. scripts.bench_fulfiller")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="its arguments")
     options = parser.parse_args()
@@ -99,6 +110,9 @@ def main() -> None:
             capture_output=True,
         )
         try:
+            for patch in options.apply:
+                subprocess.run(["git", "-C", str(baseline), "apply", str(patch.resolve())],
+                               check=True)  # fmt: skip
             (baseline / "node_modules").symlink_to(ROOT / "node_modules")
             old_python = _baseline_venv(baseline)
             new_python = Path(sys.executable)
@@ -127,6 +141,7 @@ def main() -> None:
                 "baseline": options.rev,
                 "module": options.module,
                 "rounds": options.rounds,
+                "applied": [str(patch) for patch in options.apply],
                 "baseline_runs": before,
                 "current_runs": after,
                 "ratio": dict(sorted(ratio.items())),

@@ -40,6 +40,19 @@ FAST_POLLS = {
     "HODLAI_FULFILLER_POLL_S": "0.02",
     "LOG_LEVEL": "WARNING",
 }
+# The throughput burst: askBatch transactions of PER_ASK_BATCH requests, each with a gas limit
+# that fits what it uses (~82k a request measured, plus headroom). anvil fills a block by the
+# transactions' gas *limits*: the 12M this bench used to give each one let two into a 30M
+# block, and once the fulfiller's own transactions (1.3M limit each, ~22 a block) filled the
+# blocks, the rest waited.
+PER_ASK_BATCH = 50
+ASK_BATCH_GAS = PER_ASK_BATCH * 100_000 + 200_000
+# A tip above the fulfiller's (1 gwei): anvil orders a block by tip, and with web3's default
+# tip (1 gwei too) the asks queued behind the fulfiller's stream of transactions, which the
+# fulfiller refills as fast as requests arrive: on a quiet box an ask was "not mined within
+# 120 s" (issue 19's note, on the old tree and the new one alike). A real vault outbids
+# nobody; this bench measures the node, so the burst goes in first.
+BURST_FEES = {"maxFeePerGas": 50 * 10**9, "maxPriorityFeePerGas": 2 * 10**9}
 
 
 class FulfilledWatcher(threading.Thread):
@@ -102,7 +115,7 @@ def latency_run(workdir: Path, requests: int, rate: float, peaks: PeakTracker) -
         return [(watcher.seen[r] - t) * 1000 for r, t in sent.items()]
 
 
-def throughput_run(workdir: Path, burst: int, peaks: PeakTracker) -> tuple[float, int]:
+def throughput_run(workdir: Path, burst: int, peaks: PeakTracker) -> tuple[float, int, float]:
     with LocalNode(workdir, block_time=1.0, env_overrides=FAST_POLLS) as node:
         node.start_chain()
         node.start_all()
@@ -115,23 +128,25 @@ def throughput_run(workdir: Path, burst: int, peaks: PeakTracker) -> tuple[float
         fee = provider.functions.getModelFee("hodlai-local").call()
         watcher = FulfilledWatcher(node.rpc_url, deployment["provider_address"])
         watcher.start()
-        per_tx = 50  # requests per askBatch transaction (~2.5M gas)
+        sending = time.perf_counter()
         hashes = [
-            vault.functions.askBatch(per_tx, "hodlai-local", "Choose.", f"burst {b}",
+            vault.functions.askBatch(PER_ASK_BATCH, "hodlai-local", "Choose.", f"burst {b}",
                                      ["BUY", "SELL", "HOLD"]).transact(
-                {"from": list(w3.eth.accounts)[2], "value": fee * per_tx, "gas": 12_000_000})
-            for b in range(burst // per_tx)
+                {"from": list(w3.eth.accounts)[2], "value": fee * PER_ASK_BATCH,
+                 "gas": ASK_BATCH_GAS, **BURST_FEES})
+            for b in range(burst // PER_ASK_BATCH)
         ]  # fmt: skip
         receipts = [w3.eth.wait_for_transaction_receipt(h, timeout=120) for h in hashes]
         first_mined = time.perf_counter()  # receipts arrive within a poll of the mining
-        total = len(hashes) * per_tx
+        asks_mined_s = first_mined - sending
+        total = len(hashes) * PER_ASK_BATCH
         assert all(r["status"] == 1 for r in receipts)
         sample_until(node, peaks, lambda: len(watcher.seen) >= total, 600)
         watcher.stop.set()
         if len(watcher.seen) < total:
             raise RuntimeError(f"only {len(watcher.seen)} of {total} fulfilled in time")
         elapsed = max(watcher.seen.values()) - first_mined
-        return total / elapsed, total
+        return total / elapsed, total, asks_mined_s
 
 
 def main() -> int:
@@ -143,13 +158,14 @@ def main() -> int:
     peaks = PeakTracker()
     with tempfile.TemporaryDirectory() as tmp:
         latencies = latency_run(Path(tmp) / "latency", args.latency_requests, args.rate, peaks)
-        rps, total = throughput_run(Path(tmp) / "throughput", args.burst, peaks)
+        rps, total, asks_mined_s = throughput_run(Path(tmp) / "throughput", args.burst, peaks)
     result = {
         "p50_ms": round(statistics.median(latencies), 1),
         "p95_ms": round(percentile(latencies, 0.95), 1),
         "p99_ms": round(percentile(latencies, 0.99), 1),
         "throughput_rps": round(rps, 1),
         "requests": len(latencies) + total,
+        "asks_mined_s": round(asks_mined_s, 1),
         "peak_rss_mb": {name: round(mb, 1) for name, mb in sorted(peaks.peaks.items())},
     }
     print(

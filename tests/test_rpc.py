@@ -344,6 +344,30 @@ async def test_deeply_nested_json_is_a_malformed_answer_not_a_segfault(body: byt
         sys.setrecursionlimit(limit)
 
 
+@pytest.mark.parametrize(
+    ("body", "result"),
+    [
+        (b'\xef\xbb\xbf{"jsonrpc":"2.0","id":1,"result":"0x1"}', "0x1"),  # a BOM
+        (b'{"jsonrpc":"2.0","id":1,"result":"\\ud800"}', "\ud800"),  # a lone surrogate
+        (b'{"jsonrpc":"2.0","id":1,"result":[NaN]}', None),
+    ],
+)
+async def test_answers_json_accepts_and_msgspec_refuses_are_still_read(
+    body: bytes, result: object
+) -> None:
+    # The client parses with msgspec, which refuses these; json, which accepted them before,
+    # reads them instead, so the set of accepted answers did not change.
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=body)
+
+    async with _client(handler) as client:
+        answer = await client.call("eth_blockNumber")
+    if result is None:
+        assert len(answer) == 1 and answer[0] != answer[0]  # NaN
+    else:
+        assert answer == result
+
+
 async def test_an_answer_nesting_as_deep_as_allowed_is_read() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         nested = "[" * (MAX_JSON_DEPTH - 1) + "]" * (MAX_JSON_DEPTH - 1)

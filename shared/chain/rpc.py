@@ -1,10 +1,10 @@
-"""JSON-RPC over HTTP (httpx): batches, error classification, URL failover, and a client
-that a hostile or misconfigured endpoint cannot fool, hang or blow up.
+"""JSON-RPC over HTTP: batches, error classification, URL failover, and a client that a
+hostile or misconfigured endpoint cannot fool, hang or blow up.
 
 Guarantees:
 - Whatever goes wrong below (connection refused, timeout, HTTP status, malformed JSON, a
   JSON-RPC error object) comes out as one of the errors in shared/errors.py, classified as
-  retryable or permanent; nothing from httpx or json escapes.
+  retryable or permanent; nothing from aiohttp, httpx or the JSON parsers escapes.
 - A batch is one HTTP POST. Results come back in the order of the calls, whatever order the
   server answered in (anvil runs batch entries concurrently).
 - With several URLs, a retryable transport failure moves the client to the next URL before
@@ -24,8 +24,13 @@ Guarantees:
   the cap is refused before reading. A call holds at most the cap, not what the server sends.
 - URLs appear in logs, errors and metrics as ``scheme://host:port`` only.
 
-web3.py is not used here: it refuses eth_sendRawTransaction inside a batch, and its
-per-log decoding measured ~6x slower than raw JSON + eth-abi (FACTS.md).
+HTTP goes through aiohttp: receiving a 17 MB getLogs answer (5,000 request logs) cost 14-20
+ms of CPU with it against 50-65 ms through httpx's async stream (``python -m
+scripts.bench_indexer_split --readers``, docs/BENCHMARKS.md). A client
+built with an httpx ``transport=`` (tests' httpx.MockTransport) talks through httpx instead;
+both go through the same status, size, depth and JSON checks. web3.py is not used here: it
+refuses eth_sendRawTransaction inside a batch, and its per-log decoding measured ~6x slower
+than raw JSON + eth-abi (FACTS.md).
 """
 
 from __future__ import annotations
@@ -35,11 +40,13 @@ import itertools
 import json
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import httpx
+import msgspec
 import structlog
 
 from shared.config import redact_url, redact_urls_in
@@ -85,6 +92,11 @@ MAX_JSON_DEPTH = 512
 # wrong-chain URL is nearly always a configuration error: re-asking every 10 min keeps the
 # error in the log without flooding it, and a proxy pointed back at the right chain returns.
 QUARANTINE_RECHECK_S = 600.0
+# Connections at most, as many as the senders' concurrent calls need.
+MAX_CONNECTIONS = 32
+# Bytes per read of an answer that announces no length (or is compressed): the size cap is
+# checked after each one.
+READ_CHUNK_BYTES = 1 << 20
 
 # "Your getLogs asked for too much": the messages and codes of the common nodes and providers
 # (geth, erigon, nethermind, Alchemy, Infura, QuickNode, Ankr, Chainstack, Nodereal, BSC public
@@ -168,8 +180,8 @@ def _data_retry_after(data: object) -> float | None:
     return None
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("retry-after")
     if value is None:
         return None
     try:
@@ -225,12 +237,20 @@ class RpcClient:
         self._max_bytes = max_response_bytes
         self._quarantine_s = quarantine_s
         self._clock = clock
-        self._http = httpx.AsyncClient(
-            timeout=timeout,
-            transport=transport,
-            headers={"content-type": "application/json"},
-            limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
-        )
+        self._timeout = timeout
+        # aiohttp's session is made on first use, inside the event loop it belongs to.
+        self._session: aiohttp.ClientSession | None = None
+        self._http = (
+            httpx.AsyncClient(
+                timeout=timeout,
+                transport=transport,
+                headers={"content-type": "application/json"},
+                limits=httpx.Limits(max_connections=MAX_CONNECTIONS,
+                                    max_keepalive_connections=16),
+            )
+            if transport is not None
+            else None
+        )  # fmt: skip
 
     @property
     def url(self) -> str:
@@ -292,7 +312,11 @@ class RpcClient:
         self._move_from(self._index, reason)
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._http is not None:
+            await self._http.aclose()
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
 
     async def __aenter__(self) -> RpcClient:
         return self
@@ -390,8 +414,19 @@ class RpcClient:
         content = json.dumps(payload)
         try:
             async with asyncio.timeout(self._deadline_s):
-                async with self._http.stream("POST", ep.url, content=content) as response:
-                    return await self._read_answer(ep, response)
+                if self._http is not None:
+                    async with self._http.stream("POST", ep.url, content=content) as response:
+                        return await self._read_answer(
+                            ep, response.status_code, response.headers,
+                            self._read_capped(ep, response.headers, response.aiter_bytes()),
+                        )  # fmt: skip
+                async with self._aiohttp().post(ep.url, data=content) as answer:
+                    return await self._read_answer(
+                        ep, answer.status, answer.headers, self._read_aiohttp(ep, answer)
+                    )
+        except aiohttp.ServerTimeoutError as exc:  # a TimeoutError too: before the deadline's
+            self._failed(ep, "timeout")
+            raise RpcTransportError(f"timeout talking to {ep.label}") from exc
         except TimeoutError as exc:
             self._failed(ep, "deadline")
             raise RpcDeadlineError(
@@ -400,25 +435,50 @@ class RpcClient:
         except httpx.TimeoutException as exc:
             self._failed(ep, "timeout")
             raise RpcTransportError(f"timeout talking to {ep.label}") from exc
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, aiohttp.ClientError) as exc:
             self._failed(ep, type(exc).__name__)
             raise RpcTransportError(f"cannot reach {ep.label}: {redact_urls_in(str(exc))}") from exc
 
-    async def _read_answer(self, ep: _Endpoint, response: httpx.Response) -> Any:
-        status = response.status_code
-        if status == 429:
-            self._failed(ep, "http_429")
-            raise RpcRateLimitedError(
-                f"{ep.label} rate-limited us (429)", retry_after=_retry_after(response)
+    def _aiohttp(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                headers={"content-type": "application/json"},
+                timeout=aiohttp.ClientTimeout(
+                    total=None, sock_connect=self._timeout, sock_read=self._timeout
+                ),
+                connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS),
+                # As httpx did: HTTP(S)_PROXY and NO_PROXY from the environment are honoured.
+                trust_env=True,
             )
-        if status >= 500:
-            self._failed(ep, f"http_{status}")
-            raise RpcServerError(
-                f"{ep.label} answered HTTP {status}", retry_after=_retry_after(response)
-            )
-        if status == 413:
-            raise RpcRangeTooLargeError(f"{ep.label} answered 413: request too large")
-        body = await self._read_capped(ep, response)
+        return self._session
+
+    async def _read_aiohttp(self, ep: _Endpoint, answer: aiohttp.ClientResponse) -> bytearray:
+        """The body of an aiohttp answer under the size cap. An uncompressed answer that
+        announces its length (anvil's, geth's) is read in one call: the parser stops at that
+        length, which the cap has already been checked against."""
+        declared = answer.headers.get("content-length", "").strip()
+        identity = answer.headers.get("content-encoding", "identity").strip() == "identity"
+        if declared.isdigit() and identity and int(declared) <= self._max_bytes:
+            return bytearray(await answer.read())
+        return await self._read_capped(
+            ep, answer.headers, answer.content.iter_chunked(READ_CHUNK_BYTES)
+        )
+
+    async def _read_answer(
+        self,
+        ep: _Endpoint,
+        status: int,
+        headers: Mapping[str, str],
+        read: Coroutine[Any, Any, bytearray],
+    ) -> Any:
+        """Classify the answer by its status, then ``read`` its body and parse it (``read``
+        is closed unread when the status already decided)."""
+        try:
+            self._refuse_status(ep, status, headers)
+        except HodlaiError:
+            read.close()
+            raise
+        body = await read
         if status >= 400 and not body:
             raise RpcResponseError(f"{ep.label} answered HTTP {status}")
         if _nests_too_deep(body):
@@ -427,14 +487,30 @@ class RpcClient:
                 f"{ep.label} answered malformed JSON (nested deeper than {MAX_JSON_DEPTH})"
             )
         try:
-            return json.loads(body)
+            return _parse_json(body)
         except (ValueError, RecursionError) as exc:
             self._failed(ep, "malformed_json")
             raise RpcTransportError(f"{ep.label} answered malformed JSON") from exc
 
-    async def _read_capped(self, ep: _Endpoint, response: httpx.Response) -> bytearray:
+    def _refuse_status(self, ep: _Endpoint, status: int, headers: Mapping[str, str]) -> None:
+        if status == 429:
+            self._failed(ep, "http_429")
+            raise RpcRateLimitedError(
+                f"{ep.label} rate-limited us (429)", retry_after=_retry_after(headers)
+            )
+        if status >= 500:
+            self._failed(ep, f"http_{status}")
+            raise RpcServerError(
+                f"{ep.label} answered HTTP {status}", retry_after=_retry_after(headers)
+            )
+        if status == 413:
+            raise RpcRangeTooLargeError(f"{ep.label} answered 413: request too large")
+
+    async def _read_capped(
+        self, ep: _Endpoint, headers: Mapping[str, str], chunks: AsyncIterator[bytes]
+    ) -> bytearray:
         """The body, read chunk by chunk and abandoned as soon as it passes the cap."""
-        declared = response.headers.get("content-length", "").strip()
+        declared = headers.get("content-length", "").strip()
         if declared.isdigit() and int(declared) > self._max_bytes:
             self._failed(ep, "too_large")
             raise RpcResponseTooLargeError(
@@ -442,7 +518,7 @@ class RpcClient:
                 f"cap of {self._max_bytes}"
             )
         body = bytearray()
-        async for chunk in response.aiter_bytes():
+        async for chunk in chunks:
             body += chunk
             if len(body) > self._max_bytes:
                 self._failed(ep, "too_large")
@@ -573,6 +649,21 @@ def _nests_too_deep(body: bytearray) -> bool:
         return False
     depths = itertools.accumulate(map(_NESTING_STEP.__getitem__, brackets))
     return any(depth > MAX_JSON_DEPTH for depth in depths)
+
+
+def _parse_json(body: bytearray) -> Any:
+    """The answer's JSON, checked for depth beforehand (_nests_too_deep). msgspec parses a
+    getLogs answer in about half the time json takes (23-27 against 42-50 ms for 17 MB of
+    request logs; orjson 37-42 ms: ``scripts.bench_indexer_split --readers``).
+    It is stricter than json (no BOM, NaN or lone surrogate escapes), so what it refuses is
+    parsed by json, which accepts exactly what this client accepted before."""
+    try:
+        return _msgspec_decode(body)
+    except msgspec.DecodeError:
+        return json.loads(body)
+
+
+_msgspec_decode = msgspec.json.Decoder().decode
 
 
 def hex_int(value: Any) -> int:

@@ -14,6 +14,7 @@ Guarantees (those of shared.state, for this table):
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 from collections.abc import Mapping, Sequence
@@ -83,6 +84,14 @@ def _key(request_id: int | str) -> str:
 encode_action_set = json.JSONEncoder(ensure_ascii=False, separators=(", ", ": ")).encode
 
 
+@functools.lru_cache(maxsize=1024)
+def _stored_action_set(actions: tuple[str, ...]) -> str:
+    """:func:`encode_action_set` of a decoded action set. A backfill's requests share a few
+    action sets, and encoding one was about a third of building a row (the ``rows`` stage
+    of scripts/bench_indexer_split.py, docs/BENCHMARKS.md)."""
+    return encode_action_set(list(actions))
+
+
 def insert_requests(
     conn: sqlite3.Connection,
     requests: Sequence[tuple[NewRequest, int]],
@@ -93,22 +102,27 @@ def insert_requests(
     """Create PENDING rows (request, generation) that do not exist yet, with their audit
     rows, in one statement each (the indexer's bulk path). An existing id is an
     IntegrityError: callers look up existing rows first."""
-    rows = [
+    notes = [_creation_note(r.block_number, generation) for r, generation in requests]
+    state.insert_many(
+        conn, REQUESTS, request_rows(requests), status=Status.PENDING, actor=actor,
+        notes=notes, now=now,
+    )  # fmt: skip
+
+
+def request_rows(requests: Sequence[tuple[NewRequest, int]]) -> list[dict[str, object]]:
+    """The ``requests`` columns of new rows (request, generation), status and times aside."""
+    return [
         {
             "request_id": rid.encode(r.request_id), "shard_key": rid.shard_key(r.request_id),
             "generation": generation, "requester": r.requester, "model": r.model,
             "system_prompt": r.system_prompt, "state_string": r.state_string,
-            "action_set": encode_action_set(list(r.action_set)),
+            "action_set": _stored_action_set(r.action_set),
             "content_hash": r.content_hash, "block_number": r.block_number,
             "block_hash": r.block_hash, "tx_hash": r.tx_hash, "log_index": r.log_index,
             "content_lossy": int(r.content_lossy),
         }
         for r, generation in requests
     ]  # fmt: skip
-    notes = [_creation_note(r.block_number, generation) for r, generation in requests]
-    state.insert_many(
-        conn, REQUESTS, rows, status=Status.PENDING, actor=actor, notes=notes, now=now
-    )
 
 
 def _creation_note(block_number: int, generation: int) -> str:
