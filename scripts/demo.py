@@ -5,17 +5,22 @@
    (scripts/demo_dispatch.py);
 3. starts the whole node, every executor on that ONE database, through ONE honcho from the
    Procfile: the oracle (indexer, two inference shards, fulfiller), the agent job dispatcher,
-   ``hodlai api`` and the mock LLM; the shards answer with the embedded model
-   (SmolLM2-135M-Instruct on llama.cpp, in each shard's process, decoding held to each
-   request's action set);
+   the mint server and the mint executor, the distributor, ``hodlai api`` and the mock LLM;
+   the shards and the mint chat answer with the embedded model (SmolLM2-135M-Instruct on
+   llama.cpp, in process, decoding held to each request's action set or answer schema);
 4. submits a varied set of requests from the example vault;
 5. shows them move to FULFILLED in a live status view, then the dispatcher's jobs reach
    their queue;
 6. prints the answers the vault recorded, each with the model's one line of reasoning, and
    the dispatcher's agent statistics;
 7. audits one answer with ``hodlai replay`` (trace CID, CID on chain, answer re-run);
-8. shows ``hodlai status``: both executors, their counts and the indexer's lag;
-9. shuts everything down (SIGTERM to honcho, which stops every process).
+8. the mint executor (scripts/demo_mint.py): a chat in Chinese orders 25 mints, the demo
+   signs the funding authorization with eth-account as a wallet would, the task's progress
+   is shown live, then the on-chain token and USDC balances and the task's money account;
+9. token distribution (scripts/demo_distribution.py): a manual airdrop to 200 recipients
+   and a ``* * * * *`` task that runs once, per-run totals, every balance checked on chain;
+10. shows ``hodlai status``: every executor, their counts and the pollers' lag;
+11. shuts everything down (SIGTERM to honcho, which stops every process).
 
 Exits 0 only when every request was fulfilled exactly once with an action from its own set,
 every dispatcher job reached its queue exactly once, the answer audited reproduced, and
@@ -37,7 +42,7 @@ import sys
 import time
 from pathlib import Path
 
-from scripts import demo_dispatch
+from scripts import demo_dispatch, demo_distribution, demo_mint
 from scripts.localnode import BIN, ROOT, Ask, LocalNode
 from shared.logs import configure_logging
 from workers.oracle import store
@@ -85,20 +90,27 @@ def show_progress(conn: sqlite3.Connection, started: float, total: int, tty: boo
     return counts["FULFILLED"]
 
 
-def start_honcho(node: LocalNode, dispatch: demo_dispatch.DispatchPart) -> subprocess.Popen[bytes]:
+def start_honcho(
+    node: LocalNode,
+    dispatch: demo_dispatch.DispatchPart,
+    dist: demo_distribution.DistPart,
+) -> subprocess.Popen[bytes]:
     """The Procfile under honcho, in its own session so one signal reaches all of it."""
     ports = {
         name: str(free_port())
         for name in ("HODLAI_INDEXER_METRICS_PORT", "HODLAI_INFERENCE_METRICS_PORT",
                      "HODLAI_FULFILLER_METRICS_PORT", "HODLAI_DISPATCH_METRICS_PORT",
-                     "HODLAI_MOCK_LLM_PORT")
+                     "HODLAI_MINT_SERVER_METRICS_PORT", "HODLAI_MINT_EXECUTOR_METRICS_PORT",
+                     "HODLAI_DIST_METRICS_PORT", "HODLAI_MOCK_LLM_PORT")
     }  # fmt: skip
     log = (WORKDIR / "logs" / "honcho.log").open("ab")
     # honcho layers env files left to right (each over the process environment), so the
-    # demo's settings go in a second file after the devnet's: the embedded model and the
-    # dispatcher switched on with its queue (the devnet's env gives the API a free port).
+    # demo's settings go in a second file after the devnet's: the embedded model, the
+    # dispatcher switched on with its queue, the mint executor and the distributor on at a
+    # demo's pace (the devnet's env gives the API and the mint server free ports).
     demo_env = WORKDIR / "demo.env"
-    settings = {**MODEL_ENV, **demo_dispatch.dispatcher_env(dispatch)}
+    settings = {**MODEL_ENV, **demo_dispatch.dispatcher_env(dispatch), **demo_mint.env(),
+                **demo_distribution.distributor_env(dist)}  # fmt: skip
     demo_env.write_text("".join(f"{name}={value}\n" for name, value in settings.items()))
     return subprocess.Popen(
         [sys.executable, "-m", "honcho", "start", "-f", str(ROOT / "Procfile"), "-e",
@@ -181,7 +193,8 @@ def node_status(node: LocalNode) -> bool:
     and healthy, the oracle's requests all fulfilled and the dispatcher's jobs all finished
     and delivered."""
     argv = [str(BIN / "hodlai"), "status"]
-    env = node.process_env(HODLAI_DISPATCH_ENABLED="true")  # as demo.env sets it for honcho
+    env = node.process_env(HODLAI_DISPATCH_ENABLED="true", HODLAI_MINT_ENABLED="true",
+                           HODLAI_DIST_ENABLED="true")  # as demo.env sets them  # fmt: skip
     shown = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True,
                            timeout=60, check=False)  # fmt: skip
     for line in (shown.stdout + shown.stderr).splitlines():
@@ -191,6 +204,8 @@ def node_status(node: LocalNode) -> bool:
     try:
         executors = json.loads(proc.stdout)["executors"]
         oracle, dispatch = executors["oracle"], executors["dispatch"]
+        others = [executors[name]["health"] for name in executors if name not in
+                  ("oracle", "dispatch")]  # fmt: skip
     except (ValueError, KeyError):
         return False
     requests = oracle["counts"]["oracle.request"]
@@ -198,6 +213,7 @@ def node_status(node: LocalNode) -> bool:
         proc.returncode == 0
         and shown.returncode == 0
         and (oracle["health"], dispatch["health"]) == ("ok", "ok")
+        and all(health == "ok" for health in others)
         and requests["FULFILLED"] == len(ASKS) == sum(requests.values())
         and dispatch["counts"]["dispatch.job"]["COMPLETED"] >= demo_dispatch.JOBS * 0.9
         and (dispatch["jobs_live"], dispatch["outcomes_undelivered"]) == (0, 0)
@@ -229,10 +245,13 @@ def main() -> int:
         print(f"== the dispatcher's {demo_dispatch.DESCRIPTION}; agents registered in "
               f"{node.db_path}")  # fmt: skip
         dispatch = demo_dispatch.prepare(node.db_path)
+        mint = demo_mint.prepare(node)
+        dist = demo_distribution.prepare(node.env)
         print("== starting the whole node with honcho (Procfile), one database: the oracle "
               "(indexer, 2 inference shards on the embedded model SmolLM2-135M-Instruct, "
-              "llama.cpp; fulfiller), the dispatcher, hodlai api, mock LLM")  # fmt: skip
-        honcho = running = start_honcho(node, dispatch)
+              "llama.cpp; fulfiller), the dispatcher, the mint server and executor, the "
+              "distributor, hodlai api, mock LLM")  # fmt: skip
+        honcho = running = start_honcho(node, dispatch, dist)
         print(f"== submitting {len(ASKS)} requests from the example vault")
         ids = node.submit(ASKS)
         print(f"   request ids {ids[0]}..{ids[-1]}")
@@ -247,13 +266,19 @@ def main() -> int:
         print("== the dispatcher's jobs (same database, same honcho)")
         demo_dispatch.wait(dispatch, node.db_path, lambda: running.poll() is None)
         dispatched = demo_dispatch.report(dispatch, node.db_path)
+        print("== the mint executor: a chat in Chinese orders 25 mints, a wallet funds the task")
+        demo_mint.wait(mint, lambda: running.poll() is None)
+        minted = demo_mint.report(mint)
+        print("== token distribution: a manual airdrop to 200 recipients and a task every minute")
+        demo_distribution.wait(dist, node.db_path, lambda: running.poll() is None)
+        distributed = demo_distribution.report(dist, node.db_path)
         print("== hodlai status: every executor of the node")
         healthy = node_status(node)
-        verdict = "both executors healthy in one database" if healthy else "NOT as expected"
+        verdict = "every executor healthy in one database" if healthy else "NOT as expected"
         print(f"== {verdict}")
         print(f"   logs in {WORKDIR / 'logs'}; try: HODLAI_DB_PATH={node.db_path} hodlai status"
               f" (or: hodlai show ID, hodlai replay ID, hodlai dispatch stats)")  # fmt: skip
-        return 0 if ok and dispatched and healthy else 1
+        return 0 if ok and dispatched and minted and distributed and healthy else 1
     finally:
         print("== shutting down")
         if honcho is not None:
