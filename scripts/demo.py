@@ -23,9 +23,10 @@
 11. shuts everything down (SIGTERM to honcho, which stops every process).
 
 Exits 0 only when every request was fulfilled exactly once with an action from its own set,
-every dispatcher job reached its queue exactly once, the answer audited reproduced, and
-``hodlai status`` found both executors enabled and healthy, with the requests fulfilled and
-the jobs finished in the one database.
+every dispatcher job reached its queue exactly once, the answer audited reproduced, exactly
+25 mints landed with the task's money account adding up, every distribution recipient holds
+exactly what its run paid, and ``hodlai status`` found every executor enabled and healthy,
+with the requests fulfilled and the jobs finished in the one database.
 """
 
 from __future__ import annotations

@@ -73,7 +73,8 @@ def test_the_target_wants_every_unit_and_units_exit_at_once_when_disabled() -> N
 def test_systemd_units_verify_cleanly(tmp_path: Path) -> None:
     names = ["hodlai-indexer.service", "hodlai-inference@0.service", "hodlai-fulfiller.service",
              "hodlai-dispatcher.service", "hodlai-api.service", "hodlai-distributor.service",
-             "hodlai-mint-server.service", "hodlai-mint-executor.service", "hodlai.target"]  # fmt: skip
+             "hodlai-mint-server.service", "hodlai-mint-executor.service",
+             "hodlai.target"]  # fmt: skip
     proc = subprocess.run(
         ["systemd-analyze", "verify", *names], cwd=_units_in(tmp_path), capture_output=True,
         text=True, check=False,
