@@ -4,7 +4,6 @@ one-token lines, what is refused, and that no refusal quotes the file."""
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 
 import pytest
@@ -14,9 +13,11 @@ from shared.api.auth import OperatorTokens
 from shared.api.tokens import MIN_TOKEN_CHARS, Role, legacy_id, load_tokens
 from shared.errors import ConfigError
 
-GOOD = secrets.token_hex(32)
-OTHER = secrets.token_urlsafe(32) + "=="
-THIRD = secrets.token_hex(20)
+# Fixed, not random: they appear in parametrized test ids, which every pytest-xdist worker
+# must collect identically.
+GOOD = "5f0c" * 16
+OTHER = "Qm-9_z" * 8 + "=="
+THIRD = "a17e" * 10
 
 
 def _file(tmp_path: Path, text: str | bytes, mode: int = 0o600) -> Path:

@@ -55,7 +55,7 @@ def generate_key_file(path: Path | str, *, overwrite: bool = False) -> str:
     payload = json.dumps(
         {"address": account.address, "private_key": "0x" + bytes(account.key).hex()}, indent=2
     )
-    _write_secret_file(Path(path), payload, overwrite=overwrite)
+    write_secret_file(Path(path), payload, overwrite=overwrite)
     log.info("key_file_created", path=str(path), address=account.address)
     return str(account.address)
 
@@ -75,7 +75,7 @@ def generate_keystore_file(
         raise KeyFileError("a keystore needs a non-empty passphrase")
     key = bytes(Account.create().key) if private_key is None else private_key
     keystore = create_keyfile_json(key, passphrase.encode("utf-8"), kdf=kdf, iterations=iterations)
-    _write_secret_file(Path(path), json.dumps(keystore, indent=2), overwrite=overwrite)
+    write_secret_file(Path(path), json.dumps(keystore, indent=2), overwrite=overwrite)
     address = str(Account.from_key(key).address)
     log.info("keystore_created", path=str(path), address=address, kdf=kdf)
     return address
@@ -232,7 +232,9 @@ def _parse_key(raw: object, source: Path) -> bytes:
     return key
 
 
-def _write_secret_file(target: Path, payload: str, *, overwrite: bool) -> None:
+def write_secret_file(target: Path, payload: str, *, overwrite: bool) -> None:
+    """Write ``payload`` to ``target`` with mode 0600, atomically (a temporary file fsynced,
+    then linked or renamed into place); refuse an existing file unless ``overwrite``."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, KEY_FILE_MODE)

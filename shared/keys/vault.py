@@ -83,7 +83,7 @@ from shared.keys.derivation import (
     derivation_prk,
     derive_private_key,
 )
-from shared.keys.files import _write_secret_file, read_private
+from shared.keys.files import read_private, write_secret_file
 from shared.tx.signer import LocalSigner
 
 log = structlog.get_logger(__name__)
@@ -252,7 +252,7 @@ def generate_master_key_file(path: Path | str) -> str:
     key = secrets.token_bytes(MASTER_KEY_BYTES)
     target = Path(path)
     try:
-        _write_secret_file(target, key.hex(), overwrite=False)
+        write_secret_file(target, key.hex(), overwrite=False)
     except KeyFileError as exc:
         raise KeyFileError(f"{VAULT_KEY_FILE_ENV}: {exc}") from None
     except OSError as exc:  # a missing permission, a parent that is a file, a full disk

@@ -17,7 +17,7 @@ from __future__ import annotations
 import secrets
 from typing import Final
 
-from shared.keys.files import _write_secret_file
+from shared.keys.files import write_secret_file
 from workers.devnet.parts import DevnetChain, DevnetPart, EnvSetting
 
 TOKENS_FILE_NAME: Final = "api-tokens"
@@ -28,13 +28,13 @@ def setup(chain: DevnetChain) -> DevnetPart:
     admin, read = secrets.token_hex(32), secrets.token_hex(32)
     tokens_file = (chain.state_dir / TOKENS_FILE_NAME).resolve()
     admin_file = (chain.state_dir / ADMIN_TOKEN_FILE_NAME).resolve()
-    _write_secret_file(
+    write_secret_file(
         tokens_file,
         f"# id role token (written by hodlai devnet)\ndevnet-admin admin {admin}\n"
         f"devnet-read read {read}",
         overwrite=True,
     )
-    _write_secret_file(admin_file, admin, overwrite=True)
+    write_secret_file(admin_file, admin, overwrite=True)
     url = f"http://127.0.0.1:{chain.api_port}"
     return DevnetPart(
         settings=[

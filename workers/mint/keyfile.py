@@ -36,7 +36,7 @@ from eth_account import Account
 from eth_typing import ChecksumAddress
 
 from shared.errors import KeyFileError
-from shared.keys.files import _write_secret_file, read_private
+from shared.keys.files import read_private, write_secret_file
 from shared.keys.vault import MasterKey
 
 log = structlog.get_logger(__name__)
@@ -195,7 +195,7 @@ def generate_mint_key_file(path: Path | str) -> MintKeys:
     )
     target = Path(path)
     try:
-        _write_secret_file(target, payload, overwrite=False)
+        write_secret_file(target, payload, overwrite=False)
     except KeyFileError as exc:
         raise KeyFileError(f"{MINT_KEY_FILE_ENV}: {exc}") from None
     except OSError as exc:

@@ -16,7 +16,7 @@ from typing import Final
 from solders.keypair import Keypair
 
 from shared.errors import KeyFileError
-from shared.keys.files import _write_secret_file, read_private
+from shared.keys.files import read_private, write_secret_file
 
 KEY_FILE_ENV: Final = "HODLAI_DIST_SOLANA_KEY_FILE"
 
@@ -50,5 +50,5 @@ def write_keypair(path: Path | str, keypair: Keypair | None = None) -> Keypair:
     """Write ``keypair`` (a new one if None) to ``path`` with mode 0600, never over an
     existing file; returns it."""
     keypair = keypair if keypair is not None else Keypair()
-    _write_secret_file(Path(path), json.dumps(list(bytes(keypair))), overwrite=False)
+    write_secret_file(Path(path), json.dumps(list(bytes(keypair))), overwrite=False)
     return keypair
