@@ -117,10 +117,12 @@ def test_the_cli_reports_a_full_disk_as_one_line(tmp_path: Path) -> None:
     conn.close()
     disk = tmp_path / "disk"
     disk.mkdir()
-    # A 512 KiB tmpfs in a private mount namespace, filled up but for 40 KiB: room for the
-    # -shm index (32 KiB), not for the WAL frames of retry's write transaction.
+    # A tmpfs in a private mount namespace (the database's size plus 512 KiB: every
+    # executor's schema is in it), filled up but for 40 KiB: room for the -shm index
+    # (32 KiB), not for the WAL frames of retry's write transaction.
+    size_kib = source.stat().st_size // 1024 + 512
     script = (
-        f'mount -t tmpfs -o size=512k tmpfs "{disk}" && cp "{source}" "{disk}/node.db" && '
+        f'mount -t tmpfs -o size={size_kib}k tmpfs "{disk}" && cp "{source}" "{disk}/node.db" && '
         f'(dd if=/dev/zero of="{disk}/fill" bs=4k 2>/dev/null; true) && '
         f'truncate -s -40k "{disk}/fill" && exec "$@"'
     )
