@@ -77,8 +77,12 @@ lint: setup
 	$(VENV)/bin/ruff format --check shared workers scripts tests
 	$(VENV)/bin/mypy --strict shared workers
 
+# Two pytest-xdist workers: most tests wait on anvil, subprocesses and the network rather than
+# compute, so two workers on CI's 2 cores take the suite from ~18 to ~11 minutes (measured on
+# this box; every test passed both ways). Tests are written for it: each has its own chain,
+# database, ports and lock directory.
 test: setup lint
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n 2
 
 chaos: setup
 	$(VENV)/bin/pytest -q -s -m slow -p no:cacheprovider --override-ini addopts=
