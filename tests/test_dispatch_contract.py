@@ -170,16 +170,22 @@ def test_a_job_with_an_outcome_is_not_handed_out_again_even_unacknowledged(
     world.add_agents([{"name": "quick", "script": ["ok:5"] * 3}])
     world.enqueue([job(1)])
     finished: list[float] = []
+    # Hand-outs by the time the outcome was posted. On a loaded box the queue may hand the
+    # un-acknowledged job out again before the outcome exists (its visibility is 0.2 s); what
+    # the contract says is that once it has an outcome it is never handed out again, and
+    # that the dispatcher never runs it twice.
+    handed_at_outcome: list[int] = []
 
-    def done() -> bool:  # the outcome, then three visibility windows more
+    def done() -> bool:  # the outcome, then at least three visibility windows more
         if outcomes(world) and not finished:
             finished.append(time.monotonic())
+            handed_at_outcome.append(world.queue.stats["handed_out"])
         return bool(finished) and time.monotonic() - finished[0] > 0.9
 
     world.run_until(done, dispatch_visibility_s=0.2)
     queued = world.queue.jobs["job-1"]
     assert world.queue.stats["acks_refused"] >= 1 and queued.state == "completed"
-    assert (queued.deliveries, world.queue.stats["handed_out"]) == (1, 1)
+    assert world.queue.stats["handed_out"] == handed_at_outcome[0] == queued.deliveries
     assert world.agents["quick"].stats["executes"] == 1
 
 
