@@ -144,6 +144,33 @@ class PurposeHandler(Protocol):
 Handlers = Mapping[str, PurposeHandler]
 
 
+class OffChainSubject:
+    """:meth:`PurposeHandler.anchors` for a purpose whose subject lives off chain (a row of
+    the executor's own, a payment): no block anchors it, so the database check of
+    ``invalid`` is the whole confirmation. Inherit it rather than writing the method again."""
+
+    def anchors(
+        self, conn: sqlite3.Connection, txs: Sequence[TxRecord]
+    ) -> dict[int, SubjectAnchor | None]:
+        return {tx.id: None for tx in txs}
+
+
+class UnconditionalSubject(OffChainSubject):
+    """An off-chain subject nothing in the database can withdraw: once recorded, the
+    transaction is wanted until the chain settles it (an ``approve``, a user's signed
+    funding authorization). ``invalid`` names none."""
+
+    def invalid(
+        self,
+        conn: sqlite3.Connection,
+        txs: Sequence[TxRecord],
+        *,
+        now: float,
+        chain: ChainView,
+    ) -> dict[int, str]:
+        return {}
+
+
 def tell(
     conn: sqlite3.Connection,
     handlers: Handlers,

@@ -53,11 +53,10 @@ from shared.tx.authorizations.eip3009 import (
     encode_call,
     typed_data,
 )
-from shared.tx.chainview import ChainView
 from shared.tx.ledger import Purpose, TxRecord
 from shared.tx.manager import Recorded, Submission
 from shared.tx.receipts import Receipt
-from shared.tx.settlement import Settlement, SubjectAnchor
+from shared.tx.settlement import Settlement, UnconditionalSubject
 from shared.tx.signer import Call, SignedTx
 from workers.mint import chain, store
 from workers.mint.machine import TransferStatus
@@ -414,23 +413,8 @@ def return_orphans(conn: sqlite3.Connection, *, now: float) -> int:
     return moved
 
 
-class TransferPurpose:
+class TransferPurpose(UnconditionalSubject):
     """The ``mint-transfer`` purpose: acts on FINAL only (money)."""
-
-    def invalid(
-        self,
-        conn: sqlite3.Connection,
-        txs: Sequence[TxRecord],
-        *,
-        now: float,
-        chain: ChainView,
-    ) -> dict[int, str]:
-        return {}
-
-    def anchors(
-        self, conn: sqlite3.Connection, txs: Sequence[TxRecord]
-    ) -> dict[int, SubjectAnchor | None]:
-        return {tx.id: None for tx in txs}
 
     def settled(
         self,

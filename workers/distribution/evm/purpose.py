@@ -28,13 +28,13 @@ import structlog
 from shared.tx.chainview import ChainView
 from shared.tx.ledger import TxRecord
 from shared.tx.receipts import Receipt
-from shared.tx.settlement import Settlement, SubjectAnchor
+from shared.tx.settlement import OffChainSubject, Settlement, UnconditionalSubject
 from workers.distribution.evm import ledger
 
 log = structlog.get_logger(__name__)
 
 
-class BatchPurpose:
+class BatchPurpose(OffChainSubject):
     """The ``distribution_batch`` handler (module docstring)."""
 
     def invalid(
@@ -52,11 +52,6 @@ class BatchPurpose:
             for tx in txs
             if tx.purpose.subject not in waiting
         }
-
-    def anchors(
-        self, conn: sqlite3.Connection, txs: Sequence[TxRecord]
-    ) -> dict[int, SubjectAnchor | None]:
-        return {tx.id: None for tx in txs}
 
     def settled(
         self,
@@ -100,23 +95,8 @@ class BatchPurpose:
             log.warning("dist_batch_reorged", batch_id=tx.purpose.subject, detail=detail)
 
 
-class ApprovePurpose:
+class ApprovePurpose(UnconditionalSubject):
     """The ``distribution_approve`` handler: nothing depends on it but the chain."""
-
-    def invalid(
-        self,
-        conn: sqlite3.Connection,
-        txs: Sequence[TxRecord],
-        *,
-        now: float | None = None,
-        chain: ChainView | None = None,
-    ) -> dict[int, str]:
-        return {}
-
-    def anchors(
-        self, conn: sqlite3.Connection, txs: Sequence[TxRecord]
-    ) -> dict[int, SubjectAnchor | None]:
-        return {tx.id: None for tx in txs}
 
     def settled(
         self,
