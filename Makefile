@@ -80,9 +80,10 @@ lint: setup
 # Two pytest-xdist workers: most tests wait on anvil, subprocesses and the network rather than
 # compute, so two workers on CI's 2 cores take the suite from ~18 to ~11 minutes (measured on
 # this box; every test passed both ways). Tests are written for it: each has its own chain,
-# database, ports and lock directory.
+# database, ports and lock directory; a module stays on one worker (--dist loadfile), so its
+# module-scoped chain and processes start once and its tests run in their written order.
 test: setup lint
-	$(VENV)/bin/pytest -q -n 2
+	$(VENV)/bin/pytest -q -n 2 --dist loadfile
 
 chaos: setup
 	$(VENV)/bin/pytest -q -s -m slow -p no:cacheprovider --override-ini addopts=
